@@ -1,0 +1,5 @@
+import sys
+
+from gradexp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,77 @@
+"""The only place that turns a composed config into objects."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from gradexp.clip import ClipPolicy
+from gradexp.data import Batches, Task, make_task
+from gradexp.models import init_weights
+from gradexp.probes.act_grads import ActGrads
+from gradexp.probes.base import Instruments, Probe
+from gradexp.probes.grad_norms import GradNorms
+from gradexp.train import Settings
+
+
+def device(cfg: Any) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def task(cfg: Any, dev: torch.device) -> Task:
+    data = cfg.data
+    return make_task(data.name, seed=cfg.seed, n_train=data.n_train, n_val=data.n_val, seq_len=data.seq_len).to(dev)
+
+
+def model(cfg: Any, task_: Task, dev: torch.device) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # same seed, same initial weights
+    net = instantiate(
+        cfg.model, input_shape=tuple(task_.input_shape), num_outputs=task_.num_outputs,
+        activation=cfg.activation.name, norm=cfg.norm.name, readout_steps=task_.readout_steps,
+    )
+    init_weights(net, scheme=cfg.init.scheme, gain=cfg.init.gain, std=cfg.init.std,
+                 activation=cfg.activation.name, recurrent=cfg.init.recurrent)
+    return net.to(dev)
+
+
+def optimizer(cfg: Any, params) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name in ("adam", "adamw"):
+        cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+        return cls(params, lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.Adagrad(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def scheduler(cfg: Any, opt: torch.optim.Optimizer) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+    s = cfg.schedule
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
+    if s.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.steps)
+    return None
+
+
+def clip(cfg: Any) -> ClipPolicy:
+    c = cfg.clip
+    return ClipPolicy(mode=c.mode, max_norm=c.max_norm, norm_type=c.norm_type, value=c.value)
+
+
+def probes(cfg: Any) -> list[Probe]:
+    return [GradNorms(), ActGrads()]
+
+
+def batches(cfg: Any, task_: Task) -> Batches:
+    return Batches(task_.x_train, task_.y_train, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
+
+
+def settings(cfg: Any) -> Settings:
+    t = cfg.train
+    return Settings(steps=t.steps, eval_every=t.eval_every, log_every=cfg.log.every, l1=cfg.reg.l1, l2=cfg.reg.l2)

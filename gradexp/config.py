@@ -1,0 +1,220 @@
+"""Structured-config schema (typed dataclasses) and the value checks that run before any training.
+
+The schema makes Hydra reject misspelled keys (struct mode) and wrong types at composition time;
+`validate` adds ranges and cross-field rules and raises ConfigError, which the CLI prints as one line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+MODEL_FAMILIES = ("mlp", "cnn", "rnn", "lstm", "gru")
+RECURRENT = ("rnn", "lstm", "gru")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "tanh", "sigmoid", "softsign", "identity")
+INIT_SCHEMES = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "normal")
+NORMS = ("none", "batchnorm", "layernorm")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+CLIP_MODES = ("none", "norm", "value")
+SCHEDULES = ("none", "step", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelConf:
+    _target_: str = "gradexp.models.mlp.MLP"
+    depth: int = 6
+    width: int = 64
+    residual: bool = False
+
+
+@dataclass
+class ActivationConf:
+    name: str = "relu"
+
+
+@dataclass
+class InitConf:
+    scheme: str = "default"
+    gain: float = 1.0
+    std: float = 0.02
+    recurrent: Optional[str] = None
+
+
+@dataclass
+class NormConf:
+    name: str = "none"
+
+
+@dataclass
+class OptimizerConf:
+    name: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ClipConf:
+    mode: str = "none"
+    max_norm: float = 1.0
+    norm_type: float = 2.0
+    value: float = 1.0
+
+
+@dataclass
+class DataConf:
+    name: str = "digits"
+    n_train: Optional[int] = None
+    n_val: Optional[int] = None
+    seq_len: Optional[int] = None
+
+
+@dataclass
+class ScheduleConf:
+    name: str = "none"
+    step_size: int = 100
+    gamma: float = 0.5
+
+
+@dataclass
+class TrainConf:
+    steps: int = 500
+    batch_size: int = 64
+    eval_every: int = 50
+
+
+@dataclass
+class LogConf:
+    every: int = 10
+
+
+@dataclass
+class RegConf:
+    l1: float = 0.0
+    l2: float = 0.0
+
+
+@dataclass
+class Config:
+    model: ModelConf = field(default_factory=ModelConf)
+    activation: ActivationConf = field(default_factory=ActivationConf)
+    init: InitConf = field(default_factory=InitConf)
+    norm: NormConf = field(default_factory=NormConf)
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    clip: ClipConf = field(default_factory=ClipConf)
+    data: DataConf = field(default_factory=DataConf)
+    schedule: ScheduleConf = field(default_factory=ScheduleConf)
+    train: TrainConf = field(default_factory=TrainConf)
+    log: LogConf = field(default_factory=LogConf)
+    reg: RegConf = field(default_factory=RegConf)
+    seed: int = 0
+    device: str = "auto"
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name="gradexp_schema", node=Config)
+
+
+class ConfigError(ValueError):
+    """A value the experiment cannot run with; str() is the one line the user sees."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"invalid value for {key}: {value!r} (allowed: {allowed})")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def model_family(cfg: Any) -> str:
+    """'gradexp.models.rnn.LSTM' -> 'lstm'."""
+    return cfg.model._target_.rsplit(".", 1)[-1].lower()
+
+
+# (key, test, what is allowed) — checked in order; the first failure is reported
+_RANGES = [
+    ("model.depth", lambda v: v >= 1, "an integer >= 1"),
+    ("model.width", lambda v: v >= 1, "an integer >= 1"),
+    ("init.gain", lambda v: v > 0, "a number > 0"),
+    ("init.std", lambda v: v > 0, "a number > 0"),
+    ("optimizer.lr", lambda v: v > 0, "a number > 0"),
+    ("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("clip.max_norm", lambda v: v > 0, "a number > 0"),
+    ("clip.norm_type", lambda v: v > 0, "a number > 0 (inf for the max norm)"),
+    ("clip.value", lambda v: v > 0, "a number > 0"),
+    ("data.n_train", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
+    ("data.n_val", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
+    ("schedule.step_size", lambda v: v >= 1, "an integer >= 1"),
+    ("schedule.gamma", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    ("train.steps", lambda v: v >= 1, "an integer >= 1"),
+    ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("train.eval_every", lambda v: v >= 1, "an integer >= 1"),
+    ("log.every", lambda v: v >= 1, "an integer >= 1"),
+    ("reg.l1", lambda v: v >= 0, "a number >= 0"),
+    ("reg.l2", lambda v: v >= 0, "a number >= 0"),
+    ("seed", lambda v: v >= 0, "an integer >= 0"),
+]
+
+
+def _choices() -> list[tuple[str, tuple]]:
+    from gradexp.data import TASK_NAMES
+
+    return [
+        ("activation.name", ACTIVATIONS), ("init.scheme", INIT_SCHEMES), ("norm.name", NORMS),
+        ("optimizer.name", OPTIMIZERS), ("clip.mode", CLIP_MODES), ("schedule.name", SCHEDULES),
+        ("data.name", TASK_NAMES), ("device", DEVICES),
+    ]
+
+
+def _get(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Any) -> None:
+    """Raise ConfigError for the first value the experiment cannot run with."""
+    if model_family(cfg) not in MODEL_FAMILIES:
+        raise ConfigError("model._target_", cfg.model._target_, "gradexp.models.{mlp.MLP,cnn.CNN,rnn.RNN,rnn.LSTM,rnn.GRU}")
+    for key, allowed in _choices():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(key, _get(cfg, key), " | ".join(allowed))
+    if cfg.init.recurrent is not None and cfg.init.recurrent not in INIT_SCHEMES:
+        raise ConfigError("init.recurrent", cfg.init.recurrent, "null | " + " | ".join(INIT_SCHEMES))
+    for key, ok, allowed in _RANGES:
+        if not ok(_get(cfg, key)):
+            raise ConfigError(key, _get(cfg, key), allowed)
+    _check_combinations(cfg)
+
+
+def _check_combinations(cfg: Any) -> None:
+    from gradexp.data import MIN_SEQ_LEN, SEQUENCE_TASKS
+
+    family, task = model_family(cfg), cfg.data.name
+    if family in RECURRENT and task not in SEQUENCE_TASKS:
+        raise ConfigError("data", task, f"a sequence task for model={family}: " + " | ".join(SEQUENCE_TASKS))
+    if family not in RECURRENT and task in SEQUENCE_TASKS:
+        raise ConfigError("data", task, f"a non-sequence task for model={family} (sequence tasks need model=rnn|lstm|gru)")
+    if family == "cnn" and task != "digits":
+        raise ConfigError("data", task, "digits for model=cnn (it needs images)")
+    if family in RECURRENT and cfg.model.residual:
+        raise ConfigError("model.residual", True, f"false for model={family} (residual applies to mlp and cnn)")
+    if cfg.norm.name == "batchnorm" and cfg.train.batch_size < 2:
+        raise ConfigError("train.batch_size", cfg.train.batch_size, ">= 2 with norm=batchnorm")
+    if cfg.data.seq_len is not None:
+        _check_seq_len(task, cfg.data.seq_len, MIN_SEQ_LEN)
+    if cfg.optimizer.name == "adagrad" and cfg.optimizer.momentum != 0:
+        raise ConfigError("optimizer.momentum", cfg.optimizer.momentum, "0 for optimizer=adagrad (it has no momentum)")
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device", "cuda", "auto | cpu (no CUDA device is available here)")
+
+
+def _check_seq_len(task: str, seq_len: int, minimum: dict[str, int]) -> None:
+    if task not in minimum:
+        raise ConfigError("data.seq_len", seq_len, f"null for data={task} (its length is fixed)")
+    if seq_len < minimum[task]:
+        raise ConfigError("data.seq_len", seq_len, f"an integer >= {minimum[task]} for data={task}")

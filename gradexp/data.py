@@ -1,0 +1,228 @@
+"""Datasets as in-memory tensors: synthetic blobs, sklearn digits, and sequence tasks.
+
+Every task is deterministic from its seed (CPU ``torch.Generator``). The task structure
+(blob centers, digits split), the train set and the val set use separate streams, so the
+val set does not change when only ``n_train`` does.
+
+Sequence classification targets: ``y`` is (B,) when ``readout_steps == 1`` (seq_digits) and
+(B, k) when ``readout_steps == k > 1`` (copy); model output is (B, k, C) or (B, C).
+Loss and metrics flatten both, so either output form works.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+TASK_NAMES: tuple[str, ...] = ("blobs", "digits", "adding", "copy", "seq_digits")
+MIN_SEQ_LEN: dict[str, int] = {"adding": 2, "copy": 1}
+SEQUENCE_TASKS: tuple[str, ...] = ("adding", "copy", "seq_digits")
+# name -> (n_train, n_val, seq_len); n_train None = all examples left after the val split
+DEFAULTS: dict[str, tuple[int | None, int, int | None]] = {
+    "blobs": (4000, 1000, None),
+    "digits": (None, 360, None),
+    "adding": (8000, 1000, 50),
+    "copy": (8000, 1000, 20),
+    "seq_digits": (None, 360, None),
+}
+BLOB_CLASSES, BLOB_FEATURES, BLOB_RADIUS = 4, 16, 2.5  # radius tuned: linear val acc ~ 0.9
+ADDING_TOLERANCE = 0.04  # Hochreiter & Schmidhuber's "solved" criterion
+COPY_SYMBOLS, COPY_LENGTH = 8, 5
+COPY_BLANK, COPY_DELIMITER = COPY_SYMBOLS, COPY_SYMBOLS + 1  # one-hot size COPY_SYMBOLS + 2
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # "classification" | "regression"
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    input_shape: tuple[int, ...]  # one example: (D,), (C, H, W) or (T, F)
+    num_outputs: int
+    sequence: bool
+    readout_steps: int  # final time steps that carry targets; 0 for non-sequence tasks
+
+    def loss(self, output: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy (mean over examples and readout steps) or MSE; scalar."""
+        if self.kind == "regression":
+            return F.mse_loss(output.reshape(y.shape), y)
+        return F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1))
+
+    def metrics(self, output: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """{"acc": 0-d tensor} on the output's device (no host sync)."""
+        if self.kind == "regression":
+            hit = (output.reshape(y.shape) - y).abs() < ADDING_TOLERANCE
+        else:
+            hit = output.argmax(-1).reshape(y.shape) == y  # per example, or per symbol for copy
+        return {"acc": hit.float().mean()}
+
+    def to(self, device: torch.device | str) -> Task:
+        moved = {f: getattr(self, f).to(device) for f in ("x_train", "y_train", "x_val", "y_val")}
+        return dataclasses.replace(self, **moved)
+
+
+def _rng(seed: int, stream: int) -> torch.Generator:
+    """Independent CPU generator per (seed, stream): 0 structure, 1 train, 2 val."""
+    return torch.Generator().manual_seed((seed * 3 + stream) % 2**63)
+
+
+def _standardize(train: Tensor, val: Tensor, dim: int | None) -> tuple[Tensor, Tensor]:
+    """Shift and scale both splits with train statistics (per feature, or global if dim is None)."""
+    mean = train.mean() if dim is None else train.mean(dim, keepdim=True)
+    std = train.std() if dim is None else train.std(dim, keepdim=True)
+    return (train - mean) / std, (val - mean) / std
+
+
+def _blobs(seed: int, n_train: int, n_val: int, seq_len: int | None) -> Task:
+    # orthonormal center directions: every pair of classes is equally far apart for any seed
+    q, _ = torch.linalg.qr(torch.randn(BLOB_FEATURES, BLOB_CLASSES, generator=_rng(seed, 0)))
+    centers = BLOB_RADIUS * q.T  # (K, D)
+
+    def sample(n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        y = torch.randint(0, BLOB_CLASSES, (n,), generator=gen)
+        return centers[y] + torch.randn(n, BLOB_FEATURES, generator=gen), y
+
+    (xt, yt), (xv, yv) = sample(n_train, _rng(seed, 1)), sample(n_val, _rng(seed, 2))
+    xt, xv = _standardize(xt, xv, dim=0)
+    return Task("blobs", "classification", xt, yt, xv, yv, (BLOB_FEATURES,), BLOB_CLASSES, False, 0)
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0  # (1797, 64), pixels in [0, 1]
+    return x, torch.as_tensor(bunch.target, dtype=torch.int64)
+
+
+def _digit_split(seed: int, n_train: int | None, n_val: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x, y = _digits_arrays()
+    if n_val >= len(x):
+        raise ValueError(f"digits: n_val={n_val} leaves no training examples (only {len(x)} in total)")
+    perm = torch.randperm(len(x), generator=_rng(seed, 0))
+    val, train = perm[:n_val], perm[n_val:][:n_train]  # n_train None = all the rest
+    xt, xv = _standardize(x[train], x[val], dim=None)  # one global mean/std: keeps pixel geometry
+    return xt, y[train], xv, y[val]
+
+
+def _digits(seed: int, n_train: int | None, n_val: int, seq_len: int | None) -> Task:
+    xt, yt, xv, yv = _digit_split(seed, n_train, n_val)
+    shape = (1, 8, 8)  # (C, H, W)
+    return Task("digits", "classification", xt.reshape(-1, *shape), yt,
+                xv.reshape(-1, *shape), yv, shape, 10, False, 0)
+
+
+def _seq_digits(seed: int, n_train: int | None, n_val: int, seq_len: int | None) -> Task:
+    xt, yt, xv, yv = _digit_split(seed, n_train, n_val)
+    shape = (8, 8)  # (T, F): one image row per time step
+    return Task("seq_digits", "classification", xt.reshape(-1, *shape), yt,
+                xv.reshape(-1, *shape), yv, shape, 10, True, 1)
+
+
+def _adding_examples(n: int, seq_len: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    values = torch.rand(n, seq_len, generator=gen)  # (N, T)
+    half, rows = seq_len // 2, torch.arange(n)
+    first = torch.randint(0, half, (n,), generator=gen)  # one mark in each half
+    second = torch.randint(half, seq_len, (n,), generator=gen)
+    marks = torch.zeros(n, seq_len)
+    marks[rows, first] = 1.0
+    marks[rows, second] = 1.0
+    target = (values[rows, first] + values[rows, second]).unsqueeze(1)  # (N, 1)
+    return torch.stack([values, marks], dim=-1), target  # (N, T, 2)
+
+
+def _adding(seed: int, n_train: int, n_val: int, seq_len: int) -> Task:
+    xt, yt = _adding_examples(n_train, seq_len, _rng(seed, 1))
+    xv, yv = _adding_examples(n_val, seq_len, _rng(seed, 2))
+    return Task("adding", "regression", xt, yt, xv, yv, (seq_len, 2), 1, True, 1)
+
+
+def _copy_examples(n: int, seq_len: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    symbols = torch.randint(0, COPY_SYMBOLS, (n, COPY_LENGTH), generator=gen)  # (N, L)
+    # L symbols, seq_len - 1 blanks, delimiter, L blanks: T = seq_len + 2L
+    tokens = torch.full((n, seq_len + 2 * COPY_LENGTH), COPY_BLANK)
+    tokens[:, :COPY_LENGTH] = symbols
+    tokens[:, COPY_LENGTH + seq_len - 1] = COPY_DELIMITER
+    return F.one_hot(tokens, COPY_SYMBOLS + 2).float(), symbols  # (N, T, 10), (N, L)
+
+
+def _copy(seed: int, n_train: int, n_val: int, seq_len: int) -> Task:
+    xt, yt = _copy_examples(n_train, seq_len, _rng(seed, 1))
+    xv, yv = _copy_examples(n_val, seq_len, _rng(seed, 2))
+    return Task("copy", "classification", xt, yt, xv, yv, tuple(xt.shape[1:]),
+                COPY_SYMBOLS, True, COPY_LENGTH)
+
+
+_BUILDERS = {"blobs": _blobs, "digits": _digits, "adding": _adding,
+             "copy": _copy, "seq_digits": _seq_digits}
+
+
+def make_task(name: str, seed: int, n_train: int | None = None, n_val: int | None = None,
+              seq_len: int | None = None) -> Task:
+    """Build task `name`; None sizes take the task's defaults (see DEFAULTS)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown task {name!r}; allowed: {', '.join(TASK_NAMES)}")
+    default_train, default_val, default_len = DEFAULTS[name]
+    if seq_len is not None and name not in MIN_SEQ_LEN:
+        raise ValueError(f"task {name!r} takes no seq_len (got {seq_len}); "
+                         f"only {', '.join(MIN_SEQ_LEN)} do")
+    if seq_len is not None and seq_len < MIN_SEQ_LEN[name]:
+        raise ValueError(f"task {name!r}: seq_len must be >= {MIN_SEQ_LEN[name]}, got {seq_len}")
+    for key, value in (("n_train", n_train), ("n_val", n_val)):
+        if value is not None and value < 1:
+            raise ValueError(f"task {name!r}: {key} must be >= 1, got {value}")
+    return _BUILDERS[name](seed, default_train if n_train is None else n_train,
+                           default_val if n_val is None else n_val,
+                           default_len if seq_len is None else seq_len)
+
+
+class Batches:
+    """Endless minibatches of fixed size from a stream of per-epoch permutations.
+
+    Consecutive epochs are concatenated, so every example appears exactly once per epoch
+    and every batch has `batch_size` rows (a batch may straddle two epochs).
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int) -> None:
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"x and y need the same nonzero length, got {len(x)} and {len(y)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self._gen = torch.Generator().manual_seed(seed)
+        self.epoch = -1
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        self._epoch_state = self._gen.get_state()  # state that draws this epoch's permutation
+        self._perm = torch.randperm(len(self.x), generator=self._gen).to(self.x.device)
+        self.epoch += 1
+        self.position = 0
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        chunks, need = [], self.batch_size
+        while need > 0:
+            if self.position == len(self.x):
+                self._start_epoch()
+            take = min(need, len(self.x) - self.position)
+            chunks.append(self._perm[self.position:self.position + take])
+            self.position += take
+            need -= take
+        idx = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        return self.x[idx], self.y[idx]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "generator": self._epoch_state.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._gen.set_state(state["generator"])
+        self.epoch = state["epoch"] - 1
+        self._start_epoch()  # redraws the saved epoch's permutation
+        self.position = state["position"]

@@ -1,0 +1,45 @@
+"""act_grad_norm/<layer>: L2 norm over batch and features of dLoss/d(output of hidden layer).
+
+Forward hooks on each `model.layers[i]` attach a tensor hook to its output; both exist only while a
+logging step is being watched, so ordinary steps pay nothing."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from torch import Tensor, nn
+
+from gradexp.probes.base import Probe, Scalars
+
+
+def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of each hidden layer in forward order: layers.0, layers.1, ..."""
+    return [(f"layers.{i}", layer) for i, layer in enumerate(model.layers)]
+
+
+class ActGrads(Probe):
+    def __init__(self) -> None:
+        self.norms: Scalars = {}
+
+    @contextlib.contextmanager
+    def watch(self, model: nn.Module) -> Iterator[None]:
+        handles = [layer.register_forward_hook(self._forward_hook(name)) for name, layer in hidden_layers(model)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _forward_hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            if output.requires_grad:
+                output.register_hook(lambda grad: self._record(name, grad))
+
+        return hook
+
+    def _record(self, name: str, grad: Tensor) -> None:
+        self.norms[f"act_grad_norm/{name}"] = grad.detach().norm()
+
+    def after_backward(self, model: nn.Module) -> Scalars:
+        norms, self.norms = self.norms, {}
+        return norms

@@ -1,0 +1,53 @@
+"""The terminal: a rich progress bar (step, loss, global grad norm, steps/s) and the closing lines."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from gradexp.train import Outcome
+
+STATUS_STYLE = {"completed": "green", "diverged": "red", "interrupted": "yellow", "failed": "red"}
+
+
+class TerminalSink:
+    def __init__(self, total_steps: int, run_dir: str, console: Optional[Console] = None):
+        self.console = console or Console(stderr=True)
+        self.run_dir = run_dir
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("‖g‖ {task.fields[grad]}"),
+            TextColumn("{task.fields[speed]} steps/s"),
+            TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.task_id = self.progress.add_task("train", total=total_steps, loss="-", grad="-", speed="-")
+        self.progress.start()
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        fields = {}
+        if "loss/train" in values:
+            fields["loss"] = f"{values['loss/train']:.4g}"
+        if "grad_norm/total" in values:
+            fields["grad"] = f"{values['grad_norm/total']:.3g}"
+        task = self.progress.tasks[0]
+        if task.speed:
+            fields["speed"] = f"{task.speed:.0f}"
+        self.progress.update(self.task_id, completed=step + 1, **fields)
+
+    def close(self, outcome: Outcome) -> None:
+        self.progress.update(self.task_id, completed=outcome.steps)
+        self.progress.stop()
+        style = STATUS_STYLE.get(outcome.status, "white")
+        speed = outcome.perf.get("steps_per_s", 0.0)
+        self.console.print(f"[{style}]{outcome.status}[/] after {outcome.steps} steps ({speed:.0f} steps/s)")
+        logdir = _shortest(self.run_dir)
+        self.console.print(f"run folder: {logdir}")
+        self.console.print(f"dashboards: tensorboard --logdir {logdir}")
+
+
+def _shortest(path: str) -> str:
+    """The run folder relative to the working directory when it lies below it, else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative

@@ -1,0 +1,86 @@
+"""Every option of every group composes and instantiates; typos, wrong types and bad values fail clearly."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import OmegaConfBaseException
+
+from gradexp import build
+from gradexp.config import ConfigError, validate
+from tests.conftest import compose_config
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+GROUPS = ["model", "activation", "init", "norm", "optimizer", "clip", "data", "schedule"]
+# options that need a matching partner to make a valid experiment
+PARTNER = {"data=blobs": ["model=mlp"], "data=digits": ["model=mlp"], "data=adding": ["model=rnn"],
+           "data=copy": ["model=gru"], "data=seq_digits": ["model=lstm"]}
+
+
+def options(group: str) -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(os.path.join(CONFIGS, group)) if f.endswith(".yaml"))
+
+
+ALL = [f"{g}={o}" for g in GROUPS for o in options(g)]
+
+
+def test_every_design_option_exists():
+    assert options("model") == ["cnn", "gru", "lstm", "mlp", "rnn"]
+    assert options("clip") == ["none", "norm_0.5", "norm_1.0", "norm_5.0", "value_0.1", "value_1.0"]
+    assert len(options("activation")) == 9 and len(options("init")) == 7 and len(options("optimizer")) == 5
+    assert options("data") == ["adding", "blobs", "copy", "digits", "seq_digits"]
+
+
+@pytest.mark.parametrize("override", ALL)
+def test_every_option_composes_and_instantiates(override):
+    cfg = compose_config([*PARTNER.get(override, []), override])
+    validate(cfg)
+    dev = torch.device("cpu")
+    task = build.task(cfg, dev)
+    model = build.model(cfg, task, dev)
+    opt = build.optimizer(cfg, model.parameters())
+    build.scheduler(cfg, opt)
+    build.clip(cfg)
+    x, _ = build.batches(cfg, task).next()
+    assert torch.isfinite(model(x)).all()
+
+
+def test_recurrent_models_default_to_tanh_and_a_sequence_task():
+    cfg = compose_config(["model=rnn"])
+    assert cfg.activation.name == "tanh" and cfg.data.name == "adding"
+    cfg = compose_config(["model=rnn", "activation=relu", "data=copy"])  # the command line still wins
+    assert cfg.activation.name == "relu" and cfg.data.name == "copy"
+
+
+@pytest.mark.parametrize("override", ["model.dpth=3", "model.depth=abc", "optimizer.lr=fast", "model=resnet", "train.stepz=3"])
+def test_typos_and_wrong_types_fail_at_composition(override):
+    with pytest.raises((ConfigCompositionException, OmegaConfBaseException)):
+        compose_config([override])
+
+
+BAD = [
+    (["model.depth=0"], "model.depth"), (["model.depth=-3"], "model.depth"), (["model.width=-1"], "model.width"),
+    (["optimizer.lr=0"], "optimizer.lr"), (["clip.max_norm=-1"], "clip.max_norm"), (["train.steps=0"], "train.steps"),
+    (["log.every=0"], "log.every"), (["reg.l2=-1"], "reg.l2"), (["activation.name=swish"], "activation.name"),
+    (["model=mlp", "data=adding"], "data"), (["model=rnn", "data=digits"], "data"), (["model=cnn", "data=blobs"], "data"),
+    (["model=rnn", "model.residual=true"], "model.residual"), (["norm=batchnorm", "train.batch_size=1"], "train.batch_size"),
+    (["model=rnn", "data.seq_len=1"], "data.seq_len"), (["data.seq_len=10"], "data.seq_len"),
+    (["optimizer=adagrad", "optimizer.momentum=0.9"], "optimizer.momentum"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_bad_values_name_key_value_and_allowed(overrides, key):
+    cfg = compose_config(overrides)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert err.value.key == key and key in message and "allowed" in message and "\n" not in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_a_bad_value():
+    with pytest.raises(ConfigError, match="device"):
+        validate(compose_config(["device=cuda"]))
