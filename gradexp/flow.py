@@ -1,0 +1,28 @@
+"""How a gradient norm changes across depth (or time): the two numbers verdicts, reports and the theory baseline share.
+
+Convention: `norms[i]` belongs to layer i in forward order, so the gradient travels from the last entry to the first.
+A per-layer gain below 1 means the gradient shrinks on its way back to the input (vanishing), above 1 it grows."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+
+def per_layer_gain(norms: Sequence[float]) -> Optional[float]:
+    """exp(-slope) of a least-squares fit of log(norm) against layer index: the factor per layer travelled backward.
+    None when fewer than two positive finite norms exist (the fit would be meaningless)."""
+    points = [(i, math.log(n)) for i, n in enumerate(norms) if n is not None and math.isfinite(n) and n > 0]
+    if len(points) < 2:
+        return None
+    mean_i = sum(i for i, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    var_i = sum((i - mean_i) ** 2 for i, _ in points)
+    slope = sum((i - mean_i) * (y - mean_y) for i, y in points) / var_i
+    return math.exp(-slope)
+
+
+def first_last_ratio(norms: Sequence[float]) -> Optional[float]:
+    """norm of the first layer over norm of the last: the share of the output-side gradient that reaches layer 0."""
+    if len(norms) < 2 or not norms[-1] or norms[0] is None or not all(math.isfinite(n) for n in (norms[0], norms[-1])):
+        return None
+    return norms[0] / norms[-1]
