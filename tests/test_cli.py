@@ -1,0 +1,88 @@
+"""The installed `gradexp` command as a user runs it (subprocesses: marked slow, except the instant --help)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_oracle import read_scalars
+
+TINY = ["train.steps=6", "train.eval_every=3", "log.every=2", "model.width=8"]
+
+
+def gradexp(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gradexp", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_top_level_help_lists_subcommands_without_torch(tmp_path):
+    code = "import sys; from gradexp.cli import main; main(['--help']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert "run [OVERRIDES]" in out and "report PATH" in out
+    assert out.strip().endswith("False")  # torch was never imported
+
+
+@pytest.mark.slow
+def test_run_help_shows_every_group(tmp_path):
+    out = gradexp("run", "--help", cwd=tmp_path).stdout
+    for line in ["model: cnn, gru, lstm, mlp, rnn", "clip: none, norm_0.5, norm_1.0, norm_5.0, value_0.1, value_1.0",
+                 "init: default, kaiming_normal", "data: adding, blobs, copy, digits, seq_digits"]:
+        assert line in out
+
+
+@pytest.mark.slow
+def test_run_writes_events_and_summary_and_says_where(tmp_path):
+    result = gradexp("run", "model=rnn", "clip=norm_1.0", "data.seq_len=10", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dirs = [p.parent for p in tmp_path.glob("outputs/*/*/summary.json")]
+    assert len(run_dirs) == 1
+    summary = json.loads((run_dirs[0] / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert summary["overrides"][:2] == ["model=rnn", "clip=norm_1.0"]
+    assert "grad_norm/total_clipped" in read_scalars(str(run_dirs[0]))
+    assert f"tensorboard --logdir {run_dirs[0].relative_to(tmp_path)}" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override", ["model.depth=0", "model.width=-1", "optimizer.lr=0", "clip.max_norm=-1",
+                                      "train.steps=0", "device=cuda"])
+def test_bad_value_is_one_line_and_exit_2(tmp_path, override):
+    if override == "device=cuda" and _has_cuda():
+        pytest.skip("CUDA present")
+    result = gradexp("run", override, cwd=tmp_path)
+    assert result.returncode == 2
+    key = override.split("=")[0]
+    assert result.stderr.strip().count("\n") == 0 and key in result.stderr and "allowed" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not list(tmp_path.glob("outputs/**/summary.json"))
+
+
+@pytest.mark.slow
+def test_unknown_option_lists_the_available_ones(tmp_path):
+    result = gradexp("run", "model=resnet", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Available options in 'model'" in result.stderr and "lstm" in result.stderr
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_job_its_own_folder_and_events(tmp_path):
+    result = gradexp("run", "-m", "activation=sigmoid,relu", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summaries = sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
+    assert len(summaries) == 2
+    sweep = summaries[0].parent.parent
+    assert len({s.parent for s in summaries}) == 2
+    for s in summaries:
+        assert list(s.parent.glob("events.out.tfevents.*")), s.parent
+    names = sorted(s.parent.name for s in summaries)
+    assert "activation=sigmoid" in names[0] + names[1] and "activation=relu" in names[0] + names[1]
+    assert sweep.is_dir()
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
