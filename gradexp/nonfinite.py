@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from gradexp.probes.base import named_parameters
 from gradexp.snapshot import Snapshot
 
 
@@ -105,8 +106,8 @@ class NonfiniteGuard:
         (once). With stop_on_nonfinite false the training state is put back and training goes on."""
         if self.found is not None:
             return None
-        params = [p.detach() for p in self.run.model.parameters()]
-        tensors = params + [p.grad for p in self.run.model.parameters() if p.grad is not None]
+        params = [p for _, p in named_parameters(self.run.model)]
+        tensors = [p.detach() for p in params] + [p.grad for p in params if p.grad is not None]
         self.flag |= ~torch.isfinite(torch.stack(torch._foreach_norm(tensors, float("inf"))).max())
         if not bool(self.flag):
             self.snapshot.take()

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradexp.probes.base import named_parameters
+
 
 class Snapshot:
     def __init__(self, run: Any) -> None:
@@ -25,10 +27,11 @@ class Snapshot:
     def _live(self) -> tuple[list, list[Tensor], dict]:
         """(signature, live tensors, non-tensor optimizer state) in a fixed order."""
         model, opt = self.run.model, self.run.optimizer
-        tensors = list(model.parameters()) + list(model.buffers())
+        params = [p for _, p in named_parameters(model)]
+        tensors = params + list(model.buffers())
         keys: list = [("model", i, tuple(t.shape)) for i, t in enumerate(tensors)]
         other = {}
-        for i, p in enumerate(model.parameters()):
+        for i, p in enumerate(params):
             for k, v in opt.state.get(p, {}).items():
                 if isinstance(v, Tensor):
                     keys.append(("opt", i, k, tuple(v.shape), v.device))

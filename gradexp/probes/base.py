@@ -8,12 +8,22 @@ time step), which reaches the sinks as a list of floats."""
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import ContextManager, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 Scalars = dict[str, Tensor]
+_PARAMS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+
+
+def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """model.named_parameters(), walked once per model: a module-tree walk costs tens of microseconds, and a
+    logging step needs the list several times (the set of parameters never changes after build)."""
+    if model not in _PARAMS:
+        _PARAMS[model] = list(model.named_parameters())
+    return _PARAMS[model]
 
 
 class Probe:

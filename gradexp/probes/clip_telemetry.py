@@ -13,13 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from gradexp.clip import ClipPolicy
-from gradexp.probes.base import Probe, Scalars
+from gradexp.probes.base import Probe, Scalars, named_parameters
 
 CLIP_EPS = 1e-6  # the epsilon torch.nn.utils.clip_grad_norm_ adds to the norm
 
 
 def _grads(model: nn.Module) -> list[Tensor]:
-    return [p.grad for p in model.parameters() if p.grad is not None]
+    return [p.grad for _, p in named_parameters(model) if p.grad is not None]
 
 
 def _global_norm(grads: list[Tensor]) -> Tensor:

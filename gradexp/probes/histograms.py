@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gradexp.probes.act_grads import hidden_layers
-from gradexp.probes.base import Probe, Scalars
+from gradexp.probes.base import Probe, Scalars, named_parameters
 
 PREFIX = "hist/"
 BINS = 30
@@ -72,10 +72,10 @@ class Histograms(Probe):
         if not self.active:
             return {}
         values, self.values = self.values, {}
-        values.update({f"{PREFIX}grad/{n}": pack(p.grad) for n, p in model.named_parameters() if p.grad is not None})
+        values.update({f"{PREFIX}grad/{n}": pack(p.grad) for n, p in named_parameters(model) if p.grad is not None})
         return values
 
     def after_step(self, model: nn.Module) -> Scalars:
         if not self.active:
             return {}
-        return {f"{PREFIX}weight/{n}": pack(p) for n, p in model.named_parameters()}
+        return {f"{PREFIX}weight/{n}": pack(p) for n, p in named_parameters(model)}

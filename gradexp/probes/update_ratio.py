@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars
+from gradexp.probes.base import Probe, Scalars, named_parameters
 
 
 class UpdateRatio(Probe):
@@ -21,7 +21,7 @@ class UpdateRatio(Probe):
         self.before: list[Tensor] = []
 
     def after_clip(self, model: nn.Module, clip_norm: Optional[Tensor]) -> Scalars:
-        pairs = [(n, p) for n, p in model.named_parameters() if p.grad is not None]  # what the optimizer updates
+        pairs = [(n, p) for n, p in named_parameters(model) if p.grad is not None]  # what the optimizer updates
         self.names = [n for n, _ in pairs]
         self.params = [p.detach() for _, p in pairs]
         self.before = torch._foreach_mul(self.params, 1.0) if self.params else []  # batched copy
