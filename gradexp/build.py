@@ -10,9 +10,15 @@ from torch import nn
 from gradexp.clip import ClipPolicy
 from gradexp.data import Batches, Task, make_task
 from gradexp.models import init_weights
+from gradexp.config import RECURRENT, model_family
 from gradexp.probes.act_grads import ActGrads
+from gradexp.probes.act_stats import ActStats
 from gradexp.probes.base import Instruments, Probe
+from gradexp.probes.bptt import BpttGradNorms
+from gradexp.probes.clip_telemetry import ClipTelemetry
 from gradexp.probes.grad_norms import GradNorms
+from gradexp.probes.histograms import Histograms
+from gradexp.probes.update_ratio import UpdateRatio
 from gradexp.train import Settings
 
 
@@ -64,8 +70,15 @@ def clip(cfg: Any) -> ClipPolicy:
     return ClipPolicy(mode=c.mode, max_norm=c.max_norm, norm_type=c.norm_type, value=c.value)
 
 
-def probes(cfg: Any) -> list[Probe]:
-    return [GradNorms(), ActGrads()]
+def probes(cfg: Any, clip_policy: Optional[ClipPolicy] = None) -> list[Probe]:
+    found: list[Probe] = [GradNorms(), ActGrads(), ActStats(cfg.activation.name), UpdateRatio()]
+    if clip_policy is not None and clip_policy.mode != "none":
+        found.append(ClipTelemetry(clip_policy))
+    if cfg.log.histograms_every:
+        found.append(Histograms(cfg.log.histograms_every))
+    if model_family(cfg) in RECURRENT and cfg.log.bptt_every:
+        found.append(BpttGradNorms(cfg.log.bptt_every, last_step=cfg.train.steps - 1))
+    return found
 
 
 def batches(cfg: Any, task_: Task) -> Batches:
@@ -74,4 +87,5 @@ def batches(cfg: Any, task_: Task) -> Batches:
 
 def settings(cfg: Any) -> Settings:
     t = cfg.train
-    return Settings(steps=t.steps, eval_every=t.eval_every, log_every=cfg.log.every, l1=cfg.reg.l1, l2=cfg.reg.l2)
+    return Settings(steps=t.steps, eval_every=t.eval_every, log_every=cfg.log.every, l1=cfg.reg.l1, l2=cfg.reg.l2,
+                    stop_on_nonfinite=t.stop_on_nonfinite)

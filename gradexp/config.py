@@ -83,11 +83,14 @@ class TrainConf:
     steps: int = 500
     batch_size: int = 64
     eval_every: int = 50
+    stop_on_nonfinite: bool = True
 
 
 @dataclass
 class LogConf:
     every: int = 10
+    histograms_every: int = 0   # 0 = off; else a multiple of every
+    bptt_every: int = 100       # recurrent models only; 0 = off; else a multiple of every
 
 
 @dataclass
@@ -185,7 +188,16 @@ def validate(cfg: Any) -> None:
     for key, ok, allowed in _RANGES:
         if not ok(_get(cfg, key)):
             raise ConfigError(key, _get(cfg, key), allowed)
+    _check_intervals(cfg)
     _check_combinations(cfg)
+
+
+def _check_intervals(cfg: Any) -> None:
+    """Instruments on their own interval run only on logging steps, so the interval is a multiple of log.every."""
+    for key in ("log.histograms_every", "log.bptt_every"):
+        value = _get(cfg, key)
+        if value < 0 or value % cfg.log.every:
+            raise ConfigError(key, value, f"0 (off) or a multiple of log.every={cfg.log.every}")
 
 
 def _check_combinations(cfg: Any) -> None:

@@ -32,7 +32,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
     run = Run(
         model=model, task=task, batches=build.batches(cfg, task),
         optimizer=(opt := build.optimizer(cfg, model.parameters())), scheduler=build.scheduler(cfg, opt),
-        clip=build.clip(cfg), instruments=Instruments(build.probes(cfg), model), sinks=sinks,
+        clip=(clip := build.clip(cfg)), instruments=Instruments(build.probes(cfg, clip), model), sinks=sinks,
     )
     outcome = Outcome()
     try:

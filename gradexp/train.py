@@ -5,7 +5,6 @@ initialised network. Logging steps are 0, every `log_every`-th step and the last
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
@@ -14,6 +13,8 @@ from torch import Tensor, nn
 
 from gradexp.clip import ClipPolicy
 from gradexp.data import Batches, Task
+from gradexp.nonfinite import NonfiniteGuard
+from gradexp.perf import PerfMeter
 from gradexp.probes.base import Instruments
 
 
@@ -29,6 +30,7 @@ class Settings:
     log_every: int
     l1: float = 0.0
     l2: float = 0.0
+    stop_on_nonfinite: bool = True
 
 
 @dataclass
@@ -110,34 +112,37 @@ def evaluate(run: Run) -> dict[str, Tensor]:
 
 
 def train(run: Run, settings: Settings, start_step: int = 0) -> Outcome:
-    """Run the loop to settings.steps. A non-finite loss ends it with status 'diverged' (a result, not a crash)."""
+    """Run the loop to settings.steps. A non-finite loss or gradient is localised (nonfinite.py) and ends the
+    run with status 'diverged' (a result, not a crash); with stop_on_nonfinite false training goes on."""
     outcome = Outcome(steps=start_step)
-    nonfinite = torch.zeros((), dtype=torch.bool, device=run.task.x_train.device)  # set on device: no per-step sync
-    started = time.perf_counter()
+    guard = NonfiniteGuard(run, settings, start_step)  # per step: one device op, no sync
+    meter = PerfMeter()
     try:
         for step in range(start_step, settings.steps):
             logging = is_logging_step(step, settings)
-            scalars = train_step(run, settings, logging)
-            nonfinite |= ~torch.isfinite(scalars["loss/train"])
+            with meter.step(logging):
+                if logging:
+                    run.instruments.begin(step)
+                scalars = train_step(run, settings, logging)
+            guard.observe(scalars["loss/train"])
             outcome.steps = step + 1
             evaluating = (step + 1) % settings.eval_every == 0 or step == settings.steps - 1
             if evaluating:
                 scalars.update(evaluate(run))
             if logging or evaluating:
-                values = run.instruments.collect(scalars if logging else evaluate_only(scalars))
-                for sink in run.sinks:
-                    sink.log(step, values)
-                if bool(nonfinite):
-                    outcome.status = "diverged"
-                    outcome.nonfinite = {"step": step, "tensor": "loss/train"}
-                    break
-        else:
-            outcome.status = "completed"
+                with meter.instrumenting():
+                    values = run.instruments.collect(scalars if logging else evaluate_only(scalars))
+                    for sink in run.sinks:
+                        sink.log(step, values)
+                    found = guard.check(step, train_step)
+                if found is not None:
+                    outcome.nonfinite = found
+                    if settings.stop_on_nonfinite:
+                        break
+        outcome.status = "completed" if outcome.nonfinite is None else "diverged"
     except KeyboardInterrupt:
         outcome.status = "interrupted"
-    elapsed = time.perf_counter() - started
-    done = outcome.steps - start_step
-    outcome.perf = {"steps_per_s": done / elapsed if elapsed > 0 else 0.0, "wall_s": elapsed}
+    outcome.perf = meter.summary(outcome.steps - start_step)
     return outcome
 
 

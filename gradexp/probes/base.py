@@ -2,20 +2,35 @@
 
 A probe measures one family of quantities. It is consulted only on logging steps: hooks it needs exist
 only inside `watch` (forward + backward of a logging step), and every value it returns is a 0-d tensor
-left on the model's device, so nothing synchronises with the host until Instruments.collect()."""
+left on the model's device, so nothing synchronises with the host until Instruments.collect().
+A value is usually 0-d (one scalar per tag); a probe may return a 1-d tensor for a profile (e.g. one norm per
+time step), which reaches the sinks as a list of floats."""
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import ContextManager, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 Scalars = dict[str, Tensor]
+_PARAMS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+
+
+def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """model.named_parameters(), walked once per model: a module-tree walk costs tens of microseconds, and a
+    logging step needs the list several times (the set of parameters never changes after build)."""
+    if model not in _PARAMS:
+        _PARAMS[model] = list(model.named_parameters())
+    return _PARAMS[model]
 
 
 class Probe:
-    """Override the phases you need; each returns tag -> 0-d tensor."""
+    """Override the phases you need; each returns tag -> 0-d (or 1-d profile) tensor."""
+
+    def begin(self, step: int) -> None:  # a logging step starts; probes with their own interval decide here
+        pass
 
     def watch(self, model: nn.Module) -> ContextManager:
         return contextlib.nullcontext()
@@ -36,6 +51,10 @@ class Instruments:
     def __init__(self, probes: list[Probe], model: nn.Module):
         self.probes, self.model = probes, model
         self.pending: Scalars = {}
+
+    def begin(self, step: int) -> None:
+        for probe in self.probes:
+            probe.begin(step)
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
@@ -63,8 +82,16 @@ class Instruments:
         return to_host(values)
 
 
-def to_host(values: Scalars) -> dict[str, float]:
+def to_host(values: Scalars) -> dict[str, float | list[float]]:
+    """One device->host copy for everything: 0-d tensors become floats, 1-d profiles lists of floats."""
     if not values:
         return {}
-    stacked = torch.stack([v.detach().reshape(()).float() for v in values.values()])  # (N,)
-    return dict(zip(values, stacked.tolist()))
+    # host-made values (the lr) join the model's device so that one cat and one copy suffice
+    dev = next((v.device for v in values.values() if v.device.type != "cpu"), torch.device("cpu"))
+    flat = torch.cat([v.detach().reshape(-1).float().to(dev) for v in values.values()]).tolist()  # (sum of numels,)
+    out, at = {}, 0
+    for tag, v in values.items():
+        n = v.numel()
+        out[tag] = flat[at] if v.dim() == 0 else flat[at:at + n]
+        at += n
+    return out

@@ -6,11 +6,11 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars
+from gradexp.probes.base import Probe, Scalars, named_parameters
 
 
 def _named_grads(model: nn.Module) -> tuple[list[str], list[Tensor]]:
-    pairs = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    pairs = [(name, p.grad) for name, p in named_parameters(model) if p.grad is not None]
     return [n for n, _ in pairs], [g for _, g in pairs]
 
 

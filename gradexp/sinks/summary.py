@@ -11,6 +11,8 @@ from gradexp.train import Outcome
 
 FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val")
 SUMMARY_NAME = "summary.json"
+BPTT_PREFIX = "bptt_grad_norm/"
+ACT_STATS = ("act_mean", "act_std", "act_saturation")
 
 
 class SummarySink:
@@ -20,9 +22,14 @@ class SummarySink:
         self.latest: dict[str, float] = {}
         self.first: dict[str, float] = {}    # per-layer quantities at the first logged step
         self.last: dict[str, float] = {}
+        self.profiles: dict[str, dict[str, list]] = {}  # layer -> {"first": [...], "last": [...]}
 
-    def log(self, step: int, values: dict[str, float]) -> None:
+    def log(self, step: int, values: dict) -> None:
         self.latest.update(values)
+        for tag, value in values.items():
+            if tag.startswith(BPTT_PREFIX):  # full per-time-step profile at the first and last logged step
+                entry = self.profiles.setdefault(tag[len(BPTT_PREFIX):], {"first": value, "first_step": step})
+                entry.update(last=value, last_step=step)
         per_layer = layer_quantities(values, self.layer_names)
         for key, value in per_layer.items():
             self.first.setdefault(key, value)
@@ -42,13 +49,18 @@ class SummarySink:
             "verdict": None,
             "perf": outcome.perf,
         }
+        if self.profiles:
+            summary["bptt"] = {layer: {k: _finite_list(v) for k, v in entry.items()} for layer, entry in self.profiles.items()}
+        clip = {k: _finite_or_none(v) for k, v in self.latest.items() if k.startswith("clip/")}
+        if clip:
+            summary["clip"] = clip  # the last logged clip telemetry
         if outcome.error:
             summary["error"] = outcome.error
         return summary
 
     def _layer_entry(self, name: str) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": name}
-        for quantity in ("grad_norm", "act_grad_norm"):
+        for quantity in ("grad_norm", "act_grad_norm", *ACT_STATS):
             key = f"{quantity}/{name}"
             if key in self.first:
                 entry[quantity] = {"first": _finite_or_none(self.first[key]), "last": _finite_or_none(self.last[key])}
@@ -62,14 +74,19 @@ def layer_quantities(values: dict[str, float], layer_names: list[str]) -> dict[s
         squares = [v * v for tag, v in values.items() if tag.startswith(f"grad_norm/{name}.")]
         if squares:
             out[f"grad_norm/{name}"] = math.sqrt(sum(squares))
-        if f"act_grad_norm/{name}" in values:
-            out[f"act_grad_norm/{name}"] = values[f"act_grad_norm/{name}"]
+        for quantity in ("act_grad_norm", *ACT_STATS):
+            if f"{quantity}/{name}" in values:
+                out[f"{quantity}/{name}"] = values[f"{quantity}/{name}"]
     return out
 
 
 def _finite_or_none(value: float) -> Optional[float]:
     """JSON has no NaN/Inf; a non-finite number is recorded as null (the status says why)."""
     return value if math.isfinite(value) else None
+
+
+def _finite_list(value: Any) -> Any:
+    return [_finite_or_none(v) for v in value] if isinstance(value, list) else value
 
 
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:

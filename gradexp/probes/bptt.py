@@ -1,0 +1,65 @@
+"""bptt_grad_norm/<layer>: the profile ||dLoss/dh_t|| (L2 over batch and features) for every time step t
+of every stacked recurrent layer, as a 1-d tensor (T,) in time order.
+
+On its own interval (log.bptt_every, a multiple of log.every; 0 = off) because it needs the unrolled
+loop: each block's `on_step(t, h_t)` callback receives every hidden state before step t+1 uses it, and
+a tensor hook on h_t then receives the total gradient (through the recurrence and the layer above).
+While no callback is set the blocks run PyTorch's fused kernels, so other steps pay nothing."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from gradexp.probes.act_grads import hidden_layers
+from gradexp.probes.base import Probe, Scalars
+
+PREFIX = "bptt_grad_norm/"
+
+
+def recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, layer) for name, layer in hidden_layers(model) if hasattr(layer, "on_step")]
+
+
+class BpttGradNorms(Probe):
+    def __init__(self, every: int, last_step: int) -> None:
+        self.every, self.last_step = every, last_step
+        self.active = False
+        self.norms: dict[str, dict[int, Tensor]] = {}  # layer -> t -> 0-d norm
+        self.lengths: dict[str, int] = {}              # layer -> T seen in the forward pass
+
+    def begin(self, step: int) -> None:
+        self.active = self.every > 0 and (step % self.every == 0 or step == self.last_step)
+
+    @contextlib.contextmanager
+    def watch(self, model: nn.Module) -> Iterator[None]:
+        layers = recurrent_layers(model) if self.active else []
+        for name, layer in layers:
+            layer.on_step = self._on_step(name)
+        try:
+            yield
+        finally:
+            for _, layer in layers:
+                layer.on_step = None  # back to the fused kernels
+
+    def _on_step(self, name: str):
+        norms = self.norms.setdefault(name, {})
+
+        def on_step(t: int, h: Tensor) -> None:  # h: (B, H)
+            self.lengths[name] = t + 1
+            if h.requires_grad:
+                h.register_hook(lambda grad: norms.__setitem__(t, grad.detach().norm()))
+
+        return on_step
+
+    def after_backward(self, model: nn.Module) -> Scalars:
+        profiles: Scalars = {}
+        for name, norms in self.norms.items():
+            if not norms:
+                continue
+            zero = next(iter(norms.values())).new_zeros(())  # a step the loss does not reach has gradient 0
+            profiles[f"{PREFIX}{name}"] = torch.stack([norms.get(t, zero) for t in range(self.lengths[name])])
+        self.norms, self.lengths = {}, {}
+        return profiles

@@ -1,0 +1,81 @@
+"""Histograms of gradients, weights and hidden-layer outputs, on their own interval (log.histograms_every,
+a multiple of log.every; 0 = off). Tags: hist/grad/<param>, hist/weight/<param>, hist/act/<layer>.
+
+Each histogram is computed on the device without a host sync and packed into one 1-d tensor
+(min, max, count, sum, sum of squares, BINS bin counts) so it rides along with the logging step's single
+host transfer; `unpack` gives the sinks what tensorboard's add_histogram_raw wants. Bins split [min, max]
+evenly; NaN/Inf entries are left out of the bins (they still make min/max/sum non-finite)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from gradexp.probes.act_grads import hidden_layers
+from gradexp.probes.base import Probe, Scalars, named_parameters
+
+PREFIX = "hist/"
+BINS = 30
+_HEADER = 5  # min, max, count, sum, sum of squares
+
+
+def pack(t: Tensor, bins: int = BINS) -> Tensor:
+    """(any shape) -> (5 + bins,) on t's device."""
+    t = t.detach().float().reshape(-1)
+    lo, hi = t.min(), t.max()
+    unit = (t - lo) / (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)  # [0, 1]: histc needs host-side bounds
+    unit = torch.where(torch.isfinite(unit), unit, -1.0)  # out of range: not counted
+    counts = torch.histc(unit, bins=bins, min=0.0, max=1.0)
+    header = torch.stack([lo, hi, t.new_tensor(float(t.numel())), t.sum(), (t * t).sum()])
+    return torch.cat([header, counts])
+
+
+def unpack(values: list[float]) -> dict:
+    """The host-side list from `pack` -> keyword arguments of SummaryWriter.add_histogram_raw."""
+    lo, hi, num, total, squares = values[:_HEADER]
+    counts = values[_HEADER:]
+    width = (hi - lo) / len(counts)
+    limits = [lo + width * (i + 1) for i in range(len(counts))]  # right edge of each bin
+    return dict(min=lo, max=hi, num=num, sum=total, sum_squares=squares, bucket_limits=limits, bucket_counts=counts)
+
+
+class Histograms(Probe):
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.active = False
+        self.values: Scalars = {}
+
+    def begin(self, step: int) -> None:
+        self.active = self.every > 0 and step % self.every == 0
+
+    @contextlib.contextmanager
+    def watch(self, model: nn.Module) -> Iterator[None]:
+        if not self.active:
+            yield
+            return
+        handles = [layer.register_forward_hook(self._act_hook(name)) for name, layer in hidden_layers(model)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _act_hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            self.values[f"{PREFIX}act/{name}"] = pack(output)
+
+        return hook
+
+    def after_backward(self, model: nn.Module) -> Scalars:
+        if not self.active:
+            return {}
+        values, self.values = self.values, {}
+        values.update({f"{PREFIX}grad/{n}": pack(p.grad) for n, p in named_parameters(model) if p.grad is not None})
+        return values
+
+    def after_step(self, model: nn.Module) -> Scalars:
+        if not self.active:
+            return {}
+        return {f"{PREFIX}weight/{n}": pack(p) for n, p in named_parameters(model)}
