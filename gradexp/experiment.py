@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import torch
 from rich.console import Console
 
 from gradexp import build
@@ -47,6 +48,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
         outcome.status, outcome.error = "failed", f"{type(err).__name__}: {err}"
         raise
     finally:
+        outcome.perf["torch_threads"] = torch.get_num_threads()  # shows how a parallel launcher divided the CPUs
         # decide from what the summary holds, so summary.json, TensorBoard and the terminal show one verdict
         outcome.verdict = diagnose(summary.build(outcome), Factors.from_cfg(cfg), cfg.diagnose)
         for sink in sinks:
