@@ -21,14 +21,17 @@ VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "d
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gradexp report", description=__doc__.split(";")[0])
     parser.add_argument("path", help="a run folder or a sweep folder (e.g. multirun/2024-05-01/12-00-00)")
-    parser.add_argument("--sort", metavar="KEY", help="column to sort by (prefix '-' for descending), e.g. gain")
+    parser.add_argument("--sort", metavar="KEY", help="column to sort by, e.g. gain; --sort=-gain for descending")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="what to print")
     parser.add_argument("--out", metavar="DIR", help="where report.csv and report.png go (default: PATH)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exit_:  # argparse printed usage (--help: 0) or one error line (2)
+        return int(exit_.code or 0)
     if not os.path.isdir(args.path):
         return _bad(f"no such folder: {args.path!r} (allowed: a run folder or a sweep folder)")
     folders = find_runs(args.path)
@@ -36,7 +39,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _bad(f"no runs under {args.path!r} (a run folder holds .hydra/ or summary.json)")
     records = [load_run(folder, args.path) for folder in folders]
     keys = varying_keys(records)
-    rows = [row(r, keys) for r in records]
+    theory = any(r.theory_gain is not None for r in records)
+    rows = [row(r, keys, theory) for r in records]
     columns = list(rows[0])
     if args.sort:
         descending, key = args.sort.startswith("-"), args.sort.lstrip("-")
@@ -54,13 +58,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def row(r: RunRecord, keys: list[str]) -> dict[str, Any]:
+def row(r: RunRecord, keys: list[str], theory: bool = False) -> dict[str, Any]:
     """One run as ordered columns; the overrides shown are the varying ones (all of them for a single run)."""
     shown = {k: r.overrides.get(k, "") for k in keys} if keys else {"overrides": " ".join(f"{k}={v}" for k, v in r.overrides.items())}
     out = {"run": r.path, **shown, "status": r.status}
     out.update({m: r.final.get(m) for m in METRICS})
     out.update({"gain": r.gain, "first/last": r.ratio, "verdict": r.verdict.get("label", "")})
-    if r.theory_gain is not None:
+    if theory:  # summary["theory"] (MLPs): the gain mean-field theory predicts for this init and activation
         out["theory gain"] = r.theory_gain
     out["steps/s"] = r.steps_per_s
     out["evidence"] = r.verdict.get("evidence", "")
