@@ -18,17 +18,17 @@ def draw(records: list[RunRecord], keys: list[str], path: str) -> Optional[str]:
 
     plt = figures.plt
     phase = len(keys) == 2
-    fig, axes = plt.subplots(1, 3 if phase else 2, figsize=(18 if phase else 13, 5.5), dpi=90)
+    fig, axes = plt.subplots(1, 3 if phase else 2, figsize=(17 if phase else 12, 6), dpi=90, layout="constrained")
     labels = {r.path: _label(r, keys) for r in measured}
     colours = {labels[r.path]: plt.cm.tab10(i % 10) for i, r in enumerate(measured)}
     for ax, when in zip(axes, ("first", "last")):
         figures.profiles(ax, {labels[r.path]: r.profile[when] for r in measured}, colours)
         ax.set_title(f"per-layer gradient at {WHEN[when]}")
         ax.set_ylabel(figures.LABEL.get(measured[0].quantity, "gradient norm"))
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5) if not phase else (1.0, 0.5))
+    axes[1].sharey(axes[0])
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(3, len(measured)), fontsize=8)
     if phase:
         _phase(axes[2], records, keys, figures)
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

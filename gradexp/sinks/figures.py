@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 LABEL = {"act_grad_norm": "‖∂L/∂h‖ (activation gradient)", "grad_norm": "‖∂L/∂θ‖ (layer parameters)"}
 
@@ -44,6 +45,7 @@ def profile(norms: Sequence[float], quantity: str, step: int):
     fig, ax = plt.subplots(figsize=(6, 4), dpi=80)
     ax.semilogy(range(len(norms)), _positive(norms), marker="o")
     ax.set_xlabel("hidden layer (forward order)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(LABEL.get(quantity, quantity))
     ax.set_title(f"per-layer gradient at step {step}")
     ax.grid(True, which="both", alpha=0.3)
@@ -57,6 +59,7 @@ def profiles(ax, series: dict[str, Sequence[float]], colours: Optional[dict[str,
         ax.semilogy(range(len(norms)), _positive(norms), marker=".", label=label,
                     color=(colours or {}).get(label))
     ax.set_xlabel("hidden layer (forward order)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -67,10 +70,15 @@ def phase(ax, rows: list[str], cols: list[str], gains: dict[tuple[str, str], Opt
         if gain is not None and gain > 0 and math.isfinite(gain):
             data[rows.index(r), cols.index(c)] = math.log10(gain)
     limit = max(0.1, float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 0.1)
-    image = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    cmap = plt.get_cmap("RdBu_r").copy()
+    cmap.set_bad("lightgrey")  # runs without a gain (unfinished, no layers) and cells not swept
+    image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
     for (r, c), gain in gains.items():
+        value = data[rows.index(r), cols.index(c)]
         text = "n/a" if gain is None else f"×{gain:.2g}"
-        ax.text(cols.index(c), rows.index(r), f"{text}\n{labels.get((r, c), '')}", ha="center", va="center", fontsize=8)
+        colour = "white" if np.isfinite(value) and abs(value) > 0.6 * limit else "black"
+        ax.text(cols.index(c), rows.index(r), f"{text}\n{labels.get((r, c), '')}", ha="center", va="center",
+                fontsize=9, color=colour)
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     plt.colorbar(image, ax=ax, label="log10 per-layer gain")
