@@ -34,6 +34,7 @@ def heatmap(grid: Sequence[Sequence[float]], steps: Sequence[int], quantity: str
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     ax.set_xlabel("training step")
     ax.set_ylabel("hidden layer")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"gradient flow: {LABEL.get(quantity, quantity)}")
     fig.colorbar(image, ax=ax, label="norm (log)")
     fig.tight_layout()
