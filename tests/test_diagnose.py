@@ -1,6 +1,8 @@
 """Verdicts on constructed summaries: known per-layer profiles in, label/evidence/suggestions out."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gradexp.advice import Factors
@@ -98,3 +100,23 @@ def test_nonfinite_norms_are_skipped_not_fatal():
 def test_thresholds_out_of_range_are_rejected(override):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         validate(compose_config([override]))
+
+
+def test_a_run_stores_the_verdict_of_its_own_summary_and_shows_the_panel(tmp_path):
+    import json
+
+    from rich.console import Console
+
+    from gradexp.experiment import run_experiment
+
+    overrides = ["model.depth=5", "activation=sigmoid", "init=xavier_normal"]
+    console = Console(record=True, width=200, file=open(os.devnull, "w"))
+    outcome = run_experiment(compose_config(overrides), run_dir=str(tmp_path), overrides=overrides, console=console)
+    saved = json.load(open(tmp_path / "summary.json"))
+    cfg = compose_config(overrides)
+    assert saved["verdict"] == json.loads(json.dumps(diagnose(saved, Factors.from_cfg(cfg), cfg.diagnose)))
+    assert saved["verdict"] == json.loads(json.dumps(outcome.verdict))
+    shown = console.export_text()
+    assert saved["verdict"]["label"] in shown and saved["verdict"]["evidence"][:40] in shown
+    for fix in saved["verdict"]["suggestions"]:
+        assert f"gradexp run ... {fix}" in shown

@@ -71,8 +71,7 @@ def phase(ax, rows: list[str], cols: list[str], gains: dict[tuple[str, str], Opt
         if gain is not None and gain > 0 and math.isfinite(gain):
             data[rows.index(r), cols.index(c)] = math.log10(gain)
     limit = max(0.1, float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 0.1)
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("lightgrey")  # runs without a gain (unfinished, no layers) and cells not swept
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="lightgrey")  # runs without a gain, cells not swept
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
     for (r, c), gain in gains.items():
         value = data[rows.index(r), cols.index(c)]
