@@ -100,6 +100,17 @@ class RegConf:
 
 
 @dataclass
+class DiagnoseConf:
+    """Verdict thresholds (gradexp/diagnose.py). Gains are factors per layer (or per time step) travelled backward."""
+    vanishing_gain: float = 0.8       # per-layer gain below this: vanishing
+    exploding_gain: float = 1.25      # per-layer gain above this: exploding
+    vanishing_ratio: float = 1e-3     # first-layer / last-layer gradient norm below this: vanishing
+    exploding_ratio: float = 1e3      # ... above this: exploding
+    time_vanishing_gain: float = 0.9  # recurrent models: gain per time step below this: vanishing through time
+    time_exploding_gain: float = 1.1  # ... above this: exploding through time
+
+
+@dataclass
 class Config:
     model: ModelConf = field(default_factory=ModelConf)
     activation: ActivationConf = field(default_factory=ActivationConf)
@@ -112,6 +123,7 @@ class Config:
     train: TrainConf = field(default_factory=TrainConf)
     log: LogConf = field(default_factory=LogConf)
     reg: RegConf = field(default_factory=RegConf)
+    diagnose: DiagnoseConf = field(default_factory=DiagnoseConf)
     seed: int = 0
     device: str = "auto"
 
@@ -156,6 +168,12 @@ _RANGES = [
     ("reg.l1", lambda v: v >= 0, "a number >= 0"),
     ("reg.l2", lambda v: v >= 0, "a number >= 0"),
     ("seed", lambda v: v >= 0, "an integer >= 0"),
+    ("diagnose.vanishing_gain", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("diagnose.exploding_gain", lambda v: v > 1, "a number > 1"),
+    ("diagnose.vanishing_ratio", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("diagnose.exploding_ratio", lambda v: v > 1, "a number > 1"),
+    ("diagnose.time_vanishing_gain", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("diagnose.time_exploding_gain", lambda v: v > 1, "a number > 1"),
 ]
 
 

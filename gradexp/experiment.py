@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import torch
 from rich.console import Console
 
 from gradexp import build
+from gradexp.advice import Factors
 from gradexp.config import validate
+from gradexp.diagnose import diagnose
 from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Instruments
 from gradexp.sinks.summary import SummarySink
+from gradexp.sinks.tb_views import TensorBoardViews, run_hparams
 from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.sinks.terminal import TerminalSink
 from gradexp.train import Outcome, Run, train
@@ -24,9 +28,12 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
     task = build.task(cfg, dev)
     model = build.model(cfg, task, dev)
     layer_names = [name for name, _ in hidden_layers(model)]
+    tensorboard = TensorBoardSink(run_dir)
+    summary = SummarySink(run_dir, overrides, layer_names)
     sinks = [
-        TensorBoardSink(run_dir),
-        SummarySink(run_dir, overrides, layer_names),
+        TensorBoardViews(tensorboard.writer, run_hparams(cfg), layer_names),  # before tensorboard: it uses its writer
+        tensorboard,
+        summary,
         TerminalSink(cfg.train.steps, run_dir, console=console),
     ]
     run = Run(
@@ -41,6 +48,9 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
         outcome.status, outcome.error = "failed", f"{type(err).__name__}: {err}"
         raise
     finally:
+        outcome.perf["torch_threads"] = torch.get_num_threads()  # shows how a parallel launcher divided the CPUs
+        # decide from what the summary holds, so summary.json, TensorBoard and the terminal show one verdict
+        outcome.verdict = diagnose(summary.build(outcome), Factors.from_cfg(cfg), cfg.diagnose)
         for sink in sinks:
             sink.close(outcome)
     return outcome

@@ -22,8 +22,10 @@ def _task(cfg: DictConfig) -> None:
     global _task_started
     _task_started = True
     from gradexp.experiment import run_experiment
+    from gradexp.launch import configure_threads
 
     hydra_cfg = HydraConfig.get()
+    configure_threads(hydra_cfg.launcher)  # parallel launchers: divide the CPUs among the jobs
     try:
         run_experiment(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
     except ConfigError as err:

@@ -40,6 +40,7 @@ class Outcome:
     nonfinite: Optional[dict] = None
     error: Optional[str] = None
     perf: dict = field(default_factory=dict)
+    verdict: Optional[dict] = None   # set by gradexp.diagnose once training ends, before the sinks close
 
 
 @dataclass

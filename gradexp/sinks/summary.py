@@ -46,7 +46,7 @@ class SummarySink:
             "final": {k: _finite_or_none(self.latest[k]) for k in FINAL_KEYS if k in self.latest},
             "layers": [self._layer_entry(name) for name in self.layer_names],
             "nonfinite": outcome.nonfinite,
-            "verdict": None,
+            "verdict": outcome.verdict,
             "perf": outcome.perf,
         }
         if self.profiles:

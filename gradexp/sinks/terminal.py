@@ -4,12 +4,15 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from gradexp.train import Outcome
 
 STATUS_STYLE = {"completed": "green", "diverged": "red", "interrupted": "yellow", "failed": "red"}
+VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
 
 
 class TerminalSink:
@@ -42,9 +45,22 @@ class TerminalSink:
         style = STATUS_STYLE.get(outcome.status, "white")
         speed = outcome.perf.get("steps_per_s", 0.0)
         self.console.print(f"[{style}]{outcome.status}[/] after {outcome.steps} steps ({speed:.0f} steps/s)")
+        if outcome.verdict:
+            self.console.print(verdict_panel(outcome.verdict))
         logdir = _shortest(self.run_dir)
         self.console.print(f"run folder: {logdir}")
         self.console.print(f"dashboards: tensorboard --logdir {logdir}")
+
+
+def verdict_panel(verdict: dict) -> Panel:
+    """The verdict as a boxed note: label (and cause) in the title, evidence, then overrides to paste."""
+    label, style = verdict["label"], VERDICT_STYLE.get(verdict["label"], "white")
+    title = f"[bold {style}]{label}[/]" + (f" — {verdict['cause']}" if verdict.get("cause") else "")
+    parts = [Text(verdict["evidence"])]
+    if verdict.get("suggestions"):
+        parts.append(Text("\ntry:", style="bold"))
+        parts += [Text(f"  gradexp run ... {fix}", style="cyan") for fix in verdict["suggestions"]]
+    return Panel(Group(*parts), title=title, title_align="left", border_style=style, expand=False)
 
 
 def _shortest(path: str) -> str:

@@ -1,0 +1,41 @@
+"""Torch threads for jobs that share the machine with other jobs of the same sweep.
+
+`hydra/launcher=joblib` runs n_jobs sweep jobs at once in loky worker processes. Loky already exports
+OMP_NUM_THREADS=cpu_count//n_jobs to its workers (unless the parent set it), which torch's intra-op pool
+honours, but a user's exported OMP_NUM_THREADS (or a machine-sized default) would still oversubscribe, so each
+job sets torch's thread count itself: cpus // n_jobs, at least 1. `submitit_*` jobs get `cpus_per_task` threads
+when the launcher sets it (SLURM gives each task its own cores). The basic launcher runs one job at a time:
+torch's default is left alone."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset/cgroup affinity where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_per_job(launcher: Any, cpus: int) -> Optional[int]:
+    """Threads one job should use under `launcher` (the hydra.launcher node), None for torch's default."""
+    target = str(launcher._target_)
+    if target.endswith("JoblibLauncher"):
+        n_jobs = launcher.n_jobs
+        parallel = cpus + 1 + n_jobs if n_jobs < 0 else n_jobs  # joblib: -1 = all CPUs, -2 = all but one, ...
+        return max(1, cpus // max(1, parallel))
+    if "submitit" in target and launcher.cpus_per_task:
+        return int(launcher.cpus_per_task)
+    return None
+
+
+def configure_threads(launcher: Any) -> Optional[int]:
+    """Apply threads_per_job to torch in this job's process; returns the count set (None: left at default)."""
+    threads = threads_per_job(launcher, available_cpus())
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads

@@ -1,0 +1,102 @@
+"""Find and read run folders for `gradexp report`: a run folder holds `.hydra/` (Hydra's record of the job)
+and/or `summary.json` (written by gradexp at every exit path). A job with `.hydra/` but no summary never
+finished (still running, killed, or stopped by bad input) and is listed as `unfinished`."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from gradexp.diagnose import depth_flow
+
+SUMMARY = "summary.json"
+
+
+@dataclass
+class RunRecord:
+    path: str                          # relative to the folder the report was asked for
+    overrides: dict[str, str]          # key -> value, from the command line of the job
+    status: str                        # completed | diverged | interrupted | failed | unfinished
+    final: dict[str, Optional[float]] = field(default_factory=dict)
+    verdict: dict[str, Any] = field(default_factory=dict)
+    gain: Optional[float] = None       # per-layer gain of the step the verdict judged
+    ratio: Optional[float] = None      # first/last ratio of that step
+    steps_per_s: Optional[float] = None
+    theory_gain: Optional[float] = None
+    profile: dict[str, list[float]] = field(default_factory=dict)  # "first"/"last" -> norm per hidden layer
+    quantity: str = ""
+
+
+def find_runs(root: str) -> list[str]:
+    """Every run folder at or below root, in sorted order (Hydra's job numbers sort the sweep)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .hydra, .submitit: bookkeeping, not runs
+        if SUMMARY in files or os.path.isdir(os.path.join(folder, ".hydra")):
+            found.append(folder)
+    return sorted(found, key=_natural)
+
+
+def _natural(path: str) -> list:
+    """'multirun/x/10_a' after 'multirun/x/9_a'."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def load_run(folder: str, root: str) -> RunRecord:
+    summary = _read_json(os.path.join(folder, SUMMARY))
+    overrides = summary.get("overrides") if summary else None
+    if overrides is None:
+        overrides = _hydra_overrides(folder)
+    record = RunRecord(path=os.path.relpath(folder, root), overrides=_as_dict(overrides),
+                       status=summary.get("status", "unfinished") if summary else "unfinished")
+    if summary:
+        _fill(record, summary)
+    return record
+
+
+def _fill(record: RunRecord, summary: dict[str, Any]) -> None:
+    record.final = summary.get("final") or {}
+    record.verdict = summary.get("verdict") or {}
+    record.steps_per_s = (summary.get("perf") or {}).get("steps_per_s")
+    record.theory_gain = (summary.get("theory") or {}).get("predicted_gain")
+    flow = depth_flow(summary)
+    if flow is not None:
+        record.gain, record.ratio = flow.gain[flow.worst()], flow.ratio[flow.worst()]
+        record.quantity = flow.quantity
+        record.profile = {w: [_num(layer[flow.quantity][w]) for layer in summary["layers"]] for w in ("first", "last")}
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):  # absent, or cut short by a killed job
+        return None
+
+
+def _hydra_overrides(folder: str) -> list[str]:
+    path = os.path.join(folder, ".hydra", "overrides.yaml")
+    if not os.path.exists(path):
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(path)]
+
+
+def _as_dict(overrides: list[str]) -> dict[str, str]:
+    """['activation=relu', '+experiment=x'] -> {'activation': 'relu', 'experiment': 'x'}."""
+    pairs = (o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    return {key: value for key, value in pairs}
+
+
+def varying_keys(records: list[RunRecord]) -> list[str]:
+    """Override keys whose value differs across the runs (absent counts as a value), in first-seen order."""
+    keys = list(dict.fromkeys(k for r in records for k in r.overrides))
+    return [k for k in keys if len({r.overrides.get(k) for r in records}) > 1]

@@ -1,0 +1,54 @@
+"""Parallel launchers: how torch threads are divided among jobs, and real joblib / submitit_local sweeps (slow)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from gradexp.launch import available_cpus, threads_per_job
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+TINY = ["train.steps=3", "train.eval_every=2", "log.every=1", "train.batch_size=16", "model.width=8", "model.depth=2"]
+
+
+@pytest.mark.parametrize("n_jobs, cpus, expected", [(2, 2, 1), (4, 16, 4), (-1, 8, 1), (-2, 8, 1), (3, 16, 5), (32, 4, 1)])
+def test_joblib_divides_the_cpus_among_parallel_jobs(n_jobs, cpus, expected):
+    assert threads_per_job(OmegaConf.create({"_target_": JOBLIB, "n_jobs": n_jobs}), cpus) == expected
+
+
+def test_submitit_uses_cpus_per_task_and_basic_leaves_torch_alone():
+    assert threads_per_job(OmegaConf.create({"_target_": SUBMITIT, "cpus_per_task": 3}), 16) == 3
+    assert threads_per_job(OmegaConf.create({"_target_": SUBMITIT, "cpus_per_task": None}), 16) is None
+    assert threads_per_job(OmegaConf.create({"_target_": BASIC}), 16) is None
+
+
+def sweep(tmp_path, launcher: list[str]) -> list[dict]:
+    folder = tmp_path / "sweep"
+    command = [sys.executable, "-m", "gradexp", "run", "-m", "activation=relu,tanh", *TINY, "device=cpu",
+               f"hydra.sweep.dir={folder}", *launcher]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.load(open(p)) for p in sorted(glob.glob(str(folder / "*" / "summary.json")))]
+
+
+@pytest.mark.slow
+def test_joblib_sweep_runs_every_job_with_divided_threads(tmp_path):
+    summaries = sweep(tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert {s["perf"]["torch_threads"] for s in summaries} == {max(1, available_cpus() // 2)}
+    assert all(s["verdict"]["label"] in ("healthy", "vanishing", "exploding") for s in summaries)
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_runs_every_job(tmp_path):
+    summaries = sweep(tmp_path, ["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
+                                 "hydra.launcher.timeout_min=5"])
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    assert {s["perf"]["torch_threads"] for s in summaries} == {1}
