@@ -42,7 +42,8 @@ def test_bptt_profile_matches_autograd(run_tiny, family):
         assert ratio == pytest.approx(profile[0] / profile[-1], rel=1e-4)
     acc = EventAccumulator(run_dir, size_guidance={"images": 0})
     acc.Reload()
-    assert set(acc.Tags()["images"]) == {f"bptt_grad_norm/{layer}" for layer in expected}  # the heatmaps
+    bptt_images = {tag for tag in acc.Tags()["images"] if tag.startswith("bptt_grad_norm/")}
+    assert bptt_images == {f"bptt_grad_norm/{layer}" for layer in expected}  # the heatmaps
 
 
 def test_bptt_leaves_fused_kernels_on_other_steps(run_tiny):
