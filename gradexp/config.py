@@ -83,6 +83,8 @@ class TrainConf:
     steps: int = 500
     batch_size: int = 64
     eval_every: int = 50
+    checkpoint_every: int = 100     # periodic checkpoint interval in steps; 0 = only when interrupted
+    deterministic: bool = False     # torch.use_deterministic_algorithms (slower on CUDA)
 
 
 @dataclass
@@ -111,6 +113,7 @@ class Config:
     reg: RegConf = field(default_factory=RegConf)
     seed: int = 0
     device: str = "auto"
+    resume: Optional[str] = None    # a run folder to continue in place (gradexp/resume.py)
 
 
 def register_schema() -> None:
@@ -149,6 +152,7 @@ _RANGES = [
     ("train.steps", lambda v: v >= 1, "an integer >= 1"),
     ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("train.eval_every", lambda v: v >= 1, "an integer >= 1"),
+    ("train.checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: checkpoint only when interrupted)"),
     ("log.every", lambda v: v >= 1, "an integer >= 1"),
     ("reg.l1", lambda v: v >= 0, "a number >= 0"),
     ("reg.l2", lambda v: v >= 0, "a number >= 0"),

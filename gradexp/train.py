@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,8 @@ class Run:
     clip: ClipPolicy
     instruments: Instruments
     sinks: list[Sink]
+    # called after each update with the number of updates done (checkpoints); True asks the loop to stop
+    after_update: Optional[Callable[[int], bool]] = None
 
 
 def is_logging_step(step: int, settings: Settings) -> bool:
@@ -131,6 +133,9 @@ def train(run: Run, settings: Settings, start_step: int = 0) -> Outcome:
                     outcome.status = "diverged"
                     outcome.nonfinite = {"step": step, "tensor": "loss/train"}
                     break
+            if run.after_update is not None and run.after_update(outcome.steps) and outcome.steps < settings.steps:
+                outcome.status = "interrupted"
+                break
         else:
             outcome.status = "completed"
     except KeyboardInterrupt:

@@ -28,6 +28,13 @@ class SummarySink:
             self.first.setdefault(key, value)
         self.last.update(per_layer)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to report the same first/last/final values (goes into checkpoint.pt)."""
+        return {"latest": dict(self.latest), "first": dict(self.first), "last": dict(self.last)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.latest, self.first, self.last = dict(state["latest"]), dict(state["first"]), dict(state["last"])
+
     def close(self, outcome: Outcome) -> None:
         write_json_atomic(self.path, self.build(outcome))
 
