@@ -54,7 +54,7 @@ def load(path: str) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {path} (the run stopped before its first checkpoint)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file ({first_line})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in KEYS):
