@@ -5,6 +5,7 @@ The schema makes Hydra reject misspelled keys (struct mode) and wrong types at c
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -137,14 +138,14 @@ def model_family(cfg: Any) -> str:
 _RANGES = [
     ("model.depth", lambda v: v >= 1, "an integer >= 1"),
     ("model.width", lambda v: v >= 1, "an integer >= 1"),
-    ("init.gain", lambda v: v > 0, "a number > 0"),
-    ("init.std", lambda v: v > 0, "a number > 0"),
-    ("optimizer.lr", lambda v: v > 0, "a number > 0"),
+    ("init.gain", lambda v: 0 < v < math.inf, "a finite number > 0"),
+    ("init.std", lambda v: 0 < v < math.inf, "a finite number > 0"),
+    ("optimizer.lr", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
-    ("clip.max_norm", lambda v: v > 0, "a number > 0"),
+    ("optimizer.weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("clip.max_norm", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("clip.norm_type", lambda v: v > 0, "a number > 0 (inf for the max norm)"),
-    ("clip.value", lambda v: v > 0, "a number > 0"),
+    ("clip.value", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("data.n_train", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
     ("data.n_val", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
     ("schedule.step_size", lambda v: v >= 1, "an integer >= 1"),
@@ -154,8 +155,8 @@ _RANGES = [
     ("train.eval_every", lambda v: v >= 1, "an integer >= 1"),
     ("train.checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: checkpoint only when interrupted)"),
     ("log.every", lambda v: v >= 1, "an integer >= 1"),
-    ("reg.l1", lambda v: v >= 0, "a number >= 0"),
-    ("reg.l2", lambda v: v >= 0, "a number >= 0"),
+    ("reg.l1", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("reg.l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("seed", lambda v: v >= 0, "an integer >= 0"),
 ]
 
