@@ -8,28 +8,30 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 BAD_INPUT = (HydraException, OmegaConfBaseException)
-_DROP = ("See https://", "To append to your config", "Config search path:")
+_SEARCH_PATH = "Config search path:"  # Hydra lists it after the options; not for users
 
 
 def one_line(err: BaseException) -> str:
-    """"Error merging override model.depth=abc: Value 'abc' of type 'str' could not be converted to Integer",
-    "In 'config': Could not find 'model/resnet' (available: cnn | gru | lstm | mlp | rnn)"."""
-    head, options = _split(str(err))
+    """E.g. Error merging override model.depth=abc: Value 'abc' of type 'str' could not be converted to Integer
+    or In 'config': Could not find 'model/resnet' (Available options in 'model': cnn | gru | lstm | mlp | rnn)"""
+    head, listing, options = _split(str(err))
     if isinstance(err, OverrideParseException):
         head = f"cannot parse the overrides: {head}"
     cause = err.__cause__
     if isinstance(cause, OmegaConfBaseException):
         head = f"{head.rstrip('.')}: {str(cause).strip().splitlines()[0]}"
-    return head + (f" (available: {' | '.join(options)})" if options else "")
+    return head + (f" ({listing} {' | '.join(options)})" if options else "")
 
 
-def _split(message: str) -> tuple[str, list[str]]:
-    """The message's first line, and the tab-indented option names Hydra lists under 'Available options'."""
+def _split(message: str) -> tuple[str, str, list[str]]:
+    """The first line; Hydra's "Available options in 'group':" line and the tab-indented names under it."""
     lines = message.strip().splitlines() or [message]
-    options: list[str] = []
+    listing, options = "", []
     for line in lines[1:]:
-        if line.startswith(_DROP[2]):
+        if line.startswith(_SEARCH_PATH):
             break
-        if line.startswith("\t") and not line.startswith(_DROP):
+        if line.startswith("Available options"):
+            listing = line.strip()
+        elif line.startswith("\t") and listing:
             options.append(line.strip())
-    return lines[0], options
+    return lines[0], listing, options
