@@ -16,9 +16,9 @@ from gradexp.experiment import run_experiment
 from gradexp.resume import ResumeError
 from tests.conftest import compose_config
 
-# 13 steps: checkpoints at 5 and 10, logging every 3rd step, eval every 4th; cosine schedule and momentum
+# 13 steps: checkpoints at 5 and 10, logging every 2nd step, eval every 3rd; cosine schedule and momentum
 # make the optimizer and scheduler state matter
-LONG = ["train.steps=13", "train.checkpoint_every=5", "log.every=3", "train.eval_every=4",
+LONG = ["train.steps=13", "train.checkpoint_every=5", "log.every=2", "train.eval_every=3",
         "schedule=cosine", "optimizer=sgd", "optimizer.lr=0.05", "device=cpu"]
 
 
@@ -77,6 +77,16 @@ def reference(tmp_path_factory, quiet_console):
     run_dir = str(tmp_path_factory.mktemp("ref") / "run")
     start(run_dir, LONG, quiet_console)
     return summary(run_dir), scalars(run_dir)
+
+
+def test_recurrent_run_resumes_exactly(tmp_path, quiet_console):
+    """GRU with a step schedule and adam: recurrent weights, per-time-step probes, another optimizer state."""
+    overrides = [*LONG, "model=gru", "data.seq_len=5", "schedule=step", "schedule.step_size=4", "optimizer=adam"]
+    start(str(tmp_path / "ref"), overrides, quiet_console)
+    start(str(tmp_path / "run"), overrides, quiet_console, stop=StopAfter(7))
+    resume(str(tmp_path / "run"), overrides, quiet_console)
+    assert summary(str(tmp_path / "run")) == summary(str(tmp_path / "ref"))
+    assert scalars(str(tmp_path / "run")) == scalars(str(tmp_path / "ref"))
 
 
 @pytest.mark.parametrize("stop_at", [1, 4, 5, 9, 12])

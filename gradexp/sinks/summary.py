@@ -2,6 +2,7 @@
 (temp file + rename) so a reader never sees half a file, at every exit path."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -11,6 +12,7 @@ from gradexp.train import Outcome
 
 FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val")
 SUMMARY_NAME = "summary.json"
+_SETTINGS = ("path", "overrides", "layer_names")  # given at construction; everything else is run state
 
 
 class SummarySink:
@@ -29,11 +31,13 @@ class SummarySink:
         self.last.update(per_layer)
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to report the same first/last/final values (goes into checkpoint.pt)."""
-        return {"latest": dict(self.latest), "first": dict(self.first), "last": dict(self.last)}
+        """Everything accumulated so far (not the settings), so a resumed run reports the same first/last/final
+        values; goes into checkpoint.pt. Generic, so values tracked later are carried over too."""
+        return copy.deepcopy({k: v for k, v in vars(self).items() if k not in _SETTINGS})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.latest, self.first, self.last = dict(state["latest"]), dict(state["first"]), dict(state["last"])
+        for key, value in state.items():
+            setattr(self, key, copy.deepcopy(value))
 
     def close(self, outcome: Outcome) -> None:
         write_json_atomic(self.path, self.build(outcome))
