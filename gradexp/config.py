@@ -5,6 +5,7 @@ The schema makes Hydra reject misspelled keys (struct mode) and wrong types at c
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -84,6 +85,8 @@ class TrainConf:
     batch_size: int = 64
     eval_every: int = 50
     stop_on_nonfinite: bool = True
+    checkpoint_every: int = 100     # periodic checkpoint interval in steps; 0 = only when interrupted
+    deterministic: bool = False     # torch.use_deterministic_algorithms (slower on CUDA)
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Config:
     diagnose: DiagnoseConf = field(default_factory=DiagnoseConf)
     seed: int = 0
     device: str = "auto"
+    resume: Optional[str] = None    # a run folder to continue in place (gradexp/resume.py)
 
 
 def register_schema() -> None:
@@ -149,14 +153,14 @@ def model_family(cfg: Any) -> str:
 _RANGES = [
     ("model.depth", lambda v: v >= 1, "an integer >= 1"),
     ("model.width", lambda v: v >= 1, "an integer >= 1"),
-    ("init.gain", lambda v: v > 0, "a number > 0"),
-    ("init.std", lambda v: v > 0, "a number > 0"),
-    ("optimizer.lr", lambda v: v > 0, "a number > 0"),
+    ("init.gain", lambda v: 0 < v < math.inf, "a finite number > 0"),
+    ("init.std", lambda v: 0 < v < math.inf, "a finite number > 0"),
+    ("optimizer.lr", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
-    ("clip.max_norm", lambda v: v > 0, "a number > 0"),
+    ("optimizer.weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("clip.max_norm", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("clip.norm_type", lambda v: v > 0, "a number > 0 (inf for the max norm)"),
-    ("clip.value", lambda v: v > 0, "a number > 0"),
+    ("clip.value", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("data.n_train", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
     ("data.n_val", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
     ("schedule.step_size", lambda v: v >= 1, "an integer >= 1"),
@@ -164,9 +168,10 @@ _RANGES = [
     ("train.steps", lambda v: v >= 1, "an integer >= 1"),
     ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("train.eval_every", lambda v: v >= 1, "an integer >= 1"),
+    ("train.checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: checkpoint only when interrupted)"),
     ("log.every", lambda v: v >= 1, "an integer >= 1"),
-    ("reg.l1", lambda v: v >= 0, "a number >= 0"),
-    ("reg.l2", lambda v: v >= 0, "a number >= 0"),
+    ("reg.l1", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("reg.l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("seed", lambda v: v >= 0, "an integer >= 0"),
     ("diagnose.vanishing_gain", lambda v: 0 < v < 1, "a number in (0, 1)"),
     ("diagnose.exploding_gain", lambda v: v > 1, "a number > 1"),

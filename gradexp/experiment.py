@@ -8,12 +8,14 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 
-from gradexp import build
+from gradexp import build, resume
 from gradexp.advice import Factors
+from gradexp.checkpoint import Checkpointer
 from gradexp.config import validate
 from gradexp.diagnose import diagnose
 from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Instruments
+from gradexp.reproducible import use_deterministic
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews, run_hparams
 from gradexp.sinks.tensorboard import TensorBoardSink
@@ -21,14 +23,23 @@ from gradexp.sinks.terminal import TerminalSink
 from gradexp.train import Outcome, Run, train
 
 
-def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Optional[Console] = None) -> Outcome:
+class _NoStop:
+    requested = False
+
+
+def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Optional[Console] = None,
+                   stop: Any = _NoStop()) -> Outcome:
+    """`stop.requested` turning true (gradexp.interrupt.Interrupts) ends the run after the current step,
+    with a checkpoint and status 'interrupted'."""
     validate(cfg)  # raises ConfigError before anything is written
+    state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
     os.makedirs(run_dir, exist_ok=True)
+    use_deterministic(cfg.train.deterministic)
     dev = build.device(cfg)
     task = build.task(cfg, dev)
     model = build.model(cfg, task, dev)
     layer_names = [name for name, _ in hidden_layers(model)]
-    tensorboard = TensorBoardSink(run_dir)
+    tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
     summary = SummarySink(run_dir, overrides, layer_names)
     sinks = [
         TensorBoardViews(tensorboard.writer, run_hparams(cfg), layer_names),  # before tensorboard: it uses its writer
@@ -41,9 +52,14 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
         optimizer=(opt := build.optimizer(cfg, model.parameters())), scheduler=build.scheduler(cfg, opt),
         clip=(clip := build.clip(cfg)), instruments=Instruments(build.probes(cfg, clip), model), sinks=sinks,
     )
-    outcome = Outcome()
+    start = resume.restore(run, summary, state)
+    checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, summary.state_dict)
+    run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
+    outcome = Outcome(steps=start)
     try:
-        outcome = train(run, build.settings(cfg))
+        outcome = train(run, build.settings(cfg), start_step=start)
+        if outcome.status == "interrupted" and stop.requested:  # stopped between steps: a consistent state
+            checkpoints.save(outcome.steps)
     except Exception as err:  # a bug or OOM is recorded in the run folder, then re-raised for Hydra to report
         outcome.status, outcome.error = "failed", f"{type(err).__name__}: {err}"
         raise

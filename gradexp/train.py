@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,8 @@ class Run:
     clip: ClipPolicy
     instruments: Instruments
     sinks: list[Sink]
+    # called after each update with the number of updates done (checkpoints); True asks the loop to stop
+    after_update: Optional[Callable[[int], bool]] = None
 
 
 def is_logging_step(step: int, settings: Settings) -> bool:
@@ -140,7 +142,11 @@ def train(run: Run, settings: Settings, start_step: int = 0) -> Outcome:
                     outcome.nonfinite = found
                     if settings.stop_on_nonfinite:
                         break
-        outcome.status = "completed" if outcome.nonfinite is None else "diverged"
+            if run.after_update is not None and run.after_update(outcome.steps) and outcome.steps < settings.steps:
+                outcome.status = "interrupted"
+                break
+        if outcome.status != "interrupted":
+            outcome.status = "completed" if outcome.nonfinite is None else "diverged"
     except KeyboardInterrupt:
         outcome.status = "interrupted"
     outcome.perf = meter.summary(outcome.steps - start_step)

@@ -2,6 +2,7 @@
 (temp file + rename) so a reader never sees half a file, at every exit path."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -13,6 +14,7 @@ FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val")
 SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
 ACT_STATS = ("act_mean", "act_std", "act_saturation")
+_SETTINGS = ("path", "overrides", "layer_names")  # given at construction; everything else is run state
 
 
 class SummarySink:
@@ -34,6 +36,15 @@ class SummarySink:
         for key, value in per_layer.items():
             self.first.setdefault(key, value)
         self.last.update(per_layer)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything accumulated so far (not the settings), so a resumed run reports the same first/last/final
+        values; goes into checkpoint.pt. Generic, so values tracked later are carried over too."""
+        return copy.deepcopy({k: v for k, v in vars(self).items() if k not in _SETTINGS})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, copy.deepcopy(value))
 
     def close(self, outcome: Outcome) -> None:
         write_json_atomic(self.path, self.build(outcome))

@@ -5,6 +5,8 @@ each: the same records for readers, a fraction of the Python cost. 1-d values ar
 (hist/... tags, see probes/histograms.py) or per-time-step profiles (sinks/profiles.py)."""
 from __future__ import annotations
 
+from typing import Optional
+
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 
@@ -14,8 +16,9 @@ from gradexp.train import Outcome
 
 
 class TensorBoardSink:
-    def __init__(self, run_dir: str):
-        self.writer = SummaryWriter(log_dir=run_dir)
+    def __init__(self, run_dir: str, purge_step: Optional[int] = None):
+        # purge_step (resume): readers drop the earlier files' points at steps >= it, so one clean curve remains
+        self.writer = SummaryWriter(log_dir=run_dir, purge_step=purge_step)
         self.history: dict[str, tuple[list[int], list[list[float]]]] = {}  # profile tag -> (steps, profiles)
 
     def log(self, step: int, values: dict) -> None:

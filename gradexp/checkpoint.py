@@ -1,0 +1,88 @@
+"""checkpoint.pt: everything needed to continue a run exactly where it stopped.
+
+Holds model, optimizer, scheduler, RNG states (torch/numpy/python, CUDA when used), the number of
+updates done, the data position (Batches.state_dict) and the summary sink's first/last values.
+Written atomically (temp file + rename): a crash or a second Ctrl-C mid-write leaves the previous
+checkpoint intact. Read with torch.load(weights_only=True), so a file cannot run code when loaded."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from typing import Any, Callable
+
+import torch
+
+from gradexp.reproducible import rng_state, set_rng_state
+from gradexp.train import Run
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = "gradexp-checkpoint-1"   # tag that tells our file from any other torch file
+KEYS = ("format", "step", "model", "optimizer", "scheduler", "rng", "batches", "summary")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; str() is the one line the user sees."""
+
+
+def capture(run: Run, step: int, summary_state: dict[str, Any]) -> dict[str, Any]:
+    """The state after `step` updates (step = the index of the next update to run)."""
+    return {
+        "format": FORMAT,
+        "step": step,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
+        "rng": rng_state(),
+        "batches": run.batches.state_dict(),
+        "summary": summary_state,
+    }
+
+
+def save(path: str, state: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: str) -> dict[str, Any]:
+    """Loaded on the CPU: RNG and generator states must be CPU tensors; load_state_dict moves the rest."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path} (the run stopped before its first checkpoint)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file ({first_line})") from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in KEYS):
+        raise CheckpointError(f"{path} is not a gradexp checkpoint (expected format {FORMAT!r})")
+    return state
+
+
+def restore(run: Run, state: dict[str, Any]) -> int:
+    """Load `state` into the freshly built run; returns the step to continue from."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scheduler is not None and state["scheduler"] is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    run.batches.load_state_dict(state["batches"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+class Checkpointer:
+    """Writes checkpoint.pt every `every` updates (0: never periodically) and on demand."""
+
+    def __init__(self, run_dir: str, run: Run, every: int, summary_state: Callable[[], dict[str, Any]]):
+        self.path = os.path.join(run_dir, CHECKPOINT_NAME)
+        self.run, self.every, self.summary_state = run, every, summary_state
+
+    def maybe_save(self, steps_done: int) -> None:
+        if self.every and steps_done % self.every == 0:
+            self.save(steps_done)
+
+    def save(self, steps_done: int) -> None:
+        save(self.path, capture(self.run, steps_done, self.summary_state()))

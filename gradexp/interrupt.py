@@ -1,0 +1,51 @@
+"""Ctrl-C and SIGTERM as a request, not a crash.
+
+Inside `Interrupts()`, the first SIGINT/SIGTERM only sets a flag: the training loop finishes the
+current step, then the run flushes TensorBoard and writes checkpoint.pt and summary.json (status
+`interrupted`). A second signal exits the process at once (os._exit), so the last periodic
+checkpoint, written atomically, is what remains. The previous handlers come back on exit."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Optional
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupts:
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """130 for SIGINT, 143 for SIGTERM: the shell's 128 + signal number."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.signum is not None:
+            sys.stderr.write("\ngradexp: second interrupt, exiting now (the last periodic checkpoint is kept)\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.signum = signum
+        sys.stderr.write(f"\ngradexp: {signal.Signals(signum).name} received, stopping after this step "
+                         "(press Ctrl-C again to exit at once)\n")
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

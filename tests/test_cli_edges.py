@@ -1,0 +1,100 @@
+"""The command line at the edges, as a user meets it (subprocesses, marked slow): bad input is one line
+and exit 2 with nothing left behind; Ctrl-C then resume gives one clean TensorBoard curve; a sweep with a
+failing and a diverging job keeps every other result."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_resume import scalars
+
+pytestmark = pytest.mark.slow
+FAST = ["train.steps=8", "log.every=2", "train.eval_every=4", "model.width=8", "model.depth=2", "device=cpu"]
+
+
+def gradexp(cwd, *args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gradexp", "run", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def summaries(root) -> dict[str, dict]:
+    out = {}
+    for path in glob.glob(os.path.join(str(root), "**", "summary.json"), recursive=True):
+        with open(path) as f:
+            out[os.path.basename(os.path.dirname(path))] = json.load(f)
+    return out
+
+
+@pytest.mark.parametrize("args", [["optimizer.lr=0"], ["model.depth=abc"], ["model=resnet"], ["model.dpth=3"],
+                                  ["model.depth=["], ["model=rnn", "model.residual=true"], ["resume=nowhere"]])
+def test_bad_input_is_one_line_exit_2_and_leaves_no_run(tmp_path, args):
+    result = gradexp(tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gradexp: ") and "Traceback" not in result.stderr
+    assert not glob.glob(str(tmp_path / "outputs" / "*" / "*"))  # no run folder
+
+
+def test_an_existing_run_folder_is_refused_not_overwritten(tmp_path):
+    assert gradexp(tmp_path, *FAST, "hydra.run.dir=run").returncode == 0
+    before = (tmp_path / "run" / "summary.json").read_text()
+    again = gradexp(tmp_path, *FAST, "hydra.run.dir=run")
+    assert again.returncode == 2 and "never overwrites" in again.stderr
+    assert (tmp_path / "run" / "summary.json").read_text() == before
+
+
+def interrupt(cwd, args, sig=signal.SIGINT, after: float = 0.0) -> subprocess.CompletedProcess:
+    """Start `gradexp run ARGS`, wait for its first periodic checkpoint (+ `after` s), send `sig`."""
+    proc = subprocess.Popen([sys.executable, "-m", "gradexp", "run", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = os.path.join(str(cwd), "run", "checkpoint.pt")
+    start = os.path.getmtime(checkpoint) if os.path.exists(checkpoint) else 0.0
+    while not os.path.exists(checkpoint) or os.path.getmtime(checkpoint) == start:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(after)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_then_resume_gives_one_clean_curve(tmp_path, sig, code):
+    args = ["train.steps=100000", "log.every=5", "train.eval_every=50", "train.checkpoint_every=40", "device=cpu"]
+    stopped = interrupt(tmp_path, [*args, "hydra.run.dir=run"], sig, after=0.5)
+    assert stopped.returncode == code and "Traceback" not in stopped.stderr, stopped.stderr
+    first = summaries(tmp_path)["run"]
+    assert first["status"] == "interrupted"
+
+    refused = gradexp(tmp_path, "resume=run", "train.steps=50")
+    assert refused.returncode == 2 and "train.steps=50" in refused.stderr  # a changed config is refused
+
+    again = interrupt(tmp_path, ["resume=run", "train.steps=100000"], after=0.5)  # the run's own value: accepted
+    assert again.returncode == 130, again.stderr
+    final = summaries(tmp_path)["run"]
+    assert final["status"] == "interrupted" and final["steps"] > first["steps"]
+    logged = scalars(str(tmp_path / "run"))
+    for tag, points in logged.items():
+        steps = [step for step, _ in points]
+        assert steps == sorted(set(steps)), tag  # strictly increasing: no duplicates, in order
+    assert [step for step, _ in logged["loss/train"]] == list(range(0, final["steps"], 5))  # and no gap
+
+
+def test_sweep_keeps_every_result_when_jobs_fail_or_diverge(tmp_path):
+    # rnn.MLP passes validation (family "mlp") but cannot be instantiated: a planted bug
+    result = gradexp(tmp_path, "-m", *FAST, "optimizer=sgd", "optimizer.lr=0.01,1e4,0",
+                     "model._target_=gradexp.models.mlp.MLP,gradexp.models.rnn.MLP")
+    assert result.returncode == 1  # the sweep reports its failures at the end
+    statuses = {name: s["status"] for name, s in summaries(tmp_path).items()}
+    assert len(statuses) == 6
+    by_job = {name.split("_")[0]: status for name, status in statuses.items()}
+    assert by_job == {"0": "completed", "1": "failed", "2": "diverged", "3": "failed", "4": "failed", "5": "failed"}
+    failed = [s for s in summaries(tmp_path).values() if s["status"] == "failed"]
+    assert all(s["error"] for s in failed)

@@ -1,0 +1,155 @@
+"""Interrupt and resume: a run stopped at any step and resumed ends exactly like the same run uninterrupted
+(summary metrics and every logged scalar), with one clean TensorBoard curve; bad checkpoints fail clearly."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gradexp import checkpoint
+from gradexp.config import ConfigError
+from gradexp.experiment import run_experiment
+from gradexp.resume import ResumeError
+from tests.conftest import compose_config
+
+# 13 steps: checkpoints at 5 and 10, logging every 2nd step, eval every 3rd; cosine schedule and momentum
+# make the optimizer and scheduler state matter
+LONG = ["train.steps=13", "train.checkpoint_every=5", "log.every=2", "train.eval_every=3",
+        "schedule=cosine", "optimizer=sgd", "optimizer.lr=0.05", "device=cpu"]
+
+
+class StopAfter:
+    """Stands in for gradexp.interrupt.Interrupts: the request arrives after `n` updates."""
+
+    def __init__(self, n: int):
+        self.n, self.calls = n, 0
+
+    @property
+    def requested(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+
+class Killed(BaseException):
+    """A second Ctrl-C: the process is gone mid-run, only periodic checkpoints remain."""
+
+
+class KillAfter(StopAfter):
+    @property
+    def requested(self) -> bool:
+        if StopAfter.requested.fget(self):
+            raise Killed
+        return False
+
+
+def start(run_dir: str, overrides: list[str], console, stop=None):
+    cfg = compose_config(overrides)
+    os.makedirs(os.path.join(run_dir, ".hydra"))
+    OmegaConf.save(cfg, os.path.join(run_dir, ".hydra", "config.yaml"))  # what Hydra records
+    kwargs = {} if stop is None else {"stop": stop}
+    return run_experiment(cfg, run_dir=run_dir, overrides=overrides, console=console, **kwargs)
+
+
+def resume(run_dir: str, overrides: list[str], console):
+    cfg = compose_config([*overrides, f"resume='{run_dir}'"])
+    return run_experiment(cfg, run_dir=run_dir, overrides=overrides, console=console)
+
+
+def scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def summary(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        data = json.load(f)
+    data.pop("perf")
+    return data
+
+
+@pytest.fixture
+def reference(tmp_path_factory, quiet_console):
+    run_dir = str(tmp_path_factory.mktemp("ref") / "run")
+    start(run_dir, LONG, quiet_console)
+    return summary(run_dir), scalars(run_dir)
+
+
+def test_recurrent_run_resumes_exactly(tmp_path, quiet_console):
+    """GRU with a step schedule and adam: recurrent weights, per-time-step probes, another optimizer state."""
+    overrides = [*LONG, "model=gru", "data.seq_len=5", "schedule=step", "schedule.step_size=4", "optimizer=adam"]
+    start(str(tmp_path / "ref"), overrides, quiet_console)
+    start(str(tmp_path / "run"), overrides, quiet_console, stop=StopAfter(7))
+    resume(str(tmp_path / "run"), overrides, quiet_console)
+    assert summary(str(tmp_path / "run")) == summary(str(tmp_path / "ref"))
+    assert scalars(str(tmp_path / "run")) == scalars(str(tmp_path / "ref"))
+
+
+@pytest.mark.parametrize("stop_at", [1, 4, 5, 9, 12])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, quiet_console, reference, stop_at):
+    run_dir = str(tmp_path / "run")
+    outcome = start(run_dir, LONG, quiet_console, stop=StopAfter(stop_at))
+    assert outcome.status == "interrupted" and outcome.steps == stop_at
+    assert summary(run_dir)["status"] == "interrupted"
+    assert checkpoint.load(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))["step"] == stop_at
+    assert resume(run_dir, LONG, quiet_console).status == "completed"
+    assert summary(run_dir) == reference[0]
+    assert scalars(run_dir) == reference[1]  # same steps, same values, each step once, in order
+
+
+def test_killed_run_resumes_from_the_last_periodic_checkpoint(tmp_path, quiet_console, reference):
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(Killed):
+        start(run_dir, LONG, quiet_console, stop=KillAfter(8))  # logged up to step 7, checkpoint at 5
+    assert checkpoint.load(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))["step"] == 5
+    resume(run_dir, LONG, quiet_console)
+    logged = scalars(run_dir)
+    assert logged == reference[1]  # the points of steps 5..7 from the first session were purged
+    assert summary(run_dir) == reference[0]
+
+
+def test_resume_refuses_a_changed_config_and_a_finished_run(tmp_path, quiet_console):
+    run_dir = str(tmp_path / "run")
+    start(run_dir, LONG, quiet_console, stop=StopAfter(3))
+    with pytest.raises(ResumeError, match="train.steps=20"):
+        resume(run_dir, [*LONG, "train.steps=20"], quiet_console)
+    resume(run_dir, LONG, quiet_console)
+    with pytest.raises(ResumeError, match="completed"):
+        resume(run_dir, LONG, quiet_console)
+
+
+def test_a_folder_holding_a_run_is_never_overwritten(tmp_path, quiet_console):
+    run_dir = str(tmp_path / "run")
+    start(run_dir, LONG, quiet_console)
+    before = open(os.path.join(run_dir, "summary.json")).read()
+    with pytest.raises(ConfigError, match="never overwrites"):
+        run_experiment(compose_config(LONG), run_dir=run_dir, overrides=LONG, console=quiet_console)
+    assert open(os.path.join(run_dir, "summary.json")).read() == before
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
+def test_truncated_or_foreign_checkpoint_is_a_clear_error(tmp_path, quiet_console, content):
+    path = str(tmp_path / checkpoint.CHECKPOINT_NAME)
+    if content is None:
+        torch.save({"model": {}}, path)  # a torch file, but not ours
+    else:
+        with open(path, "wb") as f:
+            f.write(content)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load(path)
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_real_checkpoint(tmp_path, quiet_console):
+    run_dir = str(tmp_path / "run")
+    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    path = os.path.join(run_dir, checkpoint.CHECKPOINT_NAME)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ResumeError, match="truncated"):
+        resume(run_dir, LONG, quiet_console)
