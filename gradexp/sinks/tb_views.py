@@ -59,8 +59,11 @@ class TensorBoardViews:
         exp, ssi, sei = hparams(hp, metrics)
         for proto in (exp, ssi, sei):
             self.writer.file_writer.add_summary(proto)
+        # at the number of steps done; a failed run's outcome may not know it, so never before the last logged
+        # step: a resumed run's purge then removes these points along with the rest of the abandoned tail
+        step = max(outcome.steps, max(self.history, default=-1) + 1)
         for tag, value in metrics.items():  # the plugin reads metric values from these scalar tags of this run
-            self.writer.add_scalar(tag, value if math.isfinite(value) else math.nan, global_step=outcome.steps)
+            self.writer.add_scalar(tag, value if math.isfinite(value) else math.nan, global_step=step)
 
     def write_images(self) -> None:
         quantity = self._quantity()
