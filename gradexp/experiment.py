@@ -11,6 +11,7 @@ from gradexp import build
 from gradexp.config import validate
 from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Instruments
+from gradexp.sinks import theory as theory_sink
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.sinks.terminal import TerminalSink
@@ -29,6 +30,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
         SummarySink(run_dir, overrides, layer_names),
         TerminalSink(cfg.train.steps, run_dir, console=console),
     ]
+    sinks += theory_sink.attach(cfg, task, sinks)  # mean-field baseline beside act_grad_norm (mlp only)
     run = Run(
         model=model, task=task, batches=build.batches(cfg, task),
         optimizer=(opt := build.optimizer(cfg, model.parameters())), scheduler=build.scheduler(cfg, opt),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from gradexp.train import Outcome
 
@@ -20,6 +20,7 @@ class SummarySink:
         self.latest: dict[str, float] = {}
         self.first: dict[str, float] = {}    # per-layer quantities at the first logged step
         self.last: dict[str, float] = {}
+        self.sections: dict[str, Callable[[], Any]] = {}  # extra top-level field -> its provider (e.g. "theory")
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.latest.update(values)
@@ -42,6 +43,7 @@ class SummarySink:
             "verdict": None,
             "perf": outcome.perf,
         }
+        summary.update({name: provide() for name, provide in self.sections.items()})
         if outcome.error:
             summary["error"] = outcome.error
         return summary

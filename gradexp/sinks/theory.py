@@ -1,0 +1,68 @@
+"""The mean-field baseline beside the measurements: theory/act_grad_norm/<layer> in TensorBoard at the first
+logged step, and summary["theory"] (predicted vs measured per-layer gain) in summary.json.
+
+The prediction (gradexp/theory.py) is computed before training from the config and the data; this sink only
+anchors it to the measured act_grad_norm of the last hidden layer at the first logged step and displays it.
+summary["theory"] is null where the theory does not apply (not model=mlp, a norm layer, or residual)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from gradexp import theory
+from gradexp.data import Task
+from gradexp.flow import per_layer_gain
+from gradexp.train import Outcome
+
+
+class TheorySink:
+    def __init__(self, prediction: theory.MeanField, tensorboard: Any):
+        self.prediction, self.tensorboard = prediction, tensorboard
+        self.section: Optional[dict[str, Any]] = None  # summary["theory"] once the first step is logged
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        tags = [f"act_grad_norm/{name}" for name in self.prediction.layer_names]
+        if self.section is not None or not all(tag in values for tag in tags):
+            return  # only the first logged step that carries every hidden layer's act_grad_norm
+        measured = [values[tag] for tag in tags]
+        predicted = self.prediction.predicted_norms(measured[-1])
+        self.tensorboard.log(step, {f"theory/{tag}": p for tag, p in zip(tags, predicted)})
+        self.section = theory_section(self.prediction, predicted, measured, step)
+
+    def close(self, outcome: Outcome) -> None:
+        pass
+
+
+def middle(norms: list[float]) -> list[float]:
+    """Layers 1 .. L-2 when there are at least 4: the input dimension and the head's rank do not enter there."""
+    return norms[1:-1] if len(norms) >= 4 else norms
+
+
+def theory_section(mf: theory.MeanField, predicted: list[float], measured: list[float], step: int) -> dict[str, Any]:
+    finite = [m if math.isfinite(m) else None for m in measured]
+    return {
+        "step": step,
+        "predicted_gain": per_layer_gain(middle(predicted)),  # per layer backward, fit over the middle layers
+        "measured_gain": per_layer_gain(middle(finite)),
+        "per_layer": {
+            name: {"predicted": p, "measured": m, "gain": math.sqrt(chi), "q": q}
+            for name, p, m, chi, q in zip(mf.layer_names, predicted, finite, mf.chi, mf.q)
+        },
+    }
+
+
+def attach(cfg: Any, task: Task, sinks: list) -> list:
+    """A TheorySink writing through the run's TensorBoard sink, its section registered with the summary sink;
+    [] (and summary["theory"] = null) where the theory does not apply."""
+    from gradexp.sinks.summary import SummarySink
+    from gradexp.sinks.tensorboard import TensorBoardSink
+
+    tensorboard = next(s for s in sinks if isinstance(s, TensorBoardSink))
+    summary = next(s for s in sinks if isinstance(s, SummarySink))
+    if theory.not_applicable(cfg) is not None:
+        summary.sections["theory"] = lambda: None
+        return []
+    x = task.x_train.flatten(1)  # (N, D): the first layer's fan_in is D
+    sink = TheorySink(theory.mean_field(cfg, x.shape[1], float(x.pow(2).mean())), tensorboard)
+    summary.sections["theory"] = lambda: sink.section
+    return [sink]
