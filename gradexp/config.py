@@ -40,6 +40,7 @@ class InitConf:
     gain: float = 1.0
     std: float = 0.02
     recurrent: Optional[str] = None
+    recurrent_gain: Optional[float] = None  # gain of weight_hh; None = gain
 
 
 @dataclass
@@ -136,6 +137,7 @@ _RANGES = [
     ("model.width", lambda v: v >= 1, "an integer >= 1"),
     ("init.gain", lambda v: v > 0, "a number > 0"),
     ("init.std", lambda v: v > 0, "a number > 0"),
+    ("init.recurrent_gain", lambda v: v is None or v > 0, "a number > 0, or null for init.gain"),
     ("optimizer.lr", lambda v: v > 0, "a number > 0"),
     ("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0"),
