@@ -1,0 +1,84 @@
+"""Each experiment preset (configs/experiment/) run as the sweep its hydra.sweeper.params define, at reduced size,
+and its qualitative outcome asserted from the recorded numbers (summary.json and the event files)."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from gradexp.config import register_schema, validate
+from gradexp.flow import per_layer_gain
+from tests.test_oracle import read_scalars
+
+PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "saxe2014", "regularization"]
+EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiment"
+
+
+def sweep_jobs(name: str) -> list[list[str]]:
+    """The override list of every job `gradexp run -m +experiment=NAME` launches (BasicSweeper's cartesian product)."""
+    register_schema()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="gradexp.configs"):
+        cfg = compose(config_name="config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+    params = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+    axes = [[f"{o.key_or_group}={v}" for o in [p] for v in p.sweep_string_iterator()] for p in params]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+@pytest.fixture
+def run_sweep(run_tiny):
+    """run_sweep(name, reduced) -> {job overrides joined by ' ': (summary, scalars)} for every job of the preset."""
+    def run(name: str, reduced: list[str]) -> dict[str, tuple[dict, dict]]:
+        results = {}
+        for i, job in enumerate(sweep_jobs(name)):
+            _, run_dir = run_tiny([f"+experiment={name}", *job, *reduced], tiny=False, name=f"{name}_{i}")
+            summary = json.load(open(os.path.join(run_dir, "summary.json")))
+            results[" ".join(job)] = (summary, read_scalars(run_dir))
+        return results
+
+    return run
+
+
+def act_grads(summary: dict, when: str = "first") -> list[float]:
+    return [layer["act_grad_norm"][when] for layer in summary["layers"]]
+
+
+def test_every_preset_has_a_file_and_a_sweep():
+    assert sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml")) == sorted(PRESETS)
+    for name in PRESETS:
+        assert len(sweep_jobs(name)) >= 2, name
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_job_of_every_preset_composes_and_validates(name):
+    from tests.conftest import compose_config
+
+    for job in sweep_jobs(name):
+        validate(compose_config([f"+experiment={name}", *job], tiny=False))
+
+
+def test_he2015_xavier_starves_the_first_layer(run_sweep):
+    r = run_sweep("he2015", ["model.width=64", "train.steps=1"])
+    xavier, kaiming = r["init=xavier_normal"][0], r["init=kaiming_normal"][0]
+    assert act_grads(xavier)[0] < 1e-3 * act_grads(kaiming)[0]
+    assert per_layer_gain(act_grads(xavier)) == pytest.approx(1 / math.sqrt(2), rel=0.05)
+    assert per_layer_gain(act_grads(kaiming)) == pytest.approx(1.0, rel=0.05)
+
+
+def test_glorot2010_xavier_lifts_every_saturating_activation(run_sweep):
+    r = run_sweep("glorot2010", ["model.width=64", "train.steps=1"])
+    gain = {job: per_layer_gain(act_grads(s)) for job, (s, _) in r.items()}
+    for act in ("sigmoid", "tanh", "softsign"):
+        assert gain[f"activation={act} init=xavier_normal"] > 1.3 * gain[f"activation={act} init=default"], act
+    assert min(gain, key=gain.get) == "activation=sigmoid init=default"  # the steepest decay
+    assert gain["activation=tanh init=xavier_normal"] > 0.8
