@@ -82,3 +82,42 @@ def test_glorot2010_xavier_lifts_every_saturating_activation(run_sweep):
         assert gain[f"activation={act} init=xavier_normal"] > 1.3 * gain[f"activation={act} init=default"], act
     assert min(gain, key=gain.get) == "activation=sigmoid init=default"  # the steepest decay
     assert gain["activation=tanh init=xavier_normal"] > 0.8
+
+
+def test_ioffe2015_batchnorm_keeps_the_sigmoid_gradient_level(run_sweep):
+    r = run_sweep("ioffe2015", ["model.width=64", "train.steps=1"])
+    plain, bn = act_grads(r["norm=none"][0]), act_grads(r["norm=batchnorm"][0])
+    assert per_layer_gain(plain) < 0.2  # sigmoid at PyTorch's default init: ~0.14 per layer (theory 0.141)
+    assert 0.8 < per_layer_gain(bn) < 1.25
+    assert plain[0] / plain[-1] < 1e-6 < 0.5 < bn[0] / bn[-1]
+
+
+def log_steps(norms: list[float]) -> list[float]:
+    """log(norm[l] / norm[l+1]) for every backward step between hidden layers."""
+    return [math.log(a / b) for a, b in zip(norms[:-1], norms[1:])]
+
+
+def test_saxe2014_orthogonal_is_an_isometry_gaussian_only_on_average(run_sweep):
+    r = run_sweep("saxe2014", ["train.steps=1"])
+    linear_orth, linear_gauss = act_grads(r["activation=identity init=orthogonal"][0]), act_grads(r["activation=identity init=xavier_normal"][0])
+    assert max(abs(s) for s in log_steps(linear_orth)) < 1e-4  # W^T of an orthogonal W keeps every norm
+    assert per_layer_gain(linear_gauss) == pytest.approx(1.0, abs=0.1)  # preserved on average ...
+    assert statistics.pstdev(log_steps(linear_gauss)) > 0.04  # ... with a chi-square spread per layer (~0.09)
+    # tanh: the mean gain drifts with depth as q_l changes (mean-field theory follows it); around that drift,
+    # orthogonal weights add little noise, Gaussian ones the same chi-square spread as in the linear net
+    orth, gauss = (theory_residuals(r[f"activation=tanh init={i}"][0]) for i in ("orthogonal", "xavier_normal"))
+    assert statistics.pstdev(orth) < 0.5 * statistics.pstdev(gauss)
+
+
+def theory_residuals(summary: dict) -> list[float]:
+    """Measured minus mean-field log gain of every backward step between hidden layers."""
+    layers = list(summary["theory"]["per_layer"].values())
+    return [math.log(a["measured"] / b["measured"] / b["gain"]) for a, b in zip(layers[:-1], layers[1:])]
+
+
+def test_he2016_skips_carry_the_gradient_to_the_input(run_sweep):
+    r = run_sweep("he2016", ["train.steps=1"])
+    plain, residual = act_grads(r["model.residual=False"][0]), act_grads(r["model.residual=True"][0])
+    assert plain[0] / plain[-1] < 1e-4  # default init, relu: ~sqrt(1/6) per block
+    assert residual[0] / residual[-1] > 0.5  # identity paths: never below the top's gradient by much
+    assert residual[0] > 1e3 * plain[0]
