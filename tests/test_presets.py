@@ -121,3 +121,15 @@ def test_he2016_skips_carry_the_gradient_to_the_input(run_sweep):
     assert plain[0] / plain[-1] < 1e-4  # default init, relu: ~sqrt(1/6) per block
     assert residual[0] / residual[-1] > 0.5  # identity paths: never below the top's gradient by much
     assert residual[0] > 1e3 * plain[0]
+
+
+def test_pascanu2013_recurrent_scale_explodes_and_clipping_contains_it(run_sweep):
+    r = run_sweep("pascanu2013", ["train.steps=60", "data.n_train=512", "data.n_val=128", "train.eval_every=20"])
+    g0 = {job: scalars["grad_norm/total"][0] for job, (_, scalars) in r.items()}
+    for clip in ("none", "norm_1.0"):
+        small, unit, large = (g0[f"init.recurrent_gain={g} clip={clip}"] for g in ("0.5", "1.0", "2.0"))
+        assert small < unit < large and large > 10 * small  # the gradient explodes with the recurrent scale
+    unclipped, clipped = r["init.recurrent_gain=2.0 clip=none"], r["init.recurrent_gain=2.0 clip=norm_1.0"]
+    assert unclipped[0]["status"] == "diverged"
+    assert clipped[0]["status"] == "completed" and math.isfinite(clipped[0]["final"]["loss/train"])
+    assert max(clipped[1]["grad_norm/total_clipped"].values()) <= 1.0 + 1e-4
