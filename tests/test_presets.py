@@ -133,3 +133,11 @@ def test_pascanu2013_recurrent_scale_explodes_and_clipping_contains_it(run_sweep
     assert unclipped[0]["status"] == "diverged"
     assert clipped[0]["status"] == "completed" and math.isfinite(clipped[0]["final"]["loss/train"])
     assert max(clipped[1]["grad_norm/total_clipped"].values()) <= 1.0 + 1e-4
+
+
+def test_regularization_does_not_cure_vanishing_gradients(run_sweep):
+    r = run_sweep("regularization", ["model.width=32", "train.steps=150", "log.every=50", "train.eval_every=150"])
+    gain = {job: per_layer_gain(act_grads(s, "last")) for job, (s, _) in r.items()}  # after training
+    plain = gain.pop("reg.l1=0.0 reg.l2=0.0")
+    assert all(g < 1.05 * plain for g in gain.values()), (plain, gain)  # no penalty lifts the gradient ...
+    assert gain["reg.l1=0.0 reg.l2=0.01"] < 0.75 * plain  # ... and a strong one deepens the decay
