@@ -150,3 +150,16 @@ def test_hochreiter1997_gated_cells_learn_the_long_adding_problem(run_sweep):
     loss = {job.split()[0]: s["final"]["loss/val"] for job, (s, _) in r.items()}
     assert loss["model=rnn"] > 0.1  # predicting the mean sum 1.0 scores 1/6
     assert loss["model=lstm"] < 0.1 * loss["model=rnn"] and loss["model=gru"] < 0.1 * loss["model=rnn"]
+
+
+@pytest.mark.slow
+def test_multirun_plus_experiment_runs_the_whole_sweep(tmp_path):
+    """`gradexp run -m +experiment=NAME` launches one job per combination of the preset's sweeper params."""
+    cmd = [sys.executable, "-m", "gradexp", "run", "-m", "+experiment=glorot2010", "model.width=8", "train.steps=2",
+           f"hydra.sweep.dir={tmp_path}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")]
+    assert sorted(" ".join(o for o in s["overrides"] if o.startswith(("activation", "init"))) for s in summaries) == \
+        sorted(" ".join(job) for job in sweep_jobs("glorot2010"))
+    assert all(s["status"] == "completed" and s["theory"]["predicted_gain"] for s in summaries)
