@@ -92,3 +92,12 @@ def test_wide_network_follows_theory_within_10_percent(run_tiny, activation, ini
     for deeper, shallower in zip(layers[2:-1], layers[1:-2]):  # each single backward step in the middle
         measured = shallower["measured"] / deeper["measured"]
         assert measured == pytest.approx(deeper["gain"], rel=0.10)
+
+
+def test_nonfinite_step0_leaves_valid_json(run_tiny):
+    """A net whose step-0 gradients overflow still writes a parseable summary (null where not finite)."""
+    outcome, run_dir = run_tiny(["init=normal", "init.std=1e12", "model.depth=3", "activation=identity"])
+    text = open(os.path.join(run_dir, "summary.json")).read()
+    assert outcome.status == "diverged"
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["theory"]["per_layer"]["layers.2"]["measured"] is None

@@ -24,9 +24,9 @@ class TheorySink:
         tags = [f"act_grad_norm/{name}" for name in self.prediction.layer_names]
         if self.section is not None or not all(tag in values for tag in tags):
             return  # only the first logged step that carries every hidden layer's act_grad_norm
-        measured = [values[tag] for tag in tags]
-        predicted = self.prediction.predicted_norms(measured[-1])
-        self.tensorboard.log(step, {f"theory/{tag}": p for tag, p in zip(tags, predicted)})
+        measured = [_finite(values[tag]) for tag in tags]
+        predicted = [_finite(p) for p in self.prediction.predicted_norms(measured[-1] or math.nan)]
+        self.tensorboard.log(step, {f"theory/{tag}": p for tag, p in zip(tags, predicted) if p is not None})
         self.section = theory_section(self.prediction, predicted, measured, step)
 
     def close(self, outcome: Outcome) -> None:
@@ -38,15 +38,21 @@ def middle(norms: list[float]) -> list[float]:
     return norms[1:-1] if len(norms) >= 4 else norms
 
 
-def theory_section(mf: theory.MeanField, predicted: list[float], measured: list[float], step: int) -> dict[str, Any]:
-    finite = [m if math.isfinite(m) else None for m in measured]
+def _finite(value: float) -> Optional[float]:
+    """JSON has no NaN/Inf: a step-0 gradient that is already non-finite leaves null (the status says why)."""
+    return value if math.isfinite(value) else None
+
+
+def theory_section(mf: theory.MeanField, predicted: list, measured: list, step: int) -> dict[str, Any]:
+    """per_layer[l]: predicted and measured act_grad_norm, gain = sqrt(chi_l) (norm of layer l-1 over layer l;
+    for layers.0 toward the input) and q = the pre-activation variance."""
     return {
         "step": step,
         "predicted_gain": per_layer_gain(middle(predicted)),  # per layer backward, fit over the middle layers
-        "measured_gain": per_layer_gain(middle(finite)),
+        "measured_gain": per_layer_gain(middle(measured)),
         "per_layer": {
             name: {"predicted": p, "measured": m, "gain": math.sqrt(chi), "q": q}
-            for name, p, m, chi, q in zip(mf.layer_names, predicted, finite, mf.chi, mf.q)
+            for name, p, m, chi, q in zip(mf.layer_names, predicted, measured, mf.chi, mf.q)
         },
     }
 
