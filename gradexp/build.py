@@ -40,7 +40,8 @@ def model(cfg: Any, task_: Task, dev: torch.device) -> nn.Module:
         activation=cfg.activation.name, norm=cfg.norm.name, readout_steps=task_.readout_steps,
     )
     init_weights(net, scheme=cfg.init.scheme, gain=cfg.init.gain, std=cfg.init.std,
-                 activation=cfg.activation.name, recurrent=cfg.init.recurrent)
+                 activation=cfg.activation.name, recurrent=cfg.init.recurrent,
+                 recurrent_gain=cfg.init.recurrent_gain)
     return net.to(dev)
 
 

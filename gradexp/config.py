@@ -41,6 +41,7 @@ class InitConf:
     gain: float = 1.0
     std: float = 0.02
     recurrent: Optional[str] = None
+    recurrent_gain: Optional[float] = None  # gain of weight_hh; None = gain
 
 
 @dataclass
@@ -156,6 +157,7 @@ _RANGES = [
     ("init.gain", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("init.std", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("optimizer.lr", lambda v: 0 < v < math.inf, "a finite number > 0"),
+    ("init.recurrent_gain", lambda v: v is None or 0 < v < math.inf, "a finite number > 0, or null for init.gain"),
     ("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("optimizer.weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("clip.max_norm", lambda v: 0 < v < math.inf, "a finite number > 0"),

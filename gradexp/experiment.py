@@ -16,6 +16,7 @@ from gradexp.diagnose import diagnose
 from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Instruments
 from gradexp.reproducible import use_deterministic
+from gradexp.sinks import theory as theory_sink
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews, run_hparams
 from gradexp.sinks.tensorboard import TensorBoardSink
@@ -47,6 +48,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
         summary,
         TerminalSink(cfg.train.steps, run_dir, console=console),
     ]
+    sinks += theory_sink.attach(cfg, task, sinks)  # mean-field baseline beside act_grad_norm (mlp only)
     run = Run(
         model=model, task=task, batches=build.batches(cfg, task),
         optimizer=(opt := build.optimizer(cfg, model.parameters())), scheduler=build.scheduler(cfg, opt),

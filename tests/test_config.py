@@ -68,6 +68,7 @@ BAD = [
     (["model=rnn", "model.residual=true"], "model.residual"), (["norm=batchnorm", "train.batch_size=1"], "train.batch_size"),
     (["model=rnn", "data.seq_len=1"], "data.seq_len"), (["data.seq_len=10"], "data.seq_len"),
     (["optimizer=adagrad", "optimizer.momentum=0.9"], "optimizer.momentum"),
+    (["init.recurrent_gain=0"], "init.recurrent_gain"),
 ]
 
 

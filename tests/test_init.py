@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradexp.models import ACTIVATIONS, CNN, GRU, LSTM, MLP, init_weights
+from gradexp.models import ACTIVATIONS, CNN, GRU, LSTM, MLP, RNN, init_weights
 
 N = 512  # large square layers so the empirical variance is within ~1% of the formula
 TOL = 0.05
@@ -137,3 +137,24 @@ def test_unknown_names_raise(kw, match):
     args = {"scheme": "xavier_normal", "gain": 1.0, "std": 0.1, "activation": "relu", **kw}
     with pytest.raises(ValueError, match=match):
         init_weights(mlp(width=8), **args)
+
+
+def test_recurrent_gain_scales_weight_hh_only():
+    """Elman weight_hh orthogonal with recurrent_gain 1.5: W W^T = 1.5^2 I (spectral radius 1.5); weight_ih keeps gain."""
+    model = RNN((5, 64), 10, 1, N, False, "tanh", "none", readout_steps=1)
+    init_weights(model, "xavier_normal", gain=1.0, std=0.0, activation="tanh", recurrent="orthogonal",
+                 recurrent_gain=1.5)
+    rnn = model.layers[0].rnn
+    torch.testing.assert_close(rnn.weight_hh_l0 @ rnn.weight_hh_l0.T, 2.25 * torch.eye(N), atol=1e-3, rtol=0)
+    assert_var(rnn.weight_ih_l0, 2 / (N + 64))
+
+
+def test_recurrent_gain_reaches_the_model_from_config():
+    from gradexp import build
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["model=rnn", "init=orthogonal", "init.recurrent_gain=0.5", "init.gain=2.0"])
+    dev = build.device(cfg)
+    rnn = build.model(cfg, build.task(cfg, dev), dev).layers[0].rnn
+    assert torch.linalg.matrix_norm(rnn.weight_hh_l0, ord=2).item() == pytest.approx(0.5, rel=1e-4)
+    assert torch.linalg.matrix_norm(rnn.weight_ih_l0, ord=2).item() == pytest.approx(2.0, rel=1e-4)

@@ -107,10 +107,11 @@ def _gates(module: nn.RNNBase) -> int:
 def _init_recurrent(module: nn.RNNBase, scheme: str, recurrent: str, init: Callable) -> None:
     named = dict(module.named_parameters(recurse=False))
     for name, p in named.items():
-        s = recurrent if name.startswith("weight_hh") else scheme
+        hh = name.startswith("weight_hh")
+        s = recurrent if hh else scheme
         if name.startswith("weight") and s != "default":
             for block in p.chunk(_gates(module), dim=0):  # (H, in) views: each gate its own matrix
-                init(block, s)
+                init(block, s, hh)
     if scheme != "default" or recurrent != "default":
         for name, p in named.items():
             if name.startswith("bias"):
@@ -118,19 +119,22 @@ def _init_recurrent(module: nn.RNNBase, scheme: str, recurrent: str, init: Calla
 
 
 def init_weights(model: nn.Module, scheme: str, gain: float, std: float, activation: str,
-                 recurrent: str | None = None) -> None:
+                 recurrent: str | None = None, recurrent_gain: float | None = None) -> None:
     """Initialize every Linear / Conv2d weight and recurrent weight_ih / weight_hh in place.
 
     `default` keeps PyTorch's own values; any other scheme also zeroes the biases of the modules it
-    touches. Norm layers are left alone. `recurrent` is the scheme for weight_hh (None = `scheme`).
+    touches. Norm layers are left alone. `recurrent` is the scheme for weight_hh (None = `scheme`),
+    `recurrent_gain` its gain (None = `gain`): e.g. orthogonal weight_hh with spectral radius recurrent_gain.
     """
     check_name("init scheme", scheme, INIT_SCHEMES)
     recurrent = scheme if recurrent is None else recurrent
     check_name("recurrent init scheme", recurrent, INIT_SCHEMES)
     check_name("activation", activation, ACTIVATIONS)
 
-    def init(w: Tensor, s: str) -> None:
-        _init_matrix(w, s, gain, std, activation)
+    recurrent_gain = gain if recurrent_gain is None else recurrent_gain
+
+    def init(w: Tensor, s: str, hh: bool = False) -> None:
+        _init_matrix(w, s, recurrent_gain if hh else gain, std, activation)
 
     with torch.no_grad():
         for m in model.modules():

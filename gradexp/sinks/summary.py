@@ -25,6 +25,7 @@ class SummarySink:
         self.first: dict[str, float] = {}    # per-layer quantities at the first logged step
         self.last: dict[str, float] = {}
         self.profiles: dict[str, dict[str, list]] = {}  # layer -> {"first": [...], "last": [...]}
+        self.sections: dict[str, Any] = {}  # extra top-level fields other sinks fill in (e.g. "theory"); run state
 
     def log(self, step: int, values: dict) -> None:
         self.latest.update(values)
@@ -44,7 +45,12 @@ class SummarySink:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
-            setattr(self, key, copy.deepcopy(value))
+            current = getattr(self, key, None)
+            if isinstance(current, dict):  # in place: other sinks hold references to these (theory -> sections)
+                current.clear()
+                current.update(copy.deepcopy(value))
+            else:
+                setattr(self, key, copy.deepcopy(value))
 
     def close(self, outcome: Outcome) -> None:
         write_json_atomic(self.path, self.build(outcome))
@@ -65,6 +71,7 @@ class SummarySink:
         clip = {k: _finite_or_none(v) for k, v in self.latest.items() if k.startswith("clip/")}
         if clip:
             summary["clip"] = clip  # the last logged clip telemetry
+        summary.update(copy.deepcopy(self.sections))
         if outcome.error:
             summary["error"] = outcome.error
         return summary

@@ -1,0 +1,108 @@
+"""Mean-field theory of signal propagation at initialization (Poole et al. 2016; Schoenholz et al. 2017).
+
+For an MLP block z_l = W_l h_{l-1} + b_l, h_l = phi(z_l), with W_l (n_l, n_{l-1}) drawn i.i.d. with
+variance sigma_w^2 / fan_in and biases with variance sigma_b^2, in the wide limit:
+  forward   q_l   = sigma_w,l^2 * E[phi(z)^2]_{z ~ N(0, q_{l-1})} + sigma_b,l^2   (q of the input: its mean square)
+  backward  chi_l = sigma_w,l^2 * E[phi'(z)^2]_{z ~ N(0, q_l)}
+and ||dL/dh_{l-1}|| = sqrt(chi_l) * ||dL/dh_l||: sqrt(chi_l) is the predicted per-layer gain of the
+act_grad_norm going backward from hidden layer l to layer l-1 (flow.py's convention).
+
+It holds for model=mlp with norm=none and residual=false only (a norm layer or a skip changes both maps);
+`not_applicable` says why otherwise. Expectations integrate the model's own activation module numerically (Gauss-Legendre on each
+half-line, so the kink of selu / softsign at 0 costs no accuracy), exactly for the piecewise-linear ones."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from numpy.polynomial.legendre import leggauss
+from torch import nn
+
+from gradexp.config import model_family
+from gradexp.models.layers import KAIMING_NONLINEARITY, LEAKY_SLOPE, make_activation
+
+QUADRATURE_POINTS = 96  # per half-line; relative error < 1e-9 for every activation (tests/test_theory.py)
+TAIL = 12.0  # standard deviations integrated; the normal mass beyond is ~1e-33
+_PIECEWISE_LINEAR = {"relu": 0.0, "leaky_relu": LEAKY_SLOPE, "identity": 1.0}  # name -> slope for z < 0
+
+
+def not_applicable(cfg: Any) -> Optional[str]:
+    """None when the mean-field prediction applies to this config, else the reason it does not."""
+    if model_family(cfg) != "mlp":
+        return f"model={model_family(cfg)} (theory covers model=mlp only)"
+    if cfg.norm.name != "none":
+        return f"norm={cfg.norm.name} (theory covers norm=none only)"
+    if cfg.model.residual:
+        return "model.residual=true (theory covers plain MLPs only)"
+    return None
+
+
+@lru_cache(maxsize=None)
+def _nodes() -> tuple[np.ndarray, np.ndarray]:
+    """Nodes x and weights w with sum(w * f(x)) = E[f(x)], x ~ N(0, 1); no node at the kink x = 0."""
+    t, w = leggauss(QUADRATURE_POINTS)  # on [-1, 1]
+    half_x, half_w = (t + 1) * TAIL / 2, w * TAIL / 2  # on [0, TAIL]
+    density = np.exp(-half_x**2 / 2) / math.sqrt(2 * math.pi)
+    return np.concatenate([-half_x, half_x]), np.concatenate([half_w * density, half_w * density])
+
+
+def moments(activation: str, q: float) -> tuple[float, float]:
+    """(E[phi(z)^2], E[phi'(z)^2]) for z ~ N(0, q)."""
+    if activation in _PIECEWISE_LINEAR:
+        a2 = _PIECEWISE_LINEAR[activation] ** 2
+        return q * (1 + a2) / 2, (1 + a2) / 2  # half the mass on each linear piece
+    x, w = _nodes()
+    z = torch.tensor(math.sqrt(q) * x, dtype=torch.float64, requires_grad=True)  # (P,) quadrature nodes
+    phi = make_activation(activation).double()(z)
+    (dphi,) = torch.autograd.grad(phi.sum(), z)  # elementwise phi'(z): each phi_i depends on z_i only
+    return float(np.dot(w, phi.detach().numpy() ** 2)), float(np.dot(w, dphi.numpy() ** 2))
+
+
+def weight_variances(init: Any, activation: str, fan_in: int, fan_out: int) -> tuple[float, float]:
+    """(sigma_w^2, sigma_b^2) of one Linear layer: fan_in * Var(W) and Var(b), as the init scheme draws them."""
+    scheme, gain = init.scheme, init.gain
+    if scheme == "default":  # nn.Linear: kaiming_uniform(a=sqrt(5)) and U(+-1/sqrt(fan_in)) bias, init.gain unused
+        return 1.0 / 3.0, 1.0 / (3.0 * fan_in)
+    if scheme in ("xavier_normal", "xavier_uniform"):
+        var = gain**2 * 2.0 / (fan_in + fan_out)
+    elif scheme in ("kaiming_normal", "kaiming_uniform"):
+        nonlinearity = KAIMING_NONLINEARITY[activation]
+        a = LEAKY_SLOPE if nonlinearity == "leaky_relu" else None
+        var = (nn.init.calculate_gain(nonlinearity, a) * gain) ** 2 / fan_in
+    elif scheme == "orthogonal":  # orthonormal rows (or columns): every entry has variance 1/max(fan_in, fan_out)
+        var = gain**2 / max(fan_in, fan_out)
+    else:  # normal
+        var = (init.std * gain) ** 2
+    return fan_in * var, 0.0  # named schemes zero the biases
+
+
+@dataclass
+class MeanField:
+    layer_names: list[str]  # layers.0 ... layers.{L-1}, forward order
+    q: list[float]          # pre-activation variance of each hidden layer
+    chi: list[float]        # chi_l: squared gain of the act-grad norm from layer l back to layer l-1
+
+    def predicted_norms(self, last: float) -> list[float]:
+        """act_grad_norm of every hidden layer, anchored to `last` (the measured norm at the last hidden layer)."""
+        norms = [last]
+        for chi in reversed(self.chi[1:]):
+            norms.append(norms[-1] * math.sqrt(chi))
+        return norms[::-1]
+
+
+def mean_field(cfg: Any, input_dim: int, input_mean_square: float) -> MeanField:
+    """Iterate the forward variance map through the configured MLP and the backward gain of each layer."""
+    act, width = cfg.activation.name, cfg.model.width
+    q_prev_h2 = input_mean_square  # E[h^2] feeding layer 0: the data's mean square per feature
+    qs, chis = [], []
+    for layer in range(cfg.model.depth):
+        sw2, sb2 = weight_variances(cfg.init, act, input_dim if layer == 0 else width, width)
+        q = sw2 * q_prev_h2 + sb2
+        q_prev_h2, dphi2 = moments(act, q)
+        qs.append(q)
+        chis.append(sw2 * dphi2)
+    return MeanField([f"layers.{i}" for i in range(cfg.model.depth)], qs, chis)

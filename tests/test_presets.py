@@ -1,0 +1,165 @@
+"""Each experiment preset (configs/experiment/) run as the sweep its hydra.sweeper.params define, at reduced size,
+and its qualitative outcome asserted from the recorded numbers (summary.json and the event files)."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from gradexp.config import register_schema, validate
+from gradexp.flow import per_layer_gain
+from tests.test_oracle import read_scalars
+
+PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "saxe2014", "regularization"]
+EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiment"
+
+
+def sweep_jobs(name: str) -> list[list[str]]:
+    """The override list of every job `gradexp run -m +experiment=NAME` launches (BasicSweeper's cartesian product)."""
+    register_schema()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="gradexp.configs"):
+        cfg = compose(config_name="config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+    params = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
+    axes = [[f"{o.key_or_group}={v}" for o in [p] for v in p.sweep_string_iterator()] for p in params]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+@pytest.fixture
+def run_sweep(run_tiny):
+    """run_sweep(name, reduced) -> {job overrides joined by ' ': (summary, scalars)} for every job of the preset."""
+    def run(name: str, reduced: list[str], keep=lambda job: True) -> dict[str, tuple[dict, dict]]:
+        results = {}
+        for i, job in enumerate(j for j in sweep_jobs(name) if keep(j)):
+            _, run_dir = run_tiny([f"+experiment={name}", *job, *reduced], tiny=False, name=f"{name}_{i}")
+            summary = json.load(open(os.path.join(run_dir, "summary.json")))
+            results[" ".join(job)] = (summary, read_scalars(run_dir))
+        return results
+
+    return run
+
+
+def act_grads(summary: dict, when: str = "first") -> list[float]:
+    return [layer["act_grad_norm"][when] for layer in summary["layers"]]
+
+
+def test_every_preset_has_a_file_and_a_sweep():
+    assert sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml")) == sorted(PRESETS)
+    for name in PRESETS:
+        assert len(sweep_jobs(name)) >= 2, name
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_job_of_every_preset_composes_and_validates(name):
+    from tests.conftest import compose_config
+
+    for job in sweep_jobs(name):
+        validate(compose_config([f"+experiment={name}", *job], tiny=False))
+
+
+def test_he2015_xavier_starves_the_first_layer(run_sweep):
+    r = run_sweep("he2015", ["model.width=64", "train.steps=1"])
+    xavier, kaiming = r["init=xavier_normal"][0], r["init=kaiming_normal"][0]
+    assert act_grads(xavier)[0] < 1e-3 * act_grads(kaiming)[0]
+    assert per_layer_gain(act_grads(xavier)) == pytest.approx(1 / math.sqrt(2), rel=0.05)
+    assert per_layer_gain(act_grads(kaiming)) == pytest.approx(1.0, rel=0.05)
+
+
+def test_glorot2010_xavier_lifts_every_saturating_activation(run_sweep):
+    r = run_sweep("glorot2010", ["model.width=64", "train.steps=1"])
+    gain = {job: per_layer_gain(act_grads(s)) for job, (s, _) in r.items()}
+    for act in ("sigmoid", "tanh", "softsign"):
+        assert gain[f"activation={act} init=xavier_normal"] > 1.3 * gain[f"activation={act} init=default"], act
+    assert min(gain, key=gain.get) == "activation=sigmoid init=default"  # the steepest decay
+    assert gain["activation=tanh init=xavier_normal"] > 0.8
+
+
+def test_ioffe2015_batchnorm_keeps_the_sigmoid_gradient_level(run_sweep):
+    r = run_sweep("ioffe2015", ["model.width=64", "train.steps=1"])
+    plain, bn = act_grads(r["norm=none"][0]), act_grads(r["norm=batchnorm"][0])
+    assert per_layer_gain(plain) < 0.2  # sigmoid at PyTorch's default init: ~0.14 per layer (theory 0.141)
+    assert 0.8 < per_layer_gain(bn) < 1.25
+    assert plain[0] / plain[-1] < 1e-6 < 0.5 < bn[0] / bn[-1]
+
+
+def log_steps(norms: list[float]) -> list[float]:
+    """log(norm[l] / norm[l+1]) for every backward step between hidden layers."""
+    return [math.log(a / b) for a, b in zip(norms[:-1], norms[1:])]
+
+
+def test_saxe2014_orthogonal_is_an_isometry_gaussian_only_on_average(run_sweep):
+    r = run_sweep("saxe2014", ["train.steps=1"])
+    linear_orth, linear_gauss = act_grads(r["activation=identity init=orthogonal"][0]), act_grads(r["activation=identity init=xavier_normal"][0])
+    assert max(abs(s) for s in log_steps(linear_orth)) < 1e-4  # W^T of an orthogonal W keeps every norm
+    assert per_layer_gain(linear_gauss) == pytest.approx(1.0, abs=0.1)  # preserved on average ...
+    assert statistics.pstdev(log_steps(linear_gauss)) > 0.04  # ... with a chi-square spread per layer (~0.09)
+    # tanh: the mean gain drifts with depth as q_l changes (mean-field theory follows it); around that drift,
+    # orthogonal weights add little noise, Gaussian ones the same chi-square spread as in the linear net
+    orth, gauss = (theory_residuals(r[f"activation=tanh init={i}"][0]) for i in ("orthogonal", "xavier_normal"))
+    assert statistics.pstdev(orth) < 0.5 * statistics.pstdev(gauss)
+
+
+def theory_residuals(summary: dict) -> list[float]:
+    """Measured minus mean-field log gain of every backward step between hidden layers."""
+    layers = list(summary["theory"]["per_layer"].values())
+    return [math.log(a["measured"] / b["measured"] / b["gain"]) for a, b in zip(layers[:-1], layers[1:])]
+
+
+def test_he2016_skips_carry_the_gradient_to_the_input(run_sweep):
+    r = run_sweep("he2016", ["train.steps=1"])
+    plain, residual = act_grads(r["model.residual=False"][0]), act_grads(r["model.residual=True"][0])
+    assert plain[0] / plain[-1] < 1e-4  # default init, relu: ~sqrt(1/6) per block
+    assert residual[0] / residual[-1] > 0.5  # identity paths: never below the top's gradient by much
+    assert residual[0] > 1e3 * plain[0]
+
+
+def test_pascanu2013_recurrent_scale_explodes_and_clipping_contains_it(run_sweep):
+    r = run_sweep("pascanu2013", ["train.steps=60", "data.n_train=512", "data.n_val=128", "train.eval_every=20"])
+    g0 = {job: scalars["grad_norm/total"][0] for job, (_, scalars) in r.items()}
+    for clip in ("none", "norm_1.0"):
+        small, unit, large = (g0[f"init.recurrent_gain={g} clip={clip}"] for g in ("0.5", "1.0", "2.0"))
+        assert small < unit < large and large > 10 * small  # the gradient explodes with the recurrent scale
+    unclipped, clipped = r["init.recurrent_gain=2.0 clip=none"], r["init.recurrent_gain=2.0 clip=norm_1.0"]
+    assert unclipped[0]["status"] == "diverged"
+    assert clipped[0]["status"] == "completed" and math.isfinite(clipped[0]["final"]["loss/train"])
+    assert max(clipped[1]["grad_norm/total_clipped"].values()) <= 1.0 + 1e-4
+
+
+def test_regularization_does_not_cure_vanishing_gradients(run_sweep):
+    r = run_sweep("regularization", ["model.width=32", "train.steps=150", "log.every=50", "train.eval_every=150"])
+    gain = {job: per_layer_gain(act_grads(s, "last")) for job, (s, _) in r.items()}  # after training
+    plain = gain.pop("reg.l1=0.0 reg.l2=0.0")
+    assert all(g < 1.05 * plain for g in gain.values()), (plain, gain)  # no penalty lifts the gradient ...
+    assert gain["reg.l1=0.0 reg.l2=0.01"] < 0.75 * plain  # ... and a strong one deepens the decay
+
+
+@pytest.mark.slow
+def test_hochreiter1997_gated_cells_learn_the_long_adding_problem(run_sweep):
+    """The seq_len=40 jobs at full length (~1 min): only the gated cells get below the constant predictor's MSE."""
+    r = run_sweep("hochreiter1997", ["data.n_val=256"], keep=lambda job: "data.seq_len=40" in job)
+    loss = {job.split()[0]: s["final"]["loss/val"] for job, (s, _) in r.items()}
+    assert loss["model=rnn"] > 0.1  # predicting the mean sum 1.0 scores 1/6
+    assert loss["model=lstm"] < 0.1 * loss["model=rnn"] and loss["model=gru"] < 0.1 * loss["model=rnn"]
+
+
+@pytest.mark.slow
+def test_multirun_plus_experiment_runs_the_whole_sweep(tmp_path):
+    """`gradexp run -m +experiment=NAME` launches one job per combination of the preset's sweeper params."""
+    cmd = [sys.executable, "-m", "gradexp", "run", "-m", "+experiment=glorot2010", "model.width=8", "train.steps=2",
+           f"hydra.sweep.dir={tmp_path}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summaries = [json.loads(p.read_text()) for p in tmp_path.glob("*/summary.json")]
+    assert sorted(" ".join(o for o in s["overrides"] if o.startswith(("activation", "init"))) for s in summaries) == \
+        sorted(" ".join(job) for job in sweep_jobs("glorot2010"))
+    assert all(s["status"] == "completed" and s["theory"]["predicted_gain"] for s in summaries)
