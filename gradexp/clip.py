@@ -22,13 +22,14 @@ class ClipPolicy:
     steps_clipped: Optional[Tensor] = field(default=None, repr=False)  # 0-d int64 on the gradients' device
 
     def apply(self, params: list[nn.Parameter]) -> Optional[Tensor]:
-        """Clip in place. Returns the pre-clip global norm for mode=norm (0-d, on device), else None."""
+        """Clip in place (parameters without a gradient are skipped). Returns the pre-clip global norm for
+        mode=norm (0-d, on device), else None."""
         if self.mode == "norm":
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=self.norm_type, foreach=True)
             self._count(norm > self.max_norm)
             return norm
         if self.mode == "value":
-            grads = [p.grad for p in params]
+            grads = [p.grad for p in params if p.grad is not None]
             biggest = torch.stack(torch._foreach_norm(grads, float("inf"))).max()  # max |g|, one batched kernel
             self._count(biggest > self.value)
             torch.nn.utils.clip_grad_value_(params, self.value, foreach=True)

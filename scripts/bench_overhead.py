@@ -7,7 +7,8 @@ Same model (same seed), data, optimizer and loss in every variant, timed in one 
   default  gradexp's train() with the default probes, TensorBoard + summary sinks, the configured log.every
   all    every instrument on every step (log.every=1, histograms and bptt every step)
 Ratios are variant / plain. Usage:
-  python scripts/bench_overhead.py [--repeats 5] [--steps-scale 1.0] [--only mlp,mlp20,lstm] [--threads N] [--out F.json]"""
+  python scripts/bench_overhead.py [--repeats 5] [--steps-scale 1.0] [--only mlp,mlp20,lstm] [--threads N]
+                                   [--override KEY=VALUE ...] [--out F.json]"""
 from __future__ import annotations
 
 import argparse
@@ -95,8 +96,9 @@ def time_gradexp(cfg, task, steps: int, variant: str, tmp: str) -> float:
     return elapsed
 
 
-def bench_config(name: str, repeats: int, scale: float, tmp: str) -> dict[str, float]:
+def bench_config(name: str, repeats: int, scale: float, tmp: str, extra: list[str]) -> dict[str, float]:
     overrides, steps = CONFIGS[name]
+    overrides = overrides + extra
     steps = max(2, int(steps * scale))
     cfgs = {v: compose_cfg(overrides + (EVERYTHING if v == "all" else [])) for v in VARIANTS}
     task = build.task(cfgs["plain"], build.device(cfgs["plain"]))
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply each config's step count")
     parser.add_argument("--only", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     parser.add_argument("--out", default="bench_overhead.json")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every configuration (e.g. log.every=25); repeatable")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):
-            results[name] = bench_config(name, args.repeats, args.steps_scale, tmp)
+            results[name] = bench_config(name, args.repeats, args.steps_scale, tmp, args.override)
     table = Table(title=f"gradexp overhead vs a plain loop (median of {args.repeats}, device {torch.device('cuda' if torch.cuda.is_available() else 'cpu')})")
     for col in ("config", "steps", "log.every", "plain s", "(a) off", "(b) default", "(c) all"):
         table.add_column(col, justify="right")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import torch
 from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, Scalars
@@ -18,8 +19,10 @@ def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 class ActGrads(Probe):
+    """The tensor hooks only keep each gradient; after backward one batched torch._foreach_norm takes them all."""
+
     def __init__(self) -> None:
-        self.norms: Scalars = {}
+        self.grads: dict[str, Tensor] = {}  # layer -> dLoss/d(output), shaped like the output
 
     @contextlib.contextmanager
     def watch(self, model: nn.Module) -> Iterator[None]:
@@ -38,8 +41,10 @@ class ActGrads(Probe):
         return hook
 
     def _record(self, name: str, grad: Tensor) -> None:
-        self.norms[f"act_grad_norm/{name}"] = grad.detach().norm()
+        self.grads[name] = grad.detach()
 
     def after_backward(self, model: nn.Module) -> Scalars:
-        norms, self.norms = self.norms, {}
-        return norms
+        grads, self.grads = self.grads, {}
+        if not grads:
+            return {}
+        return {f"act_grad_norm/{name}": n for name, n in zip(grads, torch._foreach_norm(list(grads.values())))}

@@ -14,6 +14,7 @@ Hooks exist only inside `watch`, i.e. on logging steps."""
 from __future__ import annotations
 
 import contextlib
+from collections import defaultdict
 from typing import Callable, Iterator
 
 import torch
@@ -34,13 +35,31 @@ _RELATIVE_DERIVATIVE: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 def saturation(y: Tensor, activation: str, unit_dim: int) -> Tensor:
-    """Fraction of saturated entries (squashing activations) or dead units (ReLU family) in y; 0-d."""
+    """Fraction of saturated entries (squashing activations) or dead units (ReLU family) of each y[i];
+    y is (L, ...) — L same-shaped layer outputs stacked — and unit_dim indexes a layer's own tensor. (L,)"""
     if activation in _RELATIVE_DERIVATIVE:
-        return (_RELATIVE_DERIVATIVE[activation](y) < SATURATION_FRACTION).float().mean()
+        return (_RELATIVE_DERIVATIVE[activation](y) < SATURATION_FRACTION).flatten(1).float().mean(dim=1)
     if activation in DEAD_FAMILY:
-        units = y.movedim(unit_dim, 0).flatten(1)  # (units, batch * positions)
-        return (units <= 0).all(dim=1).float().mean()
-    return y.new_zeros(())
+        unit_axis = unit_dim + 1 if unit_dim >= 0 else y.dim() + unit_dim
+        others = [d for d in range(1, y.dim()) if d != unit_axis]  # batch and positions
+        return (y.amax(dim=others) <= 0).float().mean(dim=1)  # dead: max over the batch <= 0; (L, units) -> (L,)
+    return y.new_zeros(y.shape[0])
+
+
+def std_mean(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Population std and mean of each row of (L, N), two-pass: as exact as torch.std_mean, and on CPU
+    several times faster than its Welford kernel."""
+    mean = flat.mean(dim=1)
+    return (flat - mean[:, None]).square().mean(dim=1).sqrt(), mean
+
+
+def stacked_by_shape(tensors: dict[str, Tensor]) -> list[tuple[list[str], Tensor]]:
+    """Same-shaped tensors stacked into one (L, ...) tensor per shape: a handful of kernels for every layer
+    together instead of a handful per layer (hidden layers of one model mostly share a shape)."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for name, t in tensors.items():
+        groups[(tuple(t.shape), t.dtype, t.device)].append(name)
+    return [(names, torch.stack([tensors[n] for n in names])) for names in groups.values()]
 
 
 def saturation_site(layer: nn.Module) -> tuple[nn.Module, bool, int]:
@@ -51,40 +70,46 @@ def saturation_site(layer: nn.Module) -> tuple[nn.Module, bool, int]:
 
 
 class ActStats(Probe):
+    """Forward hooks only keep references to the layers' outputs (detached); the statistics are computed
+    after backward, batched across layers of the same shape."""
+
     def __init__(self, activation: str) -> None:
         self.activation = activation
-        self.values: Scalars = {}
+        self.outputs: dict[str, Tensor] = {}     # layer -> its output
+        self.activated: dict[str, Tensor] = {}   # layer -> its activation's output (saturation)
+        self.unit_dim = 1
 
     @contextlib.contextmanager
     def watch(self, model: nn.Module) -> Iterator[None]:
         handles = []
         for name, layer in hidden_layers(model):
-            handles.append(layer.register_forward_hook(self._output_hook(name)))
-            module, read_input, unit_dim = saturation_site(layer)
-            hook = self._saturation_hook(name, unit_dim)
+            handles.append(layer.register_forward_hook(self._keep(self.outputs, name)))
+            module, read_input, self.unit_dim = saturation_site(layer)
+            keep = self._keep(self.activated, name)
             if read_input:
-                handles.append(module.register_forward_pre_hook(lambda m, inputs, hook=hook: hook(m, None, inputs[0])))
+                handles.append(module.register_forward_pre_hook(lambda m, inputs, keep=keep: keep(m, None, inputs[0])))
             else:
-                handles.append(module.register_forward_hook(hook))
+                handles.append(module.register_forward_hook(keep))
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
-    def _output_hook(self, name: str):
-        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            std, mean = torch.std_mean(output.detach(), correction=0)
-            self.values[f"act_mean/{name}"], self.values[f"act_std/{name}"] = mean, std
-
-        return hook
-
-    def _saturation_hook(self, name: str, unit_dim: int):
-        def hook(module: nn.Module, inputs, y: Tensor) -> None:
-            self.values[f"act_saturation/{name}"] = saturation(y.detach(), self.activation, unit_dim)
-
+    @staticmethod
+    def _keep(store: dict[str, Tensor], name: str):
+        def hook(module: nn.Module, inputs, output: Tensor) -> None:
+            store[name] = output.detach()
         return hook
 
     def after_backward(self, model: nn.Module) -> Scalars:
-        values, self.values = self.values, {}
+        values: Scalars = {}
+        for names, y in stacked_by_shape(self.outputs):  # (L, ...)
+            std, mean = std_mean(y.flatten(1))
+            values.update({f"act_mean/{n}": v for n, v in zip(names, mean.unbind())})
+            values.update({f"act_std/{n}": v for n, v in zip(names, std.unbind())})
+        for names, y in stacked_by_shape(self.activated):
+            fractions = saturation(y, self.activation, self.unit_dim)
+            values.update({f"act_saturation/{n}": v for n, v in zip(names, fractions.unbind())})
+        self.outputs, self.activated = {}, {}
         return values

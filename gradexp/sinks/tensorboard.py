@@ -1,6 +1,6 @@
 """TensorBoard event files in the run folder, written with torch.utils.tensorboard.
 
-All scalars of a logging step go out as one Summary protobuf (one event) instead of one add_scalar call
+All scalars and histograms of a logging step go out as one Summary protobuf (one event) instead of one add_* call
 each: the same records for readers, a fraction of the Python cost. 1-d values are histograms
 (hist/... tags, see probes/histograms.py) or per-time-step profiles (sinks/profiles.py)."""
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Optional
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import histogram_raw
 
 from gradexp.probes import histograms
 from gradexp.sinks import profiles
@@ -22,18 +23,19 @@ class TensorBoardSink:
         self.history: dict[str, tuple[list[int], list[list[float]]]] = {}  # profile tag -> (steps, profiles)
 
     def log(self, step: int, values: dict) -> None:
-        scalars = {}
+        scalars, histos = {}, []
         for tag, value in values.items():
             if not isinstance(value, list):
                 scalars[tag] = value
             elif tag.startswith(histograms.PREFIX):
-                self.writer.add_histogram_raw(tag, global_step=step, **histograms.unpack(value))
+                histos.extend(histogram_raw(tag, **histograms.unpack(value)).value)
             else:
                 scalars.update(profiles.profile_scalars(tag, value))
                 steps, rows = self.history.setdefault(tag, ([], []))
                 steps.append(step)
                 rows.append(value)
-        summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()])
+        # one event per logging step, histograms included: each event is a queue hand-off to the writer thread
+        summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()] + histos)
         self.writer._get_file_writer().add_summary(summary, step)
 
     def close(self, outcome: Outcome) -> None:
