@@ -74,6 +74,8 @@ def _times(axes, records, labels, colours, figures) -> None:
     for when in ("first", "last"):
         ax = axes[f"time_{when}"]
         shown = [r for r in measured if when in r.time_profile]
+        if when == "last":  # a run stopped before its second bptt step (diverged early) has nothing newer to show
+            shown = [r for r in shown if r.time_steps.get("last") != r.time_steps.get("first")]
         figures.profiles(ax, {labels[r.path]: r.time_profile[when] for r in shown},
                          {labels[r.path]: colours[r.path] for r in shown})
         steps = sorted({r.time_steps.get(when) for r in shown} - {None})
@@ -99,7 +101,7 @@ def _phase(ax, records: list[RunRecord], keys: list[str], figures) -> None:
     cells = {(r.overrides.get(first, ""), r.overrides.get(second, "")): r for r in records}
     gains = {cell: r.time_gain if through_time else r.gain for cell, r in cells.items()}
     verdicts = {cell: r.verdict.get("label", r.status) for cell, r in cells.items()}
-    figures.phase(ax, rows, cols, gains, verdicts)
+    figures.phase(ax, rows, cols, gains, verdicts, "per-time-step gain" if through_time else "per-layer gain")
     ax.set_ylabel(first)
     ax.set_xlabel(second)
     ax.set_title(f"trainability map: per-{'time-step' if through_time else 'layer'} gain")

@@ -154,17 +154,22 @@ def test_recurrent_runs_show_their_gradient_through_time(tmp_path, capsys):
 
     profiles = {("rnn", "10"): geometric(0.5, 10), ("rnn", "40"): geometric(0.5, 40),
                 ("lstm", "10"): geometric(0.95, 10), ("lstm", "40"): geometric(0.95, 40)}
-    for i, ((model, length), profile) in enumerate(profiles.items()):
+    for i, ((model, length), profile) in enumerate(profiles.items()):  # last profile: twice the first
         write_run(tmp_path / str(i), [f"model={model}", f"data.seq_len={length}"], norms=[1.0],
                   bptt=bptt(profile, [2 * v for v in profile]))
-    records = [load_run(str(tmp_path / str(i)), str(tmp_path)) for i in range(4)]
+    write_run(tmp_path / "4", ["model=gru", "data.seq_len=40"], status="diverged", norms=[1.0],  # stopped at step 0
+              bptt={"layers.0": {"first": [1.0, 2.0], "first_step": 0, "last": [1.0, 2.0], "last_step": 0}})
+    records = [load_run(str(tmp_path / str(i)), str(tmp_path)) for i in range(5)]
     fig = figure(records, varying_keys(records))
     titles = {ax.get_title(): ax for ax in fig.axes}
     assert not any("per-layer" in t for t in titles)
     first, last = titles["gradient through time at step 0"], titles["gradient through time at step 100"]
     assert plotted(first)["model=rnn data.seq_len=40 [healthy]"] == profiles[("rnn", "40")]
     assert plotted(last)["model=lstm data.seq_len=10 [healthy]"] == [2 * v for v in profiles[("lstm", "10")]]
+    assert "model=gru data.seq_len=40 [diverged]" in plotted(first)
+    assert "model=gru data.seq_len=40 [diverged]" not in plotted(last)  # its step-0 profile is not a later one
     assert "trainability map: per-time-step gain" in titles
+    assert fig.axes[-1].get_ylabel() == "log10 per-time-step gain"  # the phase diagram's colour bar
     assert main([str(tmp_path), "--format", "json"]) == 0
     rows = {(r["model"], r["data.seq_len"]): r for r in json.loads(capsys.readouterr().out)}
     assert rows[("rnn", "40")]["time gain"] == pytest.approx(0.5)

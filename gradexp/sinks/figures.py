@@ -64,8 +64,9 @@ def profiles(ax, series: dict[str, Sequence[float]], colours: Optional[dict[str,
     ax.grid(True, which="both", alpha=0.3)
 
 
-def phase(ax, rows: list[str], cols: list[str], gains: dict[tuple[str, str], Optional[float]], labels: dict) -> None:
-    """Factor x factor grid coloured by log10(per-layer gain): blue vanishing, white 1, red exploding."""
+def phase(ax, rows: list[str], cols: list[str], gains: dict[tuple[str, str], Optional[float]], labels: dict,
+          what: str = "per-layer gain") -> None:
+    """Factor x factor grid coloured by log10(gain), `what` the gain is: blue vanishing, white 1, red exploding."""
     data = np.full((len(rows), len(cols)), np.nan)
     for (r, c), gain in gains.items():
         if gain is not None and gain > 0 and math.isfinite(gain):
@@ -81,4 +82,4 @@ def phase(ax, rows: list[str], cols: list[str], gains: dict[tuple[str, str], Opt
                 fontsize=9, color=colour)
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
-    plt.colorbar(image, ax=ax, label="log10 per-layer gain")
+    plt.colorbar(image, ax=ax, label=f"log10 {what}")
