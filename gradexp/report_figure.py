@@ -1,7 +1,8 @@
 """report.png: the per-layer gradient profiles of every run on one log-scale chart (at step 0 and at the last
 logged step; dashed: the mean-field prediction where summary["theory"] has one), for recurrent runs the
 per-time-step profiles ||dL/dh_t|| (summary["bptt"]) on a second row, and, when exactly two factors vary, the
-phase diagram factor x factor coloured by per-layer gain (per-time-step gain when no run has a per-layer one)."""
+phase diagram factor x factor coloured by the verdict's per-layer gain (per-time-step gain when no run has a
+per-layer one), each cell reading the gain at step 0 and at the last logged step."""
 from __future__ import annotations
 
 from typing import Optional
@@ -101,7 +102,16 @@ def _phase(ax, records: list[RunRecord], keys: list[str], figures) -> None:
     cells = {(r.overrides.get(first, ""), r.overrides.get(second, "")): r for r in records}
     gains = {cell: r.time_gain if through_time else r.gain for cell, r in cells.items()}
     verdicts = {cell: r.verdict.get("label", r.status) for cell, r in cells.items()}
-    figures.phase(ax, rows, cols, gains, verdicts, "per-time-step gain" if through_time else "per-layer gain")
+    texts = {cell: _gains_text(r.time_gains if through_time else r.gains) for cell, r in cells.items()}
+    figures.phase(ax, rows, cols, gains, verdicts, "per-time-step gain" if through_time else "per-layer gain", texts)
     ax.set_ylabel(first)
     ax.set_xlabel(second)
-    ax.set_title(f"trainability map: per-{'time-step' if through_time else 'layer'} gain")
+    ax.set_title(f"trainability map: per-{'time-step' if through_time else 'layer'} gain (step 0 → last)")
+
+
+def _gains_text(gains: dict[str, Optional[float]]) -> str:
+    """'×0.59 → ×0.92' (step 0, last logged step): what training did to the gain; '' leaves the default."""
+    first, last = gains.get("first"), gains.get("last")
+    if first is None or last is None:
+        return ""
+    return f"×{first:.2g} → ×{last:.2g}"

@@ -21,6 +21,7 @@ class RunRecord:
     final: dict[str, Optional[float]] = field(default_factory=dict)
     verdict: dict[str, Any] = field(default_factory=dict)
     gain: Optional[float] = None       # per-layer gain of the step the verdict judged
+    gains: dict[str, Optional[float]] = field(default_factory=dict)  # "first"/"last" -> per-layer gain at that step
     ratio: Optional[float] = None      # first/last ratio of that step
     steps_per_s: Optional[float] = None
     theory_gain: Optional[float] = None
@@ -28,6 +29,7 @@ class RunRecord:
     quantity: str = ""
     theory_profile: list[float] = field(default_factory=list)  # predicted norm per hidden layer at step 0
     time_gain: Optional[float] = None  # per-time-step gain of the recurrent layer the verdict judged
+    time_gains: dict[str, Optional[float]] = field(default_factory=dict)  # "first"/"last" -> its gain then
     time_layer: str = ""               # that layer's name
     time_profile: dict[str, list[float]] = field(default_factory=dict)  # "first"/"last" -> ||dL/dh_t|| per t
     time_steps: dict[str, int] = field(default_factory=dict)  # "first"/"last" -> training step of that profile
@@ -70,6 +72,7 @@ def _fill(record: RunRecord, summary: dict[str, Any]) -> None:
     flow = depth_flow(summary)
     if flow is not None:
         record.gain, record.ratio = flow.gain[flow.worst()], flow.ratio[flow.worst()]
+        record.gains = dict(flow.gain)
         record.quantity = flow.quantity
         record.profile = {w: [_num(layer[flow.quantity][w]) for layer in summary["layers"]] for w in ("first", "last")}
     per_layer = (summary.get("theory") or {}).get("per_layer") or {}
@@ -83,7 +86,7 @@ def _fill_time(record: RunRecord, summary: dict[str, Any]) -> None:
     flow = time_flow(summary)
     if flow is None:
         return
-    record.time_gain = flow.gain[flow.worst()]
+    record.time_gain, record.time_gains = flow.gain[flow.worst()], dict(flow.gain)
     record.time_layer = flow.quantity.split("/", 1)[1]
     per_step = summary["bptt"][record.time_layer]
     record.time_profile = {w: [_num(v) for v in per_step[w]] for w in ("first", "last") if per_step.get(w)}

@@ -168,8 +168,10 @@ def test_recurrent_runs_show_their_gradient_through_time(tmp_path, capsys):
     assert plotted(last)["model=lstm data.seq_len=10 [healthy]"] == [2 * v for v in profiles[("lstm", "10")]]
     assert "model=gru data.seq_len=40 [diverged]" in plotted(first)
     assert "model=gru data.seq_len=40 [diverged]" not in plotted(last)  # its step-0 profile is not a later one
-    assert "trainability map: per-time-step gain" in titles
+    assert "trainability map: per-time-step gain (step 0 → last)" in titles
     assert fig.axes[-1].get_ylabel() == "log10 per-time-step gain"  # the phase diagram's colour bar
+    cells = [t.get_text() for t in titles["trainability map: per-time-step gain (step 0 → last)"].texts]
+    assert "×0.95 → ×0.95\nhealthy" in cells and "×0.5 → ×0.5\nhealthy" in cells
     assert main([str(tmp_path), "--format", "json"]) == 0
     rows = {(r["model"], r["data.seq_len"]): r for r in json.loads(capsys.readouterr().out)}
     assert rows[("rnn", "40")]["time gain"] == pytest.approx(0.5)
