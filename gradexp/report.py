@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, Optional
 
+from gradexp.report_figure import DPI, draw  # matplotlib itself is imported only when a figure is drawn
 from gradexp.runs import RunRecord, find_runs, load_run, varying_keys
 
 EXIT_BAD_INPUT = 2
@@ -24,6 +25,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sort", metavar="KEY", help="column to sort by, e.g. gain; --sort=-gain for descending")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="what to print")
     parser.add_argument("--out", metavar="DIR", help="where report.csv and report.png go (default: PATH)")
+    parser.add_argument("--dpi", type=int, default=DPI, metavar="N",
+                        help=f"report.png resolution in dots per inch (default {DPI}; e.g. 60 for a small PNG)")
     return parser.parse_args(argv)
 
 
@@ -32,6 +35,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = parse(sys.argv[1:] if argv is None else argv)
     except SystemExit as exit_:  # argparse printed usage (--help: 0) or one error line (2)
         return int(exit_.code or 0)
+    if not 10 <= args.dpi <= 600:
+        return _bad(f"invalid value for --dpi: {args.dpi} (allowed: an integer from 10 to 600)")
     if not os.path.isdir(args.path):
         return _bad(f"no such folder: {args.path!r} (allowed: a run folder or a sweep folder)")
     folders = find_runs(args.path)
@@ -40,7 +45,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     records = [load_run(folder, args.path) for folder in folders]
     keys = varying_keys(records)
     theory = any(r.theory_gain is not None for r in records)
-    rows = [row(r, keys, theory) for r in records]
+    time = any(r.time_gain is not None for r in records)
+    rows = [row(r, keys, theory, time) for r in records]
     columns = list(rows[0])
     if args.sort:
         descending, key = args.sort.startswith("-"), args.sort.lstrip("-")
@@ -51,14 +57,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.csv"), "w", newline="") as f:
         f.write(to_csv(rows))
-    from gradexp.report_figure import draw
-
-    figure_path = draw(records, keys, os.path.join(out, "report.png"))
+    figure_path = draw(records, keys, os.path.join(out, "report.png"), args.dpi)
     _print(rows, args.format, len(records), figure_path, out)
     return 0
 
 
-def row(r: RunRecord, keys: list[str], theory: bool = False) -> dict[str, Any]:
+def row(r: RunRecord, keys: list[str], theory: bool = False, time: bool = False) -> dict[str, Any]:
     """One run as ordered columns; the overrides shown are the varying ones (all of them for a single run)."""
     shown = {k: r.overrides.get(k, "") for k in keys} if keys else {"overrides": " ".join(f"{k}={v}" for k, v in r.overrides.items())}
     out = {"run": r.path, **shown, "status": r.status}
@@ -66,6 +70,8 @@ def row(r: RunRecord, keys: list[str], theory: bool = False) -> dict[str, Any]:
     out.update({"gain": r.gain, "first/last": r.ratio, "verdict": r.verdict.get("label", "")})
     if theory:  # summary["theory"] (MLPs): the gain mean-field theory predicts for this init and activation
         out["theory gain"] = r.theory_gain
+    if time:  # summary["bptt"] (recurrent runs): factor per time step travelled backward
+        out["time gain"] = r.time_gain
     out["steps/s"] = r.steps_per_s
     out["evidence"] = r.verdict.get("evidence", "")
     return out
@@ -110,7 +116,7 @@ def table(rows: list[dict[str, Any]], n: int):
 
     columns = [c for c in rows[0] if c != "evidence"]
     t = Table(title=f"gradexp report: {n} run{'s' * (n != 1)}", header_style="bold")
-    numeric = (*METRICS, "gain", "first/last", "theory gain", "steps/s")
+    numeric = (*METRICS, "gain", "first/last", "theory gain", "time gain", "steps/s")
     for column in columns:
         t.add_column(column, justify="right" if column in numeric else "left", no_wrap=column != "overrides",
                      max_width=32 if column == "run" else None, overflow="ellipsis")

@@ -1,5 +1,8 @@
 """report.png: the per-layer gradient profiles of every run on one log-scale chart (at step 0 and at the last
-logged step), and, when exactly two factors vary, the phase diagram factor x factor coloured by per-layer gain."""
+logged step; dashed: the mean-field prediction where summary["theory"] has one), for recurrent runs the
+per-time-step profiles ||dL/dh_t|| (summary["bptt"]) on a second row, and, when exactly two factors vary, the
+phase diagram factor x factor coloured by the verdict's per-layer gain (per-time-step gain when no run has a
+per-layer one), each cell reading the gain at step 0 and at the last logged step."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,31 +10,81 @@ from typing import Optional
 from gradexp.runs import RunRecord
 
 WHEN = {"first": "step 0", "last": "last logged step"}
+TIME_LABEL = "‖∂L/∂h_t‖ (hidden-state gradient)"
+DPI = 90
 
 
-def draw(records: list[RunRecord], keys: list[str], path: str) -> Optional[str]:
-    """Write the figure to `path`; None when no run has per-layer measurements to draw."""
-    measured = [r for r in records if r.profile]
-    if not measured:
+def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI) -> Optional[str]:
+    """Write the figure to `path` at `dpi` dots per inch (12 x 6 inches per row, 17 wide with the phase
+    diagram); None when no run has per-layer or per-time-step measurements to draw."""
+    fig = figure(records, keys, dpi)
+    if fig is None:
+        return None
+    fig.savefig(path)
+    from gradexp.sinks.figures import plt
+
+    plt.close(fig)
+    return path
+
+
+def figure(records: list[RunRecord], keys: list[str], dpi: int = DPI):
+    """The matplotlib figure (axes named layer_first/last, time_first/last, phase), or None."""
+    rows = [axis for axis, has in (("layer", any(r.profile for r in records)),
+                                   ("time", any(r.time_profile for r in records))) if has]
+    if not rows:
         return None
     from gradexp.sinks import figures  # matplotlib (Agg) only when a figure is drawn
 
-    plt = figures.plt
     phase = len(keys) == 2
-    fig, axes = plt.subplots(1, 3 if phase else 2, figsize=(17 if phase else 12, 6), dpi=90, layout="constrained")
-    labels = {r.path: _label(r, keys) for r in measured}
-    colours = {labels[r.path]: plt.cm.tab10(i % 10) for i, r in enumerate(measured)}
-    for ax, when in zip(axes, ("first", "last")):
-        figures.profiles(ax, {labels[r.path]: r.profile[when] for r in measured}, colours)
+    mosaic = [[f"{axis}_first", f"{axis}_last"] + (["phase"] if phase else []) for axis in rows]
+    fig, axes = figures.plt.subplot_mosaic(mosaic, figsize=(17 if phase else 12, 6 * len(rows)), dpi=dpi,
+                                           layout="constrained")
+    colours = {r.path: figures.plt.cm.tab10(i % 10) for i, r in enumerate(records)}
+    labels = {r.path: _label(r, keys) for r in records}
+    if "layer" in rows:
+        _layers(axes, records, labels, colours, figures)
+    if "time" in rows:
+        _times(axes, records, labels, colours, figures)
+    handles = {h.get_label(): h for ax in axes.values() for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(3, len(handles)), fontsize=8)
+    if phase:
+        _phase(axes["phase"], records, keys, figures)
+    return fig
+
+
+def _layers(axes, records, labels, colours, figures) -> None:
+    measured = [r for r in records if r.profile]
+    for when in ("first", "last"):
+        ax = axes[f"layer_{when}"]
+        figures.profiles(ax, {labels[r.path]: r.profile[when] for r in measured},
+                         {labels[r.path]: colours[r.path] for r in measured})
         ax.set_title(f"per-layer gradient at {WHEN[when]}")
         ax.set_ylabel(figures.LABEL.get(measured[0].quantity, "gradient norm"))
-    axes[1].sharey(axes[0])
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(3, len(measured)), fontsize=8)
-    if phase:
-        _phase(axes[2], records, keys, figures)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    predicted = [r for r in measured if r.theory_profile]
+    for r in predicted:  # theory is for step 0 only: the prediction is at initialization
+        axes["layer_first"].semilogy(range(len(r.theory_profile)), r.theory_profile, "--", lw=1, color=colours[r.path])
+    if predicted:
+        axes["layer_first"].plot([], [], "--", lw=1, color="grey", label="mean-field theory")
+        axes["layer_first"].set_title(f"per-layer gradient at {WHEN['first']} (dashed: mean-field theory)")
+    axes["layer_last"].sharey(axes["layer_first"])
+
+
+def _times(axes, records, labels, colours, figures) -> None:
+    """One line per recurrent run: ||dL/dh_t|| against t (forward order; the loss reads the last steps)."""
+    measured = [r for r in records if r.time_profile]
+    for when in ("first", "last"):
+        ax = axes[f"time_{when}"]
+        shown = [r for r in measured if when in r.time_profile]
+        if when == "last":  # a run stopped before its second bptt step (diverged early) has nothing newer to show
+            shown = [r for r in shown if r.time_steps.get("last") != r.time_steps.get("first")]
+        figures.profiles(ax, {labels[r.path]: r.time_profile[when] for r in shown},
+                         {labels[r.path]: colours[r.path] for r in shown})
+        steps = sorted({r.time_steps.get(when) for r in shown} - {None})
+        at = f"step {steps[0]}" if len(steps) == 1 else WHEN[when]
+        ax.set_title(f"gradient through time at {at}")
+        ax.set_xlabel("time step t (forward order)")
+        ax.set_ylabel(TIME_LABEL)
+    axes["time_last"].sharey(axes["time_first"])
 
 
 def _label(r: RunRecord, keys: list[str]) -> str:
@@ -40,14 +93,25 @@ def _label(r: RunRecord, keys: list[str]) -> str:
 
 
 def _phase(ax, records: list[RunRecord], keys: list[str], figures) -> None:
-    """Rows: values of the first varying key, columns: the second; cell colour: log10 of the per-layer gain."""
+    """Rows: values of the first varying key, columns: the second; cell colour: log10 of the per-layer gain
+    (of the per-time-step gain when no run has a per-layer one, e.g. single-layer recurrent nets)."""
     first, second = keys
+    through_time = all(r.gain is None for r in records) and any(r.time_gain is not None for r in records)
     rows = list(dict.fromkeys(r.overrides.get(first, "") for r in records))
     cols = list(dict.fromkeys(r.overrides.get(second, "") for r in records))
     cells = {(r.overrides.get(first, ""), r.overrides.get(second, "")): r for r in records}
-    gains = {cell: r.gain for cell, r in cells.items()}
+    gains = {cell: r.time_gain if through_time else r.gain for cell, r in cells.items()}
     verdicts = {cell: r.verdict.get("label", r.status) for cell, r in cells.items()}
-    figures.phase(ax, rows, cols, gains, verdicts)
+    texts = {cell: _gains_text(r.time_gains if through_time else r.gains) for cell, r in cells.items()}
+    figures.phase(ax, rows, cols, gains, verdicts, "per-time-step gain" if through_time else "per-layer gain", texts)
     ax.set_ylabel(first)
     ax.set_xlabel(second)
-    ax.set_title("trainability map: per-layer gain")
+    ax.set_title(f"trainability map: per-{'time-step' if through_time else 'layer'} gain (step 0 → last)")
+
+
+def _gains_text(gains: dict[str, Optional[float]]) -> str:
+    """'×0.59 → ×0.92' (step 0, last logged step): what training did to the gain; '' leaves the default."""
+    first, last = gains.get("first"), gains.get("last")
+    if first is None or last is None:
+        return ""
+    return f"×{first:.2g} → ×{last:.2g}"

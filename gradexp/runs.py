@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from gradexp.diagnose import depth_flow
+from gradexp.diagnose import depth_flow, time_flow
 
 SUMMARY = "summary.json"
 
@@ -21,11 +21,18 @@ class RunRecord:
     final: dict[str, Optional[float]] = field(default_factory=dict)
     verdict: dict[str, Any] = field(default_factory=dict)
     gain: Optional[float] = None       # per-layer gain of the step the verdict judged
+    gains: dict[str, Optional[float]] = field(default_factory=dict)  # "first"/"last" -> per-layer gain at that step
     ratio: Optional[float] = None      # first/last ratio of that step
     steps_per_s: Optional[float] = None
     theory_gain: Optional[float] = None
     profile: dict[str, list[float]] = field(default_factory=dict)  # "first"/"last" -> norm per hidden layer
     quantity: str = ""
+    theory_profile: list[float] = field(default_factory=list)  # predicted norm per hidden layer at step 0
+    time_gain: Optional[float] = None  # per-time-step gain of the recurrent layer the verdict judged
+    time_gains: dict[str, Optional[float]] = field(default_factory=dict)  # "first"/"last" -> its gain then
+    time_layer: str = ""               # that layer's name
+    time_profile: dict[str, list[float]] = field(default_factory=dict)  # "first"/"last" -> ||dL/dh_t|| per t
+    time_steps: dict[str, int] = field(default_factory=dict)  # "first"/"last" -> training step of that profile
 
 
 def find_runs(root: str) -> list[str]:
@@ -65,8 +72,25 @@ def _fill(record: RunRecord, summary: dict[str, Any]) -> None:
     flow = depth_flow(summary)
     if flow is not None:
         record.gain, record.ratio = flow.gain[flow.worst()], flow.ratio[flow.worst()]
+        record.gains = dict(flow.gain)
         record.quantity = flow.quantity
         record.profile = {w: [_num(layer[flow.quantity][w]) for layer in summary["layers"]] for w in ("first", "last")}
+    per_layer = (summary.get("theory") or {}).get("per_layer") or {}
+    record.theory_profile = [_num(entry.get("predicted")) for entry in per_layer.values()]
+    _fill_time(record, summary)
+
+
+def _fill_time(record: RunRecord, summary: dict[str, Any]) -> None:
+    """Recurrent runs: the per-time-step profile (summary["bptt"]) of the layer whose gain through time is
+    farthest from 1, at the first and the last logged bptt step."""
+    flow = time_flow(summary)
+    if flow is None:
+        return
+    record.time_gain, record.time_gains = flow.gain[flow.worst()], dict(flow.gain)
+    record.time_layer = flow.quantity.split("/", 1)[1]
+    per_step = summary["bptt"][record.time_layer]
+    record.time_profile = {w: [_num(v) for v in per_step[w]] for w in ("first", "last") if per_step.get(w)}
+    record.time_steps = {w: per_step[f"{w}_step"] for w in record.time_profile if f"{w}_step" in per_step}
 
 
 def _num(value: Any) -> float:

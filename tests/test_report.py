@@ -105,3 +105,88 @@ def test_real_runs_report_their_summary_values(run_tiny, capsys):
     assert rows["sigmoid"]["verdict"] == summary["verdict"]["label"]
     assert rows["sigmoid"]["gain"] == pytest.approx(summary["verdict"]["gain"])
     assert rows["sigmoid"]["loss/train"] == pytest.approx(summary["final"]["loss/train"])
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) in pixels from the PNG's IHDR chunk."""
+    header = open(path, "rb").read(24)
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_dpi_sets_the_figure_size_and_a_bad_one_is_one_line(sweep, tmp_path, capsys):
+    """Two varying factors: profiles + phase diagram, 17 x 6 inches at the requested dots per inch."""
+    for dpi in (30, 60):
+        assert main([str(sweep), "--dpi", str(dpi), "--out", str(tmp_path / str(dpi)), "--format", "csv"]) == 0
+        assert png_size(tmp_path / str(dpi) / "report.png") == (17 * dpi, 6 * dpi)
+    capsys.readouterr()
+    assert main([str(sweep), "--dpi", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dpi" in err[0] and "0" in err[0] and "10 to 600" in err[0]
+
+
+def plotted(ax) -> dict[str, list[float]]:
+    """label -> y values of every line on a matplotlib axis."""
+    return {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+
+
+def test_theory_is_drawn_dashed_beside_the_measured_step_0_profile(tmp_path):
+    from gradexp.report_figure import figure
+
+    predicted = {f"layers.{i}": {"predicted": 0.5 ** (3 - i)} for i in range(4)}
+    write_run(tmp_path / "0", ["init=xavier_normal"], norms=geometric(0.6, 4),
+              theory={"predicted_gain": 0.5, "per_layer": predicted})
+    write_run(tmp_path / "1", ["init=kaiming_normal"], norms=geometric(1.0, 4), theory=None)
+    records = [load_run(str(tmp_path / d), str(tmp_path)) for d in ("0", "1")]
+    axes = figure(records, varying_keys(records)).axes
+    dashed = [line for line in axes[0].get_lines() if line.get_linestyle() == "--" and len(line.get_ydata())]
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [0.125, 0.25, 0.5, 1.0]
+    assert not [line for line in axes[1].get_lines() if line.get_linestyle() == "--"]  # theory: initialization only
+
+
+def bptt(first: list[float], last: list[float]) -> dict:
+    return {"layers.0": {"first": first, "first_step": 0, "last": last, "last_step": 100}}
+
+
+def test_recurrent_runs_show_their_gradient_through_time(tmp_path, capsys):
+    """Single-layer recurrent nets have no per-layer profile: the figure plots summary["bptt"] against t,
+    the phase diagram is coloured by the per-time-step gain, and the table gets a `time gain` column."""
+    from gradexp.report_figure import figure
+
+    profiles = {("rnn", "10"): geometric(0.5, 10), ("rnn", "40"): geometric(0.5, 40),
+                ("lstm", "10"): geometric(0.95, 10), ("lstm", "40"): geometric(0.95, 40)}
+    for i, ((model, length), profile) in enumerate(profiles.items()):  # last profile: twice the first
+        write_run(tmp_path / str(i), [f"model={model}", f"data.seq_len={length}"], norms=[1.0],
+                  bptt=bptt(profile, [2 * v for v in profile]))
+    write_run(tmp_path / "4", ["model=gru", "data.seq_len=40"], status="diverged", norms=[1.0],  # stopped at step 0
+              bptt={"layers.0": {"first": [1.0, 2.0], "first_step": 0, "last": [1.0, 2.0], "last_step": 0}})
+    records = [load_run(str(tmp_path / str(i)), str(tmp_path)) for i in range(5)]
+    fig = figure(records, varying_keys(records))
+    titles = {ax.get_title(): ax for ax in fig.axes}
+    assert not any("per-layer" in t for t in titles)
+    first, last = titles["gradient through time at step 0"], titles["gradient through time at step 100"]
+    assert plotted(first)["model=rnn data.seq_len=40 [healthy]"] == profiles[("rnn", "40")]
+    assert plotted(last)["model=lstm data.seq_len=10 [healthy]"] == [2 * v for v in profiles[("lstm", "10")]]
+    assert "model=gru data.seq_len=40 [diverged]" in plotted(first)
+    assert "model=gru data.seq_len=40 [diverged]" not in plotted(last)  # its step-0 profile is not a later one
+    assert "trainability map: per-time-step gain (step 0 → last)" in titles
+    assert fig.axes[-1].get_ylabel() == "log10 per-time-step gain"  # the phase diagram's colour bar
+    cells = [t.get_text() for t in titles["trainability map: per-time-step gain (step 0 → last)"].texts]
+    assert "×0.95 → ×0.95\nhealthy" in cells and "×0.5 → ×0.5\nhealthy" in cells
+    assert main([str(tmp_path), "--format", "json"]) == 0
+    rows = {(r["model"], r["data.seq_len"]): r for r in json.loads(capsys.readouterr().out)}
+    assert rows[("rnn", "40")]["time gain"] == pytest.approx(0.5)
+    assert rows[("lstm", "10")]["time gain"] == pytest.approx(0.95) and rows[("lstm", "10")]["gain"] is None
+
+
+def test_real_recurrent_run_plots_its_summary_bptt_profile(run_tiny):
+    from gradexp.report_figure import figure
+
+    _, run_dir = run_tiny(["model=rnn", "model.depth=1", "data=adding", "data.seq_len=6", "log.bptt_every=2"], name="rnn")
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    record = load_run(run_dir, os.path.dirname(run_dir))
+    fig = figure([record], [])
+    lines = {ax.get_title(): plotted(ax) for ax in fig.axes}
+    assert list(lines["gradient through time at step 0"].values()) == [summary["bptt"]["layers.0"]["first"]]
+    last_step = summary["bptt"]["layers.0"]["last_step"]
+    assert list(lines[f"gradient through time at step {last_step}"].values()) == [summary["bptt"]["layers.0"]["last"]]
+    assert record.time_gain == pytest.approx(summary["verdict"]["time_gain"])

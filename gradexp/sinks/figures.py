@@ -64,8 +64,10 @@ def profiles(ax, series: dict[str, Sequence[float]], colours: Optional[dict[str,
     ax.grid(True, which="both", alpha=0.3)
 
 
-def phase(ax, rows: list[str], cols: list[str], gains: dict[tuple[str, str], Optional[float]], labels: dict) -> None:
-    """Factor x factor grid coloured by log10(per-layer gain): blue vanishing, white 1, red exploding."""
+def phase(ax, rows: list[str], cols: list[str], gains: dict[tuple[str, str], Optional[float]], labels: dict,
+          what: str = "per-layer gain", texts: Optional[dict] = None) -> None:
+    """Factor x factor grid coloured by log10(gain), `what` the gain is: blue vanishing, white 1, red exploding.
+    Each cell reads texts[cell] (default: the gain) over labels[cell]."""
     data = np.full((len(rows), len(cols)), np.nan)
     for (r, c), gain in gains.items():
         if gain is not None and gain > 0 and math.isfinite(gain):
@@ -75,10 +77,10 @@ def phase(ax, rows: list[str], cols: list[str], gains: dict[tuple[str, str], Opt
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
     for (r, c), gain in gains.items():
         value = data[rows.index(r), cols.index(c)]
-        text = "n/a" if gain is None else f"×{gain:.2g}"
+        text = (texts or {}).get((r, c)) or ("n/a" if gain is None else f"×{gain:.2g}")
         colour = "white" if np.isfinite(value) and abs(value) > 0.6 * limit else "black"
         ax.text(cols.index(c), rows.index(r), f"{text}\n{labels.get((r, c), '')}", ha="center", va="center",
                 fontsize=9, color=colour)
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
-    plt.colorbar(image, ax=ax, label="log10 per-layer gain")
+    plt.colorbar(image, ax=ax, label=f"log10 {what}")
