@@ -92,7 +92,7 @@ class TrainConf:
 
 @dataclass
 class LogConf:
-    every: int = 10
+    every: int = 25
     histograms_every: int = 0   # 0 = off; else a multiple of every
     bptt_every: int = 100       # recurrent models only; 0 = off; else a multiple of every
 

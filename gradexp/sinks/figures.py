@@ -84,3 +84,21 @@ def phase(ax, rows: list[str], cols: list[str], gains: dict[tuple[str, str], Opt
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     plt.colorbar(image, ax=ax, label=f"log10 {what}")
+
+
+def time_heatmap(tag: str, steps: list[int], profiles: list[list[float]]):
+    """Rows: time step t (0 at the top); columns: training steps; colour: log10 of the norm."""
+    grid = np.array(profiles, dtype=float).T  # (T, n_logged)
+    grid = np.where(np.isfinite(grid) & (grid > 0), grid, np.nan)  # log colour: zeros and NaN left blank
+    fig, ax = plt.subplots(figsize=(6, 4))
+    finite = grid[np.isfinite(grid)]
+    norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if finite.size else None
+    image = ax.imshow(grid, aspect="auto", interpolation="nearest", norm=norm,
+                      extent=(-0.5, len(steps) - 0.5, grid.shape[0] - 0.5, -0.5))
+    ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=90 if len(steps) > 8 else 0, fontsize=7)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("time step t")
+    ax.set_title(tag, fontsize=9)
+    fig.colorbar(image, ax=ax, label="||dL/dh_t||")
+    fig.tight_layout()
+    return fig

@@ -39,7 +39,9 @@ class TensorBoardSink:
         self.writer._get_file_writer().add_summary(summary, step)
 
     def close(self, outcome: Outcome) -> None:
+        if self.history:
+            from gradexp.sinks import figures  # matplotlib loads only when there is a heatmap to draw
         for tag, (steps, rows) in self.history.items():  # the heatmaps, once, covering the whole run
-            self.writer.add_figure(tag, profiles.heatmap_figure(tag, steps, rows), global_step=steps[-1])
+            self.writer.add_figure(tag, figures.time_heatmap(tag, steps, rows), global_step=steps[-1])
         self.writer.flush()
         self.writer.close()
