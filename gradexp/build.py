@@ -13,7 +13,7 @@ from gradexp.models import init_weights
 from gradexp.config import RECURRENT, model_family
 from gradexp.probes.act_grads import ActGrads
 from gradexp.probes.act_stats import ActStats
-from gradexp.probes.base import Instruments, Probe
+from gradexp.probes.base import Probe
 from gradexp.probes.bptt import BpttGradNorms
 from gradexp.probes.clip_telemetry import ClipTelemetry
 from gradexp.probes.grad_norms import GradNorms

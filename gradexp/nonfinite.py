@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import named_parameters
+from gradexp.probes.base import named_parameters, removed_on_exit
 from gradexp.snapshot import Snapshot
 
 # refresh the snapshot at a clean check point at most this often (in steps): a copy of model + optimizer
@@ -55,11 +55,8 @@ class Checker:
         for name, p in model.named_parameters():
             handles.append(p.register_post_accumulate_grad_hook(
                 lambda p, name=name: self._backward(name, "parameter gradient", p.grad)))
-        try:
+        with removed_on_exit(handles):
             yield self
-        finally:
-            for h in handles:
-                h.remove()
 
     def _forward(self, name: str, value: Any) -> None:
         if self.forward is None and not _all_finite(value):

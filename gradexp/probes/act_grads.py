@@ -4,13 +4,12 @@ Forward hooks on each `model.layers[i]` attach a tensor hook to its output; both
 logging step is being watched, so ordinary steps pay nothing."""
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+from typing import ContextManager
 
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars
+from gradexp.probes.base import Probe, Scalars, removed_on_exit
 
 
 def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -24,14 +23,8 @@ class ActGrads(Probe):
     def __init__(self) -> None:
         self.grads: dict[str, Tensor] = {}  # layer -> dLoss/d(output), shaped like the output
 
-    @contextlib.contextmanager
-    def watch(self, model: nn.Module) -> Iterator[None]:
-        handles = [layer.register_forward_hook(self._forward_hook(name)) for name, layer in hidden_layers(model)]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+    def watch(self, model: nn.Module) -> ContextManager:
+        return removed_on_exit([layer.register_forward_hook(self._forward_hook(name)) for name, layer in hidden_layers(model)])
 
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:

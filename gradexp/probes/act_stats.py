@@ -13,15 +13,14 @@ pixels or time steps). Saturation is measured on the values the layer's activati
 Hooks exist only inside `watch`, i.e. on logging steps."""
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
-from typing import Callable, Iterator
+from typing import Callable, ContextManager
 
 import torch
 from torch import Tensor, nn
 
 from gradexp.probes.act_grads import hidden_layers
-from gradexp.probes.base import Probe, Scalars
+from gradexp.probes.base import Probe, Scalars, removed_on_exit
 
 SATURATION_FRACTION = 0.05
 DEAD_FAMILY = ("relu", "leaky_relu", "elu", "selu", "gelu")
@@ -79,8 +78,7 @@ class ActStats(Probe):
         self.activated: dict[str, Tensor] = {}   # layer -> its activation's output (saturation)
         self.unit_dim = 1
 
-    @contextlib.contextmanager
-    def watch(self, model: nn.Module) -> Iterator[None]:
+    def watch(self, model: nn.Module) -> ContextManager:
         handles = []
         for name, layer in hidden_layers(model):
             handles.append(layer.register_forward_hook(self._keep(self.outputs, name)))
@@ -90,11 +88,7 @@ class ActStats(Probe):
                 handles.append(module.register_forward_pre_hook(lambda m, inputs, keep=keep: keep(m, None, inputs[0])))
             else:
                 handles.append(module.register_forward_hook(keep))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+        return removed_on_exit(handles)
 
     @staticmethod
     def _keep(store: dict[str, Tensor], name: str):

@@ -26,6 +26,16 @@ def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return _PARAMS[model]
 
 
+@contextlib.contextmanager
+def removed_on_exit(handles: list) -> Iterator[None]:
+    """Hooks (RemovableHandles) that live only inside the `with`: removed on exit, whatever happens inside."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class Probe:
     """Override the phases you need; each returns tag -> 0-d (or 1-d profile) tensor."""
 

@@ -8,13 +8,13 @@ evenly; NaN/Inf entries are left out of the bins (they still make min/max/sum no
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import ContextManager
 
 import torch
 from torch import Tensor, nn
 
 from gradexp.probes.act_grads import hidden_layers
-from gradexp.probes.base import Probe, Scalars, named_parameters
+from gradexp.probes.base import Probe, Scalars, named_parameters, removed_on_exit
 
 PREFIX = "hist/"
 BINS = 30
@@ -50,17 +50,10 @@ class Histograms(Probe):
     def begin(self, step: int) -> None:
         self.active = self.every > 0 and step % self.every == 0
 
-    @contextlib.contextmanager
-    def watch(self, model: nn.Module) -> Iterator[None]:
+    def watch(self, model: nn.Module) -> ContextManager:
         if not self.active:
-            yield
-            return
-        handles = [layer.register_forward_hook(self._act_hook(name)) for name, layer in hidden_layers(model)]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+            return contextlib.nullcontext()
+        return removed_on_exit([layer.register_forward_hook(self._act_hook(name)) for name, layer in hidden_layers(model)])
 
     def _act_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
