@@ -13,7 +13,6 @@ import time
 from hydra import compose, initialize_config_module
 from rich.console import Console
 
-from gradexp.checkpoint import Checkpointer
 from gradexp.config import register_schema
 from gradexp.experiment import run_experiment
 

@@ -6,7 +6,7 @@ import torch
 
 from gradexp import build
 from gradexp.nonfinite import NonfiniteGuard
-from gradexp.train import Run, Settings, train_step
+from gradexp.train import Run, train_step
 from tests.conftest import compose_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradexp.models import ACTIVATIONS, CNN, GRU, LSTM, MLP, MODELS, RNN, make_activation
+from gradexp.models import ACTIVATIONS, GRU, LSTM, MODELS, RNN, make_activation
 
 B, T, FEAT, K = 4, 6, 3, 2  # batch, sequence length, features per step, readout steps
 INPUT = {"mlp": (16,), "cnn": (2, 5, 5), "rnn": (T, FEAT), "lstm": (T, FEAT), "gru": (T, FEAT)}
