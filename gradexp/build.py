@@ -10,7 +10,7 @@ from torch import nn
 from gradexp.clip import ClipPolicy
 from gradexp.data import Batches, Task, make_task
 from gradexp.models import init_weights
-from gradexp.config import RECURRENT, model_family
+from gradexp.config import model_family
 from gradexp.probes.act_grads import ActGrads
 from gradexp.probes.act_stats import ActStats
 from gradexp.probes.base import Probe
@@ -19,6 +19,7 @@ from gradexp.probes.clip_telemetry import ClipTelemetry
 from gradexp.probes.grad_norms import GradNorms
 from gradexp.probes.histograms import Histograms
 from gradexp.probes.update_ratio import UpdateRatio
+from gradexp.registry import MODELS, OPTIMIZERS, SCHEDULES, resolve
 from gradexp.train import Settings
 
 
@@ -46,24 +47,17 @@ def model(cfg: Any, task_: Task, dev: torch.device) -> nn.Module:
 
 
 def optimizer(cfg: Any, params) -> torch.optim.Optimizer:
+    """The registry's class with lr and the keys this optimizer takes (validation refused any other key set)."""
     o = cfg.optimizer
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    if o.name in ("adam", "adamw"):
-        cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-        return cls(params, lr=o.lr, betas=(o.momentum, 0.999), weight_decay=o.weight_decay)
-    if o.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.Adagrad(params, lr=o.lr, weight_decay=o.weight_decay)
+    entry = OPTIMIZERS[o.name]
+    kwargs = {key: getattr(o, key) for key in entry.keys if getattr(o, key) is not None}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return resolve(entry.target)(params, lr=o.lr, **kwargs)
 
 
 def scheduler(cfg: Any, opt: torch.optim.Optimizer) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
-    s = cfg.schedule
-    if s.name == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
-    if s.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.steps)
-    return None
+    return SCHEDULES[cfg.schedule.name].build(opt, cfg.schedule, cfg.train.steps)
 
 
 def clip(cfg: Any) -> ClipPolicy:
@@ -77,7 +71,7 @@ def probes(cfg: Any, clip_policy: Optional[ClipPolicy] = None) -> list[Probe]:
         found.append(ClipTelemetry(clip_policy))
     if cfg.log.histograms_every:
         found.append(Histograms(cfg.log.histograms_every))
-    if model_family(cfg) in RECURRENT and cfg.log.bptt_every:
+    if MODELS[model_family(cfg)].recurrent and cfg.log.bptt_every:
         found.append(BpttGradNorms(cfg.log.bptt_every, last_step=cfg.train.steps - 1))
     return found
 

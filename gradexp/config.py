@@ -11,15 +11,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-MODEL_FAMILIES = ("mlp", "cnn", "rnn", "lstm", "gru")
-RECURRENT = ("rnn", "lstm", "gru")
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "gelu", "tanh", "sigmoid", "softsign", "identity")
-INIT_SCHEMES = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "normal")
-NORMS = ("none", "batchnorm", "layernorm")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-CLIP_MODES = ("none", "norm", "value")
-SCHEDULES = ("none", "step", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
+from gradexp import registry
 
 
 @dataclass
@@ -51,9 +43,11 @@ class NormConf:
 
 @dataclass
 class OptimizerConf:
+    """Which keys an optimizer takes is its registry entry; a key it does not take stays null."""
     name: str = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9
+    momentum: Optional[float] = None        # sgd, rmsprop
+    betas: Optional[list[float]] = None     # adam, adamw: (beta1, beta2)
     weight_decay: float = 0.0
 
 
@@ -145,9 +139,9 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
 
 
-def model_family(cfg: Any) -> str:
-    """'gradexp.models.rnn.LSTM' -> 'lstm'."""
-    return cfg.model._target_.rsplit(".", 1)[-1].lower()
+def model_family(cfg: Any) -> Optional[str]:
+    """'gradexp.models.rnn.LSTM' -> 'lstm'; None for a class that is not one of gradexp's families."""
+    return registry.model_family(cfg.model._target_)
 
 
 # (key, test, what is allowed) — checked in order; the first failure is reported
@@ -158,7 +152,8 @@ _RANGES = [
     ("init.std", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("optimizer.lr", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("init.recurrent_gain", lambda v: v is None or 0 < v < math.inf, "a finite number > 0, or null for init.gain"),
-    ("optimizer.momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("optimizer.momentum", lambda v: v is None or 0 <= v < 1, "a number in [0, 1)"),
+    ("optimizer.betas", lambda v: v is None or (len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1), e.g. [0.9,0.999]"),
     ("optimizer.weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("clip.max_norm", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("clip.norm_type", lambda v: v > 0, "a number > 0 (inf for the max norm)"),
@@ -185,12 +180,11 @@ _RANGES = [
 
 
 def _choices() -> list[tuple[str, tuple]]:
-    from gradexp.data import TASK_NAMES
-
     return [
-        ("activation.name", ACTIVATIONS), ("init.scheme", INIT_SCHEMES), ("norm.name", NORMS),
-        ("optimizer.name", OPTIMIZERS), ("clip.mode", CLIP_MODES), ("schedule.name", SCHEDULES),
-        ("data.name", TASK_NAMES), ("device", DEVICES),
+        ("activation.name", tuple(registry.ACTIVATIONS)), ("init.scheme", tuple(registry.INITS)),
+        ("norm.name", tuple(registry.NORMS)), ("optimizer.name", tuple(registry.OPTIMIZERS)),
+        ("clip.mode", tuple(registry.CLIP_MODES)), ("schedule.name", tuple(registry.SCHEDULES)),
+        ("data.name", tuple(registry.DATA)), ("device", registry.DEVICES),
     ]
 
 
@@ -203,13 +197,13 @@ def _get(cfg: Any, key: str) -> Any:
 
 def validate(cfg: Any) -> None:
     """Raise ConfigError for the first value the experiment cannot run with."""
-    if model_family(cfg) not in MODEL_FAMILIES:
-        raise ConfigError("model._target_", cfg.model._target_, "gradexp.models.{mlp.MLP,cnn.CNN,rnn.RNN,rnn.LSTM,rnn.GRU}")
+    if model_family(cfg) is None:
+        raise ConfigError("model._target_", cfg.model._target_, " | ".join(m.target for m in registry.MODELS.values()))
     for key, allowed in _choices():
         if _get(cfg, key) not in allowed:
             raise ConfigError(key, _get(cfg, key), " | ".join(allowed))
-    if cfg.init.recurrent is not None and cfg.init.recurrent not in INIT_SCHEMES:
-        raise ConfigError("init.recurrent", cfg.init.recurrent, "null | " + " | ".join(INIT_SCHEMES))
+    if cfg.init.recurrent is not None and cfg.init.recurrent not in registry.INITS:
+        raise ConfigError("init.recurrent", cfg.init.recurrent, "null | " + " | ".join(registry.INITS))
     for key, ok, allowed in _RANGES:
         if not ok(_get(cfg, key)):
             raise ConfigError(key, _get(cfg, key), allowed)
@@ -226,23 +220,16 @@ def _check_intervals(cfg: Any) -> None:
 
 
 def _check_combinations(cfg: Any) -> None:
-    from gradexp.data import MIN_SEQ_LEN, SEQUENCE_TASKS
-
     family, task = model_family(cfg), cfg.data.name
-    if family in RECURRENT and task not in SEQUENCE_TASKS:
-        raise ConfigError("data", task, f"a sequence task for model={family}: " + " | ".join(SEQUENCE_TASKS))
-    if family not in RECURRENT and task in SEQUENCE_TASKS:
-        raise ConfigError("data", task, f"a non-sequence task for model={family} (sequence tasks need model=rnn|lstm|gru)")
-    if family == "cnn" and task != "digits":
-        raise ConfigError("data", task, "digits for model=cnn (it needs images)")
-    if family in RECURRENT and cfg.model.residual:
-        raise ConfigError("model.residual", True, f"false for model={family} (residual applies to mlp and cnn)")
+    _check_data(family, task)
+    if cfg.model.residual and not registry.MODELS[family].residual:
+        allowed = " and ".join(n for n, m in registry.MODELS.items() if m.residual)
+        raise ConfigError("model.residual", True, f"false for model={family} (residual applies to {allowed})")
     if cfg.norm.name == "batchnorm" and cfg.train.batch_size < 2:
         raise ConfigError("train.batch_size", cfg.train.batch_size, ">= 2 with norm=batchnorm")
     if cfg.data.seq_len is not None:
-        _check_seq_len(task, cfg.data.seq_len, MIN_SEQ_LEN)
-    if cfg.optimizer.name == "adagrad" and cfg.optimizer.momentum != 0:
-        raise ConfigError("optimizer.momentum", cfg.optimizer.momentum, "0 for optimizer=adagrad (it has no momentum)")
+        _check_seq_len(task, cfg.data.seq_len)
+    _check_optimizer_keys(cfg.optimizer)
     if cfg.device == "cuda":
         import torch
 
@@ -250,8 +237,28 @@ def _check_combinations(cfg: Any) -> None:
             raise ConfigError("device", "cuda", "auto | cpu (no CUDA device is available here)")
 
 
-def _check_seq_len(task: str, seq_len: int, minimum: dict[str, int]) -> None:
-    if task not in minimum:
+def _check_data(family: str, task: str) -> None:
+    """The task's input kind must be one the model family takes (registry: Data.input, Model.inputs)."""
+    takes = registry.MODELS[family].inputs
+    if registry.DATA[task].input not in takes:
+        fitting = [name for name, d in registry.DATA.items() if d.input in takes]
+        raise ConfigError("data", task, f"a task model={family} can take: " + " | ".join(fitting))
+
+
+def _check_optimizer_keys(o: Any) -> None:
+    """A key the chosen optimizer does not take is refused rather than silently ignored."""
+    takes = registry.OPTIMIZERS[o.name].keys
+    for key in registry.OPTIMIZER_KEYS:
+        value = getattr(o, key)
+        if value is not None and key not in takes:
+            value = list(value) if key == "betas" else value
+            raise ConfigError(f"optimizer.{key}", value,
+                              f"null for optimizer={o.name} (it takes " + ", ".join(f"optimizer.{k}" for k in takes) + ")")
+
+
+def _check_seq_len(task: str, seq_len: int) -> None:
+    entry = registry.DATA[task]
+    if entry.seq_len is None:
         raise ConfigError("data.seq_len", seq_len, f"null for data={task} (its length is fixed)")
-    if seq_len < minimum[task]:
-        raise ConfigError("data.seq_len", seq_len, f"an integer >= {minimum[task]} for data={task}")
+    if seq_len < entry.min_seq_len:
+        raise ConfigError("data.seq_len", seq_len, f"an integer >= {entry.min_seq_len} for data={task}")

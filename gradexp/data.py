@@ -18,17 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-TASK_NAMES: tuple[str, ...] = ("blobs", "digits", "adding", "copy", "seq_digits")
-MIN_SEQ_LEN: dict[str, int] = {"adding": 2, "copy": 1}
-SEQUENCE_TASKS: tuple[str, ...] = ("adding", "copy", "seq_digits")
-# name -> (n_train, n_val, seq_len); n_train None = all examples left after the val split
-DEFAULTS: dict[str, tuple[int | None, int, int | None]] = {
-    "blobs": (4000, 1000, None),
-    "digits": (None, 360, None),
-    "adding": (8000, 1000, 50),
-    "copy": (8000, 1000, 20),
-    "seq_digits": (None, 360, None),
-}
+from gradexp.registry import DATA, check_name, resolve
+
 BLOB_CLASSES, BLOB_FEATURES, BLOB_RADIUS = 4, 16, 2.5  # radius tuned: linear val acc ~ 0.9
 ADDING_TOLERANCE = 0.04  # Hochreiter & Schmidhuber's "solved" criterion
 COPY_SYMBOLS, COPY_LENGTH = 8, 5
@@ -79,7 +70,7 @@ def _standardize(train: Tensor, val: Tensor, dim: int | None) -> tuple[Tensor, T
     return (train - mean) / std, (val - mean) / std
 
 
-def _blobs(seed: int, n_train: int, n_val: int, seq_len: int | None) -> Task:
+def blobs(seed: int, n_train: int, n_val: int, seq_len: int | None) -> Task:
     # orthonormal center directions: every pair of classes is equally far apart for any seed
     q, _ = torch.linalg.qr(torch.randn(BLOB_FEATURES, BLOB_CLASSES, generator=_rng(seed, 0)))
     centers = BLOB_RADIUS * q.T  # (K, D)
@@ -112,14 +103,14 @@ def _digit_split(seed: int, n_train: int | None, n_val: int) -> tuple[Tensor, Te
     return xt, y[train], xv, y[val]
 
 
-def _digits(seed: int, n_train: int | None, n_val: int, seq_len: int | None) -> Task:
+def digits(seed: int, n_train: int | None, n_val: int, seq_len: int | None) -> Task:
     xt, yt, xv, yv = _digit_split(seed, n_train, n_val)
     shape = (1, 8, 8)  # (C, H, W)
     return Task("digits", "classification", xt.reshape(-1, *shape), yt,
                 xv.reshape(-1, *shape), yv, shape, 10, False, 0)
 
 
-def _seq_digits(seed: int, n_train: int | None, n_val: int, seq_len: int | None) -> Task:
+def seq_digits(seed: int, n_train: int | None, n_val: int, seq_len: int | None) -> Task:
     xt, yt, xv, yv = _digit_split(seed, n_train, n_val)
     shape = (8, 8)  # (T, F): one image row per time step
     return Task("seq_digits", "classification", xt.reshape(-1, *shape), yt,
@@ -138,7 +129,7 @@ def _adding_examples(n: int, seq_len: int, gen: torch.Generator) -> tuple[Tensor
     return torch.stack([values, marks], dim=-1), target  # (N, T, 2)
 
 
-def _adding(seed: int, n_train: int, n_val: int, seq_len: int) -> Task:
+def adding(seed: int, n_train: int, n_val: int, seq_len: int) -> Task:
     xt, yt = _adding_examples(n_train, seq_len, _rng(seed, 1))
     xv, yv = _adding_examples(n_val, seq_len, _rng(seed, 2))
     return Task("adding", "regression", xt, yt, xv, yv, (seq_len, 2), 1, True, 1)
@@ -153,34 +144,29 @@ def _copy_examples(n: int, seq_len: int, gen: torch.Generator) -> tuple[Tensor, 
     return F.one_hot(tokens, COPY_SYMBOLS + 2).float(), symbols  # (N, T, 10), (N, L)
 
 
-def _copy(seed: int, n_train: int, n_val: int, seq_len: int) -> Task:
+def copy(seed: int, n_train: int, n_val: int, seq_len: int) -> Task:
     xt, yt = _copy_examples(n_train, seq_len, _rng(seed, 1))
     xv, yv = _copy_examples(n_val, seq_len, _rng(seed, 2))
     return Task("copy", "classification", xt, yt, xv, yv, tuple(xt.shape[1:]),
                 COPY_SYMBOLS, True, COPY_LENGTH)
 
 
-_BUILDERS = {"blobs": _blobs, "digits": _digits, "adding": _adding,
-             "copy": _copy, "seq_digits": _seq_digits}
-
-
 def make_task(name: str, seed: int, n_train: int | None = None, n_val: int | None = None,
               seq_len: int | None = None) -> Task:
-    """Build task `name`; None sizes take the task's defaults (see DEFAULTS)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown task {name!r}; allowed: {', '.join(TASK_NAMES)}")
-    default_train, default_val, default_len = DEFAULTS[name]
-    if seq_len is not None and name not in MIN_SEQ_LEN:
+    """Build task `name` (an entry of gradexp/registry.py's DATA); None sizes take the task's defaults there."""
+    check_name("task", name, DATA)
+    entry = DATA[name]
+    if seq_len is not None and entry.seq_len is None:
         raise ValueError(f"task {name!r} takes no seq_len (got {seq_len}); "
-                         f"only {', '.join(MIN_SEQ_LEN)} do")
-    if seq_len is not None and seq_len < MIN_SEQ_LEN[name]:
-        raise ValueError(f"task {name!r}: seq_len must be >= {MIN_SEQ_LEN[name]}, got {seq_len}")
+                         f"only {', '.join(n for n, d in DATA.items() if d.seq_len is not None)} do")
+    if seq_len is not None and seq_len < entry.min_seq_len:
+        raise ValueError(f"task {name!r}: seq_len must be >= {entry.min_seq_len}, got {seq_len}")
     for key, value in (("n_train", n_train), ("n_val", n_val)):
         if value is not None and value < 1:
             raise ValueError(f"task {name!r}: {key} must be >= 1, got {value}")
-    return _BUILDERS[name](seed, default_train if n_train is None else n_train,
-                           default_val if n_val is None else n_val,
-                           default_len if seq_len is None else seq_len)
+    return resolve(entry.target)(seed, entry.n_train if n_train is None else n_train,
+                                 entry.n_val if n_val is None else n_val,
+                                 entry.seq_len if seq_len is None else seq_len)
 
 
 class Batches:

@@ -23,11 +23,11 @@ from numpy.polynomial.legendre import leggauss
 from torch import nn
 
 from gradexp.config import model_family
-from gradexp.models.layers import KAIMING_NONLINEARITY, LEAKY_SLOPE, make_activation
+from gradexp.models.layers import make_activation
+from gradexp.registry import ACTIVATIONS, INITS, LEAKY_SLOPE
 
 QUADRATURE_POINTS = 96  # per half-line; relative error < 1e-9 for every activation (tests/test_theory.py)
 TAIL = 12.0  # standard deviations integrated; the normal mass beyond is ~1e-33
-_PIECEWISE_LINEAR = {"relu": 0.0, "leaky_relu": LEAKY_SLOPE, "identity": 1.0}  # name -> slope for z < 0
 
 
 def not_applicable(cfg: Any) -> Optional[str]:
@@ -52,8 +52,9 @@ def _nodes() -> tuple[np.ndarray, np.ndarray]:
 
 def moments(activation: str, q: float) -> tuple[float, float]:
     """(E[phi(z)^2], E[phi'(z)^2]) for z ~ N(0, q)."""
-    if activation in _PIECEWISE_LINEAR:
-        a2 = _PIECEWISE_LINEAR[activation] ** 2
+    slope = ACTIVATIONS[activation].negative_slope  # piecewise linear: exact
+    if slope is not None:
+        a2 = slope**2
         return q * (1 + a2) / 2, (1 + a2) / 2  # half the mass on each linear piece
     x, w = _nodes()
     z = torch.tensor(math.sqrt(q) * x, dtype=torch.float64, requires_grad=True)  # (P,) quadrature nodes
@@ -64,19 +65,11 @@ def moments(activation: str, q: float) -> tuple[float, float]:
 
 def weight_variances(init: Any, activation: str, fan_in: int, fan_out: int) -> tuple[float, float]:
     """(sigma_w^2, sigma_b^2) of one Linear layer: fan_in * Var(W) and Var(b), as the init scheme draws them."""
-    scheme, gain = init.scheme, init.gain
-    if scheme == "default":  # nn.Linear: kaiming_uniform(a=sqrt(5)) and U(+-1/sqrt(fan_in)) bias, init.gain unused
+    if init.scheme == "default":  # nn.Linear: kaiming_uniform(a=sqrt(5)) and U(+-1/sqrt(fan_in)) bias, init.gain unused
         return 1.0 / 3.0, 1.0 / (3.0 * fan_in)
-    if scheme in ("xavier_normal", "xavier_uniform"):
-        var = gain**2 * 2.0 / (fan_in + fan_out)
-    elif scheme in ("kaiming_normal", "kaiming_uniform"):
-        nonlinearity = KAIMING_NONLINEARITY[activation]
-        a = LEAKY_SLOPE if nonlinearity == "leaky_relu" else None
-        var = (nn.init.calculate_gain(nonlinearity, a) * gain) ** 2 / fan_in
-    elif scheme == "orthogonal":  # orthonormal rows (or columns): every entry has variance 1/max(fan_in, fan_out)
-        var = gain**2 / max(fan_in, fan_out)
-    else:  # normal
-        var = (init.std * gain) ** 2
+    nonlinearity = ACTIVATIONS[activation].kaiming
+    kaiming_gain = nn.init.calculate_gain(nonlinearity, LEAKY_SLOPE if nonlinearity == "leaky_relu" else None)
+    var = INITS[init.scheme].variance(fan_in, fan_out, init.gain, init.std, kaiming_gain)
     return fan_in * var, 0.0  # named schemes zero the biases
 
 

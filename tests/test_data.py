@@ -3,7 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradexp.data import MIN_SEQ_LEN, TASK_NAMES, Batches, make_task
+from gradexp.data import Batches, make_task
+from gradexp.registry import DATA
+
+TASK_NAMES = list(DATA)
+MIN_SEQ_LEN = {name: d.min_seq_len for name, d in DATA.items() if d.seq_len is not None}
 
 SMALL = {"blobs": {}, "digits": {}, "seq_digits": {}, "adding": {"seq_len": 10}, "copy": {"seq_len": 4}}
 # name -> (input_shape, num_outputs, readout_steps, y shape of one example)

@@ -4,14 +4,15 @@ import math
 import pytest
 import torch
 
-from gradexp.models import ACTIVATIONS, CNN, GRU, LSTM, MLP, RNN, init_weights
+from gradexp.models import CNN, GRU, LSTM, MLP, RNN, init_weights
+from gradexp.registry import ACTIVATIONS
 
 N = 512  # large square layers so the empirical variance is within ~1% of the formula
 TOL = 0.05
 # Independent of torch.nn.init.calculate_gain: the gains from the PyTorch docs, per our mapping
 # (elu / gelu -> relu, softsign / identity -> linear).
 ACT_GAIN_SQ = {"relu": 2.0, "leaky_relu": 2.0 / (1 + 0.01**2), "elu": 2.0, "selu": (3 / 4) ** 2,
-               "gelu": 2.0, "tanh": (5 / 3) ** 2, "sigmoid": 1.0, "softsign": 1.0, "identity": 1.0}
+               "gelu": 2.0, "mish": 2.0, "tanh": (5 / 3) ** 2, "sigmoid": 1.0, "softsign": 1.0, "identity": 1.0}
 
 
 @pytest.fixture(autouse=True)

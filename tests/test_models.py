@@ -5,11 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradexp.models import ACTIVATIONS, GRU, LSTM, MODELS, RNN, make_activation
+from gradexp.models import GRU, LSTM, MODELS, RNN, make_activation
+from gradexp.registry import ACTIVATIONS, MODELS as FAMILIES
 
 B, T, FEAT, K = 4, 6, 3, 2  # batch, sequence length, features per step, readout steps
 INPUT = {"mlp": (16,), "cnn": (2, 5, 5), "rnn": (T, FEAT), "lstm": (T, FEAT), "gru": (T, FEAT)}
-RECURRENT = ("rnn", "lstm", "gru")
+RECURRENT = [name for name, family in FAMILIES.items() if family.recurrent]
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +151,7 @@ def test_unrolled_cells_use_activation():
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_make_activation_matches_functional(activation):
     oracle = {"relu": F.relu, "leaky_relu": lambda v: F.leaky_relu(v, 0.01), "elu": F.elu, "selu": F.selu,
-              "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softsign": F.softsign,
+              "gelu": F.gelu, "mish": F.mish, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softsign": F.softsign,
               "identity": lambda v: v}[activation]
     v = torch.linspace(-3, 3, 61)
     torch.testing.assert_close(make_activation(activation)(v), oracle(v))

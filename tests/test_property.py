@@ -15,6 +15,7 @@ from rich.console import Console
 
 from gradexp.config import ConfigError
 from gradexp.experiment import run_experiment
+from gradexp.registry import DATA, MODELS
 from tests.conftest import compose_config
 from tests.test_config import GROUPS, options
 
@@ -23,6 +24,7 @@ SCALARS = [
     ("model.depth", [-1, 0, 1, 2, 3]), ("model.width", [0, 1, 4, 9]), ("model.residual", ["true", "false"]),
     ("init.gain", [-1.0, 0.0, 0.5, 1.0, 1e3, "inf", "nan"]), ("init.std", [0.0, 0.02, 1.0]),
     ("optimizer.lr", [0.0, -0.1, 1e-3, 0.1, 1e4, "inf"]), ("optimizer.momentum", [-0.1, 0.0, 0.5, 1.0]),
+    ("optimizer.betas", ["[0.9,0.999]", "[0.5,0.9]", "[1.0,0.9]", "[0.9]"]),
     ("optimizer.weight_decay", [-1.0, 0.0, 0.01]), ("clip.max_norm", [-1.0, 0.1, 1.0]),
     ("clip.norm_type", [0.0, 1.0, 2.0, "inf"]), ("clip.value", [0.0, 0.5]),
     ("data.n_train", ["null", 0, 3, 40]), ("data.n_val", ["null", 0, 1, 20]), ("data.seq_len", ["null", 0, 1, 2, 5]),
@@ -34,8 +36,7 @@ SCALARS = [
 
 
 # data that fits each model, drawn half the time so that many draws get to train
-FITTING = {"mlp": ["blobs", "digits"], "cnn": ["digits"], "rnn": ["adding", "copy", "seq_digits"],
-           "lstm": ["adding", "copy", "seq_digits"], "gru": ["adding", "copy", "seq_digits"]}
+FITTING = {family: [name for name, data in DATA.items() if data.input in model.inputs] for family, model in MODELS.items()}
 
 
 @st.composite

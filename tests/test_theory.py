@@ -11,7 +11,8 @@ import torch
 
 from gradexp import theory
 from gradexp.flow import per_layer_gain
-from gradexp.models import ACTIVATIONS, MLP, init_weights, make_activation
+from gradexp.models import MLP, init_weights, make_activation
+from gradexp.registry import ACTIVATIONS
 from tests.conftest import compose_config
 from tests.test_oracle import read_scalars
 

@@ -1,21 +1,14 @@
-"""Model families and the activation / norm / init factories they share."""
+"""Model families and the activation / norm / init factories they share. Which families exist, and what each
+takes, is gradexp/registry.py's MODELS table."""
+from gradexp.registry import MODELS as _FAMILIES
+from gradexp.registry import resolve as _resolve
+
 from .cnn import CNN
-from .layers import (
-    ACTIVATIONS,
-    INIT_SCHEMES,
-    KAIMING_NONLINEARITY,
-    NORMS,
-    init_weights,
-    make_activation,
-    make_norm,
-)
+from .layers import init_weights, make_activation, make_norm
 from .mlp import MLP
 from .rnn import GRU, LSTM, RNN
 
 # config name (model=...) -> class; every class takes the same constructor keywords.
-MODELS = {"mlp": MLP, "cnn": CNN, "rnn": RNN, "lstm": LSTM, "gru": GRU}
+MODELS = {name: _resolve(family.target) for name, family in _FAMILIES.items()}
 
-__all__ = [
-    "ACTIVATIONS", "CNN", "GRU", "INIT_SCHEMES", "KAIMING_NONLINEARITY", "LSTM", "MLP", "MODELS", "NORMS",
-    "RNN", "init_weights", "make_activation", "make_norm",
-]
+__all__ = ["CNN", "GRU", "LSTM", "MLP", "MODELS", "RNN", "init_weights", "make_activation", "make_norm"]

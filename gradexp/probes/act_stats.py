@@ -6,7 +6,7 @@ pixels or time steps). Saturation is measured on the values the layer's activati
 - sigmoid, tanh, softsign: the fraction of entries where the derivative, written in terms of the output y,
   is below SATURATION_FRACTION of its maximum (sigmoid y(1-y) < 0.05*0.25, tanh 1-y^2 < 0.05,
   softsign (1-|y|)^2 < 0.05);
-- relu, leaky_relu, elu, selu, gelu: the fraction of units (features; channels for conv layers) whose
+- relu, leaky_relu, elu, selu, gelu, mish: the fraction of units (features; channels for conv layers) whose
   output is <= 0 for every example (and every pixel / time step) of the batch: dead units, which sit in
   the flat or negative region of the activation for the whole batch;
 - identity: 0 (no flat region).
@@ -14,31 +14,26 @@ Hooks exist only inside `watch`, i.e. on logging steps."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, ContextManager
+from typing import ContextManager
 
 import torch
 from torch import Tensor, nn
 
 from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Probe, Scalars, removed_on_exit
+from gradexp.registry import ACTIVATIONS
 
 SATURATION_FRACTION = 0.05
-DEAD_FAMILY = ("relu", "leaky_relu", "elu", "selu", "gelu")
-
-# output y -> (derivative of the activation at that point) / (its maximum); shape preserved
-_RELATIVE_DERIVATIVE: dict[str, Callable[[Tensor], Tensor]] = {
-    "sigmoid": lambda y: y * (1 - y) / 0.25,
-    "tanh": lambda y: 1 - y * y,
-    "softsign": lambda y: (1 - y.abs()) ** 2,
-}
 
 
 def saturation(y: Tensor, activation: str, unit_dim: int) -> Tensor:
     """Fraction of saturated entries (squashing activations) or dead units (ReLU family) of each y[i];
-    y is (L, ...) — L same-shaped layer outputs stacked — and unit_dim indexes a layer's own tensor. (L,)"""
-    if activation in _RELATIVE_DERIVATIVE:
-        return (_RELATIVE_DERIVATIVE[activation](y) < SATURATION_FRACTION).flatten(1).float().mean(dim=1)
-    if activation in DEAD_FAMILY:
+    y is (L, ...) — L same-shaped layer outputs stacked — and unit_dim indexes a layer's own tensor. (L,)
+    Which rule applies is the activation's registry entry (gradexp/registry.py)."""
+    entry = ACTIVATIONS[activation]
+    if entry.saturation == "squashing":
+        return (entry.output_derivative(y) < SATURATION_FRACTION).flatten(1).float().mean(dim=1)
+    if entry.saturation == "dead_units":
         unit_axis = unit_dim + 1 if unit_dim >= 0 else y.dim() + unit_dim
         others = [d for d in range(1, y.dim()) if d != unit_axis]  # batch and positions
         return (y.amax(dim=others) <= 0).float().mean(dim=1)  # dead: max over the batch <= 0; (L, units) -> (L,)

@@ -1,0 +1,77 @@
+"""The layer contract: the instruments receive an explicit, ordered list of (name, module), the layers to
+watch, and know nothing else about the model.
+
+Where the list comes from, first match wins:
+1. name patterns (`model.watch`, `Monitor(watch=...)`): fnmatch patterns against `named_modules()` names;
+2. the model's own declaration: a `watched_layers()` method returning the list (gradexp's families: layers.<i>);
+3. discovery, for any other nn.Module: the repeated blocks of its largest ModuleList/Sequential, else the leaf
+   modules that hold parameters.
+
+Probes that need more than a layer's output ask for a declared capability (`has_capability`), never for an
+attribute name: a layer declares the class attribute `gradexp_capabilities = frozenset({...})`."""
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Sequence
+
+from torch import nn
+
+Layers = list[tuple[str, nn.Module]]
+
+# A layer with this capability calls `self.on_step(t, h_t)` with every hidden state h_t (B, H) before step t+1
+# uses it, whenever `on_step` is set, and runs its fused kernel while it is None (probes/bptt.py).
+TIME_STEPS = "time_steps"
+
+
+class NoLayersFound(ValueError):
+    """str() is the one line the user sees."""
+
+
+def has_capability(module: nn.Module, capability: str) -> bool:
+    return capability in getattr(type(module), "gradexp_capabilities", frozenset())
+
+
+def watched_layers(model: nn.Module, patterns: Sequence[str] = ()) -> Layers:
+    """The ordered (name, module) list the instruments watch; raises NoLayersFound when it would be empty."""
+    if patterns:
+        layers = matching(model, patterns)
+    elif callable(getattr(model, "watched_layers", None)):
+        layers = list(model.watched_layers())
+    else:
+        layers = discover(model)
+    if not layers:
+        raise NoLayersFound(f"no layers to watch in {type(model).__name__}: it has no parameters"
+                            " (allowed: a model with parameters, or model.watch patterns that match its modules)")
+    return layers
+
+
+def matching(model: nn.Module, patterns: Sequence[str]) -> Layers:
+    """Modules whose name matches any pattern, in registration (forward) order; each pattern must match."""
+    named = [(name, m) for name, m in model.named_modules() if name]
+    for pattern in patterns:
+        if not any(fnmatchcase(name, pattern) for name, _ in named):
+            sample = ", ".join(name for name, _ in named[:6])
+            raise NoLayersFound(f"invalid value for model.watch: {pattern!r} matches no module"
+                                f" (allowed: fnmatch patterns over module names, e.g. {sample})")
+    return [(name, m) for name, m in named if any(fnmatchcase(name, p) for p in patterns)]
+
+
+def discover(model: nn.Module) -> Layers:
+    """The repeated blocks of the largest ModuleList/Sequential (a Transformer's blocks, a ResNet stage),
+    else the leaf modules that hold parameters."""
+    containers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential))]
+    best = max(containers, key=lambda c: len(_repeated(c[1])), default=None)
+    if best is not None and len(_repeated(best[1])) >= 2:
+        prefix = f"{best[0]}." if best[0] else ""
+        return [(f"{prefix}{i}", child) for i, child in _repeated(best[1])]
+    return [(name, m) for name, m in model.named_modules() if name and any(True for _ in m.parameters(recurse=False))]
+
+
+def _repeated(container: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The children of the container's most common type that hold parameters."""
+    children = [(name, c) for name, c in container.named_children() if any(True for _ in c.parameters())]
+    if not children:
+        return []
+    types = [type(c) for _, c in children]
+    common = max(set(types), key=types.count)
+    return [(name, c) for name, c in children if type(c) is common]
