@@ -1,7 +1,8 @@
-"""The only place that turns a composed config into objects."""
+"""The one run factory: the only place that turns a composed config into objects. The CLI, resume, the
+benchmarks and the tests all get their Run from `run(cfg, sinks)`."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from hydra.utils import instantiate
@@ -13,14 +14,14 @@ from gradexp.models import init_weights
 from gradexp.config import model_family
 from gradexp.probes.act_grads import ActGrads
 from gradexp.probes.act_stats import ActStats
-from gradexp.probes.base import Probe
+from gradexp.probes.base import Instruments, Probe
 from gradexp.probes.bptt import BpttGradNorms
 from gradexp.probes.clip_telemetry import ClipTelemetry
 from gradexp.probes.grad_norms import GradNorms
 from gradexp.probes.histograms import Histograms
 from gradexp.probes.update_ratio import UpdateRatio
 from gradexp.registry import MODELS, OPTIMIZERS, SCHEDULES, resolve
-from gradexp.train import Settings
+from gradexp.train import Run, Settings
 
 
 def device(cfg: Any) -> torch.device:
@@ -84,3 +85,15 @@ def settings(cfg: Any) -> Settings:
     t = cfg.train
     return Settings(steps=t.steps, eval_every=t.eval_every, log_every=cfg.log.every, l1=cfg.reg.l1, l2=cfg.reg.l2,
                     stop_on_nonfinite=t.stop_on_nonfinite)
+
+
+def run(cfg: Any, sinks: Sequence = ()) -> Run:
+    """Everything one experiment trains with, built in order: device, task, model (seeded init), optimizer,
+    schedule, clip policy, the probes watching the model, and the batch stream."""
+    dev = device(cfg)
+    task_ = task(cfg, dev)
+    net = model(cfg, task_, dev)
+    opt = optimizer(cfg, net.parameters())
+    policy = clip(cfg)
+    return Run(model=net, task=task_, batches=batches(cfg, task_), optimizer=opt, scheduler=scheduler(cfg, opt),
+               clip=policy, instruments=Instruments(probes(cfg, policy), net), sinks=list(sinks))

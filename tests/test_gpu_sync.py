@@ -6,7 +6,7 @@ import torch
 
 from gradexp import build
 from gradexp.nonfinite import NonfiniteGuard
-from gradexp.train import Run, train_step
+from gradexp.train import train_step
 from tests.conftest import compose_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -15,12 +15,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.mark.parametrize("overrides", [["model=mlp", "clip=norm_1.0"], ["model=lstm", "clip=value_0.1"]])
 def test_non_logging_steps_make_no_host_sync(overrides):
     cfg = compose_config(["device=cuda", *overrides])
-    dev = build.device(cfg)
-    task = build.task(cfg, dev)
-    model = build.model(cfg, task, dev)
-    opt, clip = build.optimizer(cfg, model.parameters()), build.clip(cfg)
-    run = Run(model=model, task=task, batches=build.batches(cfg, task), optimizer=opt, scheduler=None, clip=clip,
-              instruments=build.Instruments(build.probes(cfg, clip), model), sinks=[])
+    run = build.run(cfg)
     settings = build.settings(cfg)
     guard = NonfiniteGuard(run, settings, 0)
     for _ in range(2):  # warm-up: lazy allocations (optimizer state, clip counters) may sync once

@@ -9,9 +9,8 @@ import torch
 
 from gradexp import build
 from gradexp.data import Batches
-from gradexp.probes.base import Instruments
 from gradexp.sinks.summary import SummarySink
-from gradexp.train import Run, train
+from gradexp.train import train
 from tests.conftest import compose_config
 
 MARKER = 1234.5  # planted into one training example; the fault fires on the step whose batch holds it
@@ -20,14 +19,7 @@ OVERRIDES = ["model.depth=4", "train.steps=30", "log.every=8", "train.eval_every
 
 def make_run(overrides, run_dir):
     cfg = compose_config([*OVERRIDES, *overrides])
-    dev = build.device(cfg)
-    task = build.task(cfg, dev)
-    model = build.model(cfg, task, dev)
-    opt = build.optimizer(cfg, model.parameters())
-    clip = build.clip(cfg)
-    run = Run(model=model, task=task, batches=build.batches(cfg, task), optimizer=opt, scheduler=None, clip=clip,
-              instruments=Instruments(build.probes(cfg, clip), model), sinks=[SummarySink(run_dir, overrides, [])])
-    return cfg, run
+    return cfg, build.run(cfg, sinks=[SummarySink(run_dir, overrides, [])])
 
 
 def plant(run, step: int, layer: int, phase: str) -> None:
