@@ -38,11 +38,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: list[str]) -> int:
+    for flag in ("-sc", "--shell-completion"):
+        if flag in args:  # gradexp's own completion: it knows the subcommands and calls Hydra's for the overrides
+            return _completion(args[args.index(flag) + 1:][:1])
     from gradexp.hydra_app import run_app
 
     # Hydra reads sys.argv itself; give it only the overrides, with a program name for its help text
     sys.argv = ["gradexp run", *args]
     return run_app()
+
+
+def _completion(argument: list[str]) -> int:
+    from gradexp.completion import CompletionError, handle
+
+    try:
+        print(handle(argument[0] if argument else None))
+    except CompletionError as err:
+        print(f"gradexp: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
 
 
 if __name__ == "__main__":
