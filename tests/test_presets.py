@@ -62,7 +62,6 @@ def test_every_preset_has_a_file_and_a_sweep():
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_job_of_every_preset_composes_and_validates(name):
-
     for job in sweep_jobs(name):
         validate(compose_config([f"experiment={name}", *job], tiny=False))
 
