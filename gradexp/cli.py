@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: gradexp <command> [args]
+USAGE = """usage: gradexp <command> [args]    (gradexp --version: the installed version)
 
 commands:
   run [OVERRIDES]   train one experiment composed from config groups (a Hydra app:
@@ -16,6 +16,7 @@ examples:
   gradexp run -m activation=sigmoid,relu init=xavier_normal,kaiming_normal model.depth=20
   gradexp report multirun/
   tensorboard --logdir outputs
+  eval "$(gradexp run -sc install=bash)"   # Tab completion (zsh: install=zsh; fish: gradexp run -sc install=fish | source)
 """
 
 EXIT_BAD_INPUT = 2
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else EXIT_BAD_INPUT
+    if argv[0] in ("-V", "--version"):
+        print(f"gradexp {version()}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
         return _run(rest)
@@ -35,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(rest)
     print(f"gradexp: unknown command {command!r} (allowed: run | report); see gradexp --help", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def version() -> str:
+    """The installed distribution's version (its metadata: no import of gradexp's heavy modules)."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("gradexp")
+    except PackageNotFoundError:  # a source tree on sys.path without an install
+        return "unknown (not installed)"
 
 
 def _run(args: list[str]) -> int:
