@@ -46,7 +46,10 @@ def figure(records: list[RunRecord], keys: list[str], dpi: int = DPI):
     if "time" in rows:
         _times(axes, records, labels, colours, figures)
     handles = {h.get_label(): h for ax in axes.values() for h in ax.get_legend_handles_labels()[0]}
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(3, len(handles)), fontsize=8)
+    # many runs: more, smaller columns, so the legend stays below the charts instead of pushing them off the page
+    ncol = min(len(handles), 3 if len(handles) <= 9 else 4 if len(handles) <= 24 else 6)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=ncol,
+               fontsize=8 if len(handles) <= 24 else 6)
     if phase:
         _phase(axes["phase"], records, keys, figures)
     return fig
@@ -88,7 +91,8 @@ def _times(axes, records, labels, colours, figures) -> None:
 
 
 def _label(r: RunRecord, keys: list[str]) -> str:
-    shown = " ".join(f"{k}={r.overrides.get(k, '')}" for k in keys) or r.path
+    """The run's own values of the varying factors (runs of another sweep lack some: those are left out)."""
+    shown = " ".join(f"{k}={r.overrides[k]}" for k in keys if k in r.overrides) or r.path
     return f"{shown} [{r.verdict.get('label', r.status)}]"
 
 
