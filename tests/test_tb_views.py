@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from gradexp.sinks import figures
+from gradexp.sinks import flow_images
 from gradexp.sinks.tb_views import HEATMAP_TAG, PROFILE_TAG
 from tests.test_oracle import read_scalars
 
@@ -106,8 +106,8 @@ def test_flow_scalars_match_a_float64_oracle_from_the_logged_norms(tiny_run):
 
 def test_flow_images_are_written_from_the_logged_norms(run_tiny, monkeypatch):
     seen = {}
-    real_heatmap = figures.heatmap
-    monkeypatch.setattr(figures, "heatmap", lambda grid, steps, q: seen.update(grid=grid, steps=steps) or real_heatmap(grid, steps, q))
+    real_heatmap = flow_images.heatmap
+    monkeypatch.setattr(flow_images, "heatmap", lambda grid, steps, q: seen.update(grid=grid, steps=steps) or real_heatmap(grid, steps, q))
     _, run_dir = run_tiny(OVERRIDES)
     acc = accumulator(run_dir)
     assert {HEATMAP_TAG, PROFILE_TAG} <= set(acc.Tags()["images"])
@@ -118,6 +118,17 @@ def test_flow_images_are_written_from_the_logged_norms(run_tiny, monkeypatch):
     image = acc.Images(HEATMAP_TAG)[-1]
     assert image.step == steps[-1] and image.width > 100 and image.height > 100
     assert acc.Images(PROFILE_TAG)[-1].encoded_image_string[:4] == b"\x89PNG"
+
+
+def test_heatmap_colours_are_log10_relative_to_the_last_layer_on_one_scale():
+    import torch
+
+    grid = [[1e-9, 2e-3, float("nan")], [1e-4, 4e-3, 0.0], [1e-1, 2e-3, 5.0]]  # (layers, steps)
+    expected = torch.log10(torch.tensor(grid, dtype=torch.float64) / torch.tensor(grid[-1], dtype=torch.float64))
+    got = flow_images.relative_log10(grid)
+    assert np.allclose(got[:, :2], expected[:, :2].numpy()) and np.isnan(got[0, 2]) and np.isnan(got[1, 2])
+    image = flow_images.heatmap(grid, [0, 10, 20], "act_grad_norm").axes[0].images[0]
+    assert image.get_clim() == (-flow_images.LIMIT, flow_images.LIMIT)  # the same scale in every run of a sweep
 
 
 @pytest.mark.slow

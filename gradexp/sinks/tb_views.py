@@ -8,7 +8,8 @@ so that a sweep opened in TensorBoard shows at once which layers' gradients vani
 - the run's HParams entry: the factors (the keys a sweep varies; a single run's own overrides) and the verdict as
   hparams; final metrics, gain, first/last ratio, verdict as metrics; written with the writer's file writer so it
   lands in this run, not in a sub-run as SummaryWriter.add_hparams does;
-- a gradient-flow heatmap (layer x logged step) and the per-layer profile at the last logged step, as images.
+- a gradient-flow heatmap (layer x logged step, relative to the last layer, one colour scale for every run) and the
+  per-layer profile at the last logged step, as images (sinks/flow_images.py).
 Close this sink before the TensorBoardSink (which closes the writer)."""
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ class TensorBoardViews:
         quantity = self._quantity()
         if quantity is None:
             return
-        from gradexp.sinks import figures  # matplotlib only when a run ends
+        from gradexp.sinks import flow_images as figures  # matplotlib only when a run ends
 
         steps = sorted(self.history)
         grid = [[self.history[s].get(f"{quantity}/{name}", math.nan) for s in steps] for name in self.layer_names]
