@@ -86,21 +86,40 @@ def _typed(shell: list[str], env: dict[str, str], keys: list[str], expect: str, 
     return out.decode(errors="replace")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("typed, completed", [
-    ("gradexp ru", "gradexp run "),
-    ("gradexp run activation=sigm", "gradexp run activation=sigmoid "),
-    ("gradexp run model.dep", "gradexp run model.depth="),
-    ("gradexp run experiment=he20", "gradexp run experiment=he201"),
-])
-def test_bash_tab_completes_through_the_installed_script(tmp_path, typed, completed):
-    """A real interactive bash without bash-completion: install with eval, type, press Tab; Ctrl-A puts `echo :`
-    in front, so the completed line comes back as one line of output."""
+TYPED = [  # what is typed before Tab, and the line after Tab and one more key ("X": shows whether a space was added)
+    ("gradexp ru", "gradexp run X"),
+    ("gradexp run activation=sigm", "gradexp run activation=sigmoid X"),
+    ("gradexp run model.dep", "gradexp run model.depth=X"),
+    ("gradexp run experiment=he20", "gradexp run experiment=he201X"),
+]
+
+
+def _completed_line(shell: list[str], rc: str, tmp_path: Path, typed: str, expected: str) -> str:
+    """Sources `rc` in an interactive shell on a terminal, types, presses Tab, types X; then Ctrl-A puts `echo :`
+    in front and Enter runs it, so the completed line comes back as the echo's output line."""
     env = _shell_env(tmp_path)
-    (tmp_path / ".bashrc").write_text('PS1="$ "\neval "$(gradexp run -sc install=bash)"\n')
-    keys = [f"source {tmp_path}/.bashrc\n", typed, "\t", "\x01echo :", "\n"]
-    out = _typed(["bash", "--norc", "--noprofile", "-i"], env, keys, expect=f":{completed}".rstrip())
-    assert f":{completed}" in out.replace("\r", ""), out[-800:]
+    (tmp_path / "rc").write_text(rc)
+    out = _typed(shell, env, [f"source {tmp_path}/rc\n", typed, "\t", "X", "\x01echo :", "\n"],
+                 expect=f"\n:{expected}\r")
+    lines = [line for line in out.replace("\r", "").split("\n") if line.startswith(":gradexp")]
+    return lines[-1][1:] if lines else out[-800:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("typed, completed", TYPED)
+def test_bash_tab_completes_through_the_installed_script(tmp_path, typed, completed):
+    """A real interactive bash, no bash-completion package: the script installed with eval, then Tab."""
+    rc = 'PS1="$ "\neval "$(gradexp run -sc install=bash)"\n'
+    assert _completed_line(["bash", "--norc", "--noprofile", "-i"], rc, tmp_path, typed, completed) == completed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed (Debian: apt-get install zsh)")
+@pytest.mark.parametrize("typed, completed", TYPED)
+def test_zsh_tab_completes_through_the_installed_script(tmp_path, typed, completed):
+    """A real interactive zsh without any user config (-f): the script loads compinit itself when it is absent."""
+    rc = 'PS1="$ "\nbindkey -e\neval "$(gradexp run -sc install=zsh)"\n'
+    assert _completed_line(["zsh", "-f", "-i"], rc, tmp_path, typed, completed) == completed
 
 
 @pytest.mark.slow
@@ -112,17 +131,3 @@ def test_fish_completes_through_the_installed_script(tmp_path):
     out = subprocess.run(["fish", "--no-config", "-c", script], env=env, capture_output=True, text=True, timeout=120)
     first, second, third = [part.split() for part in out.stdout.split("---")]
     assert first == ["run"] and second == ["activation=sigmoid"] and third == ["model.depth="], out
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed (Debian: apt-get install zsh)")
-def test_zsh_completes_through_the_installed_script(tmp_path):
-    """The installed script registers _gradexp with compdef; called as zsh's completion system would call it
-    (words, CURRENT, PREFIX), it hands compadd whole words, without a space after one that goes on."""
-    env = _shell_env(tmp_path)
-    script = ('eval "$(gradexp run -sc install=zsh)"; print -r -- "registered: $_comps[gradexp]"; '
-              'compadd() { print -r -- "compadd $*" }; '
-              'words=(gradexp run model.dep); CURRENT=3; PREFIX=model.dep; _gradexp; '
-              'words=(gradexp ru); CURRENT=2; PREFIX=ru; _gradexp')
-    out = subprocess.run(["zsh", "-f", "-c", script], env=env, capture_output=True, text=True, timeout=120).stdout
-    assert out.splitlines() == ["registered: _gradexp", "compadd -Q -S  -- model.depth=", "compadd -Q -- run"], out
