@@ -60,7 +60,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     with open(os.path.join(out, "report.csv"), "w", newline="") as f:
         f.write(to_csv(rows))
     keys = [k for k in figure_keys(records) if k != SEED]  # seeds of one setting share a legend entry
-    figure_path = draw(records, keys, os.path.join(out, "report.png"), args.dpi)
+    one_sweep = len(by_sweep(records)) == 1  # factors of different sweeps do not form one phase-diagram grid
+    figure_path = draw(records, keys, os.path.join(out, "report.png"), args.dpi, phase=one_sweep)
     _print(rows, records, args.format, figure_path, out)
     return 0
 

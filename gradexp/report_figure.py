@@ -14,10 +14,10 @@ TIME_LABEL = "‖∂L/∂h_t‖ (hidden-state gradient)"
 DPI = 90
 
 
-def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI) -> Optional[str]:
+def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI, phase: bool = True) -> Optional[str]:
     """Write the figure to `path` at `dpi` dots per inch (12 x 6 inches per row, 17 wide with the phase
     diagram); None when no run has per-layer or per-time-step measurements to draw."""
-    fig = figure(records, keys, dpi)
+    fig = figure(records, keys, dpi, phase)
     if fig is None:
         return None
     fig.savefig(path)
@@ -27,15 +27,16 @@ def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI) -
     return path
 
 
-def figure(records: list[RunRecord], keys: list[str], dpi: int = DPI):
-    """The matplotlib figure (axes named layer_first/last, time_first/last, phase), or None."""
+def figure(records: list[RunRecord], keys: list[str], dpi: int = DPI, phase: bool = True):
+    """The matplotlib figure (axes named layer_first/last, time_first/last, phase), or None. `phase`: whether a phase
+    diagram may be drawn (off for runs of several sweeps, whose factors do not form one grid)."""
     rows = [axis for axis, has in (("layer", any(r.profile for r in records)),
                                    ("time", any(r.time_profile for r in records))) if has]
     if not rows:
         return None
     from gradexp.sinks import figures  # matplotlib (Agg) only when a figure is drawn
 
-    phase = len(keys) == 2
+    phase = phase and len(keys) == 2
     mosaic = [[f"{axis}_first", f"{axis}_last"] + (["phase"] if phase else []) for axis in rows]
     fig, axes = figures.plt.subplot_mosaic(mosaic, figsize=(17 if phase else 12, 6 * len(rows)), dpi=dpi,
                                            layout="constrained")

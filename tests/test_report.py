@@ -241,3 +241,16 @@ def test_mixed_sweeps_legend_names_only_each_runs_own_factors(mixed):
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "activation=sigmoid [healthy]" in labels and "init=xavier_normal [healthy]" in labels
     assert not [label for label in labels if "= " in label or "=[" in label]  # no empty factor
+
+
+def test_mixed_sweeps_get_no_phase_diagram_across_sweeps(mixed, tmp_path):
+    """activation (first sweep) and init (second) are two factors, but of different sweeps: no grid to draw."""
+    import matplotlib.image
+
+    from gradexp.report import figure_keys
+
+    root, _ = mixed
+    records = [load_run(f, str(root)) for f in find_runs(str(root))]
+    assert figure_keys(records) == ["activation", "init", "seed"]
+    assert main([str(root), "--format", "csv", "--out", str(tmp_path), "--dpi", "20"]) == 0
+    assert matplotlib.image.imread(tmp_path / "report.png").shape[1] == 12 * 20  # 17 inches wide with a phase diagram
