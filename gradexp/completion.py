@@ -14,7 +14,10 @@ TOP = ("run", "report", "--help", "--version")
 RUN_FLAGS = ("--multirun", "-m", "--cfg", "--help", "--hydra-help", "--info", "--config-dir", "--config-name",
              "--resolve", "--package", "--shell-completion", "-sc")
 REPORT_FLAGS = ("--sort", "--format", "--out", "--dpi", "--help")
+SORT_KEYS = ("gain", "first/last", "loss/train", "loss/val", "acc/val", "verdict", "status", "steps/s")  # result
+# columns of `gradexp report` (a sweep's factors are columns too); descending is --sort=-KEY, one word
 FLAG_VALUES = {"--cfg": ("job", "hydra", "all"), "-c": ("job", "hydra", "all"), "--format": ("table", "csv", "json"),
+               "--sort": SORT_KEYS,
                "--info": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")}
 FOLDER_FLAGS = ("--config-dir", "-cd", "--out")
 USAGE = "one of install=SHELL | uninstall=SHELL | query=SHELL (SHELL: bash | zsh | fish)"

@@ -44,6 +44,7 @@ def test_report_completes_options_formats_and_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert candidates("gradexp report --fo") == ["--format"]
     assert candidates("gradexp report --format ") == ["table", "csv", "json"]
+    assert candidates("gradexp report multirun --sort g") == ["gain"]
     assert candidates("gradexp report mu") == ["multirun/"]  # folders only
 
 

@@ -56,7 +56,8 @@ class TerminalSink:
 def closing_lines(status: str, run_dir: str) -> list[str]:
     """Where the run is, how to look at it, and for an interrupted run the exact command that continues it."""
     logdir = shlex.quote(_shortest(run_dir))
-    lines = [f"run folder: {logdir}", f"dashboards: tensorboard --logdir {logdir}"]
+    lines = [f"run folder: {logdir}", f"dashboards: tensorboard --logdir {logdir}",
+             "  gradient flow: its Custom Scalars page (gain, one chart per layer), Images (heatmap), HParams (verdict)"]
     if status == "interrupted":
         lines.append(f"resume with: gradexp run resume={logdir}")
     return lines
