@@ -40,8 +40,7 @@ def _task(cfg: DictConfig) -> None:
     run_dir = hydra_cfg.runtime.output_dir
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(PREFIX)]  # the run's own, as first started
     try:
-        if hydra_cfg.mode == RunMode.RUN:
-            refuse_unswept(hydra_cfg, overrides)
+        refuse_unswept(hydra_cfg, overrides, resuming=cfg.resume is not None)
         with Interrupts() as interrupts:
             outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts)
     except ConfigError as err:

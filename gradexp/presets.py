@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.types import RunMode
+
 from gradexp.config import ConfigError
 
 GROUP = "experiment"
@@ -23,8 +25,11 @@ def normalise(args: list[str]) -> list[str]:
     return [a[1:] if a.startswith(f"+{GROUP}=") else a for a in args]
 
 
-def refuse_unswept(hydra_cfg: Any, overrides: list[str]) -> None:
-    """A single run (no -m) of a preset that declares a sweep: one line saying to add -m."""
+def refuse_unswept(hydra_cfg: Any, overrides: list[str], resuming: bool) -> None:
+    """A single run (no -m) of a preset that declares a sweep: one line saying to add -m. Resuming one job of such a
+    sweep (resume=, always without -m) is that job, not the preset run alone, and goes ahead."""
+    if resuming or hydra_cfg.mode != RunMode.RUN:
+        return
     params = dict(hydra_cfg.sweeper.get("params") or {})
     preset = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{GROUP}=")), None)
     if preset is None or not params:

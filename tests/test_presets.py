@@ -172,6 +172,23 @@ def test_experiment_without_plus_composes_the_preset():
     assert (cfg.model.depth, cfg.train.steps, cfg.activation.name) == (30, 300, "relu")
 
 
+def test_only_a_fresh_single_run_of_a_sweep_preset_is_refused():
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from gradexp.presets import UnsweptPreset, refuse_unswept
+
+    def hydra_cfg(mode, params):
+        return OmegaConf.create({"mode": mode, "sweeper": {"params": params}})
+
+    sweep = {"init": "xavier_normal,kaiming_normal"}
+    with pytest.raises(UnsweptPreset, match="experiment=he2015 is a sweep over init=xavier_normal,kaiming_normal: add -m"):
+        refuse_unswept(hydra_cfg(RunMode.RUN, sweep), ["experiment=he2015"], resuming=False)
+    refuse_unswept(hydra_cfg(RunMode.RUN, sweep), ["experiment=he2015", "init=kaiming_normal"], resuming=True)  # a job
+    refuse_unswept(hydra_cfg(RunMode.MULTIRUN, sweep), ["experiment=he2015"], resuming=False)
+    refuse_unswept(hydra_cfg(RunMode.RUN, None), ["experiment=mine"], resuming=False)  # a preset without a sweep
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["experiment=he2015", "+experiment=he2015"])
 def test_sweep_preset_without_multirun_is_refused_in_one_line(tmp_path, preset):
