@@ -16,7 +16,7 @@ examples:
   gradexp run -m activation=sigmoid,relu init=xavier_normal,kaiming_normal model.depth=20
   gradexp report multirun/
   tensorboard --logdir outputs
-  eval "$(gradexp run -sc install=bash)"   # Tab completion (zsh: install=zsh; fish: gradexp run -sc install=fish | source)
+  eval "$(gradexp run -sc install=bash)"   # Tab completion; zsh: install=zsh; fish: ... install=fish | source
 """
 
 EXIT_BAD_INPUT = 2

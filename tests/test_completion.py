@@ -55,7 +55,8 @@ def test_bad_argument_is_one_line(argument):
 
 
 def test_bad_argument_exits_2_without_traceback():
-    done = subprocess.run([sys.executable, "-m", "gradexp", "run", "--shell-completion"], capture_output=True, text=True)
+    command = [sys.executable, "-m", "gradexp", "run", "--shell-completion"]
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
 
 

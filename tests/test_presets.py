@@ -182,7 +182,7 @@ def test_only_a_fresh_single_run_of_a_sweep_preset_is_refused():
         return OmegaConf.create({"mode": mode, "sweeper": {"params": params}})
 
     sweep = {"init": "xavier_normal,kaiming_normal"}
-    with pytest.raises(UnsweptPreset, match="experiment=he2015 is a sweep over init=xavier_normal,kaiming_normal: add -m"):
+    with pytest.raises(UnsweptPreset, match="experiment=he2015 is a sweep over init=xavier_normal,kaiming_normal: add"):
         refuse_unswept(hydra_cfg(RunMode.RUN, sweep), ["experiment=he2015"], resuming=False)
     refuse_unswept(hydra_cfg(RunMode.RUN, sweep), ["experiment=he2015", "init=kaiming_normal"], resuming=True)  # a job
     refuse_unswept(hydra_cfg(RunMode.MULTIRUN, sweep), ["experiment=he2015"], resuming=False)

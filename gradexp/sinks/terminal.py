@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gradexp.train import Outcome
 
 STATUS_STYLE = {"completed": "green", "diverged": "red", "interrupted": "yellow", "failed": "red"}
+FLOW_PAGES = "  gradient flow: its Custom Scalars page (gain, one chart per layer), Images (heatmap), HParams (verdict)"
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
 
 
@@ -56,8 +57,7 @@ class TerminalSink:
 def closing_lines(status: str, run_dir: str) -> list[str]:
     """Where the run is, how to look at it, and for an interrupted run the exact command that continues it."""
     logdir = shlex.quote(_shortest(run_dir))
-    lines = [f"run folder: {logdir}", f"dashboards: tensorboard --logdir {logdir}",
-             "  gradient flow: its Custom Scalars page (gain, one chart per layer), Images (heatmap), HParams (verdict)"]
+    lines = [f"run folder: {logdir}", f"dashboards: tensorboard --logdir {logdir}", FLOW_PAGES]
     if status == "interrupted":
         lines.append(f"resume with: gradexp run resume={logdir}")
     return lines
