@@ -32,6 +32,14 @@ def test_run_completes_groups_options_and_keys():
     assert candidates("gradexp run --cfg ") == ["job", "hydra", "all"]
 
 
+def test_completing_overrides_does_not_import_torch(tmp_path):
+    """Every Tab starts gradexp: importing torch would cost a second or more each time."""
+    code = ("import sys; from gradexp.completion import candidates; "
+            "print(candidates('gradexp run activation=si'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert out.split() == ["['activation=sigmoid']", "False"]
+
+
 def test_run_completes_the_users_own_config_groups(tmp_path):
     (tmp_path / "activation").mkdir()
     (tmp_path / "activation" / "swish_mine.yaml").write_text("name: silu\n")
