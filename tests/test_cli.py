@@ -51,7 +51,7 @@ def test_closing_lines_keep_long_paths_whole_at_80_columns(tmp_path, monkeypatch
     lines = out.getvalue().splitlines()
     assert f"run folder: {relative}" in lines and f"dashboards: tensorboard --logdir {relative}" in lines
     assert (f"resume with: gradexp run resume={relative}" in lines) == resume
-    assert any(line.strip().startswith("gradient flow: its Custom Scalars page") for line in lines)
+    assert any(line.strip().startswith("gradient flow: its Flow/ charts") for line in lines)
 
 
 def test_no_empty_gradexp_log_per_run():

@@ -79,10 +79,10 @@ def test_custom_scalars_show_the_flow_per_run_first_then_one_chart_per_layer(tin
     charts, tags = layout_charts(acc), read_scalars(run_dir)
     matched = [(category, sorted(t for t in tags if any(re.search(r, t) for r in regexes)))
                for category, _, regexes in charts]
-    assert matched[:2] == [("gradient flow (one line per run)", ["grad_flow/gain"]),
-                           ("gradient flow (one line per run)", ["grad_flow/log10_first_over_last"])]
+    assert matched[:2] == [("gradient flow (one line per run)", ["Flow/gain"]),
+                           ("gradient flow (one line per run)", ["Flow/log10_first_over_last"])]
     per_layer = [m for c, m in matched if c.startswith("gradient per layer")]
-    assert per_layer == [[f"grad_flow/log10_rel/layers.{i}"] for i in range(4)]  # one layer per chart
+    assert per_layer == [[f"Flow/log10_rel/layers.{i}"] for i in range(4)]  # one layer per chart
     raw = {c: m for c, m in matched if c.startswith("per-layer raw")}
     assert raw and all(m for m in raw.values()) and len(raw) == 1
 
@@ -96,12 +96,12 @@ def test_flow_scalars_match_a_float64_oracle_from_the_logged_norms(tiny_run):
         norms = torch.tensor([logged[f"act_grad_norm/layers.{i}"][step] for i in range(4)], dtype=torch.float64)
         rel = torch.log10(norms / norms[-1])
         for i in range(4):
-            assert logged[f"grad_flow/log10_rel/layers.{i}"][step] == pytest.approx(rel[i].item(), abs=1e-5)
-        assert logged["grad_flow/log10_first_over_last"][step] == pytest.approx(rel[0].item(), abs=1e-5)
+            assert logged[f"Flow/log10_rel/layers.{i}"][step] == pytest.approx(rel[i].item(), abs=1e-5)
+        assert logged["Flow/log10_first_over_last"][step] == pytest.approx(rel[0].item(), abs=1e-5)
         x = torch.arange(4, dtype=torch.float64)
         y = torch.log(norms)
         slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
-        assert logged["grad_flow/gain"][step] == pytest.approx(torch.exp(-slope).item(), rel=1e-5)
+        assert logged["Flow/gain"][step] == pytest.approx(torch.exp(-slope).item(), rel=1e-5)
 
 
 def test_flow_images_are_written_from_the_logged_norms(run_tiny, monkeypatch):

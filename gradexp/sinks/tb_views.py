@@ -1,7 +1,7 @@
 """TensorBoard views beyond plain scalars, written into the run's own event folder through the TensorBoardSink's writer,
 so that a sweep opened in TensorBoard shows at once which layers' gradients vanished or exploded in which run:
-- gradient-flow scalars that read well on TensorBoard's linear axes: `grad_flow/gain` (the per-layer gain, 1 = level)
-  and `grad_flow/log10_first_over_last` (one line per run), and `grad_flow/log10_rel/<layer>` (log10 of the layer's
+- gradient-flow scalars that read well on TensorBoard's linear axes: `Flow/gain` (the per-layer gain, 1 = level)
+  and `Flow/log10_first_over_last` (one line per run), and `Flow/log10_rel/<layer>` (log10 of the layer's
   gradient norm over the last hidden layer's: 0 = level, -6 = a millionth of it);
 - a custom-scalars layout: those two per-run charts first, then one chart per layer (one line per run), then the raw
   per-layer norms;
@@ -26,7 +26,9 @@ from gradexp.flow import first_last_ratio, per_layer_gain
 from gradexp.sinks.summary import layer_quantities
 from gradexp.train import Outcome
 
-GAIN_TAG, RATIO_TAG, REL_PREFIX = "grad_flow/gain", "grad_flow/log10_first_over_last", "grad_flow/log10_rel/"
+# capitalised: TensorBoard's Scalars and Time Series pages sort tag groups upper case first and open only the first two,
+# so "Flow" is the open group at the top of the page, above acc/, act_*/, … (checked with scripts/tb_screenshots.py)
+GAIN_TAG, RATIO_TAG, REL_PREFIX = "Flow/gain", "Flow/log10_first_over_last", "Flow/log10_rel/"
 RAW = {  # regexes over scalar tags; per-layer tags carry "layers.<i>" (the design's naming)
     "grad_norm (every hidden-layer parameter)": ["Multiline", [r"grad_norm/layers\..*"]],
     "act_grad_norm (every hidden layer)": ["Multiline", [r"act_grad_norm/layers\..*"]],

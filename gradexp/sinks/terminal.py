@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gradexp.train import Outcome
 
 STATUS_STYLE = {"completed": "green", "diverged": "red", "interrupted": "yellow", "failed": "red"}
-FLOW_PAGES = "  gradient flow: its Custom Scalars page (gain, one chart per layer), Images (heatmap), HParams (verdict)"
+FLOW_PAGES = "  gradient flow: its Flow/ charts, Custom Scalars (one chart per layer), Images (heatmap), HParams (verdict)"
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
 
 
