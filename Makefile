@@ -11,7 +11,9 @@ $(BIN)/gradexp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[dev]"
+	# setuptools announces, as a warning, that the editable install uses a path finder (configs/ is mapped to
+	# gradexp.configs): information only, so it is filtered out of the quiet install
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q -e ".[dev]"
 	touch $(BIN)/gradexp
 
 install: $(BIN)/gradexp

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: gradexp <command> [args]
+USAGE = """usage: gradexp <command> [args]    (gradexp --version: the installed version)
 
 commands:
   run [OVERRIDES]   train one experiment composed from config groups (a Hydra app:
@@ -16,6 +16,7 @@ examples:
   gradexp run -m activation=sigmoid,relu init=xavier_normal,kaiming_normal model.depth=20
   gradexp report multirun/
   tensorboard --logdir outputs
+  eval "$(gradexp run -sc install=bash)"   # Tab completion; zsh: install=zsh; fish: ... install=fish | source
 """
 
 EXIT_BAD_INPUT = 2
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else EXIT_BAD_INPUT
+    if argv[0] in ("-V", "--version"):
+        print(f"gradexp {version()}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
         return _run(rest)
@@ -37,12 +41,36 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_BAD_INPUT
 
 
+def version() -> str:
+    """The installed distribution's version (its metadata: no import of gradexp's heavy modules)."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("gradexp")
+    except PackageNotFoundError:  # a source tree on sys.path without an install
+        return "unknown (not installed)"
+
+
 def _run(args: list[str]) -> int:
+    for flag in ("-sc", "--shell-completion"):
+        if flag in args:  # gradexp's own completion: it knows the subcommands and calls Hydra's for the overrides
+            return _completion(args[args.index(flag) + 1:][:1])
     from gradexp.hydra_app import run_app
 
     # Hydra reads sys.argv itself; give it only the overrides, with a program name for its help text
     sys.argv = ["gradexp run", *args]
     return run_app()
+
+
+def _completion(argument: list[str]) -> int:
+    from gradexp.completion import CompletionError, handle
+
+    try:
+        print(handle(argument[0] if argument else None))
+    except CompletionError as err:
+        print(f"gradexp: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
 
 
 if __name__ == "__main__":

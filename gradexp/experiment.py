@@ -43,7 +43,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
     summary = SummarySink(run_dir, overrides, layer_names)
     sinks = [
-        TensorBoardViews(tensorboard.writer, run_hparams(cfg), layer_names),  # before tensorboard: it uses its writer
+        TensorBoardViews(tensorboard.writer, run_hparams(cfg, overrides), layer_names),  # before tensorboard (writer)
         tensorboard,
         summary,
         TerminalSink(cfg.train.steps, run_dir, console=console),

@@ -32,6 +32,7 @@ def _task(cfg: DictConfig) -> None:
     from gradexp.experiment import run_experiment
     from gradexp.interrupt import Interrupts
     from gradexp.launch import configure_threads
+    from gradexp.presets import refuse_unswept
     from gradexp.resume import PREFIX
 
     hydra_cfg = HydraConfig.get()
@@ -39,6 +40,7 @@ def _task(cfg: DictConfig) -> None:
     run_dir = hydra_cfg.runtime.output_dir
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(PREFIX)]  # the run's own, as first started
     try:
+        refuse_unswept(hydra_cfg, overrides, resuming=cfg.resume is not None)
         with Interrupts() as interrupts:
             outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts)
     except ConfigError as err:
@@ -76,10 +78,11 @@ def _record_failure(run_dir: str, overrides: list[str], err: Exception) -> None:
 
 
 def run_app() -> int:
+    from gradexp.presets import normalise
     from gradexp.resume import hydra_args
 
     try:
-        sys.argv = [sys.argv[0], *hydra_args(sys.argv[1:])]
+        sys.argv = [sys.argv[0], *normalise(hydra_args(sys.argv[1:]))]
     except ConfigError as err:
         print(f"gradexp: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -12,10 +12,12 @@ import sys
 from typing import Any, Optional
 
 from gradexp.report_figure import DPI, draw  # matplotlib itself is imported only when a figure is drawn
+from gradexp.report_groups import SEED, by_sweep, fold, job_name, seed_folds, sweep_of
 from gradexp.runs import RunRecord, find_runs, load_run, varying_keys
 
 EXIT_BAD_INPUT = 2
 METRICS = ("loss/train", "loss/val", "acc/val")
+NUMERIC = (*METRICS, "gain", "first/last", "theory gain", "time gain", "steps/s")
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
 
 
@@ -43,10 +45,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not folders:
         return _bad(f"no runs under {args.path!r} (a run folder holds .hydra/ or summary.json)")
     records = [load_run(folder, args.path) for folder in folders]
-    keys = varying_keys(records)
+    everything = list(dict.fromkeys(k for r in records for k in r.overrides))  # csv/json keep every override
     theory = any(r.theory_gain is not None for r in records)
     time = any(r.time_gain is not None for r in records)
-    rows = [row(r, keys, theory, time) for r in records]
+    rows = [row(r, everything, theory, time) for r in records]
     columns = list(rows[0])
     if args.sort:
         descending, key = args.sort.startswith("-"), args.sort.lstrip("-")
@@ -57,15 +59,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.csv"), "w", newline="") as f:
         f.write(to_csv(rows))
-    figure_path = draw(records, keys, os.path.join(out, "report.png"), args.dpi)
-    _print(rows, args.format, len(records), figure_path, out)
+    keys = [k for k in figure_keys(records) if k != SEED]  # seeds of one setting share a legend entry
+    one_sweep = len(by_sweep(records)) == 1  # factors of different sweeps do not form one phase-diagram grid
+    figure_path = draw(records, keys, os.path.join(out, "report.png"), args.dpi, phase=one_sweep)
+    _print(rows, records, args.format, figure_path, out)
     return 0
 
 
+def figure_keys(records: list[RunRecord]) -> list[str]:
+    """The factors that vary within some sweep (a key only one sweep has is no factor of the others)."""
+    return list(dict.fromkeys(k for group in by_sweep(records).values() for k in varying_keys(group)))
+
+
 def row(r: RunRecord, keys: list[str], theory: bool = False, time: bool = False) -> dict[str, Any]:
-    """One run as ordered columns; the overrides shown are the varying ones (all of them for a single run)."""
-    shown = {k: r.overrides.get(k, "") for k in keys} if keys else {"overrides": " ".join(f"{k}={v}" for k, v in r.overrides.items())}
-    out = {"run": r.path, **shown, "status": r.status}
+    """One run as ordered columns: its value of every key in `keys` ('' where it has none), results, evidence."""
+    out = {"run": r.path, **{k: r.overrides.get(k, "") for k in keys}, "status": r.status}
     out.update({m: r.final.get(m) for m in METRICS})
     out.update({"gain": r.gain, "first/last": r.ratio, "verdict": r.verdict.get("label", "")})
     if theory:  # summary["theory"] (MLPs): the gain mean-field theory predicts for this init and activation
@@ -96,7 +104,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _print(rows: list[dict[str, Any]], fmt: str, n: int, figure: Optional[str], out: str) -> None:
+def _print(rows: list[dict[str, Any]], records: list[RunRecord], fmt: str, figure: Optional[str], out: str) -> None:
     if fmt == "csv":
         sys.stdout.write(to_csv(rows))
     elif fmt == "json":
@@ -106,28 +114,59 @@ def _print(rows: list[dict[str, Any]], fmt: str, n: int, figure: Optional[str], 
         from rich.console import Console
 
         console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: don't squeeze to 80 columns
-        console.print(table(rows, n))
+        for t in tables(rows, records):
+            console.print(t)
         wrote = [os.path.join(out, "report.csv")] + ([figure] if figure else [])
-        console.print("wrote " + ", ".join(wrote))
+        console.print("wrote " + ", ".join(wrote), soft_wrap=True, highlight=False)
 
 
-def table(rows: list[dict[str, Any]], n: int):
+def tables(rows: list[dict[str, Any]], records: list[RunRecord]) -> list:
+    """One table per sweep, in the order of the (sorted) rows: its varying factors as columns, seeds folded."""
+    by_path = {r.path: r for r in records}
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        sweeps.setdefault(sweep_of(by_path[r["run"]]), []).append(r)
+    out = []
+    for sweep, members in sweeps.items():
+        runs = [by_path[r["run"]] for r in members]
+        title = f"gradexp report: {len(runs)} run{'s' * (len(runs) != 1)}" + (f" in {sweep}" if len(sweeps) > 1 else "")
+        out.append(table(_shown(members, runs), title))
+    return out
+
+
+def _shown(rows: list[dict[str, Any]], runs: list[RunRecord]) -> list[dict[str, Any]]:
+    """A sweep's rows as printed: the job's name, the keys that vary in this sweep, results; seeds folded."""
+    keys = varying_keys(runs)
+    columns = list(rows[0])
+    results = [c for c in columns[columns.index("status"):] if c != "evidence"]  # row(): run, overrides, results
+    shown = []
+    for indices in seed_folds(runs):
+        members = [{"run": job_name(rows[i]["run"]), **{k: rows[i][k] for k in keys},
+                    **{c: rows[i][c] for c in results}} for i in indices]
+        folded = fold(members, NUMERIC)
+        folded["run"] = ",".join(m["run"] for m in members)
+        shown.append(folded)
+    return shown
+
+
+def table(rows: list[dict[str, Any]], title: str):
     from rich.table import Table
 
-    columns = [c for c in rows[0] if c != "evidence"]
-    t = Table(title=f"gradexp report: {n} run{'s' * (n != 1)}", header_style="bold")
-    numeric = (*METRICS, "gain", "first/last", "theory gain", "time gain", "steps/s")
-    for column in columns:
-        t.add_column(column, justify="right" if column in numeric else "left", no_wrap=column != "overrides",
-                     max_width=32 if column == "run" else None, overflow="ellipsis")
+    t = Table(title=title, header_style="bold")
+    for column in rows[0]:
+        numeric = column in NUMERIC
+        # numbers never wrap; text (long run names, values) wraps inside its column rather than being cut off
+        t.add_column(column, justify="right" if numeric else "left", no_wrap=numeric, overflow="fold")
     for r in rows:
-        t.add_row(*[_cell(column, r[column]) for column in columns])
+        t.add_row(*[_cell(column, r.get(column)) for column in rows[0]])
     return t
 
 
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, tuple):  # (mean, spread) over seeds
+        return f"{_cell(column, value[0])} ± {value[1]:.2g}"
     if column == "verdict" and value:
         return f"[{VERDICT_STYLE.get(value, 'white')}]{value}[/]"
     if isinstance(value, float):

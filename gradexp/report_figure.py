@@ -14,10 +14,10 @@ TIME_LABEL = "‖∂L/∂h_t‖ (hidden-state gradient)"
 DPI = 90
 
 
-def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI) -> Optional[str]:
+def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI, phase: bool = True) -> Optional[str]:
     """Write the figure to `path` at `dpi` dots per inch (12 x 6 inches per row, 17 wide with the phase
     diagram); None when no run has per-layer or per-time-step measurements to draw."""
-    fig = figure(records, keys, dpi)
+    fig = figure(records, keys, dpi, phase)
     if fig is None:
         return None
     fig.savefig(path)
@@ -27,15 +27,16 @@ def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI) -
     return path
 
 
-def figure(records: list[RunRecord], keys: list[str], dpi: int = DPI):
-    """The matplotlib figure (axes named layer_first/last, time_first/last, phase), or None."""
+def figure(records: list[RunRecord], keys: list[str], dpi: int = DPI, phase: bool = True):
+    """The matplotlib figure (axes named layer_first/last, time_first/last, phase), or None. `phase`: whether a phase
+    diagram may be drawn (off for runs of several sweeps, whose factors do not form one grid)."""
     rows = [axis for axis, has in (("layer", any(r.profile for r in records)),
                                    ("time", any(r.time_profile for r in records))) if has]
     if not rows:
         return None
     from gradexp.sinks import figures  # matplotlib (Agg) only when a figure is drawn
 
-    phase = len(keys) == 2
+    phase = phase and len(keys) == 2
     mosaic = [[f"{axis}_first", f"{axis}_last"] + (["phase"] if phase else []) for axis in rows]
     fig, axes = figures.plt.subplot_mosaic(mosaic, figsize=(17 if phase else 12, 6 * len(rows)), dpi=dpi,
                                            layout="constrained")
@@ -46,7 +47,10 @@ def figure(records: list[RunRecord], keys: list[str], dpi: int = DPI):
     if "time" in rows:
         _times(axes, records, labels, colours, figures)
     handles = {h.get_label(): h for ax in axes.values() for h in ax.get_legend_handles_labels()[0]}
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(3, len(handles)), fontsize=8)
+    # many runs: more, smaller columns, so the legend stays below the charts instead of pushing them off the page
+    ncol = min(len(handles), 3 if len(handles) <= 9 else 4 if len(handles) <= 24 else 6)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=ncol,
+               fontsize=8 if len(handles) <= 24 else 6)
     if phase:
         _phase(axes["phase"], records, keys, figures)
     return fig
@@ -88,7 +92,8 @@ def _times(axes, records, labels, colours, figures) -> None:
 
 
 def _label(r: RunRecord, keys: list[str]) -> str:
-    shown = " ".join(f"{k}={r.overrides.get(k, '')}" for k in keys) or r.path
+    """The run's own values of the varying factors (runs of another sweep lack some: those are left out)."""
+    shown = " ".join(f"{k}={r.overrides[k]}" for k in keys if k in r.overrides) or r.path
     return f"{shown} [{r.verdict.get('label', r.status)}]"
 
 

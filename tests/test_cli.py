@@ -24,6 +24,51 @@ def test_top_level_help_lists_subcommands_without_torch(tmp_path):
     assert out.strip().endswith("False")  # torch was never imported
 
 
+def test_version_is_the_installed_one_without_torch(tmp_path):
+    from importlib.metadata import version
+
+    code = "import sys; from gradexp.cli import main; main(['--version']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert out.splitlines() == [f"gradexp {version('gradexp')}", "False"]
+
+
+@pytest.mark.parametrize("status, resume", [("completed", False), ("interrupted", True)])
+def test_closing_lines_keep_long_paths_whole_at_80_columns(tmp_path, monkeypatch, status, resume):
+    """Piped output is 80 columns wide; the run folder, the tensorboard and the resume command stay one line each."""
+    import io
+
+    from rich.console import Console
+
+    from gradexp.sinks.terminal import TerminalSink
+    from gradexp.train import Outcome
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "outputs" / ("a-long-folder-name-" * 4) / "2026-11-22" / "11-45-19-728958"
+    out = io.StringIO()
+    sink = TerminalSink(2, str(run_dir), console=Console(file=out, width=80))
+    sink.close(Outcome(status=status, steps=2))
+    relative = str(run_dir.relative_to(tmp_path))
+    lines = out.getvalue().splitlines()
+    assert f"run folder: {relative}" in lines and f"dashboards: tensorboard --logdir {relative}" in lines
+    assert (f"resume with: gradexp run resume={relative}" in lines) == resume
+    assert any(line.strip().startswith("gradient flow: its Flow/ charts") for line in lines)
+
+
+def test_no_empty_gradexp_log_per_run():
+    """gradexp logs nothing through Python's logging, so Hydra's per-job log file is not configured."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gradexp.config import register_schema
+
+    register_schema()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="gradexp.configs"):
+        cfg = compose(config_name="config", return_hydra_config=True)
+    handlers = cfg.hydra.job_logging.handlers
+    assert handlers and not [h for h in handlers.values() if "filename" in h]
+
+
 @pytest.mark.slow
 def test_run_help_shows_every_group(tmp_path):
     out = gradexp("run", "--help", cwd=tmp_path).stdout
@@ -38,6 +83,7 @@ def test_run_writes_events_and_summary_and_says_where(tmp_path):
     assert result.returncode == 0, result.stderr
     run_dirs = [p.parent for p in tmp_path.glob("outputs/*/*/summary.json")]
     assert len(run_dirs) == 1
+    assert not (run_dirs[0] / "gradexp.log").exists()  # no empty log file beside the results
     summary = json.loads((run_dirs[0] / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 6
     assert summary["overrides"][:2] == ["model=rnn", "clip=norm_1.0"]

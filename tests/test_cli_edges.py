@@ -72,6 +72,7 @@ def test_interrupt_then_resume_gives_one_clean_curve(tmp_path, sig, code):
     assert stopped.returncode == code and "Traceback" not in stopped.stderr, stopped.stderr
     first = summaries(tmp_path)["run"]
     assert first["status"] == "interrupted"
+    assert "resume with: gradexp run resume=run\n" in stopped.stderr  # the command run next, as printed
 
     refused = gradexp(tmp_path, "resume=run", "train.steps=50")
     assert refused.returncode == 2 and "train.steps=50" in refused.stderr  # a changed config is refused

@@ -18,6 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from gradexp.config import register_schema, validate
 from gradexp.flow import per_layer_gain
+from tests.conftest import compose_config
 from tests.test_oracle import read_scalars
 
 PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "saxe2014", "regularization"]
@@ -29,7 +30,7 @@ def sweep_jobs(name: str) -> list[list[str]]:
     register_schema()
     GlobalHydra.instance().clear()
     with initialize_config_module(version_base="1.3", config_module="gradexp.configs"):
-        cfg = compose(config_name="config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+        cfg = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
     params = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
     axes = [[f"{o.key_or_group}={v}" for o in [p] for v in p.sweep_string_iterator()] for p in params]
     return [list(job) for job in itertools.product(*axes)]
@@ -41,7 +42,7 @@ def run_sweep(run_tiny):
     def run(name: str, reduced: list[str], keep=lambda job: True) -> dict[str, tuple[dict, dict]]:
         results = {}
         for i, job in enumerate(j for j in sweep_jobs(name) if keep(j)):
-            _, run_dir = run_tiny([f"+experiment={name}", *job, *reduced], tiny=False, name=f"{name}_{i}")
+            _, run_dir = run_tiny([f"experiment={name}", *job, *reduced], tiny=False, name=f"{name}_{i}")
             summary = json.load(open(os.path.join(run_dir, "summary.json")))
             results[" ".join(job)] = (summary, read_scalars(run_dir))
         return results
@@ -61,10 +62,8 @@ def test_every_preset_has_a_file_and_a_sweep():
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_job_of_every_preset_composes_and_validates(name):
-    from tests.conftest import compose_config
-
     for job in sweep_jobs(name):
-        validate(compose_config([f"+experiment={name}", *job], tiny=False))
+        validate(compose_config([f"experiment={name}", *job], tiny=False))
 
 
 def test_he2015_xavier_starves_the_first_layer(run_sweep):
@@ -163,3 +162,38 @@ def test_multirun_plus_experiment_runs_the_whole_sweep(tmp_path):
     assert sorted(" ".join(o for o in s["overrides"] if o.startswith(("activation", "init"))) for s in summaries) == \
         sorted(" ".join(job) for job in sweep_jobs("glorot2010"))
     assert all(s["status"] == "completed" and s["theory"]["predicted_gain"] for s in summaries)
+
+
+def test_experiment_without_plus_composes_the_preset():
+    from gradexp.presets import normalise
+
+    assert normalise(["+experiment=he2015", "+foo=1"]) == ["experiment=he2015", "+foo=1"]
+    cfg = compose_config(["experiment=he2015"], tiny=False)
+    assert (cfg.model.depth, cfg.train.steps, cfg.activation.name) == (30, 300, "relu")
+
+
+def test_only_a_fresh_single_run_of_a_sweep_preset_is_refused():
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from gradexp.presets import UnsweptPreset, refuse_unswept
+
+    def hydra_cfg(mode, params):
+        return OmegaConf.create({"mode": mode, "sweeper": {"params": params}})
+
+    sweep = {"init": "xavier_normal,kaiming_normal"}
+    with pytest.raises(UnsweptPreset, match="experiment=he2015 is a sweep over init=xavier_normal,kaiming_normal: add"):
+        refuse_unswept(hydra_cfg(RunMode.RUN, sweep), ["experiment=he2015"], resuming=False)
+    refuse_unswept(hydra_cfg(RunMode.RUN, sweep), ["experiment=he2015", "init=kaiming_normal"], resuming=True)  # a job
+    refuse_unswept(hydra_cfg(RunMode.MULTIRUN, sweep), ["experiment=he2015"], resuming=False)
+    refuse_unswept(hydra_cfg(RunMode.RUN, None), ["experiment=mine"], resuming=False)  # a preset without a sweep
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["experiment=he2015", "+experiment=he2015"])
+def test_sweep_preset_without_multirun_is_refused_in_one_line(tmp_path, preset):
+    cmd = [sys.executable, "-m", "gradexp", "run", preset, "train.steps=2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "add -m to run it" in done.stderr and "gradexp run -m experiment=he2015 train.steps=2" in done.stderr
+    assert not list(tmp_path.glob("outputs/*/*"))  # no run folder

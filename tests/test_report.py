@@ -190,3 +190,67 @@ def test_real_recurrent_run_plots_its_summary_bptt_profile(run_tiny):
     last_step = summary["bptt"]["layers.0"]["last_step"]
     assert list(lines[f"gradient through time at step {last_step}"].values()) == [summary["bptt"]["layers.0"]["last"]]
     assert record.time_gain == pytest.approx(summary["verdict"]["time_gain"])
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """A multirun/ folder holding two sweeps over different factors; the second repeats each init with two seeds."""
+    root = tmp_path / "multirun"
+    first, second = root / "2026-11-29" / "10-00-00-000001", root / "2026-11-29" / "11-00-00-000002"
+    write_run(first / "0_activation=sigmoid", ["activation=sigmoid"], norms=geometric(0.3))
+    write_run(first / "1_activation=relu", ["activation=relu"], norms=geometric(0.9))
+    gains = {("xavier_normal", 0): 0.5, ("xavier_normal", 1): 0.6, ("kaiming_normal", 0): 0.95, ("kaiming_normal", 1): 1.0}
+    for i, ((init, seed), gain) in enumerate(gains.items()):
+        write_run(second / f"{i}_init={init},seed={seed}", [f"init={init}", f"seed={seed}"], norms=geometric(gain))
+    return root, gains
+
+
+def test_mixed_sweeps_print_one_table_each_with_seeds_folded(mixed, capsys):
+    import torch
+
+    root, gains = mixed
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    first, second = out.split("gradexp report: ")[1:3]
+    assert first.startswith("2 runs in 2026-11-29/10-00-00-000001") and "activation" in first and "init" not in first
+    assert second.startswith("4 runs in 2026-11-29/11-00-00-000002") and "activation" not in second
+    assert "2 seeds" in second and "0,1" in second and "2,3" in second  # the jobs folded into each row
+    for init in ("xavier_normal", "kaiming_normal"):
+        values = torch.tensor([g for (i, _), g in gains.items() if i == init], dtype=torch.float64)
+        assert f"{values.mean().item():.3g} ± {values.std().item():.2g}" in second  # sample standard deviation
+
+
+def test_mixed_sweeps_keep_every_run_and_column_in_csv_and_json(mixed, capsys):
+    root, _ = mixed
+    assert main([str(root), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 6 and all({"activation", "init", "seed", "evidence"} <= set(r) for r in rows)
+    assert rows[0]["run"] == "2026-11-29/10-00-00-000001/0_activation=sigmoid" and rows[0]["init"] == ""
+    with open(root / "report.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == [r["run"] for r in rows] and table[2]["seed"] == "0"
+
+
+def test_mixed_sweeps_legend_names_only_each_runs_own_factors(mixed):
+    from gradexp.report import figure_keys
+    from gradexp.report_figure import figure
+
+    root, _ = mixed
+    records = [load_run(f, str(root)) for f in find_runs(str(root))]
+    fig = figure(records, [k for k in figure_keys(records) if k != "seed"])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "activation=sigmoid [healthy]" in labels and "init=xavier_normal [healthy]" in labels
+    assert not [label for label in labels if "= " in label or "=[" in label]  # no empty factor
+
+
+def test_mixed_sweeps_get_no_phase_diagram_across_sweeps(mixed, tmp_path):
+    """activation (first sweep) and init (second) are two factors, but of different sweeps: no grid to draw."""
+    import matplotlib.image
+
+    from gradexp.report import figure_keys
+
+    root, _ = mixed
+    records = [load_run(f, str(root)) for f in find_runs(str(root))]
+    assert figure_keys(records) == ["activation", "init", "seed"]
+    assert main([str(root), "--format", "csv", "--out", str(tmp_path), "--dpi", "20"]) == 0
+    assert matplotlib.image.imread(tmp_path / "report.png").shape[1] == 12 * 20  # 17 inches wide with a phase diagram

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from gradexp.sinks import figures
+from gradexp.sinks import flow_images
 from gradexp.sinks.tb_views import HEATMAP_TAG, PROFILE_TAG
 from tests.test_oracle import read_scalars
 
@@ -42,10 +42,12 @@ def test_hparams_entry_lives_in_the_run_folder_with_factors_and_metrics(tiny_run
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(content)
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["model"].string_value == "mlp"
-    assert start.hparams["activation.name"].string_value == "sigmoid"
-    assert start.hparams["init.scheme"].string_value == "xavier_normal"
+    assert start.hparams["activation"].string_value == "sigmoid"
+    assert start.hparams["init"].string_value == "xavier_normal"
     assert start.hparams["model.depth"].number_value == 4
     assert start.hparams["verdict"].string_value == outcome.verdict["label"]
+    # the run's own factors only: keys nobody set (clip.*, train.*) would be constant columns
+    assert set(start.hparams) == {"model", "activation", "init", "model.depth", "verdict", "status"}
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     metric_tags = {m.name.tag for m in experiment.metric_infos}
     assert {"hparams/loss_train", "hparams/gain", "hparams/first_last_ratio", "hparams/verdict"} <= metric_tags
@@ -66,25 +68,46 @@ def test_hparams_metrics_match_the_logged_scalars(tiny_run):
     assert logged["hparams/verdict"][outcome.steps] == {"vanishing": -1, "healthy": 0, "exploding": 1}[summary["verdict"]["label"]]
 
 
-def test_custom_scalars_layout_puts_every_layer_on_one_chart(tiny_run):
-    _, run_dir, acc = tiny_run
-    assert "custom_scalars__config__" in plugin_content(acc, "custom_scalars")
+def layout_charts(acc: EventAccumulator) -> list[tuple[str, str, list[str]]]:
     raw = acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]  # the layout rides in the tensor
-    layout = layout_pb2.Layout.FromString(raw)
-    charts = {chart.title: list(chart.multiline.tag) for cat in layout.category for chart in cat.chart}
-    tags = read_scalars(run_dir)
-    act_chart = next(t for title, t in charts.items() if title.startswith("act_grad_norm"))
-    assert sorted(t for t in tags if re.fullmatch(act_chart[0], t)) == [f"act_grad_norm/layers.{i}" for i in range(4)]
-    grad_chart = next(t for title, t in charts.items() if title.startswith("grad_norm"))
-    matched = [t for t in tags if re.fullmatch(grad_chart[0], t)]
-    assert {t.split("/")[1].split(".")[1] for t in matched} == {"0", "1", "2", "3"}
-    assert any(title.startswith("act_saturation") for title in charts)
+    return [(cat.title, chart.title, list(chart.multiline.tag)) for cat in layout_pb2.Layout.FromString(raw).category
+            for chart in cat.chart]
+
+
+def test_custom_scalars_show_the_flow_per_run_first_then_one_chart_per_layer(tiny_run):
+    _, run_dir, acc = tiny_run
+    charts, tags = layout_charts(acc), read_scalars(run_dir)
+    matched = [(category, sorted(t for t in tags if any(re.search(r, t) for r in regexes)))
+               for category, _, regexes in charts]
+    assert matched[:2] == [("gradient flow (one line per run)", ["Flow/gain"]),
+                           ("gradient flow (one line per run)", ["Flow/log10_first_over_last"])]
+    per_layer = [m for c, m in matched if c.startswith("gradient per layer")]
+    assert per_layer == [[f"Flow/log10_rel/layers.{i}"] for i in range(4)]  # one layer per chart
+    raw = {c: m for c, m in matched if c.startswith("per-layer raw")}
+    assert raw and all(m for m in raw.values()) and len(raw) == 1
+
+
+def test_flow_scalars_match_a_float64_oracle_from_the_logged_norms(tiny_run):
+    import torch
+
+    _, run_dir, _ = tiny_run
+    logged = read_scalars(run_dir)
+    for step in logged["act_grad_norm/layers.0"]:
+        norms = torch.tensor([logged[f"act_grad_norm/layers.{i}"][step] for i in range(4)], dtype=torch.float64)
+        rel = torch.log10(norms / norms[-1])
+        for i in range(4):
+            assert logged[f"Flow/log10_rel/layers.{i}"][step] == pytest.approx(rel[i].item(), abs=1e-5)
+        assert logged["Flow/log10_first_over_last"][step] == pytest.approx(rel[0].item(), abs=1e-5)
+        x = torch.arange(4, dtype=torch.float64)
+        y = torch.log(norms)
+        slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+        assert logged["Flow/gain"][step] == pytest.approx(torch.exp(-slope).item(), rel=1e-5)
 
 
 def test_flow_images_are_written_from_the_logged_norms(run_tiny, monkeypatch):
     seen = {}
-    real_heatmap = figures.heatmap
-    monkeypatch.setattr(figures, "heatmap", lambda grid, steps, q: seen.update(grid=grid, steps=steps) or real_heatmap(grid, steps, q))
+    real_heatmap = flow_images.heatmap
+    monkeypatch.setattr(flow_images, "heatmap", lambda grid, steps, q: seen.update(grid=grid, steps=steps) or real_heatmap(grid, steps, q))
     _, run_dir = run_tiny(OVERRIDES)
     acc = accumulator(run_dir)
     assert {HEATMAP_TAG, PROFILE_TAG} <= set(acc.Tags()["images"])
@@ -95,3 +118,29 @@ def test_flow_images_are_written_from_the_logged_norms(run_tiny, monkeypatch):
     image = acc.Images(HEATMAP_TAG)[-1]
     assert image.step == steps[-1] and image.width > 100 and image.height > 100
     assert acc.Images(PROFILE_TAG)[-1].encoded_image_string[:4] == b"\x89PNG"
+
+
+def test_heatmap_colours_are_log10_relative_to_the_last_layer_on_one_scale():
+    import torch
+
+    grid = [[1e-9, 2e-3, float("nan")], [1e-4, 4e-3, 0.0], [1e-1, 2e-3, 5.0]]  # (layers, steps)
+    expected = torch.log10(torch.tensor(grid, dtype=torch.float64) / torch.tensor(grid[-1], dtype=torch.float64))
+    got = flow_images.relative_log10(grid)
+    assert np.allclose(got[:, :2], expected[:, :2].numpy()) and np.isnan(got[0, 2]) and np.isnan(got[1, 2])
+    image = flow_images.heatmap(grid, [0, 10, 20], "act_grad_norm").axes[0].images[0]
+    assert image.get_clim() == (-flow_images.LIMIT, flow_images.LIMIT)  # the same scale in every run of a sweep
+
+
+@pytest.mark.slow
+def test_sweep_hparams_are_the_factors_it_varies(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "gradexp", "run", "-m", "activation=sigmoid,relu", "model.depth=3", "model.width=8",
+           "train.steps=4", "log.every=2", f"hydra.sweep.dir={tmp_path}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for job in sorted(tmp_path.glob("*_activation=*")):
+        content = plugin_content(accumulator(str(job)), "hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+        assert set(start.hparams) == {"model", "activation", "verdict", "status"}  # model.depth=3 is constant

@@ -13,9 +13,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_wheel(out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True, text=True)
-    return next(out.glob("gradexp-*.whl"))
+    return _build(out)[0]
+
+
+def _build(out: Path) -> tuple[Path, str]:
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
+                           str(ROOT)], check=True, capture_output=True, text=True)
+    return next(out.glob("gradexp-*.whl")), done.stdout + done.stderr
+
+
+def test_every_config_group_is_a_listed_package():
+    """A config folder missing from pyproject's package list would ship only with a setuptools warning."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    groups = {f"gradexp.configs.{p.name}" for p in (ROOT / "configs").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert groups and groups <= listed
+
+
+@pytest.mark.slow
+def test_wheel_build_is_quiet(tmp_path):
+    _, output = _build(tmp_path)
+    assert output.strip() == "", output[:2000]
 
 
 @pytest.mark.slow

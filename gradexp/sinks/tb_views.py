@@ -1,27 +1,38 @@
-"""TensorBoard views beyond plain scalars, written into the run's own event folder through the TensorBoardSink's writer:
-- a custom-scalars layout: every layer of a per-layer quantity on one chart;
-- the run's HParams entry (composed factors as hparams; final metrics, gain, first/last ratio, verdict as metrics),
-  written with the writer's file writer so it lands in this run, not in a sub-run as SummaryWriter.add_hparams does;
-- a gradient-flow heatmap (layer x logged step) and the per-layer profile at the last logged step, as images.
+"""TensorBoard views beyond plain scalars, written into the run's own event folder through the TensorBoardSink's writer,
+so that a sweep opened in TensorBoard shows at once which layers' gradients vanished or exploded in which run:
+- gradient-flow scalars that read well on TensorBoard's linear axes: `Flow/gain` (the per-layer gain, 1 = level)
+  and `Flow/log10_first_over_last` (one line per run), and `Flow/log10_rel/<layer>` (log10 of the layer's
+  gradient norm over the last hidden layer's: 0 = level, -6 = a millionth of it);
+- a custom-scalars layout: those two per-run charts first, then one chart per layer (one line per run), then the raw
+  per-layer norms;
+- the run's HParams entry: the factors (the keys a sweep varies; a single run's own overrides) and the verdict as
+  hparams; final metrics, gain, first/last ratio, verdict as metrics; written with the writer's file writer so it
+  lands in this run, not in a sub-run as SummaryWriter.add_hparams does;
+- a gradient-flow heatmap (layer x logged step, relative to the last layer, one colour scale for every run) and the
+  per-layer profile at the last logged step, as images (sinks/flow_images.py).
 Close this sink before the TensorBoardSink (which closes the writer)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+import re
+from typing import Any, Optional
 
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from gradexp.flow import first_last_ratio, per_layer_gain
 from gradexp.sinks.summary import layer_quantities
 from gradexp.train import Outcome
 
-# regexes over scalar tags; per-layer tags carry "layers.<i>" (the design's naming)
-LAYOUT = {
-    "per-layer": {
-        "grad_norm (every hidden-layer parameter)": ["Multiline", [r"grad_norm/layers\..*"]],
-        "act_grad_norm (every hidden layer)": ["Multiline", [r"act_grad_norm/layers\..*"]],
-        "act_saturation (every hidden layer)": ["Multiline", [r"act_saturation/layers\..*"]],
-    },
+# capitalised: TensorBoard's Scalars and Time Series pages sort tag groups upper case first and open only the first two,
+# so "Flow" is the open group at the top of the page, above acc/, act_*/, … (checked with scripts/tb_screenshots.py)
+GAIN_TAG, RATIO_TAG, REL_PREFIX = "Flow/gain", "Flow/log10_first_over_last", "Flow/log10_rel/"
+RAW = {  # regexes over scalar tags; per-layer tags carry "layers.<i>" (the design's naming)
+    "grad_norm (every hidden-layer parameter)": ["Multiline", [r"grad_norm/layers\..*"]],
+    "act_grad_norm (every hidden layer)": ["Multiline", [r"act_grad_norm/layers\..*"]],
+    "act_saturation (every hidden layer)": ["Multiline", [r"act_saturation/layers\..*"]],
 }
 VERDICT_CODE = {"vanishing": -1.0, "healthy": 0.0, "exploding": 1.0, "diverged": 2.0}
 METRIC_TAGS = {"loss/train": "hparams/loss_train", "acc/train": "hparams/acc_train",
@@ -29,18 +40,58 @@ METRIC_TAGS = {"loss/train": "hparams/loss_train", "acc/train": "hparams/acc_tra
 HEATMAP_TAG, PROFILE_TAG = "grad_flow/heatmap", "grad_flow/profile"
 
 
+def layout(layer_names: list[str]) -> dict[str, dict[str, list]]:
+    """Categories in the order TensorBoard shows them; every chart holds one line per run."""
+    per_layer = {f"{name}: log10 of its gradient norm / the last layer's (0 = level)":
+                 ["Multiline", [f"^{re.escape(REL_PREFIX + name)}$"]] for name in layer_names}
+    return {
+        "gradient flow (one line per run)": {
+            "per-layer gain (1 = level; below 1: vanishing toward the input, above 1: exploding)":
+                ["Multiline", [f"^{re.escape(GAIN_TAG)}$"]],
+            "log10(first layer's gradient norm / last layer's)": ["Multiline", [f"^{re.escape(RATIO_TAG)}$"]],
+        },
+        "gradient per layer, relative to the last layer (one line per run)": per_layer,
+        "per-layer raw norms (every layer of every run)": RAW,
+    }
+
+
+def flow_scalars(norms: list[Optional[float]], layer_names: list[str]) -> dict[str, float]:
+    """The grad_flow/* scalars of one logging step from the per-layer norms (forward order)."""
+    out: dict[str, float] = {}
+    gain, ratio = per_layer_gain(norms), first_last_ratio(norms)
+    if gain is not None:
+        out[GAIN_TAG] = gain
+    if ratio is not None and ratio > 0:
+        out[RATIO_TAG] = math.log10(ratio)
+    last = norms[-1] if norms else None
+    if last is None or not (math.isfinite(last) and last > 0):
+        return out
+    for name, norm in zip(layer_names, norms):
+        if norm is not None and math.isfinite(norm) and norm > 0:
+            out[REL_PREFIX + name] = math.log10(norm / last)
+    return out
+
+
 class TensorBoardViews:
     def __init__(self, writer: SummaryWriter, hparam_dict: dict[str, Any], layer_names: list[str]):
         self.writer, self.hparam_dict, self.layer_names = writer, hparam_dict, layer_names
         self.latest: dict[str, float] = {}
         self.history: dict[int, dict[str, float]] = {}  # logged step -> per-layer quantities
-        writer.add_custom_scalars(LAYOUT)
+        writer.add_custom_scalars(layout(layer_names))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self.latest.update(values)
         per_layer = layer_quantities(values, self.layer_names)
-        if per_layer:
-            self.history[step] = per_layer
+        if not per_layer:
+            return
+        self.history[step] = per_layer
+        quantity = next((q for q in ("act_grad_norm", "grad_norm") if f"{q}/{self.layer_names[-1]}" in per_layer), None)
+        if quantity is None:
+            return
+        norms = [per_layer.get(f"{quantity}/{name}") for name in self.layer_names]
+        scalars = flow_scalars(norms, self.layer_names)
+        summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()])
+        self.writer._get_file_writer().add_summary(summary, step)  # one event for the step's flow scalars
 
     def close(self, outcome: Outcome) -> None:
         self.write_hparams(outcome)
@@ -69,7 +120,7 @@ class TensorBoardViews:
         quantity = self._quantity()
         if quantity is None:
             return
-        from gradexp.sinks import figures  # matplotlib only when a run ends
+        from gradexp.sinks import flow_images as figures  # matplotlib only when a run ends
 
         steps = sorted(self.history)
         grid = [[self.history[s].get(f"{quantity}/{name}", math.nan) for s in steps] for name in self.layer_names]
@@ -83,28 +134,42 @@ class TensorBoardViews:
         return next((q for q in ("act_grad_norm", "grad_norm") if q in seen), None)
 
 
-def flat_hparams(container: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'model': {'depth': 20}} -> {'model.depth': 20}; None becomes 'null' (hparams take bool/str/int/float)."""
-    flat: dict[str, Any] = {}
-    for key, value in container.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_hparams(value, f"{name}."))
-        elif isinstance(value, (bool, str, int, float)):
-            flat[name] = value
-        else:
-            flat[name] = "null" if value is None else str(value)
-    return flat
-
-
-def run_hparams(cfg: Any) -> dict[str, Any]:
-    """The composed factors of a run: every scalar key (verdict thresholds left out), the model as its family name."""
-    from omegaconf import OmegaConf
-
+def run_hparams(cfg: Any, overrides: list[str] = ()) -> dict[str, Any]:
+    """HParams columns: the model family and the factors of this run — in a sweep the keys the sweep varies, else
+    the run's own overrides (a key the user did not set is the same in every run and would only crowd the table)."""
     from gradexp.config import model_family
 
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("diagnose", None)
-    flat = flat_hparams(container)
-    flat.pop("model._target_", None)
-    return {"model": model_family(cfg), **flat}
+    factors = sweep_factors()
+    chosen = {}
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if factors is None or key in factors:
+            chosen[key] = _number_or_text(value)
+    return {"model": model_family(cfg), **chosen}
+
+
+def sweep_factors() -> Optional[set[str]]:
+    """Inside a Hydra multirun job: the keys its sweep varies (read from the sweep's multirun.yaml, where the sweep's
+    own syntax is kept, and the preset's hydra.sweeper.params); None outside a sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra_cfg = HydraConfig.get()
+    record = os.path.join(hydra_cfg.sweep.dir, "multirun.yaml")
+    given = [str(o) for o in OmegaConf.load(record).hydra.overrides.task] if os.path.isfile(record) else []
+    swept = {o.key_or_group for o in OverridesParser.create().parse_overrides(given) if o.is_sweep_override()}
+    return swept | set((hydra_cfg.sweeper.get("params") or {}).keys())
+
+
+def _number_or_text(value: str) -> Any:
+    """'20' -> 20, '0.01' -> 0.01 (HParams filters numbers by range), anything else stays text."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value

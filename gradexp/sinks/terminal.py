@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Optional
 
 from rich.console import Console, Group
@@ -12,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from gradexp.train import Outcome
 
 STATUS_STYLE = {"completed": "green", "diverged": "red", "interrupted": "yellow", "failed": "red"}
+FLOW_PAGES = "  gradient flow: its Flow/ charts, Custom Scalars (one chart per layer), Images (heatmap), HParams (verdict)"
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
 
 
@@ -47,9 +49,18 @@ class TerminalSink:
         self.console.print(f"[{style}]{outcome.status}[/] after {outcome.steps} steps ({speed:.0f} steps/s)")
         if outcome.verdict:
             self.console.print(verdict_panel(outcome.verdict))
-        logdir = _shortest(self.run_dir)
-        self.console.print(f"run folder: {logdir}")
-        self.console.print(f"dashboards: tensorboard --logdir {logdir}")
+        for line in closing_lines(outcome.status, self.run_dir):
+            # soft_wrap: a path is never broken across lines, also at a pipe's 80 columns, so it stays copy-pasteable
+            self.console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+def closing_lines(status: str, run_dir: str) -> list[str]:
+    """Where the run is, how to look at it, and for an interrupted run the exact command that continues it."""
+    logdir = shlex.quote(_shortest(run_dir))
+    lines = [f"run folder: {logdir}", f"dashboards: tensorboard --logdir {logdir}", FLOW_PAGES]
+    if status == "interrupted":
+        lines.append(f"resume with: gradexp run resume={logdir}")
+    return lines
 
 
 def verdict_panel(verdict: dict) -> Panel:
