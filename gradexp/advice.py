@@ -90,14 +90,16 @@ def suggest(label: str, axis: str, f: Factors, ev: Evidence, end_label: Optional
 def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
     if ev.saturation is not None and ev.saturation >= SATURATED:
         what = "dead units" if f.activation in RELU_LIKE or f.activation == "selu" else "saturating activation"
-        why = f"Up to {ev.saturation:.0%} of a layer's {'units are dead' if what == 'dead units' else 'entries are saturated'} (act_saturation)."
+        at = "at step 0" if ev.when == "first" else "at the end of training"
+        why = f"Up to {ev.saturation:.0%} of a layer's {'units are dead' if what == 'dead units' else 'entries are saturated'} {at} (act_saturation)."
         fixes = ["activation=leaky_relu init=kaiming_normal"] if what == "dead units" else ["activation=relu init=kaiming_normal"]
         return f"{what} ({f.activation})", why, [*fixes, *_depth(f)]
-    quiet = "" if ev.saturation is None else f"Saturation is not the cause (act_saturation ≤ {ev.saturation:.3f} in every layer)."
+    at = "At step 0" if ev.when == "first" else "At the end of training"
+    quiet = "" if ev.saturation is None else f"{at} saturation is not the cause (act_saturation ≤ {ev.saturation:.3f} in every layer)."
     best = _best_alternative(ev)
     if ev.theory_gain is not None and best is not None:
         override, predicted = best
-        why = (f"{quiet} At step 0 the measured gain is ×{ev.measured_init_gain:.3g} per layer, mean-field theory ×{ev.theory_gain:.3g} for "
+        why = (f"{quiet} Measured gain at step 0 ×{ev.measured_init_gain:.3g} per layer, mean-field theory ×{ev.theory_gain:.3g} for "
                f"init={f.init}; {override} predicts ×{predicted:.3g}.").strip()
         if predicted >= HEALTHY_THEORY:
             return f"init scale ({f.init}, gain {f.init_gain:g})", why, [override, *_depth(f)]

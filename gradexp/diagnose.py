@@ -148,7 +148,8 @@ def diagnose(summary: dict[str, Any], factors: Factors, conf: Any) -> dict[str, 
     moments = {key: moment(depth, times[w], w, conf, strict=trains is not True) for key, w in MOMENTS.items()}
     label, decisive = headline(summary, moments["at_init"], moments["at_end"], trains)
     judged = moments[decisive]
-    evidence = gather(summary, MOMENTS[decisive], judged, since_init=moments["at_init"]["label"] == label)
+    since_init = moments["at_init"]["label"] == label  # the problem was there from the start: look for its root there
+    evidence = gather(summary, "first" if since_init else MOMENTS[decisive], judged, since_init)
     cause, why, suggestions = suggest(label, judged["axis"] or "depth", factors, evidence,
                                       moments["at_end"]["label"] if label == "diverged" else None)
     sentences = [diverged_evidence(summary)] if label == "diverged" else []
@@ -164,7 +165,7 @@ def diagnose(summary: dict[str, Any], factors: Factors, conf: Any) -> dict[str, 
 
 
 def gather(summary: dict[str, Any], when: str, judged: dict, since_init: bool) -> Evidence:
-    """What the logs say about the cause at the deciding step: saturation / dead units, gains, and (when the
+    """What the logs say about the cause at step `when`: saturation / dead units, the judged gains, and (when the
     problem was there from initialisation) the step-0 mean-field theory of this init and of proper ones."""
     fractions = [layer["act_saturation"][when] for layer in summary.get("layers") or []
                  if layer.get("act_saturation") and layer["act_saturation"].get(when) is not None]
