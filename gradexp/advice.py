@@ -143,8 +143,8 @@ def _through_time(label: str, f: Factors, ev: Evidence) -> tuple[str, str, list[
         fixes = [*_clip(f), *fixes, f"optimizer.lr={f.lr / 10:g}"]
     why = ""
     if ev.time_gain is not None:
-        why = (f"weight_hh ({f.recurrent or f.init}) has spectral radius ~{radius:.2g} and the gradient changes "
-               f"×{ev.time_gain:.3g} per time step.")
+        why = (f"The recurrent weights ({f.recurrent or f.init}, weight_hh) have spectral radius ~{radius:.2g} and the "
+               f"gradient changes ×{ev.time_gain:.3g} per time step.")
     return f"recurrence ({f.family})", why, fixes
 
 
