@@ -97,7 +97,7 @@ def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
     at = "At step 0" if ev.when == "first" else "At the end of training"
     quiet = "" if ev.saturation is None else f"{at} saturation is not the cause (act_saturation ≤ {ev.saturation:.3f} in every layer)."
     best = _best_alternative(ev)
-    if ev.theory_gain is not None and best is not None:
+    if ev.theory_gain is not None and ev.measured_init_gain is not None and best is not None:
         override, predicted = best
         why = (f"{quiet} Measured gain at step 0 ×{ev.measured_init_gain:.3g} per layer, mean-field theory ×{ev.theory_gain:.3g} for "
                f"init={f.init}; {override} predicts ×{predicted:.3g}.").strip()

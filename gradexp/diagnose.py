@@ -180,7 +180,8 @@ def gather(summary: dict[str, Any], when: str, judged: dict, since_init: bool) -
 
 
 def moment_sentence(depth: Optional[Flow], time: Optional[Flow], when: str) -> str:
-    """'At initialisation (step 0): ‖∂L/∂h‖ shrinks ×0.41 per layer; layer 0 gets 0.012 of layer 5's gradient.'"""
+    """'At initialisation (step 0): ‖∂L/∂h‖ shrinks ×0.41 per layer, layer 0 gets 0.012 of layer 5's gradient.'
+    A recurrent model with one layer has only the through-time clause (no depth to speak of)."""
     parts = []
     if depth is not None:
         parts.append(_clause(depth, when, SYMBOL[depth.quantity], "layer", "per layer"))

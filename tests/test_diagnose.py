@@ -86,6 +86,17 @@ def test_bptt_vanishing_through_time_suggests_gated_cells():
     assert verdict["suggestions"][:2] == ["model=lstm", "model=gru"]
 
 
+def test_one_layer_rnn_panel_does_not_contradict_its_label():
+    """A one-layer RNN vanishing through time used to read 'nothing for the gradient to vanish across' under a
+    'vanishing' heading: only the through-time evidence is stated."""
+    per_step = geometric(0.6, n=40)
+    s = {"status": "completed", "layers": [{"name": "layers.0", "act_grad_norm": {"first": 1.0, "last": 1.0}}],
+         "nonfinite": None, "bptt": {"layers.0": {"first": per_step, "last": per_step}}}
+    verdict = diagnose(s, Factors(family="rnn", activation="tanh", depth=1), CONF)
+    assert verdict["label"] == "vanishing" and "nothing" not in verdict["evidence"]
+    assert "through time in layers.0" in verdict["evidence"]
+
+
 def test_missing_measurements_give_healthy_with_a_reason():
     assert time_flow({"layers": []}) is None and depth_flow({"layers": [{"name": "layers.0"}]}) is None
     verdict = diagnose({"status": "completed", "layers": [{"name": "layers.0"}]}, Factors(depth=1), CONF)
