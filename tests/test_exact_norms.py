@@ -47,8 +47,8 @@ def test_combined_norm_and_non_finite_entries():
     tensors = ladder(torch.float32, seed=1)[:20]
     total = combined_norm(exact_norms(tensors)).item()
     assert total == pytest.approx(f64_norm(torch.cat([t.flatten() for t in tensors])), rel=1e-5, abs=0.0)
-    inf, nan = exact_norms([torch.tensor([1.0, math.inf]), torch.tensor([1.0, math.nan])])
-    assert inf.item() == math.inf and math.isnan(nan.item())
+    inf, nan, empty = exact_norms([torch.tensor([1.0, math.inf]), torch.tensor([1.0, math.nan]), torch.empty(0)])
+    assert inf.item() == math.inf and math.isnan(nan.item()) and empty.item() == 0.0
 
 
 def test_zero_denominators_are_inf_not_nan():
