@@ -106,3 +106,17 @@ def test_deep_sigmoid_mlp_layers_below_float32_squares_are_exact(run_tiny):
         assert layer["grad_norm"]["first"] == pytest.approx(expected, rel=1e-5, abs=0.0)
     verdict = summary["verdict"]
     assert summary["layers"][0]["act_grad_norm"]["first"] > 0 and "gets 0 of" not in verdict["evidence"]
+
+
+def test_readme_rnn_figure_is_what_a_fresh_run_measures(run_tiny):
+    """README's tanh RNN figure (issue 10, item 6: it said ~1e-9, the truth is ~2e-21). Step 0 does not depend on
+    training, so one step reproduces it; the float64 autograd oracle checks the number itself."""
+    from pathlib import Path
+
+    overrides = ["model=rnn", "data.seq_len=100", "log.bptt_every=50", "train.steps=1"]
+    _, run_dir = run_tiny(overrides, tiny=False)
+    profile = json.load(open(os.path.join(run_dir, "summary.json")))["bptt"]["layers.0"]["first"]
+    oracle = elman_oracle(overrides + ["model.width=64", "model.depth=1", "train.batch_size=64"])
+    assert profile[0] / profile[-1] == pytest.approx(oracle[0] / oracle[-1], rel=1e-5)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"‖∂L/∂h_0‖ is {profile[0] / profile[-1]:.2g} of ‖∂L/∂h_99‖" in readme
