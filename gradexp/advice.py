@@ -1,18 +1,27 @@
-"""What to try: overrides a user can paste after `gradexp run`, chosen by the cause a verdict found
-(saturating activation, init scale, depth, recurrence, learning rate)."""
+"""What to try: overrides a user can paste after `gradexp run`, chosen by the cause the evidence points to
+(saturation, dead units, init scale against the mean-field gain of a proper init, the activation's derivative,
+depth, recurrence, learning rate).
+
+Every suggestion is a string of space-separated overrides that changes at least one value of this run (one that
+is already in force is dropped) and that gradexp accepts (tests/test_advice.py runs each one for a step)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 SATURATING = ("sigmoid", "tanh", "softsign")
 RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu")
 FEEDFORWARD = ("mlp", "cnn")
+SATURATED = 0.2          # a layer with this share of saturated entries (dead units) is blamed on them
+HEALTHY_THEORY = 0.8     # a proper init whose mean-field gain is at least this fixes an init-scale problem
+RECURRENT_GAIN_RANGE = (0.5, 2.0)  # suggested init.recurrent_gain stays within this
+DEFAULT_RECURRENT_RADIUS = 1 / math.sqrt(3)  # PyTorch's U(+-1/sqrt(H)) weight_hh: spectral radius ~ 1/sqrt(3)
 
 
 @dataclass
 class Factors:
-    """The composed factors a cause can be pinned on (read from the run's config)."""
+    """The composed factors a cause can be pinned on (read from the run's config), and the values in force."""
     family: str = "mlp"
     depth: int = 6
     residual: bool = False
@@ -22,53 +31,129 @@ class Factors:
     norm: str = "none"
     lr: float = 1e-3
     clip: str = "none"
+    recurrent: Optional[str] = None          # init.recurrent (None: same as init)
+    recurrent_gain: Optional[float] = None   # init.recurrent_gain (None: init.gain)
+    clip_option: str = "none"                # the clip group option in force, e.g. norm_1.0
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "Factors":
         from gradexp.config import model_family
 
+        c = cfg.clip
+        option = "none" if c.mode == "none" else f"norm_{c.max_norm}" if c.mode == "norm" else f"value_{c.value}"
         return cls(model_family(cfg), cfg.model.depth, cfg.model.residual, cfg.activation.name, cfg.init.scheme,
-                   cfg.init.gain, cfg.norm.name, cfg.optimizer.lr, cfg.clip.mode)
+                   cfg.init.gain, cfg.norm.name, cfg.optimizer.lr, c.mode, cfg.init.recurrent, cfg.init.recurrent_gain,
+                   option)
+
+    def in_force(self) -> dict[str, str]:
+        """override key -> the value this run has, as the command line would spell it."""
+        return {
+            "model": self.family, "activation": self.activation, "init": self.init, "norm": self.norm,
+            "clip": self.clip_option, "model.residual": str(self.residual).lower(),
+            "init.gain": f"{self.init_gain:g}", "optimizer.lr": f"{self.lr:g}",
+            "init.recurrent": self.recurrent or self.init,
+            "init.recurrent_gain": f"{self.recurrent_gain if self.recurrent_gain is not None else self.init_gain:g}",
+        }
 
 
-def suggest(label: str, axis: str, f: Factors, depth_label: Optional[str] = None) -> tuple[str, list[str]]:
-    """(cause, overrides) for a label found along `axis` ('depth' or 'time'). `depth_label` adds the depth
-    advice to a diverged run whose gradients also exploded or vanished across layers."""
+@dataclass
+class Evidence:
+    """What the logs say at the step that decided the verdict (diagnose.gather)."""
+    when: str = "first"                       # "first" | "last" logged step
+    saturation: Optional[float] = None        # the largest act_saturation over layers (dead share for ReLUs)
+    gain: Optional[float] = None              # measured per-layer gain
+    time_gain: Optional[float] = None         # measured per-time-step gain (recurrent models)
+    theory_gain: Optional[float] = None       # mean-field gain of this run's init (step 0, plain MLPs)
+    measured_init_gain: Optional[float] = None  # the measured gain it is compared with (step 0, same layers)
+    theory_alternatives: dict[str, float] = field(default_factory=dict)  # "init=..." -> its mean-field gain
+
+
+def suggest(label: str, axis: str, f: Factors, ev: Evidence, end_label: Optional[str] = None) -> tuple[str, str, list[str]]:
+    """(cause, the evidence sentence behind it, overrides) for a label found along `axis` ('depth' or 'time').
+    `end_label` adds the flow advice to a diverged run whose gradients also exploded or vanished at the end."""
     if label == "healthy":
-        return "", []
+        return "", "", []
     if label == "diverged":
-        cause, fixes = "learning rate / unbounded updates", [f"optimizer.lr={f.lr / 10:g}", *_clip(f)]
-        if depth_label in ("vanishing", "exploding"):
-            fixes += suggest(depth_label, "depth", f)[1]
-        return cause, _unique(fixes)
+        fixes = [f"optimizer.lr={f.lr / 10:g}", *_clip(f)]
+        if end_label in ("vanishing", "exploding"):
+            fixes += suggest(end_label, "depth", f, ev)[2]
+        return "learning rate / unbounded updates", "", changes(fixes, f)
     if axis == "time":
-        return _through_time(label, f)
-    return _vanishing(f) if label == "vanishing" else _exploding(f)
+        cause, why, fixes = _through_time(label, f, ev)
+    elif label == "vanishing":
+        cause, why, fixes = _vanishing(f, ev)
+    else:
+        cause, why, fixes = _exploding(f)
+    return cause, why, changes(fixes, f)
 
 
-def _vanishing(f: Factors) -> tuple[str, list[str]]:
-    if f.activation in SATURATING:
-        return f"saturating activation ({f.activation})", _unique(["activation=relu init=kaiming_normal", *_depth(f)])
+def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
+    if ev.saturation is not None and ev.saturation >= SATURATED:
+        what = "dead units" if f.activation in RELU_LIKE or f.activation == "selu" else "saturating activation"
+        at = "at step 0" if ev.when == "first" else "at the end of training"
+        why = f"Up to {ev.saturation:.0%} of a layer's {'units are dead' if what == 'dead units' else 'entries are saturated'} {at} (act_saturation)."
+        fixes = ["activation=leaky_relu init=kaiming_normal"] if what == "dead units" else ["activation=relu init=kaiming_normal"]
+        return f"{what} ({f.activation})", why, [*fixes, *_depth(f)]
+    at = "At step 0" if ev.when == "first" else "At the end of training"
+    quiet = "" if ev.saturation is None else f"{at} saturation is not the cause (act_saturation ≤ {ev.saturation:.3f} in every layer)."
+    best = _best_alternative(ev)
+    if ev.theory_gain is not None and ev.measured_init_gain is not None and best is not None:
+        override, predicted = best
+        why = (f"{quiet} Measured gain at step 0 ×{ev.measured_init_gain:.3g} per layer, mean-field theory ×{ev.theory_gain:.3g} for "
+               f"init={f.init}; {override} predicts ×{predicted:.3g}.").strip()
+        if predicted >= HEALTHY_THEORY:
+            return f"init scale ({f.init}, gain {f.init_gain:g})", why, [override, *_depth(f)]
+        return (f"activation ({f.activation}): its derivative keeps the gain low at any init", why,
+                ["activation=relu init=kaiming_normal", *_depth(f)])
+    if f.activation == "sigmoid":
+        return "activation (sigmoid): its derivative is at most 1/4", quiet, ["activation=relu init=kaiming_normal", *_depth(f)]
     if _init_too_small(f):
-        return f"init scale ({f.init}, gain {f.init_gain:g})", _unique([_matched_init(f), *_depth(f)])
-    return f"depth ({f.depth} layers)", _unique(_depth(f) or [_matched_init(f)])
+        return f"init scale ({f.init}, gain {f.init_gain:g})", quiet, [_matched_init(f), *_depth(f)]
+    return f"depth ({f.depth} layers)", quiet, _depth(f) or [_matched_init(f)]
 
 
-def _exploding(f: Factors) -> tuple[str, list[str]]:
+def _best_alternative(ev: Evidence) -> Optional[tuple[str, float]]:
+    """The proper init whose mean-field gain is closest to 1."""
+    if not ev.theory_alternatives:
+        return None
+    return min(ev.theory_alternatives.items(), key=lambda kv: abs(math.log(kv[1])) if kv[1] > 0 else math.inf)
+
+
+def _exploding(f: Factors) -> tuple[str, str, list[str]]:
     fixes = [_matched_init(f)] if f.init_gain > 1 or f.init in ("normal", "default") else []
     if f.init_gain > 1:
         fixes.append("init.gain=1.0")
     fixes += [*_norm(f), *_clip(f), f"optimizer.lr={f.lr / 10:g}"]
     cause = f"init scale ({f.init}, gain {f.init_gain:g})" if f.init_gain > 1 or f.init == "normal" else f"depth ({f.depth} layers)"
-    return cause, _unique(fixes)
+    return cause, "", fixes
 
 
-def _through_time(label: str, f: Factors) -> tuple[str, list[str]]:
-    fixes = ["model=lstm", "model=gru"] if f.family == "rnn" else []
-    fixes.append("init.recurrent=orthogonal")
+def _through_time(label: str, f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
+    """A first-order remedy: the recurrent Jacobian scales with weight_hh's spectral radius, so dividing the
+    radius by the measured per-step gain moves that gain toward 1 (pascanu2013 shows the effect)."""
+    radius = _recurrent_radius(f)
+    target = None
+    if ev.time_gain:
+        low, high = RECURRENT_GAIN_RANGE
+        target = min(high, max(low, round(radius / ev.time_gain, 2)))
+    fixes = ["model=lstm", "model=gru"] if f.family == "rnn" and label == "vanishing" else []  # hochreiter1997
+    if target is not None:
+        fixes.append(f"init.recurrent=orthogonal init.recurrent_gain={target:g}")
     if label == "exploding":
         fixes = [*_clip(f), *fixes, f"optimizer.lr={f.lr / 10:g}"]
-    return f"recurrence ({f.family})", _unique(fixes)
+    why = ""
+    if ev.time_gain is not None:
+        why = (f"The recurrent weights ({f.recurrent or f.init}, weight_hh) have spectral radius ~{radius:.2g} and the "
+               f"gradient changes ×{ev.time_gain:.3g} per time step.")
+    return f"recurrence ({f.family})", why, fixes
+
+
+def _recurrent_radius(f: Factors) -> float:
+    """Spectral radius of weight_hh at init: orthogonal and xavier (square) give the gain; PyTorch's default
+    ~1/sqrt(3); other schemes: the gain (a rough figure)."""
+    scheme = f.recurrent or f.init
+    gain = f.recurrent_gain if f.recurrent_gain is not None else f.init_gain
+    return DEFAULT_RECURRENT_RADIUS if scheme == "default" else gain
 
 
 def _init_too_small(f: Factors) -> bool:
@@ -79,8 +164,6 @@ def _init_too_small(f: Factors) -> bool:
 
 def _matched_init(f: Factors) -> str:
     """The init scheme that preserves gradient scale for this activation."""
-    if f.activation in RELU_LIKE:
-        return "init=kaiming_normal"
     return "init=xavier_normal" if f.activation in SATURATING or f.activation == "identity" else "init=kaiming_normal"
 
 
@@ -100,5 +183,24 @@ def _clip(f: Factors) -> list[str]:
     return ["clip=norm_1.0"] if f.clip == "none" else []
 
 
-def _unique(items: list[str]) -> list[str]:
-    return list(dict.fromkeys(items))
+def changes(suggestions: list[str], f: Factors) -> list[str]:
+    """Each suggestion with the overrides already in force left out; one that would change nothing is dropped."""
+    current, out = f.in_force(), []
+    for suggestion in suggestions:
+        kept = [o for o in suggestion.split() if not _same(current.get(_key(o)), o.split("=", 1)[1])]
+        if kept:
+            out.append(" ".join(kept))
+    return list(dict.fromkeys(out))
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _same(current: Optional[str], value: str) -> bool:
+    if current is None:
+        return False
+    try:
+        return math.isclose(float(current), float(value))
+    except ValueError:
+        return current == value

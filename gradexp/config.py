@@ -82,6 +82,7 @@ class TrainConf:
     stop_on_nonfinite: bool = True
     checkpoint_every: int = 100     # periodic checkpoint interval in steps; 0 = only when interrupted
     deterministic: bool = False     # torch.use_deterministic_algorithms (slower on CUDA)
+    threads: Optional[int] = None   # torch CPU threads; None = the launcher's share, else torch's default
 
 
 @dataclass
@@ -166,6 +167,7 @@ _RANGES = [
     ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("train.eval_every", lambda v: v >= 1, "an integer >= 1"),
     ("train.checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: checkpoint only when interrupted)"),
+    ("train.threads", lambda v: v is None or v >= 1, "an integer >= 1, or null for the launcher's share / torch's default"),
     ("log.every", lambda v: v >= 1, "an integer >= 1"),
     ("reg.l1", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("reg.l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),

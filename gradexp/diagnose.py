@@ -1,19 +1,33 @@
-"""Verdicts from measurements: read the per-layer (and, for recurrent models, per-time-step) gradient norms that
-summary.json holds, and label the run vanishing | exploding | healthy | diverged with a sentence of evidence.
+"""Verdicts from measurements: is gradient flow a problem in this run, and when?
 
-Measures come from gradexp.flow (per-layer gain, first/last ratio); what to try comes from gradexp.advice.
-Nothing here touches torch: it works on the summary dict, so `gradexp report` and tests can call it on any run."""
+Reads the per-layer (and, for recurrent models, per-time-step) gradient norms that summary.json holds and judges
+two moments apart: at initialisation (the first logged step) and at the end of training (the last logged step).
+The headline label (vanishing | exploding | healthy | diverged) is
+- diverged when the loss or a gradient went NaN/Inf;
+- the end-of-training label when the gradient does not reach every layer (time step) at a usable size by the end
+  (`classify`: what reaches index 0 is below diagnose.vanishing_ratio or above diagnose.exploding_ratio of what
+  the last index gets);
+- the initialisation label when the run started with a gradient problem and did not train (its last train loss
+  is above TRAINED_LOSS_RATIO x its first): the problem cost the run its training. For a run that does not
+  train, a per-layer (per-step) gain past its threshold is itself a problem (`classify(strict=True)`);
+- healthy otherwise: the gradient reaches every layer at a usable size at the end, and the run trains (a run that
+  starts vanishing and recovers says so in the evidence).
+The cause and what to try come from gradexp.advice, given the evidence gathered here (saturation, dead units,
+measured gain against the mean-field gain, gain through time). Nothing here touches torch: it works on the summary
+dict, so `gradexp report` and tests can call it on any run."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from gradexp.advice import Factors, suggest
+from gradexp.advice import Evidence, Factors, suggest
 from gradexp.flow import first_last_ratio, per_layer_gain
 
 SYMBOL = {"act_grad_norm": "‖∂L/∂h‖", "grad_norm": "‖∂L/∂θ‖"}
-WHEN = {"first": "at step 0", "last": "at the last logged step"}
+MOMENTS = {"at_init": "first", "at_end": "last"}  # verdict key -> summary key of the logged step it judges
+WHEN = {"first": "at initialisation (step 0)", "last": "at the end of training"}
+TRAINED_LOSS_RATIO = 0.5  # "trains": the last logged train loss is at most half the first
 
 
 @dataclass
@@ -25,7 +39,7 @@ class Flow:
     length: int                       # layers (or time steps) measured
 
     def worst(self) -> str:
-        """'first' or 'last': the step whose gain is farthest from 1 (the verdict is about the worse of the two)."""
+        """'first' or 'last': the step whose gain is farthest from 1 (gradexp report's gain column)."""
         known = [w for w in ("first", "last") if self.gain[w] is not None]
         if not known:
             return "last"
@@ -42,13 +56,18 @@ def depth_flow(summary: dict[str, Any]) -> Optional[Flow]:
     return None
 
 
-def time_flow(summary: dict[str, Any]) -> Optional[Flow]:
-    """Flow across time steps (summary['bptt'], recurrent models): the layer whose gain is farthest from 1."""
-    flows = [_flow(f"bptt_grad_norm/{name}", {w: [_num(v) for v in per_step.get(w) or []] for w in ("first", "last")},
-                   len(per_step.get("last") or per_step.get("first") or []))
-             for name, per_step in sorted((summary.get("bptt") or {}).items())]
-    flows = [f for f in flows if f.gain[f.worst()] is not None]
-    return max(flows, key=lambda f: abs(math.log(f.gain[f.worst()])), default=None)
+def time_flows(summary: dict[str, Any]) -> list[Flow]:
+    """One flow across time steps per recurrent layer (summary['bptt'])."""
+    return [_flow(f"bptt_grad_norm/{name}", {w: [_num(v) for v in per_step.get(w) or []] for w in ("first", "last")},
+                  len(per_step.get("last") or per_step.get("first") or []))
+            for name, per_step in sorted((summary.get("bptt") or {}).items())]
+
+
+def time_flow(summary: dict[str, Any], when: Optional[str] = None) -> Optional[Flow]:
+    """The recurrent layer whose gain through time is farthest from 1 at `when` (default: at its worse step)."""
+    known = [(f, when or f.worst()) for f in time_flows(summary)]
+    known = [(f, w) for f, w in known if f.gain[w] is not None]
+    return max(known, key=lambda fw: abs(math.log(fw[0].gain[fw[1]])), default=(None, None))[0]
 
 
 def _flow(quantity: str, series: dict[str, list[float]], length: int) -> Flow:
@@ -60,72 +79,135 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def classify(flow: Optional[Flow], low_gain: float, high_gain: float, conf: Any) -> str:
-    """vanishing | exploding | healthy for the worse step of one flow (gain first, then the first/last ratio)."""
+def classify(flow: Optional[Flow], when: str, low_gain: float, high_gain: float, conf: Any, strict: bool) -> str:
+    """vanishing | exploding | healthy for one flow at one step.
+    Not strict (a run that trains): by whether the gradient reaches index 0 at a usable size, i.e. the measured
+    first/last ratio, or the fitted per-step gain compounded over the axis when that gain is itself past its
+    threshold (robust to a noisy end point), lies outside [vanishing_ratio, exploding_ratio]: a gain of 0.8 over
+    6 layers (layer 0 gets 0.33) is usable, over 40 time steps (1e-4) it is not.
+    Strict (a run that does not train): a per-step gain past its threshold is enough (the old rule)."""
     if flow is None:
         return "healthy"
-    gain, ratio = flow.gain[flow.worst()], flow.ratio[flow.worst()]
-    if gain is not None and gain < low_gain:
+    gain, ratio = flow.gain[when], flow.ratio[when]
+    across = gain ** (flow.length - 1) if gain is not None else None  # the fit's first/last ratio
+    low = gain is not None and gain < low_gain and (strict or across < conf.vanishing_ratio)
+    high = gain is not None and gain > high_gain and (strict or across > conf.exploding_ratio)
+    if low or (ratio is not None and ratio < conf.vanishing_ratio):
         return "vanishing"
-    if gain is not None and gain > high_gain:
-        return "exploding"
-    if ratio is not None and ratio < conf.vanishing_ratio:  # a steep drop confined to a few layers
-        return "vanishing"
-    if ratio is not None and ratio > conf.exploding_ratio:
+    if high or (ratio is not None and ratio > conf.exploding_ratio):
         return "exploding"
     return "healthy"
 
 
-def diagnose(summary: dict[str, Any], factors: Factors, conf: Any) -> dict[str, Any]:
-    """The verdict dict stored in summary.json: label, cause, evidence, suggestions and the numbers behind them.
-    `conf` is the `diagnose` config node (thresholds)."""
-    depth, time = depth_flow(summary), time_flow(summary)
-    depth_label = classify(depth, conf.vanishing_gain, conf.exploding_gain, conf)
-    time_label = classify(time, conf.time_vanishing_gain, conf.time_exploding_gain, conf)
-    sentences = [s for s in (depth_evidence(depth), time_evidence(time)) if s]
-    if summary.get("status") == "diverged" or summary.get("nonfinite"):
-        label, axis = "diverged", "depth"
-        sentences.insert(0, diverged_evidence(summary))
-    elif depth_label != "healthy":
-        label, axis = depth_label, "depth"
-    else:
-        label, axis = time_label, "time" if time_label != "healthy" else "depth"
-    cause, suggestions = suggest(label, axis, factors, depth_label if label == "diverged" else None)
+def moment(depth: Optional[Flow], time: Optional[Flow], when: str, conf: Any, strict: bool) -> dict[str, Any]:
+    """The verdict on one logged step: its label, the axis it was found along, and the gains behind it.
+    `usable` is the label by usable size alone (what the headline asks of the end of training)."""
+    labels = {}
+    for rule in sorted({strict, False}):
+        depth_label = classify(depth, when, conf.vanishing_gain, conf.exploding_gain, conf, rule)
+        time_label = classify(time, when, conf.time_vanishing_gain, conf.time_exploding_gain, conf, rule)
+        labels[rule] = (depth_label, "depth") if depth_label != "healthy" else (time_label, "time")
+    label, axis = labels[strict]
     return {
-        "label": label, "cause": cause, "evidence": " ".join(sentences) or "no per-layer gradients were measured.",
-        "suggestions": suggestions,
-        "gain": depth.gain[depth.worst()] if depth else None,
-        "first_last_ratio": depth.ratio[depth.worst()] if depth else None,
-        "time_gain": time.gain[time.worst()] if time else None,
+        "label": label, "axis": axis if label != "healthy" else None, "usable": labels[False][0],
+        "gain": depth.gain[when] if depth else None, "first_last_ratio": depth.ratio[when] if depth else None,
+        "time_gain": time.gain[when] if time else None, "time_first_last_ratio": time.ratio[when] if time else None,
+        "time_layer": time.quantity.split("/", 1)[1] if time else None,
     }
 
 
-def depth_evidence(flow: Optional[Flow]) -> str:
-    if flow is None:
-        return "Fewer than two hidden layers: nothing for the gradient to vanish across."
-    return _sentence(flow, SYMBOL[flow.quantity], "layer", "per layer")
+def trained(summary: dict[str, Any]) -> Optional[bool]:
+    """Did the train loss fall to TRAINED_LOSS_RATIO of its first logged value? None when it cannot be told."""
+    first = (summary.get("initial") or {}).get("loss/train")
+    last = (summary.get("final") or {}).get("loss/train")
+    if first is None or last is None or not first > 0 or summary.get("steps", 0) < 2:
+        return None
+    return last <= TRAINED_LOSS_RATIO * first
 
 
-def time_evidence(flow: Optional[Flow]) -> str:
-    if flow is None:
-        return ""
-    layer = flow.quantity.split("/", 1)[1]
-    return _sentence(flow, f"Through time in {layer}, ‖∂L/∂h_t‖", "time step", "per time step")
+def headline(summary: dict[str, Any], at_init: dict, at_end: dict, trains: Optional[bool]) -> tuple[str, str]:
+    """(label, 'at_init' | 'at_end'): what the run's gradient flow amounts to, and the moment that decides it.
+    A run that does not train is judged first by its start: a problem there is what cost it the training."""
+    if summary.get("status") == "diverged" or summary.get("nonfinite"):
+        return "diverged", "at_end"
+    if at_end["usable"] != "healthy":
+        return at_end["usable"], "at_end"
+    if trains is not True:
+        for key, judged in (("at_init", at_init), ("at_end", at_end)):
+            if judged["label"] != "healthy":
+                return judged["label"], key
+    return "healthy", "at_end"
 
 
-def _sentence(flow: Flow, what: str, unit: str, per: str) -> str:
-    worst = flow.worst()
-    gain, ratio = flow.gain[worst], flow.ratio[worst]
+def diagnose(summary: dict[str, Any], factors: Factors, conf: Any) -> dict[str, Any]:
+    """The verdict dict stored in summary.json: label, the two moments, cause, evidence and suggestions.
+    `conf` is the `diagnose` config node (thresholds)."""
+    depth = depth_flow(summary)
+    times = {w: time_flow(summary, w) for w in ("first", "last")}
+    trains = trained(summary)
+    moments = {key: moment(depth, times[w], w, conf, strict=trains is not True) for key, w in MOMENTS.items()}
+    label, decisive = headline(summary, moments["at_init"], moments["at_end"], trains)
+    judged = moments[decisive]
+    since_init = moments["at_init"]["label"] == label  # the problem was there from the start: look for its root there
+    evidence = gather(summary, "first" if since_init else MOMENTS[decisive], judged, since_init)
+    cause, why, suggestions = suggest(label, judged["axis"] or "depth", factors, evidence,
+                                      moments["at_end"]["label"] if label == "diverged" else None)
+    sentences = [diverged_evidence(summary)] if label == "diverged" else []
+    sentences += [moment_sentence(depth, times[w], w) for w in ("first", "last")]
+    sentences += [training_sentence(summary, trains), why]
+    return {
+        "label": label, "decided_by": decisive, "cause": cause,
+        "evidence": " ".join(s for s in sentences if s), "suggestions": suggestions,
+        "at_init": moments["at_init"], "at_end": moments["at_end"], "trained": trains,
+        # the gains of the moment that decided the label (HParams, gradexp report)
+        "gain": judged["gain"], "first_last_ratio": judged["first_last_ratio"], "time_gain": judged["time_gain"],
+    }
+
+
+def gather(summary: dict[str, Any], when: str, judged: dict, since_init: bool) -> Evidence:
+    """What the logs say about the cause at step `when`: saturation / dead units, the judged gains, and (when the
+    problem was there from initialisation) the step-0 mean-field theory of this init and of proper ones."""
+    fractions = [layer["act_saturation"][when] for layer in summary.get("layers") or []
+                 if layer.get("act_saturation") and layer["act_saturation"].get(when) is not None]
+    theory = summary.get("theory") or {}
+    return Evidence(
+        when=when, saturation=max(fractions) if fractions else None,
+        gain=judged["gain"], time_gain=judged["time_gain"],
+        theory_gain=theory.get("predicted_gain") if since_init else None,
+        theory_alternatives=(theory.get("alternatives") or {}) if since_init else {},
+        measured_init_gain=theory.get("measured_gain"),
+    )
+
+
+def moment_sentence(depth: Optional[Flow], time: Optional[Flow], when: str) -> str:
+    """'At initialisation (step 0): ‖∂L/∂h‖ shrinks ×0.41 per layer, layer 0 gets 0.012 of layer 5's gradient.'
+    A recurrent model with one layer has only the through-time clause (no depth to speak of)."""
+    parts = []
+    if depth is not None:
+        parts.append(_clause(depth, when, SYMBOL[depth.quantity], "layer", "per layer"))
+    if time is not None:
+        layer = time.quantity.split("/", 1)[1]
+        parts.append(_clause(time, when, f"through time in {layer}, ‖∂L/∂h_t‖", "time step", "per time step"))
+    if not parts:
+        return "" if when == "last" else "Fewer than two hidden layers and no time steps measured: nothing to judge."
+    return f"{WHEN[when][0].upper()}{WHEN[when][1:]}: " + "; ".join(parts) + "."
+
+
+def _clause(flow: Flow, when: str, what: str, unit: str, per: str) -> str:
+    gain, ratio = flow.gain[when], flow.ratio[when]
     if gain is None:
-        return f"{what}: no finite norms {WHEN[worst]}."
-    verb = "shrinks" if gain < 1 else "grows"
-    text = f"{what} {verb} ×{gain:.3g} {per} {WHEN[worst]}"
+        return f"{what}: no finite norms"
+    text = f"{what} {'shrinks' if gain < 1 else 'grows'} ×{gain:.3g} {per}"
     if ratio is not None:
-        text += f"; {unit} 0 gets {ratio:.2g} of {unit} {flow.length - 1}'s gradient"
-    other = "last" if worst == "first" else "first"
-    if flow.gain[other] is not None:
-        text += f" (×{flow.gain[other]:.3g} {WHEN[other]})"
-    return text + "."
+        text += f", {unit} 0 gets {ratio:.2g} of {unit} {flow.length - 1}'s gradient"
+    return text
+
+
+def training_sentence(summary: dict[str, Any], trains: Optional[bool]) -> str:
+    if trains is None:
+        return ""
+    first, last = summary["initial"]["loss/train"], summary["final"]["loss/train"]
+    return f"Train loss {first:.3g} → {last:.3g}: {'it trains' if trains else 'it does not train'}."
 
 
 def diverged_evidence(summary: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from gradexp.advice import Factors
 from gradexp.checkpoint import Checkpointer
 from gradexp.config import validate
 from gradexp.diagnose import diagnose
+from gradexp.launch import apply_explicit_threads
 from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Instruments
 from gradexp.reproducible import use_deterministic
@@ -36,6 +37,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
     state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
     os.makedirs(run_dir, exist_ok=True)
     use_deterministic(cfg.train.deterministic)
+    apply_explicit_threads(cfg.train.threads)  # before anything computes: results depend on the count
     dev = build.device(cfg)
     task = build.task(cfg, dev)
     model = build.model(cfg, task, dev)
@@ -43,10 +45,11 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
     summary = SummarySink(run_dir, overrides, layer_names)
     sinks = [
-        TensorBoardViews(tensorboard.writer, run_hparams(cfg, overrides), layer_names),  # before tensorboard (writer)
+        TensorBoardViews(tensorboard.writer, {**run_hparams(cfg, overrides), "perf.torch_threads": torch.get_num_threads()},
+                         layer_names),  # before tensorboard: it uses its writer
         tensorboard,
         summary,
-        TerminalSink(cfg.train.steps, run_dir, console=console),
+        TerminalSink(cfg.train.steps, run_dir, console=console, overrides=overrides),
     ]
     sinks += theory_sink.attach(cfg, task, sinks)  # mean-field baseline beside act_grad_norm (mlp only)
     run = Run(

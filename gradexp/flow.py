@@ -26,3 +26,19 @@ def first_last_ratio(norms: Sequence[float]) -> Optional[float]:
     if len(norms) < 2 or not norms[-1] or norms[0] is None or not all(math.isfinite(n) for n in (norms[0], norms[-1])):
         return None
     return norms[0] / norms[-1]
+
+
+def gain_spread(norms: Sequence[float]) -> Optional[dict[str, object]]:
+    """How far a measured per-layer gain can be trusted: the per-layer gains norms[i-1]/norms[i] vary around the
+    fitted one (random weights make each layer's factor a random variable, and a single net is one draw).
+    Returns their range and a ~95 % interval of their geometric mean, exp(mean ± 2 sd/sqrt(n)) of the log-ratios
+    (treating layers as independent draws); None with fewer than three usable layers (no spread to speak of)."""
+    logs = [math.log(a / b) for a, b in zip(norms[:-1], norms[1:])
+            if a is not None and b is not None and math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0]
+    if len(logs) < 2:
+        return None
+    mean = sum(logs) / len(logs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
+    half = 2 * sd / math.sqrt(len(logs))
+    return {"per_layer": [math.exp(min(logs)), math.exp(max(logs))], "interval95": [math.exp(mean - half), math.exp(mean + half)],
+            "layers": len(logs) + 1}

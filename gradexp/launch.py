@@ -1,15 +1,18 @@
-"""Torch threads for jobs that share the machine with other jobs of the same sweep.
+"""Torch threads: `train.threads` when set, else the launcher's share of the CPUs, else torch's default.
+
+The thread count changes end-of-training numbers (reductions split differently), so an explicit
+`train.threads` wins and every run records the count it used (summary.json perf.torch_threads, HParams).
 
 `hydra/launcher=joblib` runs n_jobs sweep jobs at once in loky worker processes. Loky already exports
 OMP_NUM_THREADS=cpu_count//n_jobs to its workers (unless the parent set it), which torch's intra-op pool
 honours, but a user's exported OMP_NUM_THREADS (or a machine-sized default) would still oversubscribe, so each
 job sets torch's thread count itself: cpus // n_jobs, at least 1. `submitit_*` jobs get `cpus_per_task` threads
-when the launcher sets it (SLURM gives each task its own cores). The basic launcher runs one job at a time:
-torch's default is left alone."""
+when the launcher sets it (SLURM gives each task its own cores); any other job running under SLURM gets
+SLURM_CPUS_PER_TASK. Otherwise (the basic launcher, one job at a time) torch's default is left alone."""
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 
 def available_cpus() -> int:
@@ -19,8 +22,9 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def threads_per_job(launcher: Any, cpus: int) -> Optional[int]:
+def threads_per_job(launcher: Any, cpus: int, env: Optional[Mapping[str, str]] = None) -> Optional[int]:
     """Threads one job should use under `launcher` (the hydra.launcher node), None for torch's default."""
+    env = os.environ if env is None else env
     target = str(launcher._target_)
     if target.endswith("JoblibLauncher"):
         n_jobs = launcher.n_jobs
@@ -28,6 +32,8 @@ def threads_per_job(launcher: Any, cpus: int) -> Optional[int]:
         return max(1, cpus // max(1, parallel))
     if "submitit" in target and launcher.cpus_per_task:
         return int(launcher.cpus_per_task)
+    if env.get("SLURM_CPUS_PER_TASK", "").isdigit() and int(env["SLURM_CPUS_PER_TASK"]) >= 1:
+        return int(env["SLURM_CPUS_PER_TASK"])  # srun/sbatch: the cores SLURM gave this task
     return None
 
 
@@ -39,3 +45,11 @@ def configure_threads(launcher: Any) -> Optional[int]:
 
         torch.set_num_threads(threads)
     return threads
+
+
+def apply_explicit_threads(threads: Optional[int]) -> None:
+    """`train.threads` (validated >= 1) overrides whatever the launcher's share set; null leaves it."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)

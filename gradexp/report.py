@@ -78,6 +78,7 @@ def row(r: RunRecord, keys: list[str], theory: bool = False, time: bool = False)
     out.update({"gain": r.gain, "first/last": r.ratio, "verdict": r.verdict.get("label", "")})
     if theory:  # summary["theory"] (MLPs): the gain mean-field theory predicts for this init and activation
         out["theory gain"] = r.theory_gain
+        out["measured gain, step 0"] = r.theory_measured  # with its spread: agreement vs one net's noise
     if time:  # summary["bptt"] (recurrent runs): factor per time step travelled backward
         out["time gain"] = r.time_gain
     out["steps/s"] = r.steps_per_s

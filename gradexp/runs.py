@@ -25,6 +25,7 @@ class RunRecord:
     ratio: Optional[float] = None      # first/last ratio of that step
     steps_per_s: Optional[float] = None
     theory_gain: Optional[float] = None
+    theory_measured: str = ""          # the step-0 measured gain theory is compared with, and its ~95 % interval
     profile: dict[str, list[float]] = field(default_factory=dict)  # "first"/"last" -> norm per hidden layer
     quantity: str = ""
     theory_profile: list[float] = field(default_factory=list)  # predicted norm per hidden layer at step 0
@@ -69,9 +70,11 @@ def _fill(record: RunRecord, summary: dict[str, Any]) -> None:
     record.verdict = summary.get("verdict") or {}
     record.steps_per_s = (summary.get("perf") or {}).get("steps_per_s")
     record.theory_gain = (summary.get("theory") or {}).get("predicted_gain")
+    record.theory_measured = measured_with_spread(summary.get("theory") or {})
     flow = depth_flow(summary)
     if flow is not None:
-        record.gain, record.ratio = flow.gain[flow.worst()], flow.ratio[flow.worst()]
+        when = judged_step(summary, flow)
+        record.gain, record.ratio = flow.gain[when], flow.ratio[when]
         record.gains = dict(flow.gain)
         record.quantity = flow.quantity
         record.profile = {w: [_num(layer[flow.quantity][w]) for layer in summary["layers"]] for w in ("first", "last")}
@@ -80,13 +83,29 @@ def _fill(record: RunRecord, summary: dict[str, Any]) -> None:
     _fill_time(record, summary)
 
 
+def judged_step(summary: dict[str, Any], flow: Any) -> str:
+    """'first' | 'last': the logged step whose verdict decided the label (verdict.decided_by); summaries written
+    before verdicts had it: the step whose gain is farthest from 1."""
+    decided = (summary.get("verdict") or {}).get("decided_by")
+    return {"at_init": "first", "at_end": "last"}.get(decided) or flow.worst()
+
+
+def measured_with_spread(theory: dict[str, Any]) -> str:
+    """'0.565 (95 % 0.52–0.61)': the measured step-0 gain with its interval (flow.gain_spread), '' without one."""
+    measured, spread = theory.get("measured_gain"), theory.get("measured_gain_spread") or {}
+    if measured is None:
+        return ""
+    low, high = spread.get("interval95") or (None, None)
+    return f"{measured:.3g}" + (f" (95 % {low:.3g}–{high:.3g})" if low is not None else "")
+
+
 def _fill_time(record: RunRecord, summary: dict[str, Any]) -> None:
     """Recurrent runs: the per-time-step profile (summary["bptt"]) of the layer whose gain through time is
     farthest from 1, at the first and the last logged bptt step."""
     flow = time_flow(summary)
     if flow is None:
         return
-    record.time_gain, record.time_gains = flow.gain[flow.worst()], dict(flow.gain)
+    record.time_gain, record.time_gains = flow.gain[judged_step(summary, flow)], dict(flow.gain)
     record.time_layer = flow.quantity.split("/", 1)[1]
     per_step = summary["bptt"][record.time_layer]
     record.time_profile = {w: [_num(v) for v in per_step[w]] for w in ("first", "last") if per_step.get(w)}

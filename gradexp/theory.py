@@ -87,13 +87,14 @@ class MeanField:
         return norms[::-1]
 
 
-def mean_field(cfg: Any, input_dim: int, input_mean_square: float) -> MeanField:
-    """Iterate the forward variance map through the configured MLP and the backward gain of each layer."""
-    act, width = cfg.activation.name, cfg.model.width
+def mean_field(cfg: Any, input_dim: int, input_mean_square: float, init: Any = None) -> MeanField:
+    """Iterate the forward variance map through the configured MLP and the backward gain of each layer
+    (with `init` in place of cfg.init when given: what another init scheme would do to the same net)."""
+    act, width, init = cfg.activation.name, cfg.model.width, cfg.init if init is None else init
     q_prev_h2 = input_mean_square  # E[h^2] feeding layer 0: the data's mean square per feature
     qs, chis = [], []
     for layer in range(cfg.model.depth):
-        sw2, sb2 = weight_variances(cfg.init, act, input_dim if layer == 0 else width, width)
+        sw2, sb2 = weight_variances(init, act, input_dim if layer == 0 else width, width)
         q = sw2 * q_prev_h2 + sb2
         q_prev_h2, dphi2 = moments(act, q)
         qs.append(q)

@@ -8,6 +8,7 @@ import pytest
 from gradexp.advice import Factors
 from gradexp.config import ConfigError, DiagnoseConf, validate
 from gradexp.diagnose import depth_flow, diagnose, time_flow
+from gradexp.sinks.terminal import command_line
 from tests.conftest import compose_config
 
 CONF = DiagnoseConf()
@@ -31,7 +32,7 @@ def test_sigmoid_profile_is_vanishing_with_numbers_and_relu_advice():
     assert verdict["first_last_ratio"] == pytest.approx(0.25 ** 19)
     assert "shrinks ×0.25 per layer" in verdict["evidence"]
     assert f"layer 0 gets {0.25 ** 19:.2g} of layer 19's gradient" in verdict["evidence"]
-    assert verdict["cause"].startswith("saturating activation")
+    assert verdict["cause"].startswith("activation (sigmoid)")  # no act_saturation logged: not "saturating"
     assert verdict["suggestions"][0] == "activation=relu init=kaiming_normal"
     assert "model.residual=true" in verdict["suggestions"] and "norm=batchnorm" in verdict["suggestions"]
 
@@ -48,12 +49,14 @@ def test_relu_with_xavier_blames_the_init_scale():
     assert verdict["suggestions"][0] == "init=kaiming_normal"
 
 
-def test_exploding_and_the_worse_of_first_and_last_step_decides():
+def test_exploding_at_the_end_decides_and_both_moments_are_reported():
     s = summary(first=geometric(1.0), last=geometric(1.6), quantity="grad_norm")
     verdict = diagnose(s, Factors(activation="relu", init="kaiming_normal", init_gain=3.0), CONF)
     assert verdict["label"] == "exploding" and verdict["gain"] == pytest.approx(1.6)
-    assert "‖∂L/∂θ‖ grows ×1.6 per layer at the last logged step" in verdict["evidence"]
-    assert "(×1 at step 0)" in verdict["evidence"]
+    assert verdict["decided_by"] == "at_end"
+    assert (verdict["at_init"]["label"], verdict["at_end"]["label"]) == ("healthy", "exploding")
+    assert "At the end of training: ‖∂L/∂θ‖ grows ×1.6 per layer" in verdict["evidence"]
+    assert "At initialisation (step 0): ‖∂L/∂θ‖ grows ×1 per layer" in verdict["evidence"]
     assert "init.gain=1.0" in verdict["suggestions"] and "clip=norm_1.0" in verdict["suggestions"]
 
 
@@ -79,8 +82,19 @@ def test_bptt_vanishing_through_time_suggests_gated_cells():
     verdict = diagnose(s, Factors(family="rnn", activation="tanh", depth=2), CONF)
     assert verdict["label"] == "vanishing" and verdict["cause"] == "recurrence (rnn)"
     assert verdict["time_gain"] == pytest.approx(0.8)
-    assert "Through time in layers.0, ‖∂L/∂h_t‖ shrinks ×0.8 per time step" in verdict["evidence"]
+    assert "through time in layers.0, ‖∂L/∂h_t‖ shrinks ×0.8 per time step" in verdict["evidence"]
     assert verdict["suggestions"][:2] == ["model=lstm", "model=gru"]
+
+
+def test_one_layer_rnn_panel_does_not_contradict_its_label():
+    """A one-layer RNN vanishing through time used to read 'nothing for the gradient to vanish across' under a
+    'vanishing' heading: only the through-time evidence is stated."""
+    per_step = geometric(0.6, n=40)
+    s = {"status": "completed", "layers": [{"name": "layers.0", "act_grad_norm": {"first": 1.0, "last": 1.0}}],
+         "nonfinite": None, "bptt": {"layers.0": {"first": per_step, "last": per_step}}}
+    verdict = diagnose(s, Factors(family="rnn", activation="tanh", depth=1), CONF)
+    assert verdict["label"] == "vanishing" and "nothing" not in verdict["evidence"]
+    assert "through time in layers.0" in verdict["evidence"]
 
 
 def test_missing_measurements_give_healthy_with_a_reason():
@@ -118,5 +132,72 @@ def test_a_run_stores_the_verdict_of_its_own_summary_and_shows_the_panel(tmp_pat
     assert saved["verdict"] == json.loads(json.dumps(outcome.verdict))
     shown = console.export_text()
     assert saved["verdict"]["label"] in shown and saved["verdict"]["evidence"][:40] in shown
+    assert "..." not in shown
     for fix in saved["verdict"]["suggestions"]:
-        assert f"gradexp run ... {fix}" in shown
+        assert command_line(overrides, fix) in shown  # a complete command line, on one line
+
+
+def trained_summary(first, last, loss=(2.3, 0.1), **extra) -> dict:
+    return summary(first, last, initial={"loss/train": loss[0]}, final={"loss/train": loss[1]}, steps=500, **extra)
+
+
+def test_a_run_that_recovers_and_trains_is_healthy_with_both_moments_stated():
+    verdict = diagnose(trained_summary(geometric(0.5), geometric(1.0)), Factors(), CONF)
+    assert verdict["label"] == "healthy" and verdict["trained"] is True and verdict["suggestions"] == []
+    assert (verdict["at_init"]["label"], verdict["at_end"]["label"]) == ("vanishing", "healthy")
+    assert verdict["at_init"]["gain"] == pytest.approx(0.5) and verdict["at_end"]["gain"] == pytest.approx(1.0)
+    assert "At initialisation (step 0)" in verdict["evidence"] and "it trains" in verdict["evidence"]
+
+
+def test_a_run_that_starts_vanishing_and_does_not_train_is_vanishing_at_init():
+    verdict = diagnose(trained_summary(geometric(0.5), geometric(1.0), loss=(2.3, 2.2)), Factors(), CONF)
+    assert verdict["label"] == "vanishing" and verdict["decided_by"] == "at_init" and verdict["trained"] is False
+
+
+def test_usable_size_not_the_per_step_rate_decides_for_a_run_that_trains():
+    short = diagnose(trained_summary(geometric(0.7, n=6), geometric(0.7, n=6)), Factors(depth=6), CONF)
+    assert short["label"] == "healthy"  # layer 0 still gets 0.7^5 = 0.17 of the top's gradient
+    per_step = geometric(0.763, n=40)  # hochreiter1997's Elman RNN at length 40 after training: 2.6e-5 reaches t=0
+    s = trained_summary(geometric(1.0, n=2), geometric(1.0, n=2), bptt={"layers.0": {"first": per_step, "last": per_step}})
+    assert diagnose(s, Factors(family="rnn", activation="tanh", depth=2), CONF)["label"] == "vanishing"
+
+
+def test_cause_follows_the_evidence_init_scale_when_nothing_saturates():
+    """tanh at PyTorch's default init: measured ×0.565, theory 0.568, no saturation: the init scale is the cause."""
+    s = summary(geometric(0.565), theory={"predicted_gain": 0.568, "measured_gain": 0.565,
+                                          "alternatives": {"init=xavier_normal": 0.879, "init=kaiming_normal": 1.9}})
+    for layer in s["layers"]:
+        layer["act_saturation"] = {"first": 0.0, "last": 0.0}
+    verdict = diagnose(s, Factors(activation="tanh", init="default", depth=20), CONF)
+    assert verdict["cause"] == "init scale (default, gain 1)" and verdict["suggestions"][0] == "init=xavier_normal"
+    for quoted in ("act_saturation ≤ 0.000", "×0.565", "×0.568", "init=xavier_normal predicts ×0.879"):
+        assert quoted in verdict["evidence"], quoted
+
+
+@pytest.mark.parametrize("activation, fraction, cause, first", [
+    ("tanh", 0.6, "saturating activation (tanh)", "activation=relu"),  # init=kaiming_normal is in force: left out
+    ("relu", 0.5, "dead units (relu)", "activation=leaky_relu"),
+])
+def test_cause_follows_the_evidence_saturation_and_dead_units(activation, fraction, cause, first):
+    s = summary(geometric(0.5))
+    for layer in s["layers"]:
+        layer["act_saturation"] = {"first": fraction, "last": fraction}
+    verdict = diagnose(s, Factors(activation=activation, init="kaiming_normal"), CONF)
+    assert verdict["cause"] == cause and verdict["suggestions"][0] == first
+    assert f"{fraction:.0%}" in verdict["evidence"]
+
+
+@pytest.mark.parametrize("gain, radius, label, expected", [(0.8, 1.0, "vanishing", "init.recurrent_gain=1.25"),
+                                                           (1.2, 2.0, "exploding", "init.recurrent_gain=1.67")])
+def test_recurrent_gain_remedy_and_nothing_already_in_force(gain, radius, label, expected):
+    """An RNN that already has orthogonal weight_hh is not told to use it; it is told the gain that moves its
+    time gain toward 1 (radius / measured gain), the remedy pascanu2013 shows to work."""
+    per_step = geometric(gain, n=40)
+    s = summary(geometric(1.0, n=2), bptt={"layers.0": {"first": per_step, "last": per_step}})
+    f = Factors(family="rnn", activation="tanh", depth=2, init="xavier_normal", recurrent="orthogonal", recurrent_gain=radius)
+    verdict = diagnose(s, f, CONF)
+    assert verdict["label"] == label and expected in verdict["suggestions"]
+    in_force = f.in_force()
+    for suggestion in verdict["suggestions"]:
+        assert any(in_force.get(o.split("=")[0]) != o.split("=")[1] for o in suggestion.split()), suggestion
+        assert "init.recurrent=orthogonal" not in suggestion

@@ -21,3 +21,17 @@ def test_degenerate_inputs_give_none():
     assert per_layer_gain([0.0, math.nan, 1.0]) is None
     assert first_last_ratio([1.0, 0.0]) is None
     assert first_last_ratio([math.inf, 1.0]) is None
+
+
+def test_gain_spread_matches_numpy_float64():
+    import numpy as np
+
+    from gradexp.flow import gain_spread
+
+    norms = [1e-30, 3e-30, 2e-29, 5e-29, 1e-28, 9e-28]  # tiny: the spread is computed on logs, no underflow
+    logs = np.log(np.array(norms[:-1], dtype=np.float64) / np.array(norms[1:], dtype=np.float64))
+    half = 2 * logs.std(ddof=1) / np.sqrt(len(logs))
+    spread = gain_spread(norms)
+    assert spread["per_layer"] == pytest.approx([np.exp(logs.min()), np.exp(logs.max())], rel=1e-12)
+    assert spread["interval95"] == pytest.approx([np.exp(logs.mean() - half), np.exp(logs.mean() + half)], rel=1e-12)
+    assert spread["layers"] == 6 and gain_spread([1.0, 0.5]) is None

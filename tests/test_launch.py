@@ -51,3 +51,39 @@ def test_submitit_local_sweep_runs_every_job(tmp_path):
                                  "hydra.launcher.timeout_min=5"])
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     assert {s["perf"]["torch_threads"] for s in summaries} == {1}
+
+
+def test_slurm_share_applies_when_no_parallel_launcher_divides_the_cpus():
+    slurm = {"SLURM_CPUS_PER_TASK": "3"}
+    assert threads_per_job(OmegaConf.create({"_target_": BASIC}), 16, slurm) == 3
+    assert threads_per_job(OmegaConf.create({"_target_": BASIC}), 16, {}) is None
+    assert threads_per_job(OmegaConf.create({"_target_": JOBLIB, "n_jobs": 2}), 16, slurm) == 8  # joblib divides
+
+
+def test_explicit_train_threads_wins_and_is_recorded(run_tiny):
+    import os
+
+    import torch
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from tests.test_tb_views import accumulator, plugin_content
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what a launcher's share would have set
+    try:
+        outcome, run_dir = run_tiny(["train.threads=1"])
+    finally:
+        torch.set_num_threads(before)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert summary["perf"]["torch_threads"] == 1 == outcome.perf["torch_threads"]
+    start = plugin_content(accumulator(run_dir), "hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+    assert hparams["perf.torch_threads"].number_value == 1 and hparams["train.threads"].number_value == 1
+
+
+def test_train_threads_must_be_positive():
+    from gradexp.config import ConfigError, validate
+    from tests.conftest import compose_config
+
+    with pytest.raises(ConfigError, match="train.threads"):
+        validate(compose_config(["train.threads=0"]))

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import ContextManager
 
-import torch
 from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, Scalars, removed_on_exit
+from gradexp.probes.norms import exact_norms
 
 
 def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -18,7 +18,8 @@ def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 class ActGrads(Probe):
-    """The tensor hooks only keep each gradient; after backward one batched torch._foreach_norm takes them all."""
+    """The tensor hooks only keep each gradient; after backward one batched exact_norms
+    (probes/norms.py) takes them all."""
 
     def __init__(self) -> None:
         self.grads: dict[str, Tensor] = {}  # layer -> dLoss/d(output), shaped like the output
@@ -40,4 +41,4 @@ class ActGrads(Probe):
         grads, self.grads = self.grads, {}
         if not grads:
             return {}
-        return {f"act_grad_norm/{name}": n for name, n in zip(grads, torch._foreach_norm(list(grads.values())))}
+        return {f"act_grad_norm/{name}": n for name, n in zip(grads, exact_norms(list(grads.values())))}

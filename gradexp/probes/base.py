@@ -93,12 +93,13 @@ class Instruments:
 
 
 def to_host(values: Scalars) -> dict[str, float | list[float]]:
-    """One device->host copy for everything: 0-d tensors become floats, 1-d profiles lists of floats."""
+    """One device->host copy for everything: 0-d tensors become floats, 1-d profiles lists of floats.
+    In float64, so that a norm below float32's normal range (probes/norms.py) reaches summary.json exactly."""
     if not values:
         return {}
     # host-made values (the lr) join the model's device so that one cat and one copy suffice
     dev = next((v.device for v in values.values() if v.device.type != "cpu"), torch.device("cpu"))
-    flat = torch.cat([v.detach().reshape(-1).float().to(dev) for v in values.values()]).tolist()  # (sum of numels,)
+    flat = torch.cat([v.detach().reshape(-1).double().to(dev) for v in values.values()]).tolist()  # (sum of numels,)
     out, at = {}, 0
     for tag, v in values.items():
         n = v.numel()

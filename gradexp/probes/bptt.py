@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Probe, Scalars
+from gradexp.probes.norms import exact_norms
 
 PREFIX = "bptt_grad_norm/"
 
@@ -27,7 +28,7 @@ class BpttGradNorms(Probe):
     def __init__(self, every: int, last_step: int) -> None:
         self.every, self.last_step = every, last_step
         self.active = False
-        self.norms: dict[str, dict[int, Tensor]] = {}  # layer -> t -> 0-d norm
+        self.grads: dict[str, dict[int, Tensor]] = {}  # layer -> t -> dLoss/dh_t (B, H), normed after backward
         self.lengths: dict[str, int] = {}              # layer -> T seen in the forward pass
 
     def begin(self, step: int) -> None:
@@ -45,21 +46,22 @@ class BpttGradNorms(Probe):
                 layer.on_step = None  # back to the fused kernels
 
     def _on_step(self, name: str):
-        norms = self.norms.setdefault(name, {})
+        grads = self.grads.setdefault(name, {})
 
         def on_step(t: int, h: Tensor) -> None:  # h: (B, H)
             self.lengths[name] = t + 1
             if h.requires_grad:
-                h.register_hook(lambda grad: norms.__setitem__(t, grad.detach().norm()))
+                h.register_hook(lambda grad: grads.__setitem__(t, grad.detach()))
 
         return on_step
 
     def after_backward(self, model: nn.Module) -> Scalars:
         profiles: Scalars = {}
-        for name, norms in self.norms.items():
-            if not norms:
+        for name, grads in self.grads.items():
+            if not grads:
                 continue
+            norms = dict(zip(grads, exact_norms(list(grads.values()))))  # one batched pass over all time steps
             zero = next(iter(norms.values())).new_zeros(())  # a step the loss does not reach has gradient 0
             profiles[f"{PREFIX}{name}"] = torch.stack([norms.get(t, zero) for t in range(self.lengths[name])])
-        self.norms, self.lengths = {}, {}
+        self.grads, self.lengths = {}, {}
         return profiles

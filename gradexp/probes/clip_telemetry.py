@@ -1,7 +1,8 @@
 """Clip telemetry (only when a clip policy is set), so a user can see that clipping took effect:
 - clip/scale: the factor the gradients were multiplied by. Norm mode: torch's clip coefficient
   min(1, max_norm / (total_norm + 1e-6)). Value mode (not a single factor): the effective one,
-  ||g clipped|| / ||g||, from the global 2-norms before and after clipping.
+  ||g clipped|| / ||g||, from the global 2-norms before and after clipping (exact norms, probes/norms.py;
+  1 when the gradient is all zero: nothing was clipped).
 - clip/frac_steps_clipped: steps on which clipping changed the gradient so far / steps so far
   (counted every step on the device by ClipPolicy, read here).
 - clip/frac_entries_clipped (value mode): fraction of gradient entries with |g| > value this step."""
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from gradexp.clip import ClipPolicy
 from gradexp.probes.base import Probe, Scalars, named_parameters
+from gradexp.probes.norms import combined_norm, exact_norms
 
 CLIP_EPS = 1e-6  # the epsilon torch.nn.utils.clip_grad_norm_ adds to the norm
 
@@ -23,7 +25,7 @@ def _grads(model: nn.Module) -> list[Tensor]:
 
 
 def _global_norm(grads: list[Tensor]) -> Tensor:
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return combined_norm(exact_norms(grads))
 
 
 class ClipTelemetry(Probe):
@@ -46,7 +48,8 @@ class ClipTelemetry(Probe):
         if self.policy.mode == "norm" and clip_norm is not None:
             scalars["clip/scale"] = torch.clamp(self.policy.max_norm / (clip_norm + CLIP_EPS), max=1.0)
         elif self.policy.mode == "value" and self.norm_before is not None:
-            scalars["clip/scale"] = _global_norm(_grads(model)) / self.norm_before
+            before = self.norm_before  # an all-zero gradient has nothing to clip: factor 1, not 0/0
+            scalars["clip/scale"] = torch.where(before > 0, _global_norm(_grads(model)) / before, 1.0)
             self.norm_before = None
         fraction = self.policy.fraction_of_steps_clipped()
         if fraction is not None:

@@ -2,8 +2,9 @@
 
 theta_before is snapshotted after clipping (just before optimizer.step) with one batched foreach copy;
 the ratio is computed after the step with foreach ops, so a logging step adds a handful of kernel
-launches, not one per parameter. A parameter that was exactly zero before the step (a zeroed bias at
-step 0) has ratio inf, and one that stayed zero has NaN: the update is not small relative to it."""
+launches, not one per parameter. Norms are exact down to subnormals (probes/norms.py). A parameter that was
+exactly zero before the step (a zeroed bias at step 0) has a zero denominator: its ratio is reported as inf
+(also when it stayed zero), never NaN; summary.json and the README say so."""
 from __future__ import annotations
 
 from typing import Optional
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, Scalars, named_parameters
+from gradexp.probes.norms import exact_norms
 
 
 class UpdateRatio(Probe):
@@ -31,7 +33,8 @@ class UpdateRatio(Probe):
         if not self.params:
             return {}
         delta = torch._foreach_sub(self.params, self.before)
-        ratios = torch._foreach_div(torch._foreach_norm(delta), torch._foreach_norm(self.before))
-        scalars = {f"update_ratio/{n}": r for n, r in zip(self.names, ratios)}
+        moved, size = torch.stack(exact_norms(delta)), torch.stack(exact_norms(self.before))  # (P,) float64
+        ratios = torch.where(size > 0, moved / size, torch.inf)  # zero denominator: inf, never 0/0 = NaN
+        scalars = {f"update_ratio/{n}": r for n, r in zip(self.names, ratios.unbind())}
         self.names, self.params, self.before = [], [], []
         return scalars

@@ -14,8 +14,9 @@ def positions(length: int) -> list[int]:
 
 def profile_scalars(tag: str, profile: list[float]) -> dict[str, float]:
     """`<tag>/t=<t>` at a few positions and `<tag>/first_over_last` = profile[0] / profile[-1]
-    (how much of the gradient at the last step survives back to the first; NaN when the last is 0)."""
+    (how much of the gradient at the last step survives back to the first; inf when the last is 0: a zero
+    denominator is reported as such, never as NaN)."""
     scalars = {f"{tag}/t={t}": profile[t] for t in positions(len(profile))}
     last = profile[-1]
-    scalars[f"{tag}/first_over_last"] = profile[0] / last if last else math.nan
+    scalars[f"{tag}/first_over_last"] = profile[0] / last if last else math.inf
     return scalars

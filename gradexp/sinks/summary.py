@@ -22,6 +22,7 @@ class SummarySink:
         self.path = os.path.join(run_dir, SUMMARY_NAME)
         self.overrides, self.layer_names = overrides, layer_names
         self.latest: dict[str, float] = {}
+        self.initial: dict[str, float] = {}  # FINAL_KEYS at the step they were first logged: did the run train?
         self.first: dict[str, float] = {}    # per-layer quantities at the first logged step
         self.last: dict[str, float] = {}
         self.profiles: dict[str, dict[str, list]] = {}  # layer -> {"first": [...], "last": [...]}
@@ -29,6 +30,9 @@ class SummarySink:
 
     def log(self, step: int, values: dict) -> None:
         self.latest.update(values)
+        for key in FINAL_KEYS:
+            if key in values:
+                self.initial.setdefault(key, values[key])
         for tag, value in values.items():
             if tag.startswith(BPTT_PREFIX):  # full per-time-step profile at the first and last logged step
                 entry = self.profiles.setdefault(tag[len(BPTT_PREFIX):], {"first": value, "first_step": step})
@@ -60,6 +64,7 @@ class SummarySink:
             "status": outcome.status,
             "steps": outcome.steps,
             "overrides": self.overrides,
+            "initial": {k: _finite_or_none(v) for k, v in self.initial.items()},
             "final": {k: _finite_or_none(self.latest[k]) for k in FINAL_KEYS if k in self.latest},
             "layers": [self._layer_entry(name) for name in self.layer_names],
             "nonfinite": outcome.nonfinite,
@@ -89,9 +94,9 @@ def layer_quantities(values: dict[str, float], layer_names: list[str]) -> dict[s
     """Per hidden layer: grad_norm (L2 over all its parameters' gradients) and act_grad_norm, as logged."""
     out: dict[str, float] = {}
     for name in layer_names:
-        squares = [v * v for tag, v in values.items() if tag.startswith(f"grad_norm/{name}.")]
-        if squares:
-            out[f"grad_norm/{name}"] = math.sqrt(sum(squares))
+        parts = [v for tag, v in values.items() if tag.startswith(f"grad_norm/{name}.")]
+        if parts:
+            out[f"grad_norm/{name}"] = math.hypot(*parts)  # scaled internally: squares of tiny norms do not underflow
         for quantity in ("act_grad_norm", *ACT_STATS):
             if f"{quantity}/{name}" in values:
                 out[f"{quantity}/{name}"] = values[f"{quantity}/{name}"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Optional
+from typing import Optional, Sequence
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -18,9 +18,10 @@ VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "d
 
 
 class TerminalSink:
-    def __init__(self, total_steps: int, run_dir: str, console: Optional[Console] = None):
+    def __init__(self, total_steps: int, run_dir: str, console: Optional[Console] = None,
+                 overrides: Sequence[str] = ()):
         self.console = console or Console(stderr=True)
-        self.run_dir = run_dir
+        self.run_dir, self.overrides = run_dir, list(overrides)
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("‖g‖ {task.fields[grad]}"),
@@ -49,6 +50,8 @@ class TerminalSink:
         self.console.print(f"[{style}]{outcome.status}[/] after {outcome.steps} steps ({speed:.0f} steps/s)")
         if outcome.verdict:
             self.console.print(verdict_panel(outcome.verdict))
+            for line in command_lines(outcome.verdict, self.overrides):  # outside the box, unwrapped: pasteable
+                self.console.print(line, style="cyan", soft_wrap=True, markup=False, highlight=False)
         for line in closing_lines(outcome.status, self.run_dir):
             # soft_wrap: a path is never broken across lines, also at a pipe's 80 columns, so it stays copy-pasteable
             self.console.print(line, soft_wrap=True, highlight=False, markup=False)
@@ -64,14 +67,39 @@ def closing_lines(status: str, run_dir: str) -> list[str]:
 
 
 def verdict_panel(verdict: dict) -> Panel:
-    """The verdict as a boxed note: label (and cause) in the title, evidence, then overrides to paste."""
+    """The verdict as a boxed note: label (and cause) in the title, the label at initialisation and at the end,
+    then the evidence. What to try follows below the box (command_lines)."""
     label, style = verdict["label"], VERDICT_STYLE.get(verdict["label"], "white")
     title = f"[bold {style}]{label}[/]" + (f" — {verdict['cause']}" if verdict.get("cause") else "")
-    parts = [Text(verdict["evidence"])]
+    parts = [Text(moments_line(verdict), style="bold")] if verdict.get("at_init") else []
+    parts.append(Text(verdict["evidence"]))
     if verdict.get("suggestions"):
-        parts.append(Text("\ntry:", style="bold"))
-        parts += [Text(f"  gradexp run ... {fix}", style="cyan") for fix in verdict["suggestions"]]
+        parts.append(Text("\ntry one of the commands below the box", style="bold"))
     return Panel(Group(*parts), title=title, title_align="left", border_style=style, expand=False)
+
+
+def command_lines(verdict: dict, overrides: Sequence[str]) -> list[str]:
+    """Each suggestion as a complete command line (the run's overrides plus the suggestion)."""
+    return [command_line(overrides, fix) for fix in verdict.get("suggestions") or []]
+
+
+def moments_line(verdict: dict) -> str:
+    return f"at initialisation: {verdict['at_init']['label']} · at the end of training: {verdict['at_end']['label']}"
+
+
+def command_line(overrides: Sequence[str], suggestion: str) -> str:
+    """`gradexp run` + the run's overrides with the suggestion's keys replaced (Hydra refuses a key given twice),
+    shell-quoted, ready to paste."""
+    return "gradexp run " + " ".join(shlex.quote(o) for o in merged_overrides(overrides, suggestion.split()))
+
+
+def merged_overrides(overrides: Sequence[str], suggestion: Sequence[str]) -> list[str]:
+    new = {_key(o) for o in suggestion}
+    return [o for o in overrides if _key(o) not in new] + list(suggestion)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _shortest(path: str) -> str:

@@ -7,16 +7,19 @@ summary["theory"] is null where the theory does not apply (not model=mlp, a norm
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any, Optional
 
 from gradexp import theory
 from gradexp.data import Task
-from gradexp.flow import per_layer_gain
+from gradexp.flow import gain_spread, per_layer_gain
 from gradexp.train import Outcome
 
 
 class TheorySink:
-    def __init__(self, prediction: theory.MeanField, tensorboard: Any, sections: dict[str, Any]):
+    def __init__(self, prediction: theory.MeanField, tensorboard: Any, sections: dict[str, Any],
+                 alternatives: Optional[dict[str, float]] = None):
+        self.alternatives = alternatives or {}  # "init=..." -> mean-field gain of the same net with that init
         # sections: the summary sink's extra fields; summary["theory"] is filled at the first logged step and,
         # living there, travels with the summary sink's state into checkpoints (a resumed run keeps it)
         self.prediction, self.tensorboard, self.sections = prediction, tensorboard, sections
@@ -30,6 +33,7 @@ class TheorySink:
         predicted = [_finite(p) for p in self.prediction.predicted_norms(measured[-1] or math.nan)]
         self.tensorboard.log(step, {f"theory/{tag}": p for tag, p in zip(tags, predicted) if p is not None})
         self.sections["theory"] = theory_section(self.prediction, predicted, measured, step)
+        self.sections["theory"]["alternatives"] = self.alternatives
 
     def close(self, outcome: Outcome) -> None:
         pass
@@ -47,11 +51,14 @@ def _finite(value: float) -> Optional[float]:
 
 def theory_section(mf: theory.MeanField, predicted: list, measured: list, step: int) -> dict[str, Any]:
     """per_layer[l]: predicted and measured act_grad_norm, gain = sqrt(chi_l) (norm of layer l-1 over layer l;
-    for layers.0 toward the input) and q = the pre-activation variance."""
+    for layers.0 toward the input) and q = the pre-activation variance. measured_gain_spread: the range of the
+    measured per-layer gains and a ~95 % interval of their geometric mean (flow.gain_spread), so that agreement
+    with predicted_gain can be told from one net's noise."""
     return {
         "step": step,
         "predicted_gain": per_layer_gain(middle(predicted)),  # per layer backward, fit over the middle layers
         "measured_gain": per_layer_gain(middle(measured)),
+        "measured_gain_spread": gain_spread(middle(measured)),
         "per_layer": {
             name: {"predicted": p, "measured": m, "gain": math.sqrt(chi), "q": q}
             for name, p, m, chi, q in zip(mf.layer_names, predicted, measured, mf.chi, mf.q)
@@ -71,4 +78,22 @@ def attach(cfg: Any, task: Task, sinks: list) -> list:
         summary.sections["theory"] = None
         return []
     x = task.x_train.flatten(1)  # (N, D): the first layer's fan_in is D
-    return [TheorySink(theory.mean_field(cfg, x.shape[1], float(x.pow(2).mean())), tensorboard, summary.sections)]
+    dim, mean_square = x.shape[1], float(x.pow(2).mean())
+    return [TheorySink(theory.mean_field(cfg, dim, mean_square), tensorboard, summary.sections,
+                       alternatives(cfg, dim, mean_square))]
+
+
+PROPER_INITS = ("xavier_normal", "kaiming_normal")
+
+
+def alternatives(cfg: Any, dim: int, mean_square: float) -> dict[str, float]:
+    """The overrides of each proper init (gain 1) -> the mean-field per-layer gain it predicts for this net; the
+    verdict's advice picks the one closest to 1 (gradexp/advice.py)."""
+    out = {}
+    for scheme in PROPER_INITS:
+        init = SimpleNamespace(scheme=scheme, gain=1.0, std=cfg.init.std)
+        override = f"init={scheme}" + ("" if cfg.init.gain == 1 else " init.gain=1")
+        gain = per_layer_gain(middle(theory.mean_field(cfg, dim, mean_square, init).predicted_norms(1.0)))
+        if gain is not None:
+            out[override] = gain
+    return out

@@ -1,0 +1,165 @@
+"""Regenerate every figure and generated number block in README.md and docs/ from fresh runs.
+
+  python scripts/make_docs_figures.py [--threads 1] [--only he2015,hochreiter1997] [--set KEY=VALUE ...]
+                                      [--work docs_build] [--skip-runs]
+
+What it runs (each through the `gradexp` CLI, with train.threads=THREADS so the numbers are reproducible on the
+same torch build; see README, Reproducibility):
+- every preset `gradexp run -m +experiment=NAME` into WORK/NAME, then `gradexp report WORK/NAME --dpi 60`, whose
+  report.png becomes docs/img/NAME.png;
+- README's report example (`-m activation=sigmoid,tanh,relu init=xavier_normal,kaiming_normal model.depth=20`)
+  -> docs/report_example.png and the table printed under it;
+- README's tanh RNN example (`model=rnn data.seq_len=100 log.bptt_every=50`) -> the t=0 / t=99 figure.
+Then it rewrites the blocks between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` markers in README.md and
+docs/experiments.md: the label table of every preset job (headline, at initialisation, at the end), the numbers
+behind it, and a line that states the torch version, thread count and any --set overrides (reduced sizes).
+--set adds overrides to every run (e.g. train.steps=100 for a quick pass); the docs then say so.
+--skip-runs re-reads WORK and reports on it again without training anything (to rewrite the docs after an
+interrupted pass, or after a change to the report).
+It writes only into WORK, docs/img, docs/report_example.png and the marked blocks; it removes nothing."""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "saxe2014", "regularization"]
+REPORT_EXAMPLE = ["activation=sigmoid,tanh,relu", "init=xavier_normal,kaiming_normal", "model.depth=20"]
+RNN_EXAMPLE = ["model=rnn", "data.seq_len=100", "log.bptt_every=50"]
+
+
+def gradexp(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "gradexp", *args], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        sys.exit(f"make_docs_figures: `gradexp {' '.join(args)}` failed:\n{done.stderr[-3000:]}")
+    return done
+
+
+def run_sweep(folder: Path, overrides: list[str], extra: list[str], threads: int, skip: bool) -> list[dict]:
+    if not skip:
+        gradexp("run", "-m", *overrides, f"train.threads={threads}", *extra, f"hydra.sweep.dir={folder}")
+    gradexp("report", str(folder), "--dpi", "60")  # also with --skip-runs: the figure as today's report draws it
+    return [dict(json.load(open(p)), folder=os.path.basename(os.path.dirname(p)))
+            for p in sorted(glob.glob(str(folder / "*" / "summary.json")), key=job_number)]
+
+
+def job_number(path: str) -> int:
+    return int(os.path.basename(os.path.dirname(path)).split("_", 1)[0])
+
+
+def varying(summary: dict, fixed: set[str]) -> str:
+    return ", ".join(o for o in summary["overrides"] if o.split("=")[0] not in fixed)
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def gain_cell(moment: dict) -> str:
+    """'×0.565' (depth) or '×0.763/step' (time), the gain the moment's label rests on."""
+    if moment.get("gain") is not None:
+        return f"×{moment['gain']:.3g}"
+    return f"×{moment['time_gain']:.3g}/step" if moment.get("time_gain") is not None else "–"
+
+
+def theory_cell(summary: dict) -> str:
+    """predicted vs measured step-0 gain with the measured per-layer range and ~95 % interval (flow.gain_spread)."""
+    theory = summary.get("theory") or {}
+    if not theory.get("predicted_gain"):
+        return "n/a"
+    spread = theory.get("measured_gain_spread") or {}
+    interval = spread.get("interval95")
+    around = f" (95 % {interval[0]:.3g}–{interval[1]:.3g})" if interval else ""
+    return f"{theory['predicted_gain']:.3g} vs {fmt(theory.get('measured_gain'))}{around}"
+
+
+def metric(summary: dict) -> str:
+    final = summary.get("final") or {}
+    return f"{fmt(final.get('acc/val'))} / {fmt(final.get('loss/val'))}"
+
+
+def preset_table(name: str, summaries: list[dict]) -> list[str]:
+    fixed = {"+experiment", "train.threads"}
+    rows = [f"| {name} | {varying(s, fixed)} | {s['status']} | {metric(s)} | **{s['verdict']['label']}** | "
+            f"{s['verdict']['at_init']['label']} {gain_cell(s['verdict']['at_init'])} | "
+            f"{s['verdict']['at_end']['label']} {gain_cell(s['verdict']['at_end'])} | {theory_cell(s)} |"
+            for s in summaries]
+    return rows
+
+
+def provenance(threads: int, extra: list[str]) -> str:
+    import torch
+
+    size = f"with `{' '.join(extra)}` added to every run (reduced size)" if extra else "at the presets' full size"
+    return (f"Generated by `python scripts/make_docs_figures.py --threads {threads}"
+            f"{''.join(' --set ' + e for e in extra)}`: torch {torch.__version__}, {threads} torch thread(s) per run, "
+            f"{size}, seed 0, CPU.")
+
+
+def replace_block(path: Path, name: str, lines: list[str]) -> None:
+    text = path.read_text()
+    begin, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        sys.exit(f"make_docs_figures: {path} has no {begin} … {end} block")
+    path.write_text(pattern.sub(lambda _: "\n".join([begin, *lines, end]), text))
+
+
+def presets(work: Path, names: list[str], extra: list[str], threads: int, skip: bool) -> list[str]:
+    header = ["| preset | job | status | acc/val / loss/val | label | at initialisation | at the end | "
+              "theory vs measured gain, step 0 |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for name in names:
+        summaries = run_sweep(work / name, [f"+experiment={name}"], extra, threads, skip)
+        shutil.copyfile(work / name / "report.png", ROOT / "docs" / "img" / f"{name}.png")
+        rows += preset_table(name, summaries)
+        print(f"{name}: {len(summaries)} jobs", file=sys.stderr)
+    return [provenance(threads, extra), "", *header, *rows]
+
+
+def report_example(work: Path, extra: list[str], threads: int, skip: bool) -> list[str]:
+    folder = work / "report_example"
+    run_sweep(folder, REPORT_EXAMPLE, extra, threads, skip)
+    shutil.copyfile(folder / "report.png", ROOT / "docs" / "report_example.png")
+    printed = gradexp("report", str(folder), "--dpi", "60").stdout.rstrip().splitlines()
+    table = [line.rstrip() for line in printed if not line.startswith("wrote ")]  # not this machine's paths
+    return [provenance(threads, extra) + " steps/s were measured on a shared, busy machine.", "",
+            "```console", "$ gradexp report multirun/<date>/<HH-MM-SS-ffffff>", *table, "```"]
+
+
+def rnn_example(work: Path, extra: list[str], threads: int, skip: bool) -> list[str]:
+    folder = work / "rnn_example"
+    if not skip:
+        gradexp("run", *RNN_EXAMPLE, f"train.threads={threads}", *extra, f"hydra.run.dir={folder}")
+    profile = json.load(open(folder / "summary.json"))["bptt"]["layers.0"]["first"]
+    return [f"At step 0, ‖∂L/∂h_0‖ is {profile[0] / profile[-1]:.2g} of ‖∂L/∂h_99‖ "
+            f"({provenance(threads, extra)})"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default=",".join(PRESETS), help="comma-separated presets")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="added to every run")
+    parser.add_argument("--work", default="docs_build", help="where the runs go (created; nothing is removed)")
+    parser.add_argument("--skip-runs", action="store_true", help="re-read WORK instead of running")
+    parser.add_argument("--no-readme", action="store_true", help="leave README's examples alone")
+    args = parser.parse_args()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    names = [n for n in args.only.split(",") if n]
+    replace_block(ROOT / "docs" / "experiments.md", "labels", presets(work, names, args.set, args.threads, args.skip_runs))
+    if not args.no_readme:
+        replace_block(ROOT / "README.md", "rnn-example", rnn_example(work, args.set, args.threads, args.skip_runs))
+        replace_block(ROOT / "README.md", "report-example", report_example(work, args.set, args.threads, args.skip_runs))
+
+
+if __name__ == "__main__":
+    main()
