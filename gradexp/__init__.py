@@ -1,3 +1,49 @@
-"""gradexp: a lab for vanishing and exploding gradients in PyTorch."""
+"""gradexp: a lab for vanishing and exploding gradients.
 
-__version__ = "0.1.0"
+The public Python API (everything else is internal and may move):
+
+    cfg = gradexp.compose(["model=rnn", "clip=norm_1.0"])   # the same config `gradexp run ...` composes
+    outcome = gradexp.run_experiment(cfg, run_dir="runs/a")  # train it; the run folder as the CLI leaves it
+    run = gradexp.build_run(cfg)                              # or only the objects (model, optimizer, probes...)
+    gradexp.train(run, gradexp.settings(cfg))                 # ...and train them in your own process
+    summary = gradexp.load_summary("runs/a")                  # a run's summary.json, checked and upgraded
+    runs = gradexp.find_runs("multirun/")                     # every run under a folder (what `gradexp report` reads)
+
+Attributes load on first use, so `import gradexp` (and `gradexp --help`) does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+# public name -> (module, attribute)
+_EXPORTS = {
+    "compose": ("gradexp.config", "compose"),
+    "ConfigError": ("gradexp.config", "ConfigError"),
+    "run_experiment": ("gradexp.experiment", "run_experiment"),
+    "build_run": ("gradexp.build", "run"),
+    "settings": ("gradexp.build", "settings"),
+    "train": ("gradexp.train", "train"),
+    "Run": ("gradexp.train", "Run"),
+    "Outcome": ("gradexp.train", "Outcome"),
+    "load_summary": ("gradexp.runs", "load_summary"),
+    "find_runs": ("gradexp.runs", "find_runs"),
+    "SCHEMA_VERSION": ("gradexp.sinks.summary", "SCHEMA_VERSION"),
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gradexp' has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -10,9 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-SATURATING = ("sigmoid", "tanh", "softsign")
-RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu")
-FEEDFORWARD = ("mlp", "cnn")
+from gradexp.registry import ACTIVATIONS, MODELS
+
 SATURATED = 0.2          # a layer with this share of saturated entries (dead units) is blamed on them
 HEALTHY_THEORY = 0.8     # a proper init whose mean-field gain is at least this fixes an init-scale problem
 RECURRENT_GAIN_RANGE = (0.5, 2.0)  # suggested init.recurrent_gain stays within this
@@ -89,7 +88,7 @@ def suggest(label: str, axis: str, f: Factors, ev: Evidence, end_label: Optional
 
 def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
     if ev.saturation is not None and ev.saturation >= SATURATED:
-        what = "dead units" if f.activation in RELU_LIKE or f.activation == "selu" else "saturating activation"
+        what = "dead units" if ACTIVATIONS[f.activation].saturation == "dead_units" else "saturating activation"
         at = "at step 0" if ev.when == "first" else "at the end of training"
         why = f"Up to {ev.saturation:.0%} of a layer's {'units are dead' if what == 'dead units' else 'entries are saturated'} {at} (act_saturation)."
         fixes = ["activation=leaky_relu init=kaiming_normal"] if what == "dead units" else ["activation=relu init=kaiming_normal"]
@@ -159,24 +158,23 @@ def _recurrent_radius(f: Factors) -> float:
 def _init_too_small(f: Factors) -> bool:
     if f.init_gain < 1 or f.init == "normal":
         return True
-    return f.activation in RELU_LIKE and not f.init.startswith("kaiming")  # xavier/default lose half the variance per ReLU
+    # xavier/default lose half the variance per ReLU-like unit: those want kaiming
+    return ACTIVATIONS[f.activation].matched_init.startswith("kaiming") and not f.init.startswith("kaiming")
 
 
 def _matched_init(f: Factors) -> str:
     """The init scheme that preserves gradient scale for this activation."""
-    return "init=xavier_normal" if f.activation in SATURATING or f.activation == "identity" else "init=kaiming_normal"
+    return f"init={ACTIVATIONS[f.activation].matched_init}"
 
 
 def _depth(f: Factors) -> list[str]:
-    if f.family in FEEDFORWARD:
+    if MODELS[f.family].residual:
         return [*_norm(f), *([] if f.residual else ["model.residual=true"])]
     return _norm(f)
 
 
 def _norm(f: Factors) -> list[str]:
-    if f.norm != "none":
-        return []
-    return ["norm=batchnorm"] if f.family in FEEDFORWARD else ["norm=layernorm"]
+    return [] if f.norm != "none" else [f"norm={MODELS[f.family].advice_norm}"]
 
 
 def _clip(f: Factors) -> list[str]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from gradexp.config import model_family
 from gradexp.models.layers import make_activation
-from gradexp.registry import ACTIVATIONS, INITS, LEAKY_SLOPE
+from gradexp.registry import ACTIVATIONS, INITS, LEAKY_SLOPE, MODELS
 
 QUADRATURE_POINTS = 96  # per half-line; relative error < 1e-9 for every activation (tests/test_theory.py)
 TAIL = 12.0  # standard deviations integrated; the normal mass beyond is ~1e-33
@@ -32,8 +32,10 @@ TAIL = 12.0  # standard deviations integrated; the normal mass beyond is ~1e-33
 
 def not_applicable(cfg: Any) -> Optional[str]:
     """None when the mean-field prediction applies to this config, else the reason it does not."""
-    if model_family(cfg) != "mlp":
-        return f"model={model_family(cfg)} (theory covers model=mlp only)"
+    family = model_family(cfg)
+    if family is None or not MODELS[family].mean_field:
+        covered = " | ".join(name for name, m in MODELS.items() if m.mean_field)
+        return f"model={family or cfg.model._target_} (no theory for this model; it covers model={covered} only)"
     if cfg.norm.name != "none":
         return f"norm={cfg.norm.name} (theory covers norm=none only)"
     if cfg.model.residual:
