@@ -11,16 +11,16 @@ from torch import nn
 from gradexp.clip import ClipPolicy
 from gradexp.data import Batches, Task, make_task
 from gradexp.models import init_weights
-from gradexp.config import model_family
 from gradexp.probes.act_grads import ActGrads
 from gradexp.probes.act_stats import ActStats
 from gradexp.probes.base import Instruments, Probe
-from gradexp.probes.bptt import BpttGradNorms
+from gradexp.probes.bptt import BpttGradNorms, recurrent_layers
 from gradexp.probes.clip_telemetry import ClipTelemetry
 from gradexp.probes.grad_norms import GradNorms
 from gradexp.probes.histograms import Histograms
+from gradexp.probes.layers import Layers, watched_layers
 from gradexp.probes.update_ratio import UpdateRatio
-from gradexp.registry import MODELS, OPTIMIZERS, SCHEDULES, resolve
+from gradexp.registry import OPTIMIZERS, SCHEDULES, resolve
 from gradexp.train import Run, Settings
 
 
@@ -37,8 +37,9 @@ def task(cfg: Any, dev: torch.device) -> Task:
 
 def model(cfg: Any, task_: Task, dev: torch.device) -> nn.Module:
     torch.manual_seed(cfg.seed)  # same seed, same initial weights
+    constructor = {k: v for k, v in cfg.model.items() if k != "watch"}  # model.watch is for the probes, not the class
     net = instantiate(
-        cfg.model, input_shape=tuple(task_.input_shape), num_outputs=task_.num_outputs,
+        constructor, input_shape=tuple(task_.input_shape), num_outputs=task_.num_outputs,
         activation=cfg.activation.name, norm=cfg.norm.name, readout_steps=task_.readout_steps,
     )
     init_weights(net, scheme=cfg.init.scheme, gain=cfg.init.gain, std=cfg.init.std,
@@ -66,14 +67,19 @@ def clip(cfg: Any) -> ClipPolicy:
     return ClipPolicy(mode=c.mode, max_norm=c.max_norm, norm_type=c.norm_type, value=c.value)
 
 
-def probes(cfg: Any, clip_policy: Optional[ClipPolicy] = None) -> list[Probe]:
-    found: list[Probe] = [GradNorms(), ActGrads(), ActStats(cfg.activation.name), UpdateRatio()]
+def layers(cfg: Any, net: nn.Module) -> Layers:
+    """The layers the instruments watch (the layer contract): model.watch patterns, else the model's own list."""
+    return watched_layers(net, list(cfg.model.watch))
+
+
+def probes(cfg: Any, watched: Layers, clip_policy: Optional[ClipPolicy] = None) -> list[Probe]:
+    found: list[Probe] = [GradNorms(), ActGrads(watched), ActStats(cfg.activation.name, watched), UpdateRatio()]
     if clip_policy is not None and clip_policy.mode != "none":
         found.append(ClipTelemetry(clip_policy))
     if cfg.log.histograms_every:
-        found.append(Histograms(cfg.log.histograms_every))
-    if MODELS[model_family(cfg)].recurrent and cfg.log.bptt_every:
-        found.append(BpttGradNorms(cfg.log.bptt_every, last_step=cfg.train.steps - 1))
+        found.append(Histograms(cfg.log.histograms_every, watched))
+    if cfg.log.bptt_every and recurrent_layers(watched):
+        found.append(BpttGradNorms(cfg.log.bptt_every, last_step=cfg.train.steps - 1, layers=watched))
     return found
 
 
@@ -93,7 +99,9 @@ def run(cfg: Any, sinks: Sequence = ()) -> Run:
     dev = device(cfg)
     task_ = task(cfg, dev)
     net = model(cfg, task_, dev)
+    watched = layers(cfg, net)
     opt = optimizer(cfg, net.parameters())
     policy = clip(cfg)
     return Run(model=net, task=task_, batches=batches(cfg, task_), optimizer=opt, scheduler=scheduler(cfg, opt),
-               clip=policy, instruments=Instruments(probes(cfg, policy), net), sinks=list(sinks))
+               clip=policy, instruments=Instruments(probes(cfg, watched, policy), net), sinks=list(sinks),
+               layers=watched)

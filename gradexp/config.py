@@ -20,6 +20,7 @@ class ModelConf:
     depth: int = 6
     width: int = 64
     residual: bool = False
+    watch: list[str] = field(default_factory=list)  # fnmatch patterns of the layers to watch; [] = the model's own list
 
 
 @dataclass

@@ -14,7 +14,6 @@ from gradexp.checkpoint import Checkpointer
 from gradexp.config import validate
 from gradexp.diagnose import diagnose
 from gradexp.launch import apply_explicit_threads
-from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Instruments
 from gradexp.reproducible import use_deterministic
 from gradexp.sinks import theory as theory_sink
@@ -41,7 +40,8 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
     dev = build.device(cfg)
     task = build.task(cfg, dev)
     model = build.model(cfg, task, dev)
-    layer_names = [name for name, _ in hidden_layers(model)]
+    watched = build.layers(cfg, model)
+    layer_names = [name for name, _ in watched]
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
     summary = SummarySink(run_dir, overrides, layer_names)
     sinks = [
@@ -55,7 +55,8 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
     run = Run(
         model=model, task=task, batches=build.batches(cfg, task),
         optimizer=(opt := build.optimizer(cfg, model.parameters())), scheduler=build.scheduler(cfg, opt),
-        clip=(clip := build.clip(cfg)), instruments=Instruments(build.probes(cfg, clip), model), sinks=sinks,
+        clip=(clip := build.clip(cfg)), instruments=Instruments(build.probes(cfg, watched, clip), model), sinks=sinks,
+        layers=watched,
     )
     start = resume.restore(run, summary, state)
     checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, summary.state_dict)

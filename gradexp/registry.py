@@ -11,7 +11,6 @@ not import torch: `gradexp run --help` stays fast."""
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional
 

@@ -56,6 +56,7 @@ class Run:
     sinks: list[Sink]
     # called after each update with the number of updates done (checkpoints); True asks the loop to stop
     after_update: Optional[Callable[[int], bool]] = None
+    layers: list = field(default_factory=list)  # (name, module) the instruments watch (probes/layers.py)
 
     @functools.cached_property
     def params(self) -> list[nn.Parameter]:

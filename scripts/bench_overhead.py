@@ -50,11 +50,11 @@ def compose_cfg(overrides: list[str]):
 
 
 def make_run(cfg, task, probes: bool, sinks: list) -> Run:
-    model = build.model(cfg, task, task.x_train.device)
-    opt, clip = build.optimizer(cfg, model.parameters()), build.clip(cfg)
-    found = build.probes(cfg, clip) if probes else []
-    return Run(model=model, task=task, batches=build.batches(cfg, task), optimizer=opt,
-               scheduler=build.scheduler(cfg, opt), clip=clip, instruments=Instruments(found, model), sinks=sinks)
+    """The run factory's Run; `probes=False` leaves it without instruments (the "off" variant)."""
+    run = build.run(cfg, sinks)
+    if not probes:
+        run.instruments = Instruments([], run.model)
+    return run
 
 
 def sync(dev: torch.device) -> None:

@@ -50,7 +50,7 @@ def test_bptt_leaves_fused_kernels_on_other_steps(run_tiny):
     from gradexp.probes.bptt import BpttGradNorms
 
     cfg, task, model, (x, y) = first_batch(["model=lstm"])
-    probe = BpttGradNorms(every=10, last_step=99)
+    probe = BpttGradNorms(every=10, last_step=99, layers=model.watched_layers())
     probe.begin(5)  # not a bptt step: nothing attached
     with probe.watch(model):
         assert all(layer.fused for layer in model.layers)

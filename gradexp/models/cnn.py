@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .layers import check_positive, make_activation, make_norm
+from .layers import check_positive, make_activation, make_norm, numbered_blocks
 
 
 class ConvBlock(nn.Module):
     """3x3 conv with padding 1 keeps (H, W); with residual=True it returns x + f(x)."""
+
+    gradexp_capabilities = frozenset({"activation_site"})  # the layer contract's capabilities (probes/layers.py)
 
     def __init__(self, c_in: int, width: int, activation: str, norm: str, residual: bool) -> None:
         super().__init__()
@@ -17,6 +19,9 @@ class ConvBlock(nn.Module):
         self.norm = make_norm(norm, width, "image")
         self.act = make_activation(activation)
         self.residual = residual
+
+    def activation_site(self) -> tuple[nn.Module, bool, int]:
+        return self.act, False, 1  # the activation module's output (B, C, H, W); units (channels) on dim 1
 
     def forward(self, x: Tensor) -> Tensor:  # (B, c_in, H, W) -> (B, width, H, W)
         y = self.act(self.norm(self.conv(x)))
@@ -41,6 +46,9 @@ class CNN(nn.Module):
         )
         # head is a bare Linear (pooling happens in forward) so its parameters are head.weight/bias.
         self.head = nn.Linear(width, num_outputs)
+
+    def watched_layers(self) -> list[tuple[str, nn.Module]]:
+        return numbered_blocks(self.layers)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_outputs)
         h = x

@@ -18,6 +18,12 @@ def check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
+def numbered_blocks(blocks: nn.ModuleList) -> list[tuple[str, nn.Module]]:
+    """The layer contract (probes/layers.py) of gradexp's families: each hidden block in forward order, named as
+    in named_parameters() (layers.<i>), so logs sort by depth."""
+    return [(f"layers.{i}", block) for i, block in enumerate(blocks)]
+
+
 def make_activation(name: str) -> nn.Module:
     check_name("activation", name, ACTIVATIONS)
     return ACTIVATIONS[name].build()

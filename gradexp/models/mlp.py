@@ -5,11 +5,13 @@ import math
 
 from torch import Tensor, nn
 
-from .layers import check_positive, make_activation, make_norm
+from .layers import check_positive, make_activation, make_norm, numbered_blocks
 
 
 class MLPBlock(nn.Module):
     """One hidden layer; with residual=True it returns x + f(x) (needs width in == width out)."""
+
+    gradexp_capabilities = frozenset({"activation_site"})  # the layer contract's capabilities (probes/layers.py)
 
     def __init__(self, d_in: int, width: int, activation: str, norm: str, residual: bool) -> None:
         super().__init__()
@@ -17,6 +19,9 @@ class MLPBlock(nn.Module):
         self.norm = make_norm(norm, width, "vector")
         self.act = make_activation(activation)
         self.residual = residual
+
+    def activation_site(self) -> tuple[nn.Module, bool, int]:
+        return self.act, False, 1  # the activation module's output (B, H); units on dim 1
 
     def forward(self, x: Tensor) -> Tensor:  # (B, d_in) -> (B, width)
         y = self.act(self.norm(self.linear(x)))
@@ -38,6 +43,9 @@ class MLP(nn.Module):
             for i in range(depth)
         )
         self.head = nn.Linear(width, num_outputs)
+
+    def watched_layers(self) -> list[tuple[str, nn.Module]]:
+        return numbered_blocks(self.layers)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, *input_shape) -> (B, num_outputs)
         h = x.flatten(1)

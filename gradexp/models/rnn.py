@@ -14,13 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import check_positive, make_activation, make_norm
+from .layers import check_positive, make_activation, make_norm, numbered_blocks
 
 _TORCH_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class RecurrentBlock(nn.Module):
     """One recurrent layer + norm over features; (B, T, F) -> (B, T, H)."""
+
+    # the layer contract's capabilities (probes/layers.py): per-step hidden states, and where the activation shows
+    gradexp_capabilities = frozenset({"time_steps", "activation_site"})
 
     def __init__(self, cell: str, d_in: int, width: int, activation: str, norm: str) -> None:
         super().__init__()
@@ -35,6 +38,9 @@ class RecurrentBlock(nn.Module):
         # Called as on_step(t, h_t) with every hidden state (B, H) before step t+1 uses it,
         # so tensor hooks registered on h_t receive the total dL/dh_t.
         self.on_step: Callable[[int, Tensor], None] | None = None
+
+    def activation_site(self) -> tuple[nn.Module, bool, int]:
+        return self.norm, True, -1  # the norm receives the hidden states (B, T, H): read its input; units last
 
     @property
     def fused(self) -> bool:
@@ -99,6 +105,9 @@ class _Recurrent(nn.Module):
             for i in range(depth)
         )
         self.head = nn.Linear(width, num_outputs)
+
+    def watched_layers(self) -> list[tuple[str, nn.Module]]:
+        return numbered_blocks(self.layers)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, F) -> (B, k, num_outputs)
         h = x

@@ -1,7 +1,7 @@
 """act_grad_norm/<layer>: L2 norm over batch and features of dLoss/d(output of hidden layer).
 
-Forward hooks on each `model.layers[i]` attach a tensor hook to its output; both exist only while a
-logging step is being watched, so ordinary steps pay nothing."""
+Forward hooks on each watched layer (the layer contract, probes/layers.py) attach a tensor hook to its output;
+both exist only while a logging step is being watched, so ordinary steps pay nothing."""
 from __future__ import annotations
 
 from typing import ContextManager
@@ -9,27 +9,24 @@ from typing import ContextManager
 from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, Scalars, removed_on_exit
+from gradexp.probes.layers import Layers
 from gradexp.probes.norms import exact_norms
-
-
-def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of each hidden layer in forward order: layers.0, layers.1, ..."""
-    return [(f"layers.{i}", layer) for i, layer in enumerate(model.layers)]
 
 
 class ActGrads(Probe):
     """The tensor hooks only keep each gradient; after backward one batched exact_norms
     (probes/norms.py) takes them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, layers: Layers) -> None:
+        self.layers = layers
         self.grads: dict[str, Tensor] = {}  # layer -> dLoss/d(output), shaped like the output
 
     def watch(self, model: nn.Module) -> ContextManager:
-        return removed_on_exit([layer.register_forward_hook(self._forward_hook(name)) for name, layer in hidden_layers(model)])
+        return removed_on_exit([layer.register_forward_hook(self._forward_hook(name)) for name, layer in self.layers])
 
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if output.requires_grad:
+            if isinstance(output, Tensor) and output.requires_grad:
                 output.register_hook(lambda grad: self._record(name, grad))
 
         return hook

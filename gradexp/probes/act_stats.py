@@ -10,6 +10,8 @@ pixels or time steps). Saturation is measured on the values the layer's activati
   output is <= 0 for every example (and every pixel / time step) of the batch: dead units, which sit in
   the flat or negative region of the activation for the whole batch;
 - identity: 0 (no flat region).
+Saturation needs to know where a layer's activation output is: layers that declare the activation-site
+capability (probes/layers.py; gradexp's own blocks do) get it, other layers only mean and std.
 Hooks exist only inside `watch`, i.e. on logging steps."""
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from typing import ContextManager
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Probe, Scalars, removed_on_exit
+from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
 from gradexp.registry import ACTIVATIONS
 
 SATURATION_FRACTION = 0.05
@@ -56,28 +58,25 @@ def stacked_by_shape(tensors: dict[str, Tensor]) -> list[tuple[list[str], Tensor
     return [(names, torch.stack([tensors[n] for n in names])) for names in groups.values()]
 
 
-def saturation_site(layer: nn.Module) -> tuple[nn.Module, bool, int]:
-    """Where a block's activation output can be seen: (module, read its input?, unit dim of that tensor)."""
-    if hasattr(layer, "rnn"):  # recurrent block: the norm receives the hidden states (B, T, H)
-        return layer.norm, True, -1
-    return layer.act, False, 1  # MLP (B, H) / conv (B, C, H, W): the activation module's output
 
 
 class ActStats(Probe):
     """Forward hooks only keep references to the layers' outputs (detached); the statistics are computed
     after backward, batched across layers of the same shape."""
 
-    def __init__(self, activation: str) -> None:
-        self.activation = activation
+    def __init__(self, activation: str, layers: Layers) -> None:
+        self.activation, self.layers = activation, layers
         self.outputs: dict[str, Tensor] = {}     # layer -> its output
         self.activated: dict[str, Tensor] = {}   # layer -> its activation's output (saturation)
         self.unit_dim = 1
 
     def watch(self, model: nn.Module) -> ContextManager:
         handles = []
-        for name, layer in hidden_layers(model):
+        for name, layer in self.layers:
             handles.append(layer.register_forward_hook(self._keep(self.outputs, name)))
-            module, read_input, self.unit_dim = saturation_site(layer)
+            if not has_capability(layer, ACTIVATION_SITE):  # a layer that does not say where its activation is
+                continue
+            module, read_input, self.unit_dim = layer.activation_site()
             keep = self._keep(self.activated, name)
             if read_input:
                 handles.append(module.register_forward_pre_hook(lambda m, inputs, keep=keep: keep(m, None, inputs[0])))
@@ -88,7 +87,8 @@ class ActStats(Probe):
     @staticmethod
     def _keep(store: dict[str, Tensor], name: str):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
-            store[name] = output.detach()
+            if isinstance(output, Tensor):  # a module may return a tuple (e.g. attention): not a layer output to measure
+                store[name] = output.detach()
         return hook
 
     def after_backward(self, model: nn.Module) -> Scalars:

@@ -13,20 +13,21 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Probe, Scalars
+from gradexp.probes.layers import TIME_STEPS, Layers, has_capability
 from gradexp.probes.norms import exact_norms
 
 PREFIX = "bptt_grad_norm/"
 
 
-def recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, layer) for name, layer in hidden_layers(model) if hasattr(layer, "on_step")]
+def recurrent_layers(layers: Layers) -> Layers:
+    """The watched layers that declare the time-steps capability (probes/layers.py)."""
+    return [(name, layer) for name, layer in layers if has_capability(layer, TIME_STEPS)]
 
 
 class BpttGradNorms(Probe):
-    def __init__(self, every: int, last_step: int) -> None:
-        self.every, self.last_step = every, last_step
+    def __init__(self, every: int, last_step: int, layers: Layers) -> None:
+        self.every, self.last_step, self.layers = every, last_step, recurrent_layers(layers)
         self.active = False
         self.grads: dict[str, dict[int, Tensor]] = {}  # layer -> t -> dLoss/dh_t (B, H), normed after backward
         self.lengths: dict[str, int] = {}              # layer -> T seen in the forward pass
@@ -36,7 +37,7 @@ class BpttGradNorms(Probe):
 
     @contextlib.contextmanager
     def watch(self, model: nn.Module) -> Iterator[None]:
-        layers = recurrent_layers(model) if self.active else []
+        layers = self.layers if self.active else []
         for name, layer in layers:
             layer.on_step = self._on_step(name)
         try:

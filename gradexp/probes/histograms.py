@@ -13,8 +13,8 @@ from typing import ContextManager
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.act_grads import hidden_layers
 from gradexp.probes.base import Probe, Scalars, named_parameters, removed_on_exit
+from gradexp.probes.layers import Layers
 
 PREFIX = "hist/"
 BINS = 30
@@ -42,8 +42,8 @@ def unpack(values: list[float]) -> dict:
 
 
 class Histograms(Probe):
-    def __init__(self, every: int) -> None:
-        self.every = every
+    def __init__(self, every: int, layers: Layers) -> None:
+        self.every, self.layers = every, layers
         self.active = False
         self.values: Scalars = {}
 
@@ -53,7 +53,7 @@ class Histograms(Probe):
     def watch(self, model: nn.Module) -> ContextManager:
         if not self.active:
             return contextlib.nullcontext()
-        return removed_on_exit([layer.register_forward_hook(self._act_hook(name)) for name, layer in hidden_layers(model)])
+        return removed_on_exit([layer.register_forward_hook(self._act_hook(name)) for name, layer in self.layers])
 
     def _act_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:

@@ -16,15 +16,20 @@ from typing import Sequence
 
 from torch import nn
 
+from gradexp.config import ConfigError
+
 Layers = list[tuple[str, nn.Module]]
 
 # A layer with this capability calls `self.on_step(t, h_t)` with every hidden state h_t (B, H) before step t+1
 # uses it, whenever `on_step` is set, and runs its fused kernel while it is None (probes/bptt.py).
 TIME_STEPS = "time_steps"
+# A layer with this capability says where its activation function's output can be seen:
+# `activation_site() -> (module, read_its_input, unit_dim)` (probes/act_stats.py: saturation, dead units).
+ACTIVATION_SITE = "activation_site"
 
 
-class NoLayersFound(ValueError):
-    """str() is the one line the user sees."""
+class NoLayersFound(ConfigError):
+    """Nothing to watch: a one-line refusal like any bad value (the CLI exits 2)."""
 
 
 def has_capability(module: nn.Module, capability: str) -> bool:
@@ -40,8 +45,8 @@ def watched_layers(model: nn.Module, patterns: Sequence[str] = ()) -> Layers:
     else:
         layers = discover(model)
     if not layers:
-        raise NoLayersFound(f"no layers to watch in {type(model).__name__}: it has no parameters"
-                            " (allowed: a model with parameters, or model.watch patterns that match its modules)")
+        raise NoLayersFound("model", type(model).__name__, "a model with parameters to watch, or model.watch"
+                            " patterns that match its modules (it has none)")
     return layers
 
 
@@ -51,8 +56,7 @@ def matching(model: nn.Module, patterns: Sequence[str]) -> Layers:
     for pattern in patterns:
         if not any(fnmatchcase(name, pattern) for name, _ in named):
             sample = ", ".join(name for name, _ in named[:6])
-            raise NoLayersFound(f"invalid value for model.watch: {pattern!r} matches no module"
-                                f" (allowed: fnmatch patterns over module names, e.g. {sample})")
+            raise NoLayersFound("model.watch", pattern, f"fnmatch patterns that match module names, e.g. {sample}")
     return [(name, m) for name, m in named if any(fnmatchcase(name, p) for p in patterns)]
 
 
