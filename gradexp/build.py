@@ -11,16 +11,9 @@ from torch import nn
 from gradexp.clip import ClipPolicy
 from gradexp.data import Batches, Task, make_task
 from gradexp.models import init_weights
-from gradexp.probes.act_grads import ActGrads
-from gradexp.probes.act_stats import ActStats
-from gradexp.probes.base import Instruments, Probe
-from gradexp.probes.bptt import BpttGradNorms, recurrent_layers
-from gradexp.probes.clip_telemetry import ClipTelemetry
-from gradexp.probes.grad_norms import GradNorms
-from gradexp.probes.histograms import Histograms
+from gradexp.probes.base import Instruments, ProbeContext
 from gradexp.probes.layers import Layers, watched_layers
-from gradexp.probes.update_ratio import UpdateRatio
-from gradexp.registry import OPTIMIZERS, SCHEDULES, resolve
+from gradexp.registry import OPTIMIZERS, PROBES, SCHEDULES, resolve
 from gradexp.train import Run, Settings
 
 
@@ -72,15 +65,12 @@ def layers(cfg: Any, net: nn.Module) -> Layers:
     return watched_layers(net, list(cfg.model.watch))
 
 
-def probes(cfg: Any, watched: Layers, clip_policy: Optional[ClipPolicy] = None) -> list[Probe]:
-    found: list[Probe] = [GradNorms(), ActGrads(watched), ActStats(cfg.activation.name, watched), UpdateRatio()]
-    if clip_policy is not None and clip_policy.mode != "none":
-        found.append(ClipTelemetry(clip_policy))
-    if cfg.log.histograms_every:
-        found.append(Histograms(cfg.log.histograms_every, watched))
-    if cfg.log.bptt_every and recurrent_layers(watched):
-        found.append(BpttGradNorms(cfg.log.bptt_every, last_step=cfg.train.steps - 1, layers=watched))
-    return found
+def instruments(cfg: Any, net: nn.Module, watched: Layers, clip_policy: Optional[ClipPolicy] = None) -> Instruments:
+    """Every probe of the registry that is on (log.probes.<name> > 0) and applies to this run, on its interval."""
+    context = ProbeContext(layers=watched, activation=cfg.activation.name, clip=clip_policy)
+    chosen = [(resolve(PROBES[name].target).from_context(context), every) for name, every in cfg.log.probes.items() if every]
+    chosen = [(probe, every) for probe, every in chosen if probe is not None]
+    return Instruments([p for p, _ in chosen], net, [every for _, every in chosen], last_step=cfg.train.steps - 1)
 
 
 def batches(cfg: Any, task_: Task) -> Batches:
@@ -103,5 +93,4 @@ def run(cfg: Any, sinks: Sequence = ()) -> Run:
     opt = optimizer(cfg, net.parameters())
     policy = clip(cfg)
     return Run(model=net, task=task_, batches=batches(cfg, task_), optimizer=opt, scheduler=scheduler(cfg, opt),
-               clip=policy, instruments=Instruments(probes(cfg, watched, policy), net), sinks=list(sinks),
-               layers=watched)
+               clip=policy, instruments=instruments(cfg, net, watched, policy), sinks=list(sinks), layers=watched)

@@ -91,6 +91,8 @@ class LogConf:
     every: int = 25
     histograms_every: int = 0   # 0 = off; else a multiple of every
     bptt_every: int = 100       # recurrent models only; 0 = off; else a multiple of every
+    # probe -> its interval in steps (0 = off; a multiple of every); defaults follow the keys above
+    probes: dict[str, Any] = field(default_factory=lambda: {name: p.every for name, p in registry.PROBES.items()})
 
 
 @dataclass
@@ -216,9 +218,13 @@ def validate(cfg: Any) -> None:
 
 def _check_intervals(cfg: Any) -> None:
     """Instruments on their own interval run only on logging steps, so the interval is a multiple of log.every."""
-    for key in ("log.histograms_every", "log.bptt_every"):
+    for name in cfg.log.probes:
+        if name not in registry.PROBES:
+            raise ConfigError(f"log.probes.{name}", cfg.log.probes[name], "a probe among " + " | ".join(registry.PROBES))
+    keys = ["log.histograms_every", "log.bptt_every", *(f"log.probes.{name}" for name in cfg.log.probes)]
+    for key in keys:
         value = _get(cfg, key)
-        if value < 0 or value % cfg.log.every:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value % cfg.log.every:
             raise ConfigError(key, value, f"0 (off) or a multiple of log.every={cfg.log.every}")
 
 

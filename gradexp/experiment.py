@@ -14,7 +14,6 @@ from gradexp.checkpoint import Checkpointer
 from gradexp.config import validate
 from gradexp.diagnose import diagnose
 from gradexp.launch import apply_explicit_threads
-from gradexp.probes.base import Instruments
 from gradexp.reproducible import use_deterministic
 from gradexp.sinks import theory as theory_sink
 from gradexp.sinks.summary import SummarySink
@@ -55,7 +54,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
     run = Run(
         model=model, task=task, batches=build.batches(cfg, task),
         optimizer=(opt := build.optimizer(cfg, model.parameters())), scheduler=build.scheduler(cfg, opt),
-        clip=(clip := build.clip(cfg)), instruments=Instruments(build.probes(cfg, watched, clip), model), sinks=sinks,
+        clip=(clip := build.clip(cfg)), instruments=build.instruments(cfg, model, watched, clip), sinks=sinks,
         layers=watched,
     )
     start = resume.restore(run, summary, state)

@@ -217,3 +217,25 @@ def model_family(target: str) -> Optional[str]:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+# --- probe --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProbeKind:
+    """A probe class (in gradexp/probes/) with a `from_context(ProbeContext)` classmethod that returns the probe, or
+    None where it does not apply (no clip policy, no recurrent layer); `every` is its default interval in
+    steps (log.probes.<name>), an interpolation of the log.* key that sets it."""
+    target: str
+    every: str = "${log.every}"
+
+
+PROBES: dict[str, ProbeKind] = {
+    "grad_norm": ProbeKind("gradexp.probes.grad_norms.GradNorms"),
+    "act_grad_norm": ProbeKind("gradexp.probes.act_grads.ActGrads"),
+    "act_stats": ProbeKind("gradexp.probes.act_stats.ActStats"),
+    "update_ratio": ProbeKind("gradexp.probes.update_ratio.UpdateRatio"),
+    "clip": ProbeKind("gradexp.probes.clip_telemetry.ClipTelemetry"),
+    "histograms": ProbeKind("gradexp.probes.histograms.Histograms", every="${log.histograms_every}"),
+    "bptt": ProbeKind("gradexp.probes.bptt.BpttGradNorms", every="${log.bptt_every}"),
+}

@@ -47,17 +47,21 @@ def test_bptt_profile_matches_autograd(run_tiny, family):
 
 
 def test_bptt_leaves_fused_kernels_on_other_steps(run_tiny):
+    from gradexp.probes.base import Instruments
     from gradexp.probes.bptt import BpttGradNorms
 
     cfg, task, model, (x, y) = first_batch(["model=lstm"])
-    probe = BpttGradNorms(every=10, last_step=99, layers=model.watched_layers())
-    probe.begin(5)  # not a bptt step: nothing attached
-    with probe.watch(model):
+    instruments = Instruments([BpttGradNorms(model.watched_layers())], model, intervals=[10], last_step=99)
+    instruments.begin(5)  # not a bptt step: nothing attached
+    with instruments.watch():
         assert all(layer.fused for layer in model.layers)
-    probe.begin(10)
-    with probe.watch(model):
+    instruments.begin(10)
+    with instruments.watch():
         assert not any(layer.fused for layer in model.layers)
     assert all(layer.fused for layer in model.layers)
+    instruments.begin(99)  # the last step is always measured
+    with instruments.watch():
+        assert not any(layer.fused for layer in model.layers)
 
 
 @pytest.mark.slow

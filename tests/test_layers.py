@@ -122,3 +122,27 @@ def test_model_watch_matching_nothing_is_a_one_line_refusal(run_tiny):
 
     with pytest.raises(ConfigError, match="model.watch"):
         run_tiny(["model.watch=[decoder.*]"])
+
+
+def test_log_probes_sets_each_probes_interval_and_turns_one_off(run_tiny):
+    import json
+    import os
+
+    from tests.test_oracle import read_scalars
+
+    outcome, run_dir = run_tiny(["train.steps=6", "log.every=1", "log.probes.update_ratio=2", "log.probes.act_stats=0"])
+    logged = read_scalars(run_dir)
+    assert sorted(logged["update_ratio/layers.0.linear.weight"]) == [0, 2, 4, 5]  # every 2nd step and the last
+    assert sorted(logged["grad_norm/layers.0.linear.weight"]) == [0, 1, 2, 3, 4, 5]
+    assert not [tag for tag in logged if tag.startswith("act_mean/")]
+    assert json.load(open(os.path.join(run_dir, "summary.json")))["status"] == "completed"
+
+
+@pytest.mark.parametrize("override,key", [("+log.probes.grad_norms=1", "log.probes.grad_norms"),
+                                          ("log.probes.update_ratio=3", "log.probes.update_ratio"),
+                                          ("log.probes.bptt=-2", "log.probes.bptt")])
+def test_bad_log_probes_are_one_line_refusals(override, key):
+    from gradexp.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose_config(["log.every=2", override]))

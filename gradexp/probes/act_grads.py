@@ -8,7 +8,7 @@ from typing import ContextManager
 
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars, removed_on_exit
+from gradexp.probes.base import Probe, ProbeContext, Scalars, removed_on_exit
 from gradexp.probes.layers import Layers
 from gradexp.probes.norms import exact_norms
 
@@ -20,6 +20,10 @@ class ActGrads(Probe):
     def __init__(self, layers: Layers) -> None:
         self.layers = layers
         self.grads: dict[str, Tensor] = {}  # layer -> dLoss/d(output), shaped like the output
+
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> "ActGrads":
+        return cls(context.layers)
 
     def watch(self, model: nn.Module) -> ContextManager:
         return removed_on_exit([layer.register_forward_hook(self._forward_hook(name)) for name, layer in self.layers])

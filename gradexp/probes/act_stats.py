@@ -16,12 +16,12 @@ Hooks exist only inside `watch`, i.e. on logging steps."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import ContextManager
+from typing import ContextManager, Optional
 
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars, removed_on_exit
+from gradexp.probes.base import Probe, ProbeContext, Scalars, removed_on_exit
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
 from gradexp.registry import ACTIVATIONS
 
@@ -64,17 +64,21 @@ class ActStats(Probe):
     """Forward hooks only keep references to the layers' outputs (detached); the statistics are computed
     after backward, batched across layers of the same shape."""
 
-    def __init__(self, activation: str, layers: Layers) -> None:
+    def __init__(self, activation: Optional[str], layers: Layers) -> None:
         self.activation, self.layers = activation, layers
         self.outputs: dict[str, Tensor] = {}     # layer -> its output
         self.activated: dict[str, Tensor] = {}   # layer -> its activation's output (saturation)
         self.unit_dim = 1
 
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> "ActStats":
+        return cls(context.activation, context.layers)
+
     def watch(self, model: nn.Module) -> ContextManager:
         handles = []
         for name, layer in self.layers:
             handles.append(layer.register_forward_hook(self._keep(self.outputs, name)))
-            if not has_capability(layer, ACTIVATION_SITE):  # a layer that does not say where its activation is
+            if self.activation is None or not has_capability(layer, ACTIVATION_SITE):  # no saturation rule to apply
                 continue
             module, read_input, self.unit_dim = layer.activation_site()
             keep = self._keep(self.activated, name)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import ContextManager, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, ContextManager, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +37,22 @@ def removed_on_exit(handles: list) -> Iterator[None]:
             handle.remove()
 
 
+@dataclass
+class ProbeContext:
+    """What the run factory hands every probe kind (gradexp/registry.py PROBES) to build itself from: plain
+    values and the layer list, never the config."""
+    layers: list  # (name, module) to watch, forward order (probes/layers.py)
+    activation: Optional[str] = None  # the activation option's name, for saturation rules; None: unknown
+    clip: Any = None  # the clip policy in force (mode, max_norm, value, counters), or None
+
+
 class Probe:
     """Override the phases you need; each returns tag -> 0-d (or 1-d profile) tensor."""
+
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> Optional["Probe"]:
+        """The probe for this run, or None where it does not apply."""
+        return cls()
 
     def begin(self, step: int) -> None:  # a logging step starts; probes with their own interval decide here
         pass
@@ -56,13 +71,20 @@ class Probe:
 
 
 class Instruments:
-    """Runs every probe through the phases of a logging step and gathers their tensors."""
+    """Runs the probes due at a logging step through its phases and gathers their tensors.
 
-    def __init__(self, probes: list[Probe], model: nn.Module):
-        self.probes, self.model = probes, model
+    Each probe has its own interval (`log.probes`): it runs on the steps that are a multiple of it, and on the
+    last step; 0 turns it off. A probe not due this step does no work at all."""
+
+    def __init__(self, probes: list[Probe], model: nn.Module, intervals: Optional[list[int]] = None,
+                 last_step: int = -1):
+        self.schedule = list(zip(probes, intervals or [1] * len(probes)))
+        self.model, self.last_step = model, last_step
+        self.probes: list[Probe] = []  # due at the current logging step
         self.pending: Scalars = {}
 
     def begin(self, step: int) -> None:
+        self.probes = [p for p, every in self.schedule if every and (step % every == 0 or step == self.last_step)]
         for probe in self.probes:
             probe.begin(step)
 

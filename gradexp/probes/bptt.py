@@ -8,12 +8,12 @@ While no callback is set the blocks run PyTorch's fused kernels, so other steps 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars
+from gradexp.probes.base import Probe, ProbeContext, Scalars
 from gradexp.probes.layers import TIME_STEPS, Layers, has_capability
 from gradexp.probes.norms import exact_norms
 
@@ -26,18 +26,18 @@ def recurrent_layers(layers: Layers) -> Layers:
 
 
 class BpttGradNorms(Probe):
-    def __init__(self, every: int, last_step: int, layers: Layers) -> None:
-        self.every, self.last_step, self.layers = every, last_step, recurrent_layers(layers)
-        self.active = False
+    def __init__(self, layers: Layers) -> None:
+        self.layers = recurrent_layers(layers)
         self.grads: dict[str, dict[int, Tensor]] = {}  # layer -> t -> dLoss/dh_t (B, H), normed after backward
         self.lengths: dict[str, int] = {}              # layer -> T seen in the forward pass
 
-    def begin(self, step: int) -> None:
-        self.active = self.every > 0 and (step % self.every == 0 or step == self.last_step)
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> Optional["BpttGradNorms"]:
+        return cls(context.layers) if recurrent_layers(context.layers) else None  # no recurrent layer: nothing to do
 
     @contextlib.contextmanager
     def watch(self, model: nn.Module) -> Iterator[None]:
-        layers = self.layers if self.active else []
+        layers = self.layers
         for name, layer in layers:
             layer.on_step = self._on_step(name)
         try:

@@ -8,13 +8,12 @@
 - clip/frac_entries_clipped (value mode): fraction of gradient entries with |g| > value this step."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from gradexp.clip import ClipPolicy
-from gradexp.probes.base import Probe, Scalars, named_parameters
+from gradexp.probes.base import Probe, ProbeContext, Scalars, named_parameters
 from gradexp.probes.norms import combined_norm, exact_norms
 
 CLIP_EPS = 1e-6  # the epsilon torch.nn.utils.clip_grad_norm_ adds to the norm
@@ -29,7 +28,13 @@ def _global_norm(grads: list[Tensor]) -> Tensor:
 
 
 class ClipTelemetry(Probe):
-    def __init__(self, policy: ClipPolicy) -> None:
+    """Given the run's clip policy as is (its mode, thresholds and step counters; gradexp/clip.py)."""
+
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> Optional["ClipTelemetry"]:
+        return cls(context.clip) if context.clip is not None and context.clip.mode != "none" else None
+
+    def __init__(self, policy: Any) -> None:
         self.policy = policy
         self.values: Scalars = {}
         self.norm_before: Optional[Tensor] = None

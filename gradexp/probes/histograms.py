@@ -7,13 +7,12 @@ host transfer; `unpack` gives the sinks what tensorboard's add_histogram_raw wan
 evenly; NaN/Inf entries are left out of the bins (they still make min/max/sum non-finite)."""
 from __future__ import annotations
 
-import contextlib
 from typing import ContextManager
 
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars, named_parameters, removed_on_exit
+from gradexp.probes.base import Probe, ProbeContext, Scalars, named_parameters, removed_on_exit
 from gradexp.probes.layers import Layers
 
 PREFIX = "hist/"
@@ -42,17 +41,15 @@ def unpack(values: list[float]) -> dict:
 
 
 class Histograms(Probe):
-    def __init__(self, every: int, layers: Layers) -> None:
-        self.every, self.layers = every, layers
-        self.active = False
+    def __init__(self, layers: Layers) -> None:
+        self.layers = layers
         self.values: Scalars = {}
 
-    def begin(self, step: int) -> None:
-        self.active = self.every > 0 and step % self.every == 0
+    @classmethod
+    def from_context(cls, context: ProbeContext) -> "Histograms":
+        return cls(context.layers)
 
     def watch(self, model: nn.Module) -> ContextManager:
-        if not self.active:
-            return contextlib.nullcontext()
         return removed_on_exit([layer.register_forward_hook(self._act_hook(name)) for name, layer in self.layers])
 
     def _act_hook(self, name: str):
@@ -62,13 +59,9 @@ class Histograms(Probe):
         return hook
 
     def after_backward(self, model: nn.Module) -> Scalars:
-        if not self.active:
-            return {}
         values, self.values = self.values, {}
         values.update({f"{PREFIX}grad/{n}": pack(p.grad) for n, p in named_parameters(model) if p.grad is not None})
         return values
 
     def after_step(self, model: nn.Module) -> Scalars:
-        if not self.active:
-            return {}
         return {f"{PREFIX}weight/{n}": pack(p) for n, p in named_parameters(model)}
