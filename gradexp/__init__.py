@@ -16,8 +16,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
-
 # public name -> (module, attribute)
 _EXPORTS = {
     "compose": ("gradexp.config", "compose"),
@@ -37,6 +35,10 @@ __all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the installed distribution's, as `gradexp --version` prints it
+        from gradexp.cli import version
+
+        return version()
     if name not in _EXPORTS:
         raise AttributeError(f"module 'gradexp' has no attribute {name!r}")
     module, attribute = _EXPORTS[name]

@@ -78,6 +78,7 @@ def batches(cfg: Any, task_: Task) -> Batches:
 
 
 def settings(cfg: Any) -> Settings:
+    """The loop's plain settings (steps, intervals, regularisation) from the config."""
     t = cfg.train
     return Settings(steps=t.steps, eval_every=t.eval_every, log_every=cfg.log.every, l1=cfg.reg.l1, l2=cfg.reg.l2,
                     stop_on_nonfinite=t.stop_on_nonfinite)

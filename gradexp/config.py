@@ -6,8 +6,9 @@ The schema makes Hydra reject misspelled keys (struct mode) and wrong types at c
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 
@@ -133,6 +134,20 @@ class Config:
 
 def register_schema() -> None:
     ConfigStore.instance().store(name="gradexp_schema", node=Config)
+
+
+def compose(overrides: Sequence[str] = (), config_dir: Optional[str] = None) -> Any:
+    """The config `gradexp run OVERRIDES` composes (Hydra's compose API), with `config_dir` searched like
+    `--config-dir`. Raises Hydra's errors for unknown keys or options; `validate` checks the values."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schema()
+    GlobalHydra.instance().clear()
+    extra = [f"hydra.searchpath=[file://{os.path.abspath(config_dir)}]"] if config_dir else []
+    with initialize_config_module(version_base="1.3", config_module="gradexp.configs"):
+        return hydra_compose(config_name="config", overrides=[*overrides, *extra])
 
 
 class ConfigError(ValueError):

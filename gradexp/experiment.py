@@ -27,10 +27,13 @@ class _NoStop:
     requested = False
 
 
-def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Optional[Console] = None,
+def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None, console: Optional[Console] = None,
                    stop: Any = _NoStop()) -> Outcome:
-    """`stop.requested` turning true (gradexp.interrupt.Interrupts) ends the run after the current step,
+    """Train the composed config `cfg` (gradexp.compose) and leave `run_dir` as `gradexp run` does: TensorBoard
+    events, summary.json, checkpoints. `overrides` are recorded as the run's own (the command line that made it).
+    `stop.requested` turning true (gradexp.interrupt.Interrupts) ends the run after the current step,
     with a checkpoint and status 'interrupted'."""
+    overrides = list(overrides or [])
     validate(cfg)  # raises ConfigError before anything is written
     state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
     os.makedirs(run_dir, exist_ok=True)

@@ -44,7 +44,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     folders = find_runs(args.path)
     if not folders:
         return _bad(f"no runs under {args.path!r} (a run folder holds .hydra/ or summary.json)")
-    records = [load_run(folder, args.path) for folder in folders]
+    try:
+        records = [load_run(folder, args.path) for folder in folders]
+    except ValueError as err:  # a summary.json from a newer gradexp
+        return _bad(str(err))
     everything = list(dict.fromkeys(k for r in records for k in r.overrides))  # csv/json keep every override
     theory = any(r.theory_gain is not None for r in records)
     time = any(r.time_gain is not None for r in records)

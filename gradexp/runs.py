@@ -53,8 +53,25 @@ def _natural(path: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
-def load_run(folder: str, root: str) -> RunRecord:
+def load_summary(folder: str) -> Optional[dict[str, Any]]:
+    """A run folder's summary.json, or None where there is none (yet) or it is cut short. Written by any version
+    of gradexp: a summary from before schema versions reads as version 1 (its verdict has no at_init/at_end; the
+    report falls back to the step whose gain is farthest from 1). A newer version than this gradexp knows is
+    refused: its fields may mean something else."""
+    from gradexp.sinks.summary import SCHEMA_VERSION
+
     summary = _read_json(os.path.join(folder, SUMMARY))
+    if summary is None:
+        return None
+    version = summary.setdefault("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"{os.path.join(folder, SUMMARY)}: schema_version {version!r} is not one this gradexp reads "
+                         f"(allowed: 1 … {SCHEMA_VERSION}; upgrade gradexp)")
+    return summary
+
+
+def load_run(folder: str, root: str) -> RunRecord:
+    summary = load_summary(folder)
     overrides = summary.get("overrides") if summary else None
     if overrides is None:
         overrides = _hydra_overrides(folder)

@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from rich.console import Console
 
-from gradexp.config import register_schema
+import gradexp
 
 TINY = ["train.steps=4", "train.eval_every=2", "log.every=1", "train.batch_size=16", "model.width=8", "model.depth=2"]
 
 
 def compose_config(overrides: list[str] = (), tiny: bool = True):
-    register_schema()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(version_base="1.3", config_module="gradexp.configs"):
-        return compose(config_name="config", overrides=[*(TINY if tiny else []), *overrides])
+    return gradexp.compose([*(TINY if tiny else []), *overrides])
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ from typing import Any, Optional
 
 from gradexp.train import Outcome
 
+# 1: runs before versions were recorded (no schema_version field); 2: verdict.at_init/at_end, perf.torch_threads.
+# Bump it when a field other tools read changes meaning; gradexp.runs.load_summary reads every version up to it.
+SCHEMA_VERSION = 2
 FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val")
 SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
@@ -61,6 +64,7 @@ class SummarySink:
 
     def build(self, outcome: Outcome) -> dict[str, Any]:
         summary = {
+            "schema_version": SCHEMA_VERSION,
             "status": outcome.status,
             "steps": outcome.steps,
             "overrides": self.overrides,
