@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test check gpu-check install clean
 
 $(BIN)/gradexp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,19 @@ install: $(BIN)/gradexp
 demo: install
 	$(BIN)/gradexp run
 
+# every tier CI runs: the fast tier, then the slow one (subprocesses, sweeps, wheel); gpu tests skip without CUDA
 test: install
 	$(BIN)/python -m pytest -q -rs
+
+# the fast tier to run constantly (<= 90 s on 2 idle cores): oracles, registries, in-process runs
+check: install
+	$(BIN)/python -m pytest -q -rs -m "not slow and not gpu"
+
+# on a machine with an NVIDIA GPU: the CUDA tests (no host sync on ordinary steps, ...) and the CUDA benchmark
+gpu-check: install
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA device here')"
+	$(BIN)/python -m pytest -q -rs -m gpu
+	$(BIN)/python scripts/bench_overhead.py --override device=cuda --repeats 3 --out bench_overhead_cuda.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info outputs multirun
