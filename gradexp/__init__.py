@@ -18,16 +18,16 @@ from typing import Any
 
 # public name -> (module, attribute)
 _EXPORTS = {
-    "compose": ("gradexp.config", "compose"),
-    "ConfigError": ("gradexp.config", "ConfigError"),
-    "run_experiment": ("gradexp.experiment", "run_experiment"),
-    "build_run": ("gradexp.build", "run"),
-    "settings": ("gradexp.build", "settings"),
-    "train": ("gradexp.train", "train"),
-    "Run": ("gradexp.train", "Run"),
-    "Outcome": ("gradexp.train", "Outcome"),
-    "load_summary": ("gradexp.runs", "load_summary"),
-    "find_runs": ("gradexp.runs", "find_runs"),
+    "compose": ("gradexp.config.schema", "compose"),
+    "ConfigError": ("gradexp.config.schema", "ConfigError"),
+    "run_experiment": ("gradexp.training.run", "run_experiment"),
+    "build_run": ("gradexp.training.factory", "run"),
+    "settings": ("gradexp.training.factory", "settings"),
+    "train": ("gradexp.training.loop", "train"),
+    "Run": ("gradexp.training.loop", "Run"),
+    "Outcome": ("gradexp.outcome", "Outcome"),
+    "load_summary": ("gradexp.report.runs", "load_summary"),
+    "find_runs": ("gradexp.report.runs", "find_runs"),
     "SCHEMA_VERSION": ("gradexp.sinks.summary", "SCHEMA_VERSION"),
 }
 
@@ -36,7 +36,7 @@ __all__ = [*_EXPORTS, "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # the installed distribution's, as `gradexp --version` prints it
-        from gradexp.cli import version
+        from gradexp.cli.main import version
 
         return version()
     if name not in _EXPORTS:

@@ -1,5 +1,5 @@
 import sys
 
-from gradexp.cli import main
+from gradexp.cli.main import main
 
 sys.exit(main())

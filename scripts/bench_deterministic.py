@@ -13,8 +13,8 @@ import time
 from hydra import compose, initialize_config_module
 from rich.console import Console
 
-from gradexp.config import register_schema
-from gradexp.experiment import run_experiment
+from gradexp.config.schema import register_schema
+from gradexp.training.run import run_experiment
 
 MODELS = {
     "mlp d=20": ["model=mlp", "model.depth=20", "model.width=256"],
@@ -40,7 +40,7 @@ def checkpoint_ms(overrides: list[str]) -> float:
     """Milliseconds for one checkpoint of the model after a short run (optimizer state filled)."""
     cfg = config([*overrides, "train.steps=5", "train.checkpoint_every=0"])
     with tempfile.TemporaryDirectory() as run_dir:
-        import gradexp.experiment as experiment
+        import gradexp.training.run as experiment
 
         saved = {}
         original = experiment.Checkpointer

@@ -25,12 +25,13 @@ from hydra.core.global_hydra import GlobalHydra
 from rich.console import Console
 from rich.table import Table
 
-from gradexp import build
-from gradexp.config import register_schema
+from gradexp.training import factory as build
+from gradexp.config.schema import register_schema
 from gradexp.probes.base import Instruments
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tensorboard import TensorBoardSink
-from gradexp.train import Outcome, Run, evaluate, train
+from gradexp.outcome import Outcome
+from gradexp.training.loop import Run, evaluate, train
 
 # name -> (overrides, steps per timed run)
 CONFIGS = {

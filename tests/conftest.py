@@ -21,7 +21,7 @@ def quiet_console():
 @pytest.fixture
 def run_tiny(tmp_path, quiet_console):
     """run_tiny(overrides) -> (outcome, run_dir): trains a tiny composed experiment in tmp_path."""
-    from gradexp.experiment import run_experiment
+    from gradexp.training.run import run_experiment
 
     def run(overrides: list[str] = (), tiny: bool = True, name: str = "run"):
         cfg = compose_config(list(overrides), tiny=tiny)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from gradexp.config import validate
+from gradexp.config.schema import validate
 from gradexp.sinks.terminal import command_line, merged_overrides
 from tests.conftest import compose_config
 

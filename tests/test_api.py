@@ -66,7 +66,7 @@ V1 = {  # a summary.json as gradexp 0.1 wrote it: no schema_version, verdict wit
 
 
 def test_a_summary_from_before_schema_versions_reads_as_version_1_and_reports(tmp_path, capsys):
-    from gradexp.report import main
+    from gradexp.report.table import main
 
     _write(tmp_path / "old", V1)
     assert gradexp.load_summary(str(tmp_path / "old"))["schema_version"] == 1
@@ -76,7 +76,7 @@ def test_a_summary_from_before_schema_versions_reads_as_version_1_and_reports(tm
 
 
 def test_a_summary_from_a_newer_gradexp_is_refused_in_one_line(tmp_path, capsys):
-    from gradexp.report import main
+    from gradexp.report.table import main
 
     _write(tmp_path / "new", {**V1, "schema_version": gradexp.SCHEMA_VERSION + 1})
     with pytest.raises(ValueError, match="schema_version"):

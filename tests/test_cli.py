@@ -18,7 +18,7 @@ def gradexp(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedPr
 
 
 def test_top_level_help_lists_subcommands_without_torch(tmp_path):
-    code = "import sys; from gradexp.cli import main; main(['--help']); print('torch' in sys.modules)"
+    code = "import sys; from gradexp.cli.main import main; main(['--help']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert "run [OVERRIDES]" in out and "report PATH" in out
     assert out.strip().endswith("False")  # torch was never imported
@@ -27,7 +27,7 @@ def test_top_level_help_lists_subcommands_without_torch(tmp_path):
 def test_version_is_the_installed_one_without_torch(tmp_path):
     from importlib.metadata import version
 
-    code = "import sys; from gradexp.cli import main; main(['--version']); print('torch' in sys.modules)"
+    code = "import sys; from gradexp.cli.main import main; main(['--version']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert out.splitlines() == [f"gradexp {version('gradexp')}", "False"]
 
@@ -40,7 +40,7 @@ def test_closing_lines_keep_long_paths_whole_at_80_columns(tmp_path, monkeypatch
     from rich.console import Console
 
     from gradexp.sinks.terminal import TerminalSink
-    from gradexp.train import Outcome
+    from gradexp.outcome import Outcome
 
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "outputs" / ("a-long-folder-name-" * 4) / "2026-11-22" / "11-45-19-728958"
@@ -59,7 +59,7 @@ def test_no_empty_gradexp_log_per_run():
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from gradexp.config import register_schema
+    from gradexp.config.schema import register_schema
 
     register_schema()
     GlobalHydra.instance().clear()

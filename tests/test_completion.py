@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gradexp.completion import candidates, handle
+from gradexp.cli.completion import candidates, handle
 
 BIN = Path(sys.executable).parent  # the environment's bin folder: the installed `gradexp` script lies next to python
 
@@ -34,7 +34,7 @@ def test_run_completes_groups_options_and_keys():
 
 def test_completing_overrides_does_not_import_torch(tmp_path):
     """Every Tab starts gradexp: importing torch would cost a second or more each time."""
-    code = ("import sys; from gradexp.completion import candidates; "
+    code = ("import sys; from gradexp.cli.completion import candidates; "
             "print(candidates('gradexp run activation=si'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert out.split() == ["['activation=sigmoid']", "False"]

@@ -8,8 +8,8 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import OmegaConfBaseException
 
-from gradexp import build
-from gradexp.config import ConfigError, validate
+from gradexp.training import factory as build
+from gradexp.config.schema import ConfigError, validate
 from tests.conftest import compose_config
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")

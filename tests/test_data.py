@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradexp.data import Batches, make_task
-from gradexp.registry import DATA
+from gradexp.data.tasks import Batches, make_task
+from gradexp.config.registry import DATA
 
 TASK_NAMES = list(DATA)
 MIN_SEQ_LEN = {name: d.min_seq_len for name, d in DATA.items() if d.seq_len is not None}

@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from gradexp.advice import Factors
-from gradexp.config import ConfigError, DiagnoseConf, validate
-from gradexp.diagnose import depth_flow, diagnose, time_flow
+from gradexp.analysis.advice import Factors
+from gradexp.config.schema import ConfigError, DiagnoseConf, validate
+from gradexp.analysis.diagnose import depth_flow, diagnose, time_flow
 from gradexp.sinks.terminal import command_line
 from tests.conftest import compose_config
 
@@ -121,7 +121,7 @@ def test_a_run_stores_the_verdict_of_its_own_summary_and_shows_the_panel(tmp_pat
 
     from rich.console import Console
 
-    from gradexp.experiment import run_experiment
+    from gradexp.training.run import run_experiment
 
     overrides = ["model.depth=5", "activation=sigmoid", "init=xavier_normal"]
     console = Console(record=True, width=200, file=open(os.devnull, "w"))

@@ -53,7 +53,7 @@ def test_combined_norm_and_non_finite_entries():
 
 def test_zero_denominators_are_inf_not_nan():
     assert profile_scalars("bptt_grad_norm/layers.0", [0.5, 0.0])["bptt_grad_norm/layers.0/first_over_last"] == math.inf
-    from gradexp.flow import first_last_ratio
+    from gradexp.analysis.flow import first_last_ratio
 
     assert first_last_ratio([0.5, 0.0]) is None  # summary.json: null
 

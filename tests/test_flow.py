@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from gradexp.flow import first_last_ratio, per_layer_gain
+from gradexp.analysis.flow import first_last_ratio, per_layer_gain
 
 
 def test_geometric_decay_gives_its_factor():
@@ -26,7 +26,7 @@ def test_degenerate_inputs_give_none():
 def test_gain_spread_matches_numpy_float64():
     import numpy as np
 
-    from gradexp.flow import gain_spread
+    from gradexp.analysis.flow import gain_spread
 
     norms = [1e-30, 3e-30, 2e-29, 5e-29, 1e-28, 9e-28]  # tiny: the spread is computed on logs, no underflow
     logs = np.log(np.array(norms[:-1], dtype=np.float64) / np.array(norms[1:], dtype=np.float64))

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradexp import build
-from gradexp.nonfinite import NonfiniteGuard
-from gradexp.train import train_step
+from gradexp.training import factory as build
+from gradexp.training.nonfinite import NonfiniteGuard
+from gradexp.training.loop import train_step
 from tests.conftest import compose_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradexp.hydra_errors import BAD_INPUT, one_line
+from gradexp.cli.errors import BAD_INPUT, one_line
 from tests.conftest import compose_config
 
 

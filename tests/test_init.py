@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gradexp.models import CNN, GRU, LSTM, MLP, RNN, init_weights
-from gradexp.registry import ACTIVATIONS
+from gradexp.config.registry import ACTIVATIONS
 
 N = 512  # large square layers so the empirical variance is within ~1% of the formula
 TOL = 0.05
@@ -150,7 +150,7 @@ def test_recurrent_gain_scales_weight_hh_only():
 
 
 def test_recurrent_gain_reaches_the_model_from_config():
-    from gradexp import build
+    from gradexp.training import factory as build
     from tests.conftest import compose_config
 
     cfg = compose_config(["model=rnn", "init=orthogonal", "init.recurrent_gain=0.5", "init.gain=2.0"])

@@ -8,8 +8,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gradexp import build
-from gradexp.config import ConfigError, validate
+from gradexp.training import factory as build
+from gradexp.config.schema import ConfigError, validate
 from tests.conftest import compose_config
 from tests.test_oracle import read_scalars
 
@@ -98,7 +98,7 @@ def test_clip_telemetry_matches_torch(run_tiny, clip):
 
 
 def test_clip_fraction_counts_only_clipped_steps():
-    from gradexp.clip import ClipPolicy
+    from gradexp.training.clip import ClipPolicy
 
     policy, p = ClipPolicy("norm", max_norm=1.0, norm_type=2.0, value=1.0), torch.nn.Parameter(torch.zeros(3))
     for scale in (0.1, 5.0, 0.2, 9.0):  # two of four steps above max_norm

@@ -9,7 +9,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from gradexp.launch import available_cpus, threads_per_job
+from gradexp.training.threads import available_cpus, threads_per_job
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 SUBMITIT = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
@@ -82,7 +82,7 @@ def test_explicit_train_threads_wins_and_is_recorded(run_tiny):
 
 
 def test_train_threads_must_be_positive():
-    from gradexp.config import ConfigError, validate
+    from gradexp.config.schema import ConfigError, validate
     from tests.conftest import compose_config
 
     with pytest.raises(ConfigError, match="train.threads"):

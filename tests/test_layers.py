@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradexp import build
+from gradexp.training import factory as build
 from gradexp.probes.act_grads import ActGrads
 from gradexp.probes.layers import (
     ACTIVATION_SITE,
@@ -118,7 +118,7 @@ def test_model_watch_chooses_the_layers_a_run_logs(run_tiny):
 
 
 def test_model_watch_matching_nothing_is_a_one_line_refusal(run_tiny):
-    from gradexp.config import ConfigError
+    from gradexp.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="model.watch"):
         run_tiny(["model.watch=[decoder.*]"])
@@ -142,7 +142,7 @@ def test_log_probes_sets_each_probes_interval_and_turns_one_off(run_tiny):
                                           ("log.probes.update_ratio=3", "log.probes.update_ratio"),
                                           ("log.probes.bptt=-2", "log.probes.bptt")])
 def test_bad_log_probes_are_one_line_refusals(override, key):
-    from gradexp.config import ConfigError, validate
+    from gradexp.config.schema import ConfigError, validate
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_config(["log.every=2", override]))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from gradexp.models import GRU, LSTM, MODELS, RNN, make_activation
-from gradexp.registry import ACTIVATIONS, MODELS as FAMILIES
+from gradexp.config.registry import ACTIVATIONS, MODELS as FAMILIES
 
 B, T, FEAT, K = 4, 6, 3, 2  # batch, sequence length, features per step, readout steps
 INPUT = {"mlp": (16,), "cnn": (2, 5, 5), "rnn": (T, FEAT), "lstm": (T, FEAT), "gru": (T, FEAT)}

@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from gradexp import build
-from gradexp.data import Batches
+from gradexp.training import factory as build
+from gradexp.data.tasks import Batches
 from gradexp.sinks.summary import SummarySink
-from gradexp.train import train
+from gradexp.training.loop import train
 from tests.conftest import compose_config
 
 MARKER = 1234.5  # planted into one training example; the fault fires on the step whose batch holds it

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gradexp import build
+from gradexp.training import factory as build
 from tests.conftest import compose_config
 
 FAMILIES = [

@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from gradexp.config import register_schema, validate
-from gradexp.flow import per_layer_gain
+from gradexp.config.schema import register_schema, validate
+from gradexp.analysis.flow import per_layer_gain
 from tests.conftest import compose_config
 from tests.test_oracle import read_scalars
 
@@ -180,7 +180,7 @@ def test_multirun_plus_experiment_runs_the_whole_sweep(tmp_path):
 
 
 def test_experiment_without_plus_composes_the_preset():
-    from gradexp.presets import normalise
+    from gradexp.cli.presets import normalise
 
     assert normalise(["+experiment=he2015", "+foo=1"]) == ["experiment=he2015", "+foo=1"]
     cfg = compose_config(["experiment=he2015"], tiny=False)
@@ -191,7 +191,7 @@ def test_only_a_fresh_single_run_of_a_sweep_preset_is_refused():
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from gradexp.presets import UnsweptPreset, refuse_unswept
+    from gradexp.cli.presets import UnsweptPreset, refuse_unswept
 
     def hydra_cfg(mode, params):
         return OmegaConf.create({"mode": mode, "sweeper": {"params": params}})

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from gradexp.config import ConfigError
-from gradexp.experiment import run_experiment
-from gradexp.registry import DATA, MODELS
+from gradexp.config.schema import ConfigError
+from gradexp.training.run import run_experiment
+from gradexp.config.registry import DATA, MODELS
 from tests.conftest import compose_config
 from tests.test_config import GROUPS, options
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from gradexp import registry
+from gradexp.config import registry
 from gradexp.models import MODELS, make_activation, make_norm
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -62,5 +62,5 @@ def test_registry_import_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, gradexp.registry; print('torch' in sys.modules)"
+    code = "import sys, gradexp.config.registry; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from gradexp.flow import first_last_ratio, per_layer_gain
-from gradexp.report import main
-from gradexp.runs import find_runs, load_run, varying_keys
+from gradexp.analysis.flow import first_last_ratio, per_layer_gain
+from gradexp.report.table import main
+from gradexp.report.runs import find_runs, load_run, varying_keys
 
 
 def geometric(gain: float, n: int = 5) -> list[float]:
@@ -130,7 +130,7 @@ def plotted(ax) -> dict[str, list[float]]:
 
 
 def test_theory_is_drawn_dashed_beside_the_measured_step_0_profile(tmp_path):
-    from gradexp.report_figure import figure
+    from gradexp.report.figure import figure
 
     predicted = {f"layers.{i}": {"predicted": 0.5 ** (3 - i)} for i in range(4)}
     write_run(tmp_path / "0", ["init=xavier_normal"], norms=geometric(0.6, 4),
@@ -150,7 +150,7 @@ def bptt(first: list[float], last: list[float]) -> dict:
 def test_recurrent_runs_show_their_gradient_through_time(tmp_path, capsys):
     """Single-layer recurrent nets have no per-layer profile: the figure plots summary["bptt"] against t,
     the phase diagram is coloured by the per-time-step gain, and the table gets a `time gain` column."""
-    from gradexp.report_figure import figure
+    from gradexp.report.figure import figure
 
     profiles = {("rnn", "10"): geometric(0.5, 10), ("rnn", "40"): geometric(0.5, 40),
                 ("lstm", "10"): geometric(0.95, 10), ("lstm", "40"): geometric(0.95, 40)}
@@ -179,7 +179,7 @@ def test_recurrent_runs_show_their_gradient_through_time(tmp_path, capsys):
 
 
 def test_real_recurrent_run_plots_its_summary_bptt_profile(run_tiny):
-    from gradexp.report_figure import figure
+    from gradexp.report.figure import figure
 
     _, run_dir = run_tiny(["model=rnn", "model.depth=1", "data=adding", "data.seq_len=6", "log.bptt_every=2"], name="rnn")
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
@@ -232,8 +232,8 @@ def test_mixed_sweeps_keep_every_run_and_column_in_csv_and_json(mixed, capsys):
 
 
 def test_mixed_sweeps_legend_names_only_each_runs_own_factors(mixed):
-    from gradexp.report import figure_keys
-    from gradexp.report_figure import figure
+    from gradexp.report.table import figure_keys
+    from gradexp.report.figure import figure
 
     root, _ = mixed
     records = [load_run(f, str(root)) for f in find_runs(str(root))]
@@ -247,7 +247,7 @@ def test_mixed_sweeps_get_no_phase_diagram_across_sweeps(mixed, tmp_path):
     """activation (first sweep) and init (second) are two factors, but of different sweeps: no grid to draw."""
     import matplotlib.image
 
-    from gradexp.report import figure_keys
+    from gradexp.report.table import figure_keys
 
     root, _ = mixed
     records = [load_run(f, str(root)) for f in find_runs(str(root))]

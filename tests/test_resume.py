@@ -10,10 +10,10 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gradexp import checkpoint
-from gradexp.config import ConfigError
-from gradexp.experiment import run_experiment
-from gradexp.resume import ResumeError
+from gradexp.training import checkpoint
+from gradexp.config.schema import ConfigError
+from gradexp.training.run import run_experiment
+from gradexp.training.resume import ResumeError
 from tests.conftest import compose_config
 
 # 13 steps: checkpoints at 5 and 10, logging every 2nd step, eval every 3rd; cosine schedule and momentum
@@ -23,7 +23,7 @@ LONG = ["train.steps=13", "train.checkpoint_every=5", "log.every=2", "train.eval
 
 
 class StopAfter:
-    """Stands in for gradexp.interrupt.Interrupts: the request arrives after `n` updates."""
+    """Stands in for gradexp.training.interrupt.Interrupts: the request arrives after `n` updates."""
 
     def __init__(self, n: int):
         self.n, self.calls = n, 0

@@ -60,7 +60,7 @@ def test_hparams_metrics_match_the_logged_scalars(tiny_run):
     gains = []
     for step in (min(logged["act_grad_norm/layers.0"]), max(logged["act_grad_norm/layers.0"])):
         norms = [logged[f"act_grad_norm/layers.{i}"][step] for i in range(4)]
-        gains.append(float(np.exp(-np.polyfit(np.arange(4), np.log(norms), 1)[0])))  # independent of gradexp.flow
+        gains.append(float(np.exp(-np.polyfit(np.arange(4), np.log(norms), 1)[0])))  # independent of gradexp.analysis.flow
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
     judged = gains[0] if summary["verdict"]["decided_by"] == "at_init" else gains[1]  # the moment that decided
     assert logged["hparams/gain"][outcome.steps] == pytest.approx(judged, rel=1e-5)

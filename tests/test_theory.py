@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 
-from gradexp import theory
-from gradexp.flow import per_layer_gain
+from gradexp.analysis import theory
+from gradexp.analysis.flow import per_layer_gain
 from gradexp.models import MLP, init_weights, make_activation
-from gradexp.registry import ACTIVATIONS
+from gradexp.config.registry import ACTIVATIONS
 from tests.conftest import compose_config
 from tests.test_oracle import read_scalars
 

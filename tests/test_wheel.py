@@ -29,6 +29,8 @@ def test_every_config_group_is_a_listed_package():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     groups = {f"gradexp.configs.{p.name}" for p in (ROOT / "configs").iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert groups and groups <= listed
+    stages = {"gradexp." + p.parent.name for p in (ROOT / "gradexp").glob("*/__init__.py")}  # cli, config, ...
+    assert stages and stages <= listed  # a stage missing here would be left out of the wheel
 
 
 @pytest.mark.slow

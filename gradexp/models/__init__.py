@@ -1,7 +1,9 @@
 """Model families and the activation / norm / init factories they share. Which families exist, and what each
-takes, is gradexp/registry.py's MODELS table."""
-from gradexp.registry import MODELS as _FAMILIES
-from gradexp.registry import resolve as _resolve
+takes, is gradexp/config/registry.py's MODELS table.
+
+May import gradexp.config and gradexp.outcome."""
+from gradexp.config.registry import MODELS as _FAMILIES
+from gradexp.config.registry import resolve as _resolve
 
 from .cnn import CNN
 from .layers import init_weights, make_activation, make_norm

@@ -1,6 +1,6 @@
 """Activation, normalization and weight-init factories shared by every model family.
 
-Every fact about an option (its torch class, its kaiming gain, its init rule) lives in gradexp/registry.py;
+Every fact about an option (its torch class, its kaiming gain, its init rule) lives in gradexp/config/registry.py;
 this module only builds from it. Names are validated here too, so that a model built from Python with a typo
 fails with one message listing the allowed names."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from gradexp.registry import ACTIVATIONS, INITS, NORMS, check_name
+from gradexp.config.registry import ACTIVATIONS, INITS, NORMS, check_name
 
 
 def check_positive(name: str, value: int) -> None:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, ProbeContext, Scalars, removed_on_exit
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
-from gradexp.registry import ACTIVATIONS
+from gradexp.config.registry import ACTIVATIONS
 
 SATURATION_FRACTION = 0.05
 
@@ -31,7 +31,7 @@ SATURATION_FRACTION = 0.05
 def saturation(y: Tensor, activation: str, unit_dim: int) -> Tensor:
     """Fraction of saturated entries (squashing activations) or dead units (ReLU family) of each y[i];
     y is (L, ...) — L same-shaped layer outputs stacked — and unit_dim indexes a layer's own tensor. (L,)
-    Which rule applies is the activation's registry entry (gradexp/registry.py)."""
+    Which rule applies is the activation's registry entry (gradexp/config/registry.py)."""
     entry = ACTIVATIONS[activation]
     if entry.saturation == "squashing":
         return (entry.output_derivative(y) < SATURATION_FRACTION).flatten(1).float().mean(dim=1)

@@ -39,7 +39,7 @@ def removed_on_exit(handles: list) -> Iterator[None]:
 
 @dataclass
 class ProbeContext:
-    """What the run factory hands every probe kind (gradexp/registry.py PROBES) to build itself from: plain
+    """What the run factory hands every probe kind (gradexp/config/registry.py PROBES) to build itself from: plain
     values and the layer list, never the config."""
     layers: list  # (name, module) to watch, forward order (probes/layers.py)
     activation: Optional[str] = None  # the activation option's name, for saturation rules; None: unknown

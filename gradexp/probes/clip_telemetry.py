@@ -28,7 +28,7 @@ def _global_norm(grads: list[Tensor]) -> Tensor:
 
 
 class ClipTelemetry(Probe):
-    """Given the run's clip policy as is (its mode, thresholds and step counters; gradexp/clip.py)."""
+    """Given the run's clip policy as is (its mode, thresholds and step counters; gradexp/training/clip.py)."""
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> Optional["ClipTelemetry"]:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from torch import nn
 
-from gradexp.config import ConfigError
+from gradexp.config.schema import ConfigError
 
 Layers = list[tuple[str, nn.Module]]
 

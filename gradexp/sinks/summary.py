@@ -8,15 +8,15 @@ import math
 import os
 from typing import Any, Optional
 
-from gradexp.train import Outcome
+from gradexp.analysis.flow import ACT_STATS, layer_quantities
+from gradexp.outcome import Outcome
 
 # 1: runs before versions were recorded (no schema_version field); 2: verdict.at_init/at_end, perf.torch_threads.
-# Bump it when a field other tools read changes meaning; gradexp.runs.load_summary reads every version up to it.
+# Bump it when a field other tools read changes meaning; gradexp.report.runs.load_summary reads every version up to it.
 SCHEMA_VERSION = 2
 FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val")
 SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
-ACT_STATS = ("act_mean", "act_std", "act_saturation")
 _SETTINGS = ("path", "overrides", "layer_names")  # given at construction; everything else is run state
 
 
@@ -92,19 +92,6 @@ class SummarySink:
             if key in self.first:
                 entry[quantity] = {"first": _finite_or_none(self.first[key]), "last": _finite_or_none(self.last[key])}
         return entry
-
-
-def layer_quantities(values: dict[str, float], layer_names: list[str]) -> dict[str, float]:
-    """Per hidden layer: grad_norm (L2 over all its parameters' gradients) and act_grad_norm, as logged."""
-    out: dict[str, float] = {}
-    for name in layer_names:
-        parts = [v for tag, v in values.items() if tag.startswith(f"grad_norm/{name}.")]
-        if parts:
-            out[f"grad_norm/{name}"] = math.hypot(*parts)  # scaled internally: squares of tiny norms do not underflow
-        for quantity in ("act_grad_norm", *ACT_STATS):
-            if f"{quantity}/{name}" in values:
-                out[f"{quantity}/{name}"] = values[f"{quantity}/{name}"]
-    return out
 
 
 def _finite_or_none(value: float) -> Optional[float]:

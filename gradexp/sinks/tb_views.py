@@ -22,9 +22,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from gradexp.flow import first_last_ratio, per_layer_gain
-from gradexp.sinks.summary import layer_quantities
-from gradexp.train import Outcome
+from gradexp.analysis.flow import first_last_ratio, layer_quantities, per_layer_gain
+from gradexp.outcome import Outcome
 
 # capitalised: TensorBoard's Scalars and Time Series pages sort tag groups upper case first and open only the first two,
 # so "Flow" is the open group at the top of the page, above acc/, act_*/, … (checked with scripts/tb_screenshots.py)
@@ -137,7 +136,7 @@ class TensorBoardViews:
 def run_hparams(cfg: Any, overrides: list[str] = ()) -> dict[str, Any]:
     """HParams columns: the model family and the factors of this run — in a sweep the keys the sweep varies, else
     the run's own overrides (a key the user did not set is the same in every run and would only crowd the table)."""
-    from gradexp.config import model_family
+    from gradexp.config.schema import model_family
 
     factors = sweep_factors()
     chosen = {}

@@ -13,7 +13,7 @@ from torch.utils.tensorboard.summary import histogram_raw
 
 from gradexp.probes import histograms
 from gradexp.sinks import profiles
-from gradexp.train import Outcome
+from gradexp.outcome import Outcome
 
 
 class TensorBoardSink:

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from gradexp.train import Outcome
+from gradexp.outcome import Outcome
 
 STATUS_STYLE = {"completed": "green", "diverged": "red", "interrupted": "yellow", "failed": "red"}
 FLOW_PAGES = "  gradient flow: its Flow/ charts, Custom Scalars (one chart per layer), Images (heatmap), HParams (verdict)"

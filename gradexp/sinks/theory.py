@@ -1,7 +1,7 @@
 """The mean-field baseline beside the measurements: theory/act_grad_norm/<layer> in TensorBoard at the first
 logged step, and summary["theory"] (predicted vs measured per-layer gain) in summary.json.
 
-The prediction (gradexp/theory.py) is computed before training from the config and the data; this sink only
+The prediction (gradexp/analysis/theory.py) is computed before training from the config and the data; this sink only
 anchors it to the measured act_grad_norm of the last hidden layer at the first logged step and displays it.
 summary["theory"] is null where the theory does not apply (not model=mlp, a norm layer, or residual)."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ import math
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from gradexp import theory
-from gradexp.data import Task
-from gradexp.flow import gain_spread, per_layer_gain
-from gradexp.train import Outcome
+from gradexp.analysis import theory
+from gradexp.data.tasks import Task
+from gradexp.analysis.flow import gain_spread, per_layer_gain
+from gradexp.outcome import Outcome
 
 
 class TheorySink:
@@ -88,7 +88,7 @@ PROPER_INITS = ("xavier_normal", "kaiming_normal")
 
 def alternatives(cfg: Any, dim: int, mean_square: float) -> dict[str, float]:
     """The overrides of each proper init (gain 1) -> the mean-field per-layer gain it predicts for this net; the
-    verdict's advice picks the one closest to 1 (gradexp/advice.py)."""
+    verdict's advice picks the one closest to 1 (gradexp/analysis/advice.py)."""
     out = {}
     for scheme in PROPER_INITS:
         init = SimpleNamespace(scheme=scheme, gain=1.0, std=cfg.init.std)

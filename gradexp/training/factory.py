@@ -8,13 +8,13 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from gradexp.clip import ClipPolicy
-from gradexp.data import Batches, Task, make_task
+from gradexp.training.clip import ClipPolicy
+from gradexp.data.tasks import Batches, Task, make_task
 from gradexp.models import init_weights
 from gradexp.probes.base import Instruments, ProbeContext
 from gradexp.probes.layers import Layers, watched_layers
-from gradexp.registry import OPTIMIZERS, PROBES, SCHEDULES, resolve
-from gradexp.train import Run, Settings
+from gradexp.config.registry import OPTIMIZERS, PROBES, SCHEDULES, resolve
+from gradexp.training.loop import Run, Settings
 
 
 def device(cfg: Any) -> torch.device:

@@ -1,5 +1,5 @@
 """The `gradexp run` Hydra application: the only @hydra.main. It composes the config, then hands the
-run over to `gradexp.experiment.run_experiment`, which tests call directly with a composed config."""
+run over to `gradexp.training.run.run_experiment`, which tests call directly with a composed config."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gradexp.config import ConfigError, register_schema
+from gradexp.config.schema import ConfigError, register_schema
 
 EXIT_BAD_INPUT = 2
 HYDRA_OWN = {".hydra", "gradexp.log"}  # what Hydra writes into a run folder before the task starts
@@ -29,11 +29,11 @@ class JobFailed(Exception):
 def _task(cfg: DictConfig) -> None:
     global _task_started
     _task_started = True
-    from gradexp.experiment import run_experiment
-    from gradexp.interrupt import Interrupts
-    from gradexp.launch import configure_threads
-    from gradexp.presets import refuse_unswept
-    from gradexp.resume import PREFIX
+    from gradexp.training.run import run_experiment
+    from gradexp.training.interrupt import Interrupts
+    from gradexp.training.threads import configure_threads
+    from gradexp.cli.presets import refuse_unswept
+    from gradexp.training.resume import PREFIX
 
     hydra_cfg = HydraConfig.get()
     configure_threads(hydra_cfg.launcher)  # parallel launchers: divide the CPUs among the jobs
@@ -71,15 +71,15 @@ def _remove_if_empty(run_dir: str, resuming: bool) -> None:
 def _record_failure(run_dir: str, overrides: list[str], err: Exception) -> None:
     """The failed job keeps its folder, with summary.json saying status 'failed' and why (unless the run wrote one)."""
     from gradexp.sinks.summary import SummarySink
-    from gradexp.train import Outcome
+    from gradexp.outcome import Outcome
 
     if not os.path.exists(os.path.join(run_dir, "summary.json")):
         SummarySink(run_dir, overrides, []).close(Outcome(status="failed", error=f"{type(err).__name__}: {err}"))
 
 
 def run_app() -> int:
-    from gradexp.presets import normalise
-    from gradexp.resume import hydra_args
+    from gradexp.cli.presets import normalise
+    from gradexp.training.resume import hydra_args
 
     try:
         sys.argv = [sys.argv[0], *normalise(hydra_args(sys.argv[1:]))]
@@ -101,7 +101,7 @@ def run_app() -> int:
 
 def _report(err: Exception, full: bool) -> int:
     """Bad input (Hydra composition, override syntax) and a sweep job's bad value: one line. A bug: its traceback."""
-    from gradexp.hydra_errors import BAD_INPUT, one_line
+    from gradexp.cli.errors import BAD_INPUT, one_line
 
     if isinstance(err, JobFailed) and not full:
         print(err, file=sys.stderr)

@@ -11,9 +11,9 @@ import os
 import sys
 from typing import Any, Optional
 
-from gradexp.report_figure import DPI, draw  # matplotlib itself is imported only when a figure is drawn
-from gradexp.report_groups import SEED, by_sweep, fold, job_name, seed_folds, sweep_of
-from gradexp.runs import RunRecord, find_runs, load_run, varying_keys
+from gradexp.report.figure import DPI, draw  # matplotlib itself is imported only when a figure is drawn
+from gradexp.report.groups import SEED, by_sweep, fold, job_name, seed_folds, sweep_of
+from gradexp.report.runs import RunRecord, find_runs, load_run, varying_keys
 
 EXIT_BAD_INPUT = 2
 METRICS = ("loss/train", "loss/val", "acc/val")

@@ -12,7 +12,7 @@ The headline label (vanishing | exploding | healthy | diverged) is
   train, a per-layer (per-step) gain past its threshold is itself a problem (`classify(strict=True)`);
 - healthy otherwise: the gradient reaches every layer at a usable size at the end, and the run trains (a run that
   starts vanishing and recovers says so in the evidence).
-The cause and what to try come from gradexp.advice, given the evidence gathered here (saturation, dead units,
+The cause and what to try come from gradexp.analysis.advice, given the evidence gathered here (saturation, dead units,
 measured gain against the mean-field gain, gain through time). Nothing here touches torch: it works on the summary
 dict, so `gradexp report` and tests can call it on any run."""
 from __future__ import annotations
@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from gradexp.advice import Evidence, Factors, suggest
-from gradexp.flow import first_last_ratio, per_layer_gain
+from gradexp.analysis.advice import Evidence, Factors, suggest
+from gradexp.analysis.flow import first_last_ratio, per_layer_gain
 
 SYMBOL = {"act_grad_norm": "‖∂L/∂h‖", "grad_norm": "‖∂L/∂θ‖"}
 MOMENTS = {"at_init": "first", "at_end": "last"}  # verdict key -> summary key of the logged step it judges

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from gradexp.reproducible import rng_state, set_rng_state
-from gradexp.train import Run
+from gradexp.training.reproducible import rng_state, set_rng_state
+from gradexp.training.loop import Run
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "gradexp-checkpoint-1"   # tag that tells our file from any other torch file

@@ -7,7 +7,7 @@ from typing import Any
 
 from hydra.types import RunMode
 
-from gradexp.config import ConfigError
+from gradexp.config.schema import ConfigError
 
 GROUP = "experiment"
 

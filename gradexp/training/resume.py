@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from gradexp import checkpoint
-from gradexp.config import ConfigError
+from gradexp.training import checkpoint
+from gradexp.config.schema import ConfigError
 from gradexp.sinks.summary import SUMMARY_NAME
 
 PREFIX = "resume="

@@ -1,5 +1,5 @@
 """`gradexp` subcommand dispatcher. Imports nothing heavy so `gradexp --help` is instant;
-`run` is the single @hydra.main and stays thin: compose, validate, hand over to gradexp.experiment."""
+`run` is the single @hydra.main and stays thin: compose, validate, hand over to gradexp.training.run."""
 from __future__ import annotations
 
 import sys
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "run":
         return _run(rest)
     if command == "report":
-        from gradexp.report import main as report_main
+        from gradexp.report.table import main as report_main
 
         return report_main(rest)
     print(f"gradexp: unknown command {command!r} (allowed: run | report); see gradexp --help", file=sys.stderr)
@@ -55,7 +55,7 @@ def _run(args: list[str]) -> int:
     for flag in ("-sc", "--shell-completion"):
         if flag in args:  # gradexp's own completion: it knows the subcommands and calls Hydra's for the overrides
             return _completion(args[args.index(flag) + 1:][:1])
-    from gradexp.hydra_app import run_app
+    from gradexp.cli.app import run_app
 
     # Hydra reads sys.argv itself; give it only the overrides, with a program name for its help text
     sys.argv = ["gradexp run", *args]
@@ -63,7 +63,7 @@ def _run(args: list[str]) -> int:
 
 
 def _completion(argument: list[str]) -> int:
-    from gradexp.completion import CompletionError, handle
+    from gradexp.cli.completion import CompletionError, handle
 
     try:
         print(handle(argument[0] if argument else None))

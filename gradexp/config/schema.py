@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 
-from gradexp import registry
+from gradexp.config import registry
 
 
 @dataclass
@@ -104,7 +104,7 @@ class RegConf:
 
 @dataclass
 class DiagnoseConf:
-    """Verdict thresholds (gradexp/diagnose.py). Gains are factors per layer (or per time step) travelled backward."""
+    """Verdict thresholds (gradexp/analysis/diagnose.py). Gains are factors per layer (or per time step) travelled backward."""
     vanishing_gain: float = 0.8       # per-layer gain below this: vanishing
     exploding_gain: float = 1.25      # per-layer gain above this: exploding
     vanishing_ratio: float = 1e-3     # first-layer / last-layer gradient norm below this: vanishing
@@ -129,7 +129,7 @@ class Config:
     diagnose: DiagnoseConf = field(default_factory=DiagnoseConf)
     seed: int = 0
     device: str = "auto"
-    resume: Optional[str] = None    # a run folder to continue in place (gradexp/resume.py)
+    resume: Optional[str] = None    # a run folder to continue in place (gradexp/training/resume.py)
 
 
 def register_schema() -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from gradexp.probes.base import named_parameters, removed_on_exit
-from gradexp.snapshot import Snapshot
+from gradexp.training.snapshot import Snapshot
 
 # refresh the snapshot at a clean check point at most this often (in steps): a copy of model + optimizer
 # state is a visible share of a small model's logging step, while a replay is paid only once, on divergence

@@ -8,19 +8,22 @@ from typing import Any, Optional
 import torch
 from rich.console import Console
 
-from gradexp import build, resume
-from gradexp.advice import Factors
-from gradexp.checkpoint import Checkpointer
-from gradexp.config import validate
-from gradexp.diagnose import diagnose
-from gradexp.launch import apply_explicit_threads
-from gradexp.reproducible import use_deterministic
+from gradexp.training import factory as build
+
+from gradexp.training import resume
+from gradexp.analysis.advice import Factors
+from gradexp.training.checkpoint import Checkpointer
+from gradexp.config.schema import validate
+from gradexp.analysis.diagnose import diagnose
+from gradexp.training.threads import apply_explicit_threads
+from gradexp.training.reproducible import use_deterministic
 from gradexp.sinks import theory as theory_sink
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews, run_hparams
 from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.sinks.terminal import TerminalSink
-from gradexp.train import Outcome, Run, train
+from gradexp.outcome import Outcome
+from gradexp.training.loop import Run, train
 
 
 class _NoStop:
@@ -31,7 +34,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
                    stop: Any = _NoStop()) -> Outcome:
     """Train the composed config `cfg` (gradexp.compose) and leave `run_dir` as `gradexp run` does: TensorBoard
     events, summary.json, checkpoints. `overrides` are recorded as the run's own (the command line that made it).
-    `stop.requested` turning true (gradexp.interrupt.Interrupts) ends the run after the current step,
+    `stop.requested` turning true (gradexp.training.interrupt.Interrupts) ends the run after the current step,
     with a checkpoint and status 'interrupted'."""
     overrides = list(overrides or [])
     validate(cfg)  # raises ConfigError before anything is written

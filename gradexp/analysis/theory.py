@@ -22,9 +22,9 @@ import torch
 from numpy.polynomial.legendre import leggauss
 from torch import nn
 
-from gradexp.config import model_family
+from gradexp.config.schema import model_family
 from gradexp.models.layers import make_activation
-from gradexp.registry import ACTIVATIONS, INITS, LEAKY_SLOPE, MODELS
+from gradexp.config.registry import ACTIVATIONS, INITS, LEAKY_SLOPE, MODELS
 
 QUADRATURE_POINTS = 96  # per half-line; relative error < 1e-9 for every activation (tests/test_theory.py)
 TAIL = 12.0  # standard deviations integrated; the normal mass beyond is ~1e-33

@@ -77,7 +77,7 @@ def _folders(prefix: str) -> list[str]:
 
 def _hydra(args: list[str], current: str) -> list[str]:
     """Hydra's completion of `run`'s overrides; --config-dir on the line adds the user's config groups."""
-    from gradexp.hydra_app import _task as hydra_main  # the @hydra.main itself: run_app's resume path imports torch
+    from gradexp.cli.app import _task as hydra_main  # the @hydra.main itself: run_app's resume path imports torch
 
     config_dir = _config_dir(args)
     argv, env = sys.argv, os.environ.get("COMP_LINE")

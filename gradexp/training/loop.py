@@ -12,10 +12,11 @@ from typing import Callable, Optional, Protocol
 import torch
 from torch import Tensor, nn
 
-from gradexp.clip import ClipPolicy
-from gradexp.data import Batches, Task
-from gradexp.nonfinite import NonfiniteGuard
-from gradexp.perf import PerfMeter
+from gradexp.outcome import Outcome
+from gradexp.training.clip import ClipPolicy
+from gradexp.data.tasks import Batches, Task
+from gradexp.training.nonfinite import NonfiniteGuard
+from gradexp.training.perf import PerfMeter
 from gradexp.probes.base import Instruments, named_parameters
 
 
@@ -32,16 +33,6 @@ class Settings:
     l1: float = 0.0
     l2: float = 0.0
     stop_on_nonfinite: bool = True
-
-
-@dataclass
-class Outcome:
-    status: str = "running"          # completed | diverged | interrupted | failed
-    steps: int = 0                   # optimizer updates done
-    nonfinite: Optional[dict] = None
-    error: Optional[str] = None
-    perf: dict = field(default_factory=dict)
-    verdict: Optional[dict] = None   # set by gradexp.diagnose once training ends, before the sinks close
 
 
 @dataclass

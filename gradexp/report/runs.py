@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from gradexp.diagnose import depth_flow, time_flow
+from gradexp.analysis.diagnose import depth_flow, time_flow
 
 SUMMARY = "summary.json"
 

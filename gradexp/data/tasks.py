@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradexp.registry import DATA, check_name, resolve
+from gradexp.config.registry import DATA, check_name, resolve
 
 BLOB_CLASSES, BLOB_FEATURES, BLOB_RADIUS = 4, 16, 2.5  # radius tuned: linear val acc ~ 0.9
 ADDING_TOLERANCE = 0.04  # Hochreiter & Schmidhuber's "solved" criterion
@@ -153,7 +153,7 @@ def copy(seed: int, n_train: int, n_val: int, seq_len: int) -> Task:
 
 def make_task(name: str, seed: int, n_train: int | None = None, n_val: int | None = None,
               seq_len: int | None = None) -> Task:
-    """Build task `name` (an entry of gradexp/registry.py's DATA); None sizes take the task's defaults there."""
+    """Build task `name` (an entry of gradexp/config/registry.py's DATA); None sizes take the task's defaults there."""
     check_name("task", name, DATA)
     entry = DATA[name]
     if seq_len is not None and entry.seq_len is None:

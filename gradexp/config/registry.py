@@ -182,11 +182,11 @@ class Data:
 
 
 DATA: dict[str, Data] = {
-    "blobs": Data("gradexp.data.blobs", "vector", 4000, 1000),
-    "digits": Data("gradexp.data.digits", "image", None, 360),
-    "adding": Data("gradexp.data.adding", "sequence", 8000, 1000, seq_len=50, min_seq_len=2),
-    "copy": Data("gradexp.data.copy", "sequence", 8000, 1000, seq_len=20, min_seq_len=1),
-    "seq_digits": Data("gradexp.data.seq_digits", "sequence", None, 360),
+    "blobs": Data("gradexp.data.tasks.blobs", "vector", 4000, 1000),
+    "digits": Data("gradexp.data.tasks.digits", "image", None, 360),
+    "adding": Data("gradexp.data.tasks.adding", "sequence", 8000, 1000, seq_len=50, min_seq_len=2),
+    "copy": Data("gradexp.data.tasks.copy", "sequence", 8000, 1000, seq_len=20, min_seq_len=1),
+    "seq_digits": Data("gradexp.data.tasks.seq_digits", "sequence", None, 360),
 }
 
 

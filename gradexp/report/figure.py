@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from gradexp.runs import RunRecord
+from gradexp.report.runs import RunRecord
 
 WHEN = {"first": "step 0", "last": "last logged step"}
 TIME_LABEL = "‖∂L/∂h_t‖ (hidden-state gradient)"

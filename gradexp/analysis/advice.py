@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from gradexp.registry import ACTIVATIONS, MODELS
+from gradexp.config.registry import ACTIVATIONS, MODELS
 
 SATURATED = 0.2          # a layer with this share of saturated entries (dead units) is blamed on them
 HEALTHY_THEORY = 0.8     # a proper init whose mean-field gain is at least this fixes an init-scale problem
@@ -36,7 +36,7 @@ class Factors:
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "Factors":
-        from gradexp.config import model_family
+        from gradexp.config.schema import model_family
 
         c = cfg.clip
         option = "none" if c.mode == "none" else f"norm_{c.max_norm}" if c.mode == "norm" else f"value_{c.value}"

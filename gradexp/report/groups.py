@@ -7,7 +7,7 @@ import os
 import statistics
 from typing import Any
 
-from gradexp.runs import RunRecord
+from gradexp.report.runs import RunRecord
 
 SEED = "seed"
 
