@@ -15,6 +15,14 @@ from gradexp.probes import histograms
 from gradexp.sinks import profiles
 from gradexp.train import Outcome
 
+UNFINISHED = ("interrupted", "failed", "running")  # statuses a run can be resumed from
+
+
+def image_step(steps: list[int], outcome: Outcome) -> int:
+    """The step an end-of-run image is logged at: the last logged step; for a run that may be resumed, the step it
+    stopped at, so that the resumed run's purge (from its checkpoint step) replaces this session's images."""
+    return max(steps[-1], outcome.steps) if outcome.status in UNFINISHED else steps[-1]
+
 
 class TensorBoardSink:
     def __init__(self, run_dir: str, purge_step: Optional[int] = None):
@@ -38,10 +46,17 @@ class TensorBoardSink:
         summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()] + histos)
         self.writer._get_file_writer().add_summary(summary, step)
 
+    def state_dict(self) -> dict:
+        """The profiles behind the end-of-run heatmaps: a resumed run draws them over the whole run (checkpoint.pt)."""
+        return {tag: (list(steps), [list(row) for row in rows]) for tag, (steps, rows) in self.history.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {tag: (list(steps), [list(row) for row in rows]) for tag, (steps, rows) in state.items()}
+
     def close(self, outcome: Outcome) -> None:
         if self.history:
             from gradexp.sinks import figures  # matplotlib loads only when there is a heatmap to draw
         for tag, (steps, rows) in self.history.items():  # the heatmaps, once, covering the whole run
-            self.writer.add_figure(tag, figures.time_heatmap(tag, steps, rows), global_step=steps[-1])
+            self.writer.add_figure(tag, figures.time_heatmap(tag, steps, rows), global_step=image_step(steps, outcome))
         self.writer.flush()
         self.writer.close()
