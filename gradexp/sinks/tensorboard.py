@@ -44,7 +44,12 @@ class TensorBoardSink:
                 rows.append(value)
         # one event per logging step, histograms included: each event is a queue hand-off to the writer thread
         summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()] + histos)
-        self.writer._get_file_writer().add_summary(summary, step)
+        file_writer = self.writer._get_file_writer()
+        try:
+            file_writer.add_summary(summary, step)
+        except OSError as err:  # the writer thread failed (disk full): name the file it could not write
+            err.filename = err.filename or file_writer.event_writer._file_name
+            raise
 
     def state_dict(self) -> dict:
         """The profiles behind the end-of-run heatmaps: a resumed run draws them over the whole run (checkpoint.pt)."""
