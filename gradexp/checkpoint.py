@@ -49,8 +49,10 @@ def save(path: str, state: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # disk full, or a second Ctrl-C: our partial file goes, the previous checkpoint stays
+    except BaseException as err:  # disk full, or a second Ctrl-C: our partial file goes, the previous one stays
         _remove_quietly(tmp)
+        if isinstance(err, RuntimeError) and isinstance(err.__context__, OSError):
+            raise err.__context__ from None  # torch's zip writer wraps the OSError (e.g. ENOSPC) of the write
         raise
 
 

@@ -69,8 +69,8 @@ def check_writable(key: str, folder: str) -> None:
 
 
 def refuse_existing_run(folder: str) -> None:
-    raise Refused(f"{folder} already holds a run; gradexp writes into it only to continue that run: "
-                  f"gradexp run resume={folder} (or pick another hydra.run.dir)")
+    raise Refused(f"{folder} already holds a run; gradexp never overwrites one, it only continues it: "
+                  f"gradexp run resume={folder} (or choose another hydra.run.dir)")
 
 
 class FolderGuard(Callback):

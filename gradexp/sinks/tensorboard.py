@@ -5,6 +5,7 @@ each: the same records for readers, a fraction of the Python cost. 1-d values ar
 (hist/... tags, see probes/histograms.py) or per-time-step profiles (sinks/profiles.py)."""
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -24,8 +25,20 @@ def image_step(steps: list[int], outcome: Outcome) -> int:
     return max(steps[-1], outcome.steps) if outcome.status in UNFINISHED else steps[-1]
 
 
+def _writer_thread_errors_go_to_the_run(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread keeps a write error (disk full) and raises it again at the next log call, where
+    the run ends 'failed' in one line; printing the thread's own traceback as well would bury that line."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _previous_hook(args)
+
+
+_previous_hook = threading.excepthook
+
+
 class TensorBoardSink:
     def __init__(self, run_dir: str, purge_step: Optional[int] = None):
+        threading.excepthook = _writer_thread_errors_go_to_the_run
         # purge_step (resume): readers drop the earlier files' points at steps >= it, so one clean curve remains
         self.writer = SummaryWriter(log_dir=run_dir, purge_step=purge_step)
         self.history: dict[str, tuple[list[int], list[list[float]]]] = {}  # profile tag -> (steps, profiles)
