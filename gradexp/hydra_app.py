@@ -129,7 +129,8 @@ def _report(err: Exception, full: bool) -> int:
     if isinstance(err, BAD_INPUT) and not _task_started and not full:
         print(f"gradexp: {one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if isinstance(err, (ConfigError, OSError)) and not _task_started and not full:  # e.g. a run folder Hydra cannot create
+    # before the task starts: a run folder Hydra cannot create, an override Hydra's parser rejects as a ValueError
+    if isinstance(err, (ConfigError, OSError, ValueError)) and not _task_started and not full:
         print(f"gradexp: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     traceback.print_exception(err)
