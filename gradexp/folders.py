@@ -85,7 +85,22 @@ class FolderGuard(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir")))
         check_writable("hydra.sweep.dir", sweep_dir)
+        if holds_run(sweep_dir) or not _same_sweep(sweep_dir, config):
+            raise Refused(f"{sweep_dir} already holds another run or sweep; gradexp writes into it only to "
+                          "re-run that same sweep (or choose another hydra.sweep.dir)")
         created.remember(sweep_dir)
+
+
+def _same_sweep(sweep_dir: str, config: Any) -> bool:
+    """True for a new folder, or one whose multirun.yaml records the same sweep overrides as this invocation."""
+    saved_path = os.path.join(sweep_dir, "multirun.yaml")
+    if not os.path.exists(saved_path):
+        return True
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path).hydra.overrides.task, resolve=False)
+    except Exception:  # unreadable or foreign: not a sweep gradexp can continue
+        return False
+    return saved == OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
 
 
 def undo() -> None:

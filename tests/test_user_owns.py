@@ -123,3 +123,11 @@ def test_a_signal_during_start_up_leaves_a_consistent_summary(tmp_path, delay):
     if (tmp_path / "run").exists():
         assert summaries(tmp_path)["run"]["status"] == "interrupted", err
         assert proc.returncode == 143
+
+
+def test_a_sweep_dir_holding_another_sweep_is_refused_untouched(tmp_path):
+    assert gradexp(tmp_path, "-m", *FAST, "train.steps=2", "optimizer.lr=0.01", "hydra.sweep.dir=sw").returncode == 0
+    before = snapshot(tmp_path / "sw")
+    line = one_line_refusal(gradexp(tmp_path, "-m", *FAST, "train.steps=2", "optimizer.lr=0.1",
+                                    "hydra.sweep.dir=sw"))
+    assert "another run or sweep" in line and snapshot(tmp_path / "sw") == before
