@@ -64,7 +64,8 @@ NAMED_CASES = [
     ["hydra.run.dir=afile"], ["hydra.run.dir=afile/run"], ["hydra.run.dir=finished"], ["hydra.run.dir=keep/mydir",
                                                                                          "model.depth=0"],
     ["resume=nowhere"], ["resume=afile"], ["resume=keep/mydir"], ["resume=finished"],
-    ["-m", "model.depth=abc,3"], ["-m", "resume=finished"], ["-m", "hydra.sweep.dir=keep/mydir", "optimizer.lr=0,-1"],
+    ["-m", "model.depth=abc,3"], ["-m", "resume=finished"], ["-m", "hydra.sweep.dir=keep/mydir", "model.depth=abc,3"],
+    ["-m", "hydra.sweep.dir=finished", "optimizer.lr=0.1,0.2"],
 ]
 
 
