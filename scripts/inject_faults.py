@@ -57,7 +57,7 @@ def kill(cwd: str, rng: random.Random, seconds: float, during_write: bool) -> di
     proc = subprocess.Popen([sys.executable, "-m", "gradexp", "run", *RUN, "hydra.run.dir=run"], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     tmp = os.path.join(cwd, "run", "checkpoint.pt.tmp")
-    deadline, writes_to_skip, seen = time.monotonic() + rng.uniform(0.3, 1.0) * seconds, rng.randint(0, 6), False
+    deadline, writes_to_skip, seen = time.monotonic() + rng.uniform(0.3, 0.9) * seconds, rng.randint(0, 6), False
     while proc.poll() is None:
         writing = os.path.exists(tmp)
         if during_write and writing and not seen:
@@ -71,8 +71,17 @@ def kill(cwd: str, rng: random.Random, seconds: float, during_write: bool) -> di
     in_write = os.path.exists(tmp)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return {"finished_first": proc.returncode == 0, "in_write": in_write,
+    return {"finished_first": proc.returncode == 0 or _finished(os.path.join(cwd, "run")), "in_write": in_write,
             "had_checkpoint": os.path.exists(os.path.join(cwd, "run", "checkpoint.pt"))}
+
+
+def _finished(run_dir: str) -> bool:
+    """Killed after summary.json said 'completed' (while closing): a finished run, compared as it is."""
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            return json.load(f)["status"] == "completed"
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def trial(args: tuple[int, int, float, dict]) -> dict:
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL {r}")
     print(f"{len(results)} SIGKILLs ({sum(r['in_write'] for r in results)} during a checkpoint write, "
           f"{len(results) - len(after_first)} before the first checkpoint, "
-          f"{sum(r['finished_first'] for r in results)} after the run had finished); "
+          f"{sum(r['finished_first'] for r in results)} after the run had completed); "
           f"{len(corrupt)} of {len(after_first)} runs with a checkpoint ended corrupt or unresumable; "
           f"{len(differ)} resumed runs differ from the uninterrupted run in scalars, histograms, images or "
           f"summary.json (reference run {seconds:.1f} s)")
