@@ -53,11 +53,12 @@ def record(run_dir: str) -> dict:
 
 
 def kill(cwd: str, rng: random.Random, seconds: float, during_write: bool) -> dict:
-    """Start the run, SIGKILL it (at a random moment, or just as a checkpoint write begins); what was left."""
-    proc = subprocess.Popen([sys.executable, "-m", "gradexp", "run", *RUN, "hydra.run.dir=run"], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    """Start the run, SIGKILL it once its folder exists (at a random moment, or just as a checkpoint write begins);
+    what was left."""
+    proc = start(cwd)
     tmp = os.path.join(cwd, "run", "checkpoint.pt.tmp")
-    deadline, writes_to_skip, seen = time.monotonic() + rng.uniform(0.3, 0.9) * seconds, rng.randint(0, 6), False
+    wait_for_folder(proc, cwd)  # from here on the run must stay consistent (before it, nothing was written)
+    deadline, writes_to_skip, seen = time.monotonic() + rng.uniform(0.0, 0.9) * seconds, rng.randint(0, 6), False
     while proc.poll() is None:
         writing = os.path.exists(tmp)
         if during_write and writing and not seen:
@@ -84,6 +85,27 @@ def _finished(run_dir: str) -> bool:
         return False
 
 
+def start(cwd: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gradexp", "run", *RUN, "hydra.run.dir=run"], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=ENV)
+
+
+def wait_for_folder(proc: subprocess.Popen, cwd: str) -> None:
+    while proc.poll() is None and not os.path.isdir(os.path.join(cwd, "run", ".hydra")):
+        time.sleep(0.005)
+
+
+def reference_run(cwd: str) -> tuple[dict, float]:
+    """The uninterrupted run's record, and how long it ran once its folder existed."""
+    proc = start(cwd, stderr=subprocess.PIPE)  # read by communicate(), so it cannot fill up
+    wait_for_folder(proc, cwd)
+    began = time.monotonic()
+    _, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"the reference run failed: {err}")
+    return record(os.path.join(cwd, "run")), time.monotonic() - began
+
+
 def trial(args: tuple[int, int, float, dict]) -> dict:
     index, seed, seconds, reference = args
     rng = random.Random(seed * 1000 + index)
@@ -107,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as cwd:
-        began = time.monotonic()
-        done = gradexp(cwd, *RUN, "hydra.run.dir=run")
-        seconds = time.monotonic() - began
-        if done.returncode:
-            print(done.stderr)
-            return 1
-        reference = record(os.path.join(cwd, "run"))
+        reference, seconds = reference_run(cwd)
     work = [(i, options.seed, seconds, reference) for i in range(options.kills)]
     with ThreadPoolExecutor(options.jobs) as pool:
         results = list(pool.map(trial, work))
@@ -127,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{sum(r['finished_first'] for r in results)} after the run had completed); "
           f"{len(corrupt)} of {len(after_first)} runs with a checkpoint ended corrupt or unresumable; "
           f"{len(differ)} resumed runs differ from the uninterrupted run in scalars, histograms, images or "
-          f"summary.json (reference run {seconds:.1f} s)")
+          f"summary.json (reference run: {seconds:.1f} s from its folder's creation to exit)")
     return 1 if corrupt or differ or any(not r["resumed"] for r in results) else 0
 
 
