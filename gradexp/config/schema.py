@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 
 from gradexp.config import registry
+
+GROUPS = ("model", "activation", "init", "norm", "optimizer", "clip", "data", "schedule", "experiment")
+MAX_SEED = 2**63 - 1  # torch.manual_seed and the task generators take a signed 64-bit seed
+ENV_RESOLVERS = ("oc.env", "oc.decode")  # read the environment (or parse strings into config): never recorded
 
 
 @dataclass
@@ -189,7 +193,7 @@ _RANGES = [
     ("log.every", lambda v: v >= 1, "an integer >= 1"),
     ("reg.l1", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
     ("reg.l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    ("seed", lambda v: v >= 0, "an integer >= 0"),
+    ("seed", lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
     ("diagnose.vanishing_gain", lambda v: 0 < v < 1, "a number in (0, 1)"),
     ("diagnose.exploding_gain", lambda v: v > 1, "a number > 1"),
     ("diagnose.vanishing_ratio", lambda v: 0 < v < 1, "a number in (0, 1)"),
@@ -217,6 +221,10 @@ def _get(cfg: Any, key: str) -> Any:
 
 def validate(cfg: Any) -> None:
     """Raise ConfigError for the first value the experiment cannot run with."""
+    _check_resolvable(cfg)
+    unknown = sorted(set(_leaves(cfg, set(schema_keys()))) - set(schema_keys()))
+    if unknown:
+        raise ConfigError(unknown[0], _get(cfg, unknown[0]), "a key of the schema (gradexp run --help lists them)")
     if model_family(cfg) is None:
         raise ConfigError("model._target_", cfg.model._target_, " | ".join(m.target for m in registry.MODELS.values()))
     for key, allowed in _choices():
@@ -229,6 +237,77 @@ def validate(cfg: Any) -> None:
             raise ConfigError(key, _get(cfg, key), allowed)
     _check_intervals(cfg)
     _check_combinations(cfg)
+
+
+def schema_keys(node: Any = Config, prefix: str = "") -> list[str]:
+    """Every leaf key of the schema: ['model._target_', 'model.depth', ..., 'resume']."""
+    keys: list[str] = []
+    for f in fields(node):
+        kind = f.default_factory if is_dataclass(f.default_factory) else None  # type: ignore[misc]
+        keys += schema_keys(kind, f"{prefix}{f.name}.") if kind else [f"{prefix}{f.name}"]
+    return keys
+
+
+def is_schema_key(key: str) -> bool:
+    """'model.depth' and an entry of a mapping key ('log.probes.bptt') are; 'model.dpth' is not."""
+    keys = schema_keys()
+    return key in keys or key.rpartition(".")[0] in keys
+
+
+def _leaves(cfg: Any, schema_leaves: set[str], prefix: str = "") -> list[str]:
+    """Every leaf key of a composed config; a schema key holding a mapping (log.probes) counts as one leaf."""
+    from omegaconf import DictConfig
+
+    out: list[str] = []
+    for key in cfg.keys():
+        value, full = cfg._get_node(key), f"{prefix}{key}"
+        nested = isinstance(value, DictConfig) and full not in schema_leaves
+        out += _leaves(value, schema_leaves, f"{full}.") if nested else [full]
+    return out
+
+
+def _check_resolvable(cfg: Any) -> None:
+    """An interpolation that does not resolve to an allowed type (or at all) is bad input, not a crash."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(key, _raw(cfg, key), f"a value of the key's type ({str(err).splitlines()[0]})") from None
+
+
+def _raw(cfg: Any, key: str) -> Any:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.select(cfg, key.rsplit(".", 1)[0]) if "." in key else cfg,
+                                      resolve=False).get(key.rsplit(".", 1)[-1])
+    except Exception:  # the value itself is what cannot be read; the message still names the key
+        return None
+
+
+def _bool_keys(node: Any = Config, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for f in fields(node):
+        if is_dataclass(f.default_factory):  # type: ignore[misc]
+            out |= _bool_keys(f.default_factory, f"{prefix}{f.name}.")  # type: ignore[misc]
+        elif f.type in (bool, "bool"):
+            out.add(f"{prefix}{f.name}")
+    return out
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """What composition cannot see once it has converted a value: a boolean given as a number (2 becomes true)
+    and an interpolation that reads the environment."""
+    bools = _bool_keys()
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if any(f"${{{name}:" in value for name in ENV_RESOLVERS):
+            raise ConfigError(key, value, "a literal value (the environment is not recorded with the run)")
+        if key in bools and value.strip().lower() not in ("true", "false"):
+            raise ConfigError(key, value, "true | false")
 
 
 def _check_intervals(cfg: Any) -> None:

@@ -1,7 +1,7 @@
 """Model families and the activation / norm / init factories they share. Which families exist, and what each
 takes, is gradexp/config/registry.py's MODELS table.
 
-May import gradexp.config and gradexp.outcome."""
+May import gradexp.config.schema and gradexp.outcome."""
 from gradexp.config.registry import MODELS as _FAMILIES
 from gradexp.config.registry import resolve as _resolve
 

@@ -105,7 +105,12 @@ def _finite_list(value: Any) -> Any:
 
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:  # disk full: no half-written temp file of ours stays behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

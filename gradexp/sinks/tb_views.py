@@ -24,6 +24,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from gradexp.analysis.flow import first_last_ratio, layer_quantities, per_layer_gain
 from gradexp.outcome import Outcome
+from gradexp.sinks.images import image_step
 
 # capitalised: TensorBoard's Scalars and Time Series pages sort tag groups upper case first and open only the first two,
 # so "Flow" is the open group at the top of the page, above acc/, act_*/, … (checked with scripts/tb_screenshots.py)
@@ -92,9 +93,16 @@ class TensorBoardViews:
         summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()])
         self.writer._get_file_writer().add_summary(summary, step)  # one event for the step's flow scalars
 
+    def state_dict(self) -> dict:
+        """The per-layer history behind the heatmap, so a resumed run's images cover the whole run (checkpoint.pt)."""
+        return {"history": {step: dict(row) for step, row in self.history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {int(step): dict(row) for step, row in state["history"].items()}
+
     def close(self, outcome: Outcome) -> None:
         self.write_hparams(outcome)
-        self.write_images()
+        self.write_images(outcome)
         self.writer.flush()
 
     def write_hparams(self, outcome: Outcome) -> None:
@@ -115,7 +123,7 @@ class TensorBoardViews:
         for tag, value in metrics.items():  # the plugin reads metric values from these scalar tags of this run
             self.writer.add_scalar(tag, value if math.isfinite(value) else math.nan, global_step=step)
 
-    def write_images(self) -> None:
+    def write_images(self, outcome: Outcome) -> None:
         quantity = self._quantity()
         if quantity is None:
             return
@@ -123,9 +131,10 @@ class TensorBoardViews:
 
         steps = sorted(self.history)
         grid = [[self.history[s].get(f"{quantity}/{name}", math.nan) for s in steps] for name in self.layer_names]
-        self.writer.add_figure(HEATMAP_TAG, figures.heatmap(grid, steps, quantity), global_step=steps[-1])
+        at = image_step(steps, outcome)  # a resumable run's images are purged when it resumes
+        self.writer.add_figure(HEATMAP_TAG, figures.heatmap(grid, steps, quantity), global_step=at)
         last = [row[-1] for row in grid]
-        self.writer.add_figure(PROFILE_TAG, figures.profile(last, quantity, steps[-1]), global_step=steps[-1])
+        self.writer.add_figure(PROFILE_TAG, figures.profile(last, quantity, steps[-1]), global_step=at)
 
     def _quantity(self) -> str | None:
         """act_grad_norm when it was measured, else the per-layer parameter grad norm."""

@@ -5,6 +5,7 @@ each: the same records for readers, a fraction of the Python cost. 1-d values ar
 (hist/... tags, see probes/histograms.py) or per-time-step profiles (sinks/profiles.py)."""
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -14,10 +15,22 @@ from torch.utils.tensorboard.summary import histogram_raw
 from gradexp.probes import histograms
 from gradexp.sinks import profiles
 from gradexp.outcome import Outcome
+from gradexp.sinks.images import image_step
+
+def _writer_thread_errors_go_to_the_run(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread keeps a write error (disk full) and raises it again at the next log call, where
+    the run ends 'failed' in one line; printing the thread's own traceback as well would bury that line."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _previous_hook(args)
+
+
+_previous_hook = threading.excepthook
 
 
 class TensorBoardSink:
     def __init__(self, run_dir: str, purge_step: Optional[int] = None):
+        threading.excepthook = _writer_thread_errors_go_to_the_run
         # purge_step (resume): readers drop the earlier files' points at steps >= it, so one clean curve remains
         self.writer = SummaryWriter(log_dir=run_dir, purge_step=purge_step)
         self.history: dict[str, tuple[list[int], list[list[float]]]] = {}  # profile tag -> (steps, profiles)
@@ -36,12 +49,24 @@ class TensorBoardSink:
                 rows.append(value)
         # one event per logging step, histograms included: each event is a queue hand-off to the writer thread
         summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()] + histos)
-        self.writer._get_file_writer().add_summary(summary, step)
+        file_writer = self.writer._get_file_writer()
+        try:
+            file_writer.add_summary(summary, step)
+        except OSError as err:  # the writer thread failed (disk full): name the file it could not write
+            err.filename = err.filename or file_writer.event_writer._file_name
+            raise
+
+    def state_dict(self) -> dict:
+        """The profiles behind the end-of-run heatmaps: a resumed run draws them over the whole run (checkpoint.pt)."""
+        return {tag: (list(steps), [list(row) for row in rows]) for tag, (steps, rows) in self.history.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {tag: (list(steps), [list(row) for row in rows]) for tag, (steps, rows) in state.items()}
 
     def close(self, outcome: Outcome) -> None:
         if self.history:
             from gradexp.sinks import figures  # matplotlib loads only when there is a heatmap to draw
         for tag, (steps, rows) in self.history.items():  # the heatmaps, once, covering the whole run
-            self.writer.add_figure(tag, figures.time_heatmap(tag, steps, rows), global_step=steps[-1])
+            self.writer.add_figure(tag, figures.time_heatmap(tag, steps, rows), global_step=image_step(steps, outcome))
         self.writer.flush()
         self.writer.close()

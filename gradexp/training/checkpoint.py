@@ -25,8 +25,9 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used; str() is the one line the user sees."""
 
 
-def capture(run: Run, step: int, summary_state: dict[str, Any]) -> dict[str, Any]:
-    """The state after `step` updates (step = the index of the next update to run)."""
+def capture(run: Run, step: int, sink_states: dict[str, Any]) -> dict[str, Any]:
+    """The state after `step` updates (step = the index of the next update to run). sink_states: sink name ->
+    its state_dict; the summary's under its own key (older checkpoints hold only that one)."""
     return {
         "format": FORMAT,
         "step": step,
@@ -35,17 +36,31 @@ def capture(run: Run, step: int, summary_state: dict[str, Any]) -> dict[str, Any
         "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
         "rng": rng_state(),
         "batches": run.batches.state_dict(),
-        "summary": summary_state,
+        "summary": sink_states["summary"],
+        "sinks": {name: state for name, state in sink_states.items() if name != "summary"},
     }
 
 
 def save(path: str, state: dict[str, Any]) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:  # disk full, or a second Ctrl-C: our partial file goes, the previous one stays
+        _remove_quietly(tmp)
+        if isinstance(err, RuntimeError) and isinstance(err.__context__, OSError):
+            raise err.__context__ from None  # torch's zip writer wraps the OSError (e.g. ENOSPC) of the write
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def load(path: str) -> dict[str, Any]:
@@ -63,26 +78,31 @@ def load(path: str) -> dict[str, Any]:
 
 
 def restore(run: Run, state: dict[str, Any]) -> int:
-    """Load `state` into the freshly built run; returns the step to continue from."""
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.scheduler is not None and state["scheduler"] is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
-    run.batches.load_state_dict(state["batches"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
+    """Load `state` into the freshly built run; returns the step to continue from. A checkpoint of another
+    model (or a tampered one) raises CheckpointError, in one line, before anything is written."""
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.scheduler is not None and state["scheduler"] is not None:
+            run.scheduler.load_state_dict(state["scheduler"])
+        run.batches.load_state_dict(state["batches"])
+        set_rng_state(state["rng"])
+        return int(state["step"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"the checkpoint does not fit this run's model and optimizer ({first_line})") from None
 
 
 class Checkpointer:
     """Writes checkpoint.pt every `every` updates (0: never periodically) and on demand."""
 
-    def __init__(self, run_dir: str, run: Run, every: int, summary_state: Callable[[], dict[str, Any]]):
+    def __init__(self, run_dir: str, run: Run, every: int, sink_states: Callable[[], dict[str, Any]]):
         self.path = os.path.join(run_dir, CHECKPOINT_NAME)
-        self.run, self.every, self.summary_state = run, every, summary_state
+        self.run, self.every, self.sink_states = run, every, sink_states
 
     def maybe_save(self, steps_done: int) -> None:
         if self.every and steps_done % self.every == 0:
             self.save(steps_done)
 
     def save(self, steps_done: int) -> None:
-        save(self.path, capture(self.run, steps_done, self.summary_state()))
+        save(self.path, capture(self.run, steps_done, self.sink_states()))

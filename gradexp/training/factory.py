@@ -84,11 +84,12 @@ def settings(cfg: Any) -> Settings:
                     stop_on_nonfinite=t.stop_on_nonfinite)
 
 
-def run(cfg: Any, sinks: Sequence = ()) -> Run:
-    """Everything one experiment trains with, built in order: device, task, model (seeded init), optimizer,
-    schedule, clip policy, the probes watching the model, and the batch stream."""
+def run(cfg: Any, sinks: Sequence = (), built_task: Optional[Task] = None) -> Run:
+    """Everything one experiment trains with, built in order: device, task (unless given, already checked against
+    the memory limits), model (seeded init), the layers to watch, optimizer, schedule, clip policy, the probes,
+    and the batch stream."""
     dev = device(cfg)
-    task_ = task(cfg, dev)
+    task_ = task(cfg, dev) if built_task is None else built_task
     net = model(cfg, task_, dev)
     watched = layers(cfg, net)
     opt = optimizer(cfg, net.parameters())

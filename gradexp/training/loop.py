@@ -113,10 +113,11 @@ def evaluate(run: Run) -> dict[str, Tensor]:
     return scalars
 
 
-def train(run: Run, settings: Settings, start_step: int = 0) -> Outcome:
+def train(run: Run, settings: Settings, start_step: int = 0, outcome: Optional[Outcome] = None) -> Outcome:
     """Run the loop to settings.steps. A non-finite loss or gradient is localised (nonfinite.py) and ends the
-    run with status 'diverged' (a result, not a crash); with stop_on_nonfinite false training goes on."""
-    outcome = Outcome(steps=start_step)
+    run with status 'diverged' (a result, not a crash); with stop_on_nonfinite false training goes on.
+    `outcome` (optional) is updated in place, so the caller knows the steps done even when an exception escapes."""
+    outcome = Outcome(steps=start_step) if outcome is None else outcome
     guard = NonfiniteGuard(run, settings, start_step)  # per step: one device op, no sync
     meter = PerfMeter()
     try:

@@ -14,7 +14,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from gradexp.training import checkpoint
-from gradexp.config.schema import ConfigError
+from gradexp.config.registry import MODELS
+from gradexp.config.schema import GROUPS, ConfigError, is_schema_key
 from gradexp.sinks.summary import SUMMARY_NAME
 
 PREFIX = "resume="
@@ -40,10 +41,51 @@ def hydra_args(args: list[str]) -> list[str]:
     saved = os.path.join(folder, ".hydra", "overrides.yaml")
     if not os.path.isfile(saved):
         raise ResumeError(f"resume={folder}: not a gradexp run folder (no .hydra/overrides.yaml there)")
-    original = [str(o) for o in OmegaConf.load(saved)]
+    original = trusted_overrides(saved)
     extra = [a for a in args if not a.startswith(PREFIX) and a not in original]
     path = os.path.abspath(folder)
     return [*original, *extra, f"{PREFIX}{_quoted(path)}", f"hydra.run.dir={_quoted(path)}", "hydra.output_subdir=null"]
+
+
+def trusted_overrides(path: str) -> list[str]:
+    """The run's saved overrides, each one a schema key or a config group of gradexp's: a run folder is untrusted
+    input, and anything else there (hydra.* callbacks, a foreign _target_, environment resolvers) could run code
+    or write files when re-applied."""
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:  # any parse error: a damaged or foreign file, reported in one line
+        raise ResumeError(f"{path}: cannot read it ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        raise ResumeError(f"{path}: not a list of overrides")
+    for override in saved:
+        reason = untrusted(override)
+        if reason:
+            raise ResumeError(f"{path}: refusing to re-apply {override!r} ({reason}); "
+                              "only gradexp's own config keys and groups are re-applied")
+    return saved
+
+
+def untrusted(override: str) -> Optional[str]:
+    """Why a saved override may not be re-applied, or None when it is one of gradexp's own."""
+    key, sep, value = override.partition("=")
+    key = key.lstrip("+~")
+    if not sep:
+        return "not key=value"
+    if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+        return "Hydra's own settings are not part of a run's config"
+    if "${" in value:
+        return "interpolations and resolvers (the environment among them) are not re-applied"
+    if key in GROUPS:
+        return None if _plain_name(value) else "not a plain option name"
+    if not is_schema_key(key) or key == "resume":
+        return "not a key of gradexp's schema"
+    if key.endswith("_target_") and value.strip("'\"") not in {m.target for m in MODELS.values()}:
+        return "a _target_ outside gradexp's own models"
+    return None
+
+
+def _plain_name(value: str) -> bool:
+    return value.replace("_", "").replace(".", "").replace("-", "").isalnum()
 
 
 def _quoted(path: str) -> str:
@@ -64,10 +106,27 @@ def prepare(cfg: Any, run_dir: str) -> Optional[dict[str, Any]]:
     if status in FINISHED:
         raise ResumeError(f"resume={cfg.resume}: that run is {status}; there is nothing to resume")
     _check_same_config(cfg, run_dir)
+    path = os.path.join(run_dir, checkpoint.CHECKPOINT_NAME)
+    if not os.path.exists(path):  # killed before its first checkpoint: start over, the old files kept aside
+        move_aside(run_dir)
+        return None
     try:
-        return checkpoint.load(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))
+        return checkpoint.load(path)
     except checkpoint.CheckpointError as err:
         raise ResumeError(f"resume={cfg.resume}: {err}") from err
+
+
+def move_aside(run_dir: str) -> str:
+    """Move everything but .hydra/ (the config this run keeps) into the next free attempt-N/; returns it."""
+    n = 1
+    while os.path.exists(os.path.join(run_dir, f"attempt-{n}")):
+        n += 1
+    aside = os.path.join(run_dir, f"attempt-{n}")
+    os.mkdir(aside)
+    for name in sorted(os.listdir(run_dir)):
+        if name != ".hydra" and not name.startswith("attempt-"):
+            os.replace(os.path.join(run_dir, name), os.path.join(aside, name))
+    return aside
 
 
 def _status(run_dir: str) -> Optional[str]:
@@ -102,9 +161,22 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def restore(run: Any, summary: Any, state: Optional[dict[str, Any]]) -> int:
-    """Put the checkpoint into the freshly built run and summary sink; the step to start from (0 when fresh)."""
+def restore(run: Any, state: Optional[dict[str, Any]]) -> int:
+    """Put the checkpoint into the freshly built run; the step to start from (0 when fresh). Refuses (exit 2)
+    a checkpoint that does not fit the model, leaving the run folder as it was."""
     if state is None:
         return 0
-    summary.load_state_dict(state["summary"])
-    return checkpoint.restore(run, state)
+    try:
+        return checkpoint.restore(run, state)
+    except checkpoint.CheckpointError as err:
+        raise ResumeError(f"resume: {err}") from None
+
+
+def restore_sinks(sinks: dict[str, Any], state: Optional[dict[str, Any]]) -> None:
+    """The summary's first/last values and the history the end-of-run images are drawn from."""
+    if state is None:
+        return
+    sinks["summary"].load_state_dict(state["summary"])
+    for name, sink_state in state.get("sinks", {}).items():
+        if name in sinks:
+            sinks[name].load_state_dict(sink_state)

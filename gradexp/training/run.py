@@ -3,12 +3,14 @@ Tests call `run_experiment` directly with a config from Hydra's compose API."""
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from rich.console import Console
 
 from gradexp.training import factory as build
+
+from gradexp.training import limits
 
 from gradexp.training import resume
 from gradexp.analysis.advice import Factors
@@ -30,54 +32,87 @@ class _NoStop:
     requested = False
 
 
+class WriteFailed(Exception):
+    """A write into the run folder failed (disk full, folder gone): the run ended 'failed'; str() is one line."""
+
+
 def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None, console: Optional[Console] = None,
                    stop: Any = _NoStop()) -> Outcome:
     """Train the composed config `cfg` (gradexp.compose) and leave `run_dir` as `gradexp run` does: TensorBoard
     events, summary.json, checkpoints. `overrides` are recorded as the run's own (the command line that made it).
     `stop.requested` turning true (gradexp.training.interrupt.Interrupts) ends the run after the current step,
-    with a checkpoint and status 'interrupted'."""
+    with a checkpoint and status 'interrupted'. Bad input raises ConfigError before anything is written."""
     overrides = list(overrides or [])
-    validate(cfg)  # raises ConfigError before anything is written
-    state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
-    os.makedirs(run_dir, exist_ok=True)
-    use_deterministic(cfg.train.deterministic)
+    validate(cfg)
     apply_explicit_threads(cfg.train.threads)  # before anything computes: results depend on the count
     dev = build.device(cfg)
-    task = build.task(cfg, dev)
-    model = build.model(cfg, task, dev)
-    watched = build.layers(cfg, model)
-    layer_names = [name for name, _ in watched]
+    task = limits.task(cfg, dev)  # refuses a batch larger than the data and a model that cannot fit
+    state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
+    use_deterministic(cfg.train.deterministic)
+    run = build.run(cfg, built_task=task)  # the model's layers are found here: a model.watch matching nothing is refused
+    start = resume.restore(run, state)  # another model's checkpoint is refused here, before any file is written
+    os.makedirs(run_dir, exist_ok=True)
+    sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console)
+    run.sinks = sinks
+    checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states)
+    run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
+    return _train(cfg, run, start, checkpoints, stop)
+
+
+def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, layer_names: list[str],
+           state: Optional[dict], console: Optional[Console]) -> tuple[list, Callable[[], dict]]:
+    """The sinks in closing order, and what of theirs goes into a checkpoint (history behind end-of-run images)."""
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
     summary = SummarySink(run_dir, overrides, layer_names)
-    sinks = [
-        TensorBoardViews(tensorboard.writer, {**run_hparams(cfg, overrides), "perf.torch_threads": torch.get_num_threads()},
-                         layer_names),  # before tensorboard: it uses its writer
-        tensorboard,
-        summary,
-        TerminalSink(cfg.train.steps, run_dir, console=console, overrides=overrides),
-    ]
+    hparams = {**run_hparams(cfg, overrides), "perf.torch_threads": torch.get_num_threads()}
+    views = TensorBoardViews(tensorboard.writer, hparams, layer_names)
+    sinks = [views, tensorboard, summary,  # views before tensorboard: they use its writer
+             TerminalSink(cfg.train.steps, run_dir, console=console, overrides=overrides)]
     sinks += theory_sink.attach(cfg, task, sinks)  # mean-field baseline beside act_grad_norm (mlp only)
-    run = Run(
-        model=model, task=task, batches=build.batches(cfg, task),
-        optimizer=(opt := build.optimizer(cfg, model.parameters())), scheduler=build.scheduler(cfg, opt),
-        clip=(clip := build.clip(cfg)), instruments=build.instruments(cfg, model, watched, clip), sinks=sinks,
-        layers=watched,
-    )
-    start = resume.restore(run, summary, state)
-    checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, summary.state_dict)
-    run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
-    outcome = Outcome(steps=start)
+    stateful = {"summary": summary, "views": views, "tensorboard": tensorboard}
+    resume.restore_sinks(stateful, state)
+
+    def states() -> dict[str, Any]:
+        return {name: sink.state_dict() for name, sink in stateful.items()}
+    return sinks, states
+
+
+def _train(cfg: Any, run: Run, start: int, checkpoints: Checkpointer, stop: Any) -> Outcome:
+    outcome = Outcome(steps=start)  # train() advances it, so a run that fails mid-way reports its real steps
+    failure: Optional[BaseException] = None
     try:
-        outcome = train(run, build.settings(cfg), start_step=start)
+        train(run, build.settings(cfg), start_step=start, outcome=outcome)
         if outcome.status == "interrupted" and stop.requested:  # stopped between steps: a consistent state
             checkpoints.save(outcome.steps)
-    except Exception as err:  # a bug or OOM is recorded in the run folder, then re-raised for Hydra to report
-        outcome.status, outcome.error = "failed", f"{type(err).__name__}: {err}"
-        raise
-    finally:
-        outcome.perf["torch_threads"] = torch.get_num_threads()  # shows how a parallel launcher divided the CPUs
-        # decide from what the summary holds, so summary.json, TensorBoard and the terminal show one verdict
-        outcome.verdict = diagnose(summary.build(outcome), Factors.from_cfg(cfg), cfg.diagnose)
-        for sink in sinks:
-            sink.close(outcome)
+    except Exception as err:  # recorded in the run folder, then re-raised for Hydra to report
+        failure = err
+        outcome.status, outcome.error = "failed", _describe(err, checkpoints.path)
+    outcome.perf["torch_threads"] = torch.get_num_threads()  # shows how a parallel launcher divided the CPUs
+    summary = next(s for s in run.sinks if isinstance(s, SummarySink))
+    # decide from what the summary holds, so summary.json, TensorBoard and the terminal show one verdict
+    outcome.verdict = diagnose(summary.build(outcome), Factors.from_cfg(cfg), cfg.diagnose)
+    failure = _close(run.sinks, outcome, failure, checkpoints.path)
+    if isinstance(failure, OSError):
+        raise WriteFailed(outcome.error) from failure
+    if failure is not None:
+        raise failure
     return outcome
+
+
+def _close(sinks: list, outcome: Outcome, failure: Optional[BaseException], near: str) -> Optional[BaseException]:
+    """Close every sink even when one cannot write (disk full); the first write error becomes the run's error."""
+    for sink in sinks:
+        try:
+            sink.close(outcome)
+        except OSError as err:
+            if failure is None:
+                failure, outcome.status, outcome.error = err, "failed", _describe(err, near)
+    return failure
+
+
+def _describe(err: BaseException, near: str) -> str:
+    """One line: the path that could not be written and why ('cannot write /r/x: No space left on device')."""
+    if isinstance(err, OSError):
+        path = err.filename or os.path.dirname(near)
+        return f"cannot write {path}: {err.strerror or err}"
+    return f"{type(err).__name__}: {err}"

@@ -1,0 +1,128 @@
+"""Which folders a `gradexp run` may write into, decided before Hydra writes anything, and the undo of a refusal.
+
+`FolderGuard` is a Hydra callback (configs/config.yaml, hydra.callbacks): Hydra calls it after composing the
+config and before it creates the run (or sweep) folder and writes .hydra/ there. It refuses a folder that holds
+a run unless this invocation resumes that run, refuses a path it cannot write, and remembers what did not exist
+yet, so that a run refused later removes exactly what this invocation created and nothing the user owned."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+HYDRA_OWN = (".hydra", "gradexp.log", "multirun.yaml")  # what Hydra writes before the task starts
+ARTEFACTS = (".hydra", "checkpoint.pt", "summary.json")  # with event files: a folder holding these holds a run
+
+
+class Refused(BaseException):
+    """Bad input found inside a Hydra callback. Hydra turns an Exception raised there into a warning and goes on,
+    so this is a BaseException; run_app prints it as one line and exits 2."""
+
+
+class _Created:
+    """What this invocation is about to create: the topmost missing folder and the Hydra files it adds."""
+
+    def __init__(self) -> None:
+        self.target: Optional[str] = None     # the run or sweep folder
+        self.topmost: Optional[str] = None    # the highest folder on its path that did not exist (None: it existed)
+        self.existing: set[str] = set()       # entries of target that were there before
+
+    def remember(self, target: str) -> None:
+        self.target, self.topmost = target, topmost_missing(target)
+        self.existing = set(os.listdir(target)) if os.path.isdir(target) else set()
+
+
+created = _Created()
+
+
+def holds_run(folder: str) -> bool:
+    if not os.path.isdir(folder):
+        return False
+    return any(os.path.exists(os.path.join(folder, name)) for name in ARTEFACTS) or bool(
+        glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*")))
+
+
+def topmost_missing(path: str) -> Optional[str]:
+    """The highest folder on `path` that does not exist yet (`path` itself, an ancestor, or None)."""
+    missing = None
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def check_writable(key: str, folder: str) -> None:
+    """The nearest existing folder on the path must be a folder this process can write into."""
+    path = folder
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise Refused(f"invalid value for {key}: {folder!r} ({path} is a file; allowed: a folder path)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise Refused(f"invalid value for {key}: {folder!r} ({path} is not writable; allowed: a writable folder)")
+
+
+def refuse_existing_run(folder: str) -> None:
+    raise Refused(f"{folder} already holds a run; gradexp never overwrites one, it only continues it: "
+                  f"gradexp run resume={folder} (or choose another hydra.run.dir)")
+
+
+class FolderGuard(Callback):
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        run_dir = os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir")))
+        check_writable("hydra.run.dir", run_dir)
+        resuming = OmegaConf.select(config, "resume") is not None  # resume.prepare checks it names this folder
+        if holds_run(run_dir) and not resuming:
+            refuse_existing_run(run_dir)
+        created.remember(run_dir)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        check_writable("hydra.sweep.dir", sweep_dir)
+        if holds_run(sweep_dir) or not _same_sweep(sweep_dir, config):
+            raise Refused(f"{sweep_dir} already holds another run or sweep; gradexp writes into it only to "
+                          "re-run that same sweep (or choose another hydra.sweep.dir)")
+        created.remember(sweep_dir)
+
+
+def _same_sweep(sweep_dir: str, config: Any) -> bool:
+    """True for a new folder, or one whose multirun.yaml records the same sweep overrides as this invocation."""
+    saved_path = os.path.join(sweep_dir, "multirun.yaml")
+    if not os.path.exists(saved_path):
+        return True
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path).hydra.overrides.task, resolve=False)
+    except Exception:  # unreadable or foreign: not a sweep gradexp can continue
+        return False
+    return saved == OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+
+
+def undo() -> None:
+    """After a refusal: remove the Hydra files this invocation added to the target, then the folders it created,
+    each only while empty. A folder that existed before, and anything the user put anywhere, stay."""
+    target = created.target
+    if target is None or not os.path.isdir(target):
+        return
+    added = set(os.listdir(target)) - created.existing
+    if not added <= set(HYDRA_OWN):
+        return  # something else was written: not a plain refusal, keep everything
+    for name in added:
+        path = os.path.join(target, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if created.topmost is None:
+        return
+    path = target
+    while True:  # the created folders, innermost first, each only if empty
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        if path == created.topmost:
+            return
+        path = os.path.dirname(path)

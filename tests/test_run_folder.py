@@ -1,0 +1,156 @@
+"""A run folder is the user's: refusals undo only what this invocation created; resume re-applies only gradexp's
+own keys and refuses another model's checkpoint before writing; a failed write ends the run 'failed' with the last
+checkpoint intact; a resumed run's images, histograms and scalars equal an uninterrupted run's (issue 11)."""
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gradexp.training import checkpoint
+
+from gradexp.cli import folders
+from gradexp.training.run import WriteFailed
+from gradexp.training.resume import ResumeError, hydra_args
+from tests.test_resume import LONG, StopAfter, resume, scalars, start, summary
+
+
+def images_and_histograms(run_dir: str) -> tuple[dict, dict]:
+    acc = EventAccumulator(run_dir, size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    images = {t: [(e.step, e.encoded_image_string) for e in acc.Images(t)] for t in tags["images"]}
+    histos = {t: [(e.step, e.histogram_value) for e in acc.Histograms(t)] for t in tags["histograms"]}
+    return images, histos
+
+
+@pytest.mark.parametrize("extra", [["log.histograms_every=2"], ["model=gru", "data.seq_len=5", "log.bptt_every=4"]])
+def test_resumed_images_histograms_and_scalars_equal_an_uninterrupted_run(tmp_path, quiet_console, extra):
+    overrides = [*LONG, *extra]
+    start(str(tmp_path / "ref"), overrides, quiet_console)
+    start(str(tmp_path / "run"), overrides, quiet_console, stop=StopAfter(7))
+    resume(str(tmp_path / "run"), overrides, quiet_console)
+    ref_images, ref_histos = images_and_histograms(str(tmp_path / "ref"))
+    images, histos = images_and_histograms(str(tmp_path / "run"))
+    assert "grad_flow/heatmap" in ref_images and (len(ref_histos) > 0 or "bptt_grad_norm" in str(list(ref_images)))
+    assert images == ref_images  # step-0 column present, the first session's images purged
+    assert histos == ref_histos
+    assert scalars(str(tmp_path / "run")) == scalars(str(tmp_path / "ref"))
+    assert summary(str(tmp_path / "run")) == summary(str(tmp_path / "ref"))
+
+
+@pytest.mark.parametrize("tampered,reason", [
+    ("+hydra.callbacks.x._target_=builtins.open", "Hydra's own"),
+    ("model._target_=shutil.copyfile", "outside gradexp's own"),
+    ("seed=${oc.env:HOME}", "interpolations"),
+    ("+foo=1", "not a key"),
+    ("model=../../etc/passwd", "plain option name"),
+])
+def test_resume_refuses_a_tampered_run_folder(tmp_path, tampered, reason):
+    hydra_dir = tmp_path / "run" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "overrides.yaml").write_text(f"- train.steps=3\n- '{tampered}'\n")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(ResumeError, match=reason) as err:
+        hydra_args([f"resume={tmp_path / 'run'}"])
+    assert "\n" not in str(err.value)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_resume_with_another_models_checkpoint_leaves_the_run_untouched(tmp_path, quiet_console):
+    run_dir, other = str(tmp_path / "run"), str(tmp_path / "other")
+    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    start(other, [*LONG, "model.width=9"], quiet_console, stop=StopAfter(6))
+    os.replace(os.path.join(other, checkpoint.CHECKPOINT_NAME), os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))
+    before = {p: open(p, "rb").read() for p in glob.glob(os.path.join(run_dir, "**"), recursive=True)
+              if os.path.isfile(p)}
+    with pytest.raises(ResumeError, match="does not fit this run's model"):
+        resume(run_dir, LONG, quiet_console)
+    after = {p: open(p, "rb").read() for p in glob.glob(os.path.join(run_dir, "**"), recursive=True)
+             if os.path.isfile(p)}
+    assert after == before  # no new event file, summary.json still 'interrupted'
+
+
+def test_a_run_failing_mid_training_reports_its_real_steps(tmp_path, quiet_console, monkeypatch):
+    import gradexp.training.loop as train_module
+
+    calls = {"n": 0}
+    real = train_module.evaluate
+
+    def failing_evaluate(run):
+        calls["n"] += 1
+        if calls["n"] == 2:  # eval_every=3: the second evaluation follows update 6
+            raise RuntimeError("planted")
+        return real(run)
+
+    monkeypatch.setattr(train_module, "evaluate", failing_evaluate)
+    with pytest.raises(RuntimeError, match="planted"):
+        start(str(tmp_path / "run"), LONG, quiet_console)
+    result = summary(str(tmp_path / "run"))
+    assert result["status"] == "failed" and result["steps"] == 6 and "planted" in result["error"]
+
+
+def test_disk_full_ends_failed_keeps_the_last_checkpoint_and_no_temp_files(tmp_path, quiet_console, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    real_save, saves = torch.save, {"n": 0}
+
+    def save_until_full(obj, f, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:  # the checkpoint at step 10 finds the disk full, half-way through
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f.name)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_full)
+    with pytest.raises(WriteFailed) as err:
+        start(run_dir, LONG, quiet_console)
+    assert str(err.value) == f"cannot write {run_dir}/checkpoint.pt.tmp: No space left on device"
+    assert checkpoint.load(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))["step"] == 5
+    assert not glob.glob(os.path.join(run_dir, "*.tmp"))
+    result = summary(run_dir)
+    assert result["status"] == "failed" and result["steps"] == 10 and "No space left" in result["error"]
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)  # space freed
+    assert resume(run_dir, LONG, quiet_console).status == "completed"
+
+
+def test_a_killed_run_without_checkpoint_starts_over_with_its_files_moved_aside(tmp_path, quiet_console):
+    run_dir = str(tmp_path / "run")
+    start(run_dir, [*LONG, "train.checkpoint_every=0"], quiet_console, stop=StopAfter(3))
+    os.remove(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))  # as if killed before its first checkpoint
+    old_summary = open(os.path.join(run_dir, "summary.json")).read()
+    assert resume(run_dir, [*LONG, "train.checkpoint_every=0"], quiet_console).status == "completed"
+    assert open(os.path.join(run_dir, "attempt-1", "summary.json")).read() == old_summary
+    assert glob.glob(os.path.join(run_dir, "attempt-1", "events.out.tfevents.*"))
+    assert json.load(open(os.path.join(run_dir, "summary.json")))["steps"] == 13
+
+
+def test_undo_removes_only_what_this_invocation_created(tmp_path):
+    mine = tmp_path / "keep" / "mydir"
+    mine.mkdir(parents=True)
+    (tmp_path / "keep" / "notes.txt").write_text("user's")
+    folders.created.remember(str(mine))
+    (mine / ".hydra").mkdir()  # what Hydra writes before gradexp refuses a bad value
+    (mine / ".hydra" / "config.yaml").write_text("x")
+    folders.undo()
+    assert mine.is_dir() and not list(mine.iterdir()) and (tmp_path / "keep" / "notes.txt").exists()
+
+    fresh = tmp_path / "new" / "date" / "time"
+    folders.created.remember(str(fresh))
+    fresh.mkdir(parents=True)
+    (fresh / ".hydra").mkdir()
+    folders.undo()
+    assert not (tmp_path / "new").exists() and (tmp_path / "keep").is_dir()
+
+
+def test_undo_keeps_a_folder_that_received_anything_else(tmp_path):
+    fresh = tmp_path / "run"
+    folders.created.remember(str(fresh))
+    fresh.mkdir()
+    (fresh / "summary.json").write_text("{}")
+    folders.undo()
+    assert (fresh / "summary.json").exists()
