@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 
 from gradexp.config.schema import model_family
 from gradexp.models.layers import make_activation
+from gradexp.analysis.flow import gain_spread, per_layer_gain
 from gradexp.config.registry import ACTIVATIONS, INITS, LEAKY_SLOPE, MODELS
 
 QUADRATURE_POINTS = 96  # per half-line; relative error < 1e-9 for every activation (tests/test_theory.py)
@@ -102,3 +104,82 @@ def mean_field(cfg: Any, input_dim: int, input_mean_square: float, init: Any = N
         qs.append(q)
         chis.append(sw2 * dphi2)
     return MeanField([f"layers.{i}" for i in range(cfg.model.depth)], qs, chis)
+
+
+# --- the baseline beside a run's measurements ---------------------------------------------------------------
+
+def middle(norms: list[float]) -> list[float]:
+    """Layers 1 .. L-2 when there are at least 4: the input dimension and the head's rank do not enter there."""
+    return norms[1:-1] if len(norms) >= 4 else norms
+
+
+def _finite(value: float) -> Optional[float]:
+    """JSON has no NaN/Inf: a step-0 gradient that is already non-finite leaves null (the status says why)."""
+    return value if math.isfinite(value) else None
+
+
+def theory_section(mf: MeanField, predicted: list, measured: list, step: int) -> dict[str, Any]:
+    """per_layer[l]: predicted and measured act_grad_norm, gain = sqrt(chi_l) (norm of layer l-1 over layer l;
+    for layers.0 toward the input) and q = the pre-activation variance. measured_gain_spread: the range of the
+    measured per-layer gains and a ~95 % interval of their geometric mean (flow.gain_spread), so that agreement
+    with predicted_gain can be told from one net's noise."""
+    return {
+        "step": step,
+        "predicted_gain": per_layer_gain(middle(predicted)),  # per layer backward, fit over the middle layers
+        "measured_gain": per_layer_gain(middle(measured)),
+        "measured_gain_spread": gain_spread(middle(measured)),
+        "per_layer": {
+            name: {"predicted": p, "measured": m, "gain": math.sqrt(chi), "q": q}
+            for name, p, m, chi, q in zip(mf.layer_names, predicted, measured, mf.chi, mf.q)
+        },
+    }
+
+
+@dataclass
+class Baseline:
+    """The prediction for one run, and how it meets the run's measurements: made before training, handed as plain
+    data to each sink that shows it (summary.json's "theory" section, theory/* scalars in TensorBoard)."""
+    prediction: MeanField
+    alternatives: dict[str, float]  # "init=..." -> the mean-field gain that init predicts for the same net
+
+    def tags(self) -> list[str]:
+        return [f"act_grad_norm/{name}" for name in self.prediction.layer_names]
+
+    def complete(self, values: dict[str, Any]) -> bool:
+        """The logged step carries every hidden layer's act_grad_norm: the first such step anchors the baseline."""
+        return all(tag in values for tag in self.tags())
+
+    def predicted(self, values: dict[str, Any]) -> tuple[list, list]:
+        """(predicted, measured) act_grad_norm per hidden layer, anchored to the measured last hidden layer."""
+        measured = [_finite(values[tag]) for tag in self.tags()]
+        return [_finite(p) for p in self.prediction.predicted_norms(measured[-1] or math.nan)], measured
+
+    def section(self, step: int, values: dict[str, Any]) -> dict[str, Any]:
+        predicted, measured = self.predicted(values)
+        return {**theory_section(self.prediction, predicted, measured, step), "alternatives": self.alternatives}
+
+
+def baseline(cfg: Any, x_train: Any) -> Optional[Baseline]:
+    """The mean-field baseline of this config on this data (x_train: (N, ...), its first layer's input); None where
+    the theory does not apply (not_applicable says why)."""
+    if not_applicable(cfg) is not None:
+        return None
+    x = x_train.flatten(1)  # (N, D): the first layer's fan_in is D
+    dim, mean_square = x.shape[1], float(x.pow(2).mean())
+    return Baseline(mean_field(cfg, dim, mean_square), alternatives(cfg, dim, mean_square))
+
+
+PROPER_INITS = ("xavier_normal", "kaiming_normal")
+
+
+def alternatives(cfg: Any, dim: int, mean_square: float) -> dict[str, float]:
+    """The overrides of each proper init (gain 1) -> the mean-field per-layer gain it predicts for this net; the
+    verdict's advice picks the one closest to 1 (gradexp/analysis/advice.py)."""
+    out = {}
+    for scheme in PROPER_INITS:
+        init = SimpleNamespace(scheme=scheme, gain=1.0, std=cfg.init.std)
+        override = f"init={scheme}" + ("" if cfg.init.gain == 1 else " init.gain=1")
+        gain = per_layer_gain(middle(mean_field(cfg, dim, mean_square, init).predicted_norms(1.0)))
+        if gain is not None:
+            out[override] = gain
+    return out

@@ -9,6 +9,7 @@ import os
 from typing import Any, Optional
 
 from gradexp.analysis.flow import ACT_STATS, layer_quantities
+from gradexp.analysis.theory import Baseline
 from gradexp.outcome import Outcome
 
 # 1: runs before versions were recorded (no schema_version field); 2: verdict.at_init/at_end, perf.torch_threads.
@@ -17,19 +18,19 @@ SCHEMA_VERSION = 2
 FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val")
 SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
-_SETTINGS = ("path", "overrides", "layer_names")  # given at construction; everything else is run state
+_SETTINGS = ("path", "overrides", "layer_names", "baseline")  # given at construction; everything else is run state
 
 
 class SummarySink:
-    def __init__(self, run_dir: str, overrides: list[str], layer_names: list[str]):
+    def __init__(self, run_dir: str, overrides: list[str], layer_names: list[str], baseline: Optional[Baseline] = None):
         self.path = os.path.join(run_dir, SUMMARY_NAME)
-        self.overrides, self.layer_names = overrides, layer_names
+        self.overrides, self.layer_names, self.baseline = overrides, layer_names, baseline
         self.latest: dict[str, float] = {}
         self.initial: dict[str, float] = {}  # FINAL_KEYS at the step they were first logged: did the run train?
         self.first: dict[str, float] = {}    # per-layer quantities at the first logged step
         self.last: dict[str, float] = {}
         self.profiles: dict[str, dict[str, list]] = {}  # layer -> {"first": [...], "last": [...]}
-        self.sections: dict[str, Any] = {}  # extra top-level fields other sinks fill in (e.g. "theory"); run state
+        self.theory: Optional[dict[str, Any]] = None  # the baseline beside the first complete step; null without one
 
     def log(self, step: int, values: dict) -> None:
         self.latest.update(values)
@@ -40,6 +41,8 @@ class SummarySink:
             if tag.startswith(BPTT_PREFIX):  # full per-time-step profile at the first and last logged step
                 entry = self.profiles.setdefault(tag[len(BPTT_PREFIX):], {"first": value, "first_step": step})
                 entry.update(last=value, last_step=step)
+        if self.baseline is not None and self.theory is None and self.baseline.complete(values):
+            self.theory = self.baseline.section(step, values)
         per_layer = layer_quantities(values, self.layer_names)
         for key, value in per_layer.items():
             self.first.setdefault(key, value)
@@ -52,10 +55,8 @@ class SummarySink:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
-            current = getattr(self, key, None)
-            if isinstance(current, dict):  # in place: other sinks hold references to these (theory -> sections)
-                current.clear()
-                current.update(copy.deepcopy(value))
+            if key == "sections":  # checkpoints written before the theory section was the summary's own
+                self.theory = value.get("theory")
             else:
                 setattr(self, key, copy.deepcopy(value))
 
@@ -80,7 +81,7 @@ class SummarySink:
         clip = {k: _finite_or_none(v) for k, v in self.latest.items() if k.startswith("clip/")}
         if clip:
             summary["clip"] = clip  # the last logged clip telemetry
-        summary.update(copy.deepcopy(self.sections))
+        summary["theory"] = copy.deepcopy(self.theory)
         if outcome.error:
             summary["error"] = outcome.error
         return summary

@@ -19,7 +19,8 @@ from gradexp.config.schema import validate
 from gradexp.analysis.diagnose import diagnose
 from gradexp.training.threads import apply_explicit_threads
 from gradexp.training.reproducible import use_deterministic
-from gradexp.sinks import theory as theory_sink
+from gradexp.analysis import theory
+from gradexp.sinks.theory import TheorySink
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews, run_hparams
 from gradexp.sinks.tensorboard import TensorBoardSink
@@ -62,14 +63,17 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
 def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, layer_names: list[str],
            state: Optional[dict], console: Optional[Console]) -> tuple[list, Callable[[], dict]]:
     """The sinks in closing order, and what of theirs goes into a checkpoint (history behind end-of-run images)."""
+    baseline = theory.baseline(cfg, task.x_train)  # mean-field prediction (plain MLPs); None elsewhere
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
-    summary = SummarySink(run_dir, overrides, layer_names)
+    summary = SummarySink(run_dir, overrides, layer_names, baseline)
     hparams = {**run_hparams(cfg, overrides), "perf.torch_threads": torch.get_num_threads()}
-    views = TensorBoardViews(tensorboard.writer, hparams, layer_names)
-    sinks = [views, tensorboard, summary,  # views before tensorboard: they use its writer
+    views = TensorBoardViews(tensorboard.writer, hparams, layer_names)  # one event writer for the run folder
+    sinks = [views, tensorboard, summary,  # views before tensorboard, which closes the writer
              TerminalSink(cfg.train.steps, run_dir, console=console, overrides=overrides)]
-    sinks += theory_sink.attach(cfg, task, sinks)  # mean-field baseline beside act_grad_norm (mlp only)
     stateful = {"summary": summary, "views": views, "tensorboard": tensorboard}
+    if baseline is not None:
+        stateful["theory"] = TheorySink(baseline, tensorboard.writer)
+        sinks.insert(0, stateful["theory"])
     resume.restore_sinks(stateful, state)
 
     def states() -> dict[str, Any]:
