@@ -64,3 +64,15 @@ def test_registry_import_does_not_import_torch():
 
     code = "import sys, gradexp.config.registry; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_readme_option_table_is_the_registries():
+    import pathlib
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "scripts"))
+    from make_option_table import BEGIN, END, render
+
+    readme = (root / "README.md").read_text()
+    assert f"{BEGIN}\n{render()}\n{END}" in readme, "run: python scripts/make_option_table.py"
