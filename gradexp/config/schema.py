@@ -222,7 +222,7 @@ def _get(cfg: Any, key: str) -> Any:
 def validate(cfg: Any) -> None:
     """Raise ConfigError for the first value the experiment cannot run with."""
     _check_resolvable(cfg)
-    unknown = sorted(set(_leaves(cfg, set(schema_keys()))) - set(schema_keys()))
+    unknown = sorted(set(_leaves(cfg)) - set(schema_keys()))
     if unknown:
         raise ConfigError(unknown[0], _get(cfg, unknown[0]), "a key of the schema (gradexp run --help lists them)")
     if model_family(cfg) is None:
@@ -254,10 +254,11 @@ def is_schema_key(key: str) -> bool:
     return key in keys or key.rpartition(".")[0] in keys
 
 
-def _leaves(cfg: Any, schema_leaves: set[str], prefix: str = "") -> list[str]:
+def _leaves(cfg: Any, schema_leaves: Optional[set[str]] = None, prefix: str = "") -> list[str]:
     """Every leaf key of a composed config; a schema key holding a mapping (log.probes) counts as one leaf."""
     from omegaconf import DictConfig
 
+    schema_leaves = set(schema_keys()) if schema_leaves is None else schema_leaves
     out: list[str] = []
     for key in cfg.keys():
         value, full = cfg._get_node(key), f"{prefix}{key}"
