@@ -2,6 +2,7 @@
 benchmarks and the tests all get their Run from `run(cfg, sinks)`."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 from gradexp.clip import ClipPolicy
 from gradexp.data import Batches, Task, make_task
+from gradexp.data_loader import Loader
 from gradexp.models import init_weights
 from gradexp.config import model_family
 from gradexp.probes.act_grads import ActGrads
@@ -20,7 +22,7 @@ from gradexp.probes.clip_telemetry import ClipTelemetry
 from gradexp.probes.grad_norms import GradNorms
 from gradexp.probes.histograms import Histograms
 from gradexp.probes.update_ratio import UpdateRatio
-from gradexp.registry import MODELS, OPTIMIZERS, SCHEDULES, resolve
+from gradexp.registry import DATA, MODELS, OPTIMIZERS, SCHEDULES, resolve
 from gradexp.train import Run, Settings
 
 
@@ -32,7 +34,18 @@ def device(cfg: Any) -> torch.device:
 
 def task(cfg: Any, dev: torch.device) -> Task:
     data = cfg.data
-    return make_task(data.name, seed=cfg.seed, n_train=data.n_train, n_val=data.n_val, seq_len=data.seq_len).to(dev)
+    options = {k: getattr(data, k) for k in DATA[data.name].keys if getattr(data, k) is not None}
+    built = make_task(data.name, seed=cfg.seed, n_train=data.n_train, n_val=data.n_val, seq_len=data.seq_len,
+                      **options)
+    if not uses_loader(cfg):
+        return built.to(dev)
+    # the DataLoader cuts train batches from host memory and copies each one over; only val lives on the device
+    return dataclasses.replace(built, x_val=built.x_val.to(dev), y_val=built.y_val.to(dev))
+
+
+def uses_loader(cfg: Any) -> bool:
+    """Worker processes or augmentation need the DataLoader pipeline; else batches are cut where the data lies."""
+    return cfg.data.workers > 0 or cfg.data.augment != "none"
 
 
 def model(cfg: Any, task_: Task, dev: torch.device) -> nn.Module:
@@ -77,8 +90,12 @@ def probes(cfg: Any, clip_policy: Optional[ClipPolicy] = None) -> list[Probe]:
     return found
 
 
-def batches(cfg: Any, task_: Task) -> Batches:
-    return Batches(task_.x_train, task_.y_train, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
+def batches(cfg: Any, task_: Task, dev: Optional[torch.device] = None) -> Batches | Loader:
+    """The train batch stream; both kinds give the same batches for the same seed (before augmentation)."""
+    if not uses_loader(cfg):
+        return Batches(task_.x_train, task_.y_train, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
+    return Loader(task_.x_train, task_.y_train, batch_size=cfg.train.batch_size, seed=cfg.seed + 1,
+                  workers=cfg.data.workers, augment=cfg.data.augment, device=dev or task_.x_val.device)
 
 
 def settings(cfg: Any) -> Settings:
@@ -95,5 +112,5 @@ def run(cfg: Any, sinks: Sequence = ()) -> Run:
     net = model(cfg, task_, dev)
     opt = optimizer(cfg, net.parameters())
     policy = clip(cfg)
-    return Run(model=net, task=task_, batches=batches(cfg, task_), optimizer=opt, scheduler=scheduler(cfg, opt),
+    return Run(model=net, task=task_, batches=batches(cfg, task_, dev), optimizer=opt, scheduler=scheduler(cfg, opt),
                clip=policy, instruments=Instruments(probes(cfg, policy), net), sinks=list(sinks))

@@ -6,9 +6,10 @@ from gradexp.registry import resolve as _resolve
 from .cnn import CNN
 from .layers import init_weights, make_activation, make_norm
 from .mlp import MLP
+from .resnet import ResNet
 from .rnn import GRU, LSTM, RNN
 
 # config name (model=...) -> class; every class takes the same constructor keywords.
 MODELS = {name: _resolve(family.target) for name, family in _FAMILIES.items()}
 
-__all__ = ["CNN", "GRU", "LSTM", "MLP", "MODELS", "RNN", "init_weights", "make_activation", "make_norm"]
+__all__ = ["CNN", "GRU", "LSTM", "MLP", "MODELS", "RNN", "ResNet", "init_weights", "make_activation", "make_norm"]
