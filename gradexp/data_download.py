@@ -28,6 +28,14 @@ class DataError(ConfigError):
         self.key, self.value, self.allowed = key, value, message
 
 
+class Unreachable(DataError):
+    """No answer from the address (no network, a wrong data.url, a timeout); `reason` says which."""
+
+    def __init__(self, source: str, reason: object, path: str):
+        super().__init__("data.url", source, f"cannot download ({reason}); without network, put the file at {path}")
+        self.reason = reason
+
+
 def default_root() -> str:
     """$XDG_CACHE_HOME/gradexp, else ~/.cache/gradexp: shared by every run and sweep job, never a run folder."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -77,9 +85,7 @@ def _download(source: str, path: str, timeout: float, folder: str) -> None:
     except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
         if os.path.exists(part):
             os.remove(part)  # ours, from this attempt
-        reason = getattr(err, "reason", err)
-        raise DataError("data.url", source, f"cannot download ({reason}); without network, put the file at "
-                        f"{path} (or set data.root to a folder that holds it)") from None
+        raise Unreachable(source, getattr(err, "reason", err), path) from None
     os.replace(part, path)
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from gradexp.data import Task, _rng
-from gradexp.data_download import DataError, default_root, fetch
+from gradexp.data_download import DataError, Unreachable, default_root, fetch
 from gradexp.data_formats import CIFAR_TEST, CIFAR_TRAIN, FormatError, read_cifar, read_idx
 
 
@@ -42,8 +42,12 @@ def _files(name: str, root: Optional[str], url: Optional[str], download_timeout:
     if os.path.exists(root) and not os.path.isdir(root):
         raise DataError("data.root", root, "is a file; allowed: a folder (created if missing)")
     folder = os.path.join(os.path.expanduser(root), name)
-    return {f: fetch(folder, f, source.url if url is None else url, md5, download_timeout)
-            for f, md5 in source.files.items()}
+    try:
+        return {f: fetch(folder, f, source.url if url is None else url, md5, download_timeout)
+                for f, md5 in source.files.items()}
+    except Unreachable as err:  # name every file the user has to fetch by hand, not only the first one missing
+        raise DataError("data.url", err.value, f"cannot download ({err.reason}); without network, put "
+                        f"{', '.join(source.files)} (from {source.url}) into {folder}") from None
 
 
 def _select(seed: int, n: int, n_train: Optional[int]) -> Tensor:

@@ -90,9 +90,28 @@ def test_no_network_says_where_to_put_the_files(tmp_path):
     with pytest.raises(DataError) as err:
         make_task("mnist", 0, root=str(tmp_path / "cache"), url=CLOSED, download_timeout=2)
     message = str(err.value)
-    where = os.path.join(str(tmp_path / "cache"), "mnist", "train-images-idx3-ubyte.gz")
-    assert "\n" not in message and f"put the file at {where}" in message
+    files = ", ".join(data_images._MNIST_FILES)
+    assert "\n" not in message and f"put {files} (from {data_images.SOURCES['mnist'].url}) into " \
+        f"{os.path.join(str(tmp_path / 'cache'), 'mnist')}" in message
     assert os.listdir(tmp_path / "cache" / "mnist") == [".lock"]  # no partial file left
+
+
+def test_fetch_names_the_path_it_could_not_fill(tmp_path):
+    with pytest.raises(data_download.Unreachable, match="put the file at .*c/blob.bin"):
+        fetch(str(tmp_path / "c"), "blob.bin", CLOSED, "0" * 32, 2)
+
+
+@pytest.mark.slow
+def test_cli_without_network_exits_2_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "gradexp", "run", "model=cnn", "data=mnist",
+                           f"data.root={tmp_path / 'cache'}", f"data.url={CLOSED}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "put train-images-idx3-ubyte.gz" in done.stderr
+    assert "Traceback" not in done.stderr and not os.listdir(tmp_path / "outputs")  # the empty run folder removed
 
 
 def test_concurrent_fetches_download_once(tmp_path):
