@@ -1,5 +1,6 @@
 """The user's own data: data=image_folder (a folder of class sub-folders) and data=text (a character corpus),
 from tiny files the tests write, against plain-torch float64 oracles; bad input refused in one line."""
+import json
 import math
 import os
 
@@ -85,8 +86,10 @@ def test_text_missing_file_is_refused(tmp_path):
 @pytest.mark.parametrize("model", ["rnn", "lstm", "gru"])
 def test_recurrent_models_train_on_text(tmp_path, run_tiny, model):
     (tmp_path / "c.txt").write_text(CORPUS)
-    outcome, _ = run_tiny([f"model={model}", "data=text", f"data.path={tmp_path / 'c.txt'}", "data.seq_len=8"])
+    outcome, run_dir = run_tiny([f"model={model}", "data=text", f"data.path={tmp_path / 'c.txt'}", "data.seq_len=8"])
+    final = json.load(open(os.path.join(run_dir, "summary.json")))["final"]
     assert outcome.status == "completed"
+    assert final["bpc/val"] == pytest.approx(final["loss/val"] / math.log(2), rel=1e-5)  # the same mean, in bits
 
 
 def test_cnn_and_resnet_train_on_an_image_folder(tmp_path, run_tiny):

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from gradexp.train import Outcome
 
-FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val")
+FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val", "bpc/train", "bpc/val")  # bpc: data=text only
 SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
 ACT_STATS = ("act_mean", "act_std", "act_saturation")
