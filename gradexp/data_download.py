@@ -32,7 +32,8 @@ class Unreachable(DataError):
     """No answer from the address (no network, a wrong data.url, a timeout); `reason` says which."""
 
     def __init__(self, source: str, reason: object, path: str):
-        super().__init__("data.url", source, f"cannot download ({reason}); without network, put the file at {path}")
+        super().__init__("data.url", source, f"cannot download ({reason}); without network, put the file at {path} "
+                         f"(allowed: an address that answers within data.download_timeout, or the file in place)")
         self.reason = reason
 
 
@@ -72,7 +73,7 @@ def fetch(folder: str, name: str, url: str, checksum: str, timeout: float) -> st
         if found != checksum:
             os.remove(path)  # a partial or tampered file would fail every later run the same way
             raise DataError("data.url", url, f"{name} has md5 {found}, not the published {checksum}; "
-                            f"the file was removed (a broken mirror or download: run again or use another data.url)")
+                            f"the file was removed (allowed: a data.url that serves the published files; run again, or use another mirror)")
     return path
 
 

@@ -36,7 +36,7 @@ def _decode(path: str, size: int) -> Tensor:
             img = img.convert("RGB").resize((size, size), Image.BILINEAR)
             raw = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     except (UnidentifiedImageError, OSError) as err:
-        raise DataError("data.root", os.path.dirname(os.path.dirname(path)), f"cannot decode {path} ({err})") from None
+        raise DataError("data.root", os.path.dirname(os.path.dirname(path)), f"cannot decode {path} ({err}); allowed: image files Pillow can read") from None
     return raw.reshape(size, size, 3).permute(2, 0, 1).float() / 255
 
 

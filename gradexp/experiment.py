@@ -34,10 +34,10 @@ def run_experiment(cfg: Any, run_dir: str, overrides: list[str], console: Option
     with a checkpoint and status 'interrupted'."""
     validate(cfg)  # raises ConfigError before anything is written
     state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
+    dev = build.device(cfg)
+    task = build.task(cfg, dev)  # data that cannot be had (no network, no such folder) is refused before any write
     os.makedirs(run_dir, exist_ok=True)
     use_deterministic(cfg.train.deterministic)
-    dev = build.device(cfg)
-    task = build.task(cfg, dev)
     model = build.model(cfg, task, dev)
     layer_names = [name for name, _ in hidden_layers(model)]
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
