@@ -27,7 +27,7 @@ def he2016(cifar_root: str, scale: float) -> list[str]:
         return ["experiment=he2016_cifar", f"data.root={cifar_root}", f"train.steps={int(5000 * scale)}", *RESNETS]
     print("CIFAR-10 is not in", cifar_root, "- running the stand-in on the 8x8 digits")
     return ["model=resnet", "data=digits", "optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0.9",
-            f"train.steps={int(300 * scale)}", "train.eval_every=50", *RESNETS]
+            "train.batch_size=32", f"train.steps={int(200 * scale)}", "train.eval_every=50", *RESNETS]
 
 
 def text(scale: float) -> list[str]:
@@ -35,7 +35,7 @@ def text(scale: float) -> list[str]:
     if path is None:
         sys.exit(f"none of {', '.join(TEXT_FILES)} exists here: pass a text file of your own to gradexp run")
     return ["model=rnn,lstm", "data=text", f"data.path={path}", "model.width=128", f"train.steps={int(300 * scale)}",
-            "train.eval_every=50", "log.bptt_every=100"]
+            "train.eval_every=50"]
 
 
 def sweep(name: str, overrides: list[str], folder: str) -> None:
