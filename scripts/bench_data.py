@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  workers {workers}, augment=standard: {rate:.2f} steps/s")
         cfg = compose_cfg(base)
         task = build.task(cfg, build.device(cfg))
+        time_plain(cfg, task, 5)  # warm-up of both timers: the first run of a model here took up to 6x longer
+        time_gradexp(cfg, task, 5, "default", tempfile.mkdtemp(dir=tmp))
         times = {"plain": [], "default": []}
         for r in range(args.repeats):
             for variant in (("plain", "default") if r % 2 == 0 else ("default", "plain")):
