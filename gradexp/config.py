@@ -66,7 +66,8 @@ class DataConf:
     n_val: Optional[int] = None
     seq_len: Optional[int] = None
     # the keys below apply to the tasks whose registry entry names them (registry.DATA[...].keys)
-    root: Optional[str] = None          # mnist/fashion_mnist/cifar10: cache folder (null: ~/.cache/gradexp); image_folder: the images
+    # mnist/fashion_mnist/cifar10: the cache folder (null: ~/.cache/gradexp); image_folder: the images
+    root: Optional[str] = None
     url: Optional[str] = None           # a mirror of the published files (null: the authors' address)
     download_timeout: float = 30.0      # seconds to connect before giving up
     path: Optional[str] = None          # text: the corpus file
@@ -261,7 +262,7 @@ def _check_data(family: str, task: str) -> None:
 
 
 def _check_data_keys(d: Any) -> None:
-    """A data.* key the chosen task does not read is refused rather than silently ignored (e.g. data.path with mnist)."""
+    """A data.* key the chosen task does not read is refused, not silently ignored (e.g. data.path with mnist)."""
     takes = registry.DATA[d.name].keys
     for key in registry.DATA_KEYS:
         if key != "download_timeout" and getattr(d, key) is not None and key not in takes:

@@ -73,7 +73,8 @@ def fetch(folder: str, name: str, url: str, checksum: str, timeout: float) -> st
         if found != checksum:
             os.remove(path)  # a partial or tampered file would fail every later run the same way
             raise DataError("data.url", url, f"{name} has md5 {found}, not the published {checksum}; "
-                            f"the file was removed (allowed: a data.url that serves the published files; run again, or use another mirror)")
+                            f"the file was removed (allowed: a data.url that serves the published files; run again, "
+                            f"or use another mirror)")
     return path
 
 

@@ -36,7 +36,8 @@ def _decode(path: str, size: int) -> Tensor:
             img = img.convert("RGB").resize((size, size), Image.BILINEAR)
             raw = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     except (UnidentifiedImageError, OSError) as err:
-        raise DataError("data.root", os.path.dirname(os.path.dirname(path)), f"cannot decode {path} ({err}); allowed: image files Pillow can read") from None
+        raise DataError("data.root", os.path.dirname(os.path.dirname(path)),
+                        f"cannot decode {path} ({err}); allowed: image files Pillow can read") from None
     return raw.reshape(size, size, 3).permute(2, 0, 1).float() / 255
 
 
@@ -45,7 +46,8 @@ def _check_root(root: Optional[str]) -> dict[str, list[str]]:
         raise DataError("data.root", root, "allowed: an existing folder with one sub-folder of images per class")
     classes = _classes(root)
     if len(classes) < 2:
-        raise DataError("data.root", root, f"has {len(classes)} class folder(s) with images ({', '.join(classes) or 'none'}); "
+        names = ", ".join(classes) or "none"
+        raise DataError("data.root", root, f"has {len(classes)} class folder(s) with images ({names}); "
                         f"allowed: a folder with at least two sub-folders of images ({', '.join(IMAGE_EXTENSIONS)})")
     return classes
 

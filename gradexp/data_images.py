@@ -47,8 +47,8 @@ def _files(name: str, root: Optional[str], url: Optional[str], download_timeout:
                 for f, md5 in source.files.items()}
     except Unreachable as err:  # name every file the user has to fetch by hand, not only the first one missing
         raise DataError("data.url", err.value, f"cannot download ({err.reason}); without network, put "
-                        f"{', '.join(source.files)} (from {source.url}) into {folder} (allowed: an address that answers within "
-                        f"data.download_timeout, or those files in place)") from None
+                        f"{', '.join(source.files)} (from {source.url}) into {folder} (allowed: an address that "
+                        f"answers within data.download_timeout, or those files in place)") from None
 
 
 def _select(seed: int, n: int, n_train: Optional[int]) -> Tensor:
@@ -77,7 +77,8 @@ def _idx_task(name: str, seed: int, n_train: Optional[int], n_val: int, root: Op
     try:
         xt, yt, xv, yv = (read_idx(paths[f]) for f in _MNIST_FILES)
     except FormatError as err:
-        raise DataError("data.root", root, f"{err}; allowed: the published files (move this one away to fetch it again)") from None
+        raise DataError("data.root", root, f"{err}; allowed: the published files (move it away to fetch it "
+                        f"again)") from None
     return _task(name, seed, n_train, n_val, (xt.unsqueeze(1), yt), (xv.unsqueeze(1), yv), per_channel=False)
 
 
@@ -97,5 +98,6 @@ def cifar10(seed: int, n_train: Optional[int], n_val: int, seq_len: None, root: 
     try:
         train, val = read_cifar(archive, CIFAR_TRAIN), read_cifar(archive, CIFAR_TEST)
     except FormatError as err:
-        raise DataError("data.root", root, f"{err}; allowed: the published files (move this one away to fetch it again)") from None
+        raise DataError("data.root", root, f"{err}; allowed: the published files (move it away to fetch it "
+                        f"again)") from None
     return _task("cifar10", seed, n_train, n_val, train, val, per_channel=True)

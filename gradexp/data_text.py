@@ -39,7 +39,8 @@ def text(seed: int, n_train: Optional[int], n_val: Optional[int], seq_len: int, 
     x, y = _windows(torch.tensor([lookup[c] for c in chars]), seq_len)
     n_val = max(1, len(x) // 10) if n_val is None else n_val
     if n_val >= len(x):
-        raise DataError("data.n_val", n_val, f"allowed: fewer than the {len(x)} windows of {seq_len} characters in {path}")
+        raise DataError("data.n_val", n_val, f"allowed: fewer than the {len(x)} windows of {seq_len} characters "
+                        f"in {path}")
     cut = len(x) - n_val
     return Task("text", "language_model", x[:cut][:n_train], y[:cut][:n_train], x[cut:], y[cut:],
                 (seq_len, len(vocab)), len(vocab), True, seq_len, vocab_size=len(vocab))

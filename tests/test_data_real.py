@@ -78,7 +78,8 @@ def test_files_laid_in_root_by_hand_need_no_network(tmp_path, monkeypatch):
 
 def test_bad_checksum_is_refused_in_one_line_and_the_file_removed(tmp_path, served_mnist, monkeypatch):
     url, _, _ = served_mnist
-    monkeypatch.setitem(data_images.SOURCES, "mnist", data_images.Source(CLOSED, dict.fromkeys(data_images._MNIST_FILES, "0" * 32)))
+    wrong = data_images.Source(CLOSED, dict.fromkeys(data_images._MNIST_FILES, "0" * 32))
+    monkeypatch.setitem(data_images.SOURCES, "mnist", wrong)
     with pytest.raises(DataError) as err:
         make_task("mnist", 0, root=str(tmp_path / "cache"), url=url)
     message = str(err.value)

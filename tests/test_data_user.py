@@ -14,7 +14,7 @@ from gradexp.data import make_task
 from gradexp.data_download import DataError
 from tests.conftest import compose_config
 
-CORPUS = "the quick brown fox jumps over the lazy dog. " * 6  # 270 characters, 28 distinct (26 letters, space, full stop)
+CORPUS = "the quick brown fox jumps over the lazy dog. " * 6  # 270 characters, 28 distinct (letters, space, stop)
 
 
 def make_folder(root, sizes=((5, 7), (9, 4), (6, 6)), per_class=4):
@@ -31,7 +31,8 @@ def test_image_folder_decodes_resizes_and_standardises(tmp_path):
     make_folder(tmp_path)
     task = make_task("image_folder", 0, n_val=2, root=str(tmp_path), image_size=5)
     assert task.input_shape == (3, 5, 5) and task.num_outputs == 2 and len(task.x_train) == 6 and len(task.x_val) == 2
-    raw = torch.tensor([[60 * k + i, 10 * i, 200 - 30 * k - 5 * i] for k in range(2) for i in range(4)], dtype=torch.float64) / 255
+    colours = [[60 * k + i, 10 * i, 200 - 30 * k - 5 * i] for k in range(2) for i in range(4)]
+    raw = torch.tensor(colours, dtype=torch.float64) / 255
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))  # data._rng(0, 0)
     train, val = raw[perm[2:]], raw[perm[:2]]  # solid images: every pixel of image j is raw[j]
     mean = train.mean(0)

@@ -13,7 +13,8 @@ STAGES = 3
 
 
 class BasicBlock(nn.Module):
-    """conv3x3(stride) -> norm -> act -> conv3x3 -> norm, plus the shortcut, -> act. (B, c_in, H, W) -> (B, c_out, H/s, W/s).
+    """conv3x3(stride) -> norm -> act -> conv3x3 -> norm, plus the shortcut, -> act.
+    (B, c_in, H, W) -> (B, c_out, H/s, W/s).
 
     The shortcut is the paper's option A: identity, subsampled and zero-padded in channels where the shape changes,
     so residual and plain nets have exactly the same parameters."""
