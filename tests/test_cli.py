@@ -107,7 +107,7 @@ def test_bad_value_is_one_line_and_exit_2(tmp_path, override):
 
 @pytest.mark.slow
 def test_unknown_option_lists_the_available_ones(tmp_path):
-    result = gradexp("run", "model=resnet", cwd=tmp_path)
+    result = gradexp("run", "model=resnet50", cwd=tmp_path)
     assert result.returncode == 2
     assert "Available options in 'model'" in result.stderr and "lstm" in result.stderr
 

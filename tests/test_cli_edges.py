@@ -32,7 +32,7 @@ def summaries(root) -> dict[str, dict]:
     return out
 
 
-@pytest.mark.parametrize("args", [["optimizer.lr=0"], ["model.depth=abc"], ["model=resnet"], ["model.dpth=3"],
+@pytest.mark.parametrize("args", [["optimizer.lr=0"], ["model.depth=abc"], ["model=resnet50"], ["model.dpth=3"],
                                   ["model.depth=["], ["model=rnn", "model.residual=true"], ["resume=nowhere"]])
 def test_bad_input_is_one_line_exit_2_and_leaves_no_run(tmp_path, args):
     result = gradexp(tmp_path, *args)

@@ -26,7 +26,8 @@ def test_first_word_completes_subcommands():
 def test_run_completes_groups_options_and_keys():
     assert candidates("gradexp run activation=si") == ["activation=sigmoid"]
     assert "model.depth=" in candidates("gradexp run model.")
-    assert candidates("gradexp run experiment=he") == ["experiment=he2015", "experiment=he2016"]
+    assert candidates("gradexp run experiment=he") == ["experiment=he2015", "experiment=he2016",
+                                                       "experiment=he2016_cifar"]
     assert candidates("gradexp run -m init=kaiming_") == ["init=kaiming_normal", "init=kaiming_uniform"]
     assert candidates("gradexp run --mu") == ["--multirun"]
     assert candidates("gradexp run --cfg ") == ["job", "hydra", "all"]

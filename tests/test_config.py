@@ -10,6 +10,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gradexp.training import factory as build
 from gradexp.config.schema import ConfigError, validate
+from gradexp.config.registry import DATA
 from tests.conftest import compose_config
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -24,18 +25,22 @@ def options(group: str) -> list[str]:
 
 
 ALL = [f"{g}={o}" for g in GROUPS for o in options(g)]
+# data read from files (downloads, the user's folder or text) are built from tiny files in test_data_real.py,
+# test_data_user.py; here every other option
+OFFLINE = [o for o in ALL if not (o.startswith("data=") and DATA[o[5:]].keys)]
 
 
 def test_every_design_option_exists():
-    assert options("model") == ["cnn", "gru", "lstm", "mlp", "rnn"]
+    assert options("model") == ["cnn", "gru", "lstm", "mlp", "resnet", "rnn"]
     assert options("clip") == ["none", "norm_0.5", "norm_1.0", "norm_5.0", "value_0.1", "value_1.0"]
     assert options("activation") == sorted(["relu", "leaky_relu", "elu", "selu", "gelu", "mish", "tanh", "sigmoid",
                                             "softsign", "identity"])
     assert len(options("init")) == 7 and len(options("optimizer")) == 5
-    assert options("data") == ["adding", "blobs", "copy", "digits", "seq_digits"]
+    assert options("data") == ["adding", "blobs", "cifar10", "copy", "digits", "fashion_mnist", "image_folder", "mnist",
+                               "seq_digits", "text"]
 
 
-@pytest.mark.parametrize("override", ALL)
+@pytest.mark.parametrize("override", OFFLINE)
 def test_every_option_composes_and_instantiates(override):
     cfg = compose_config([*PARTNER.get(override, []), override])
     validate(cfg)
@@ -56,7 +61,7 @@ def test_recurrent_models_default_to_tanh_and_a_sequence_task():
     assert cfg.activation.name == "relu" and cfg.data.name == "copy"
 
 
-@pytest.mark.parametrize("override", ["model.dpth=3", "model.depth=abc", "optimizer.lr=fast", "model=resnet", "train.stepz=3"])
+@pytest.mark.parametrize("override", ["model.dpth=3", "model.depth=abc", "optimizer.lr=fast", "model=resnett", "train.stepz=3"])
 def test_typos_and_wrong_types_fail_at_composition(override):
     with pytest.raises((ConfigCompositionException, OmegaConfBaseException)):
         compose_config([override])
@@ -71,6 +76,11 @@ BAD = [
     (["model=rnn", "data.seq_len=1"], "data.seq_len"), (["data.seq_len=10"], "data.seq_len"),
     (["optimizer=adagrad", "optimizer.momentum=0.9"], "optimizer.momentum"),
     (["init.recurrent_gain=0"], "init.recurrent_gain"),
+    (["model=mlp", "data=text"], "data"), (["model=lstm", "data=mnist"], "data"),
+    (["model=resnet", "data=text"], "data"),
+    (["data.workers=-1"], "data.workers"), (["data.download_timeout=0"], "data.download_timeout"),
+    (["data.augment=fancy"], "data.augment"), (["model=lstm", "data=text", "data.augment=standard"], "data.augment"),
+    (["data.root=/tmp"], "data.root"), (["model=lstm", "data=text", "data.url=http://x"], "data.url"),
 ]
 
 

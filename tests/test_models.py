@@ -9,7 +9,8 @@ from gradexp.models import GRU, LSTM, MODELS, RNN, make_activation
 from gradexp.config.registry import ACTIVATIONS, MODELS as FAMILIES
 
 B, T, FEAT, K = 4, 6, 3, 2  # batch, sequence length, features per step, readout steps
-INPUT = {"mlp": (16,), "cnn": (2, 5, 5), "rnn": (T, FEAT), "lstm": (T, FEAT), "gru": (T, FEAT)}
+INPUT = {"mlp": (16,), "cnn": (2, 5, 5), "resnet": (2, 5, 5), "rnn": (T, FEAT), "lstm": (T, FEAT), "gru": (T, FEAT)}
+HIDDEN = {"resnet": 3 * 3 + 1}  # hidden layers at depth 3 where it is not 3: resnet's depth is blocks per stage, + stem
 RECURRENT = [name for name, family in FAMILIES.items() if family.recurrent]
 
 
@@ -53,12 +54,13 @@ def test_layer_names_in_forward_order(family):
     names = [n for n, _ in model.named_parameters()]
     assert all(re.match(r"(layers\.\d+|head)\.", n) for n in names), names
     seen = [int(n.split(".")[1]) for n in names if n.startswith("layers.")]
-    assert seen == sorted(seen) and set(seen) == {0, 1, 2}
+    layers = HIDDEN.get(family, 3)
+    assert seen == sorted(seen) and set(seen) == set(range(layers))
     order = []  # each hidden layer fires once, in index order, returning one tensor
     for i, layer in enumerate(model.layers):
         layer.register_forward_hook(lambda m, a, out, i=i: order.append((i, isinstance(out, torch.Tensor))))
     model(batch(family))
-    assert order == [(0, True), (1, True), (2, True)]
+    assert order == [(i, True) for i in range(layers)]
 
 
 @pytest.mark.parametrize("family", RECURRENT)

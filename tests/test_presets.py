@@ -21,7 +21,8 @@ from gradexp.analysis.flow import per_layer_gain
 from tests.conftest import compose_config
 from tests.test_oracle import read_scalars
 
-PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "saxe2014", "regularization"]
+PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "he2016_cifar", "saxe2014",
+           "regularization"]
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 
 

@@ -43,14 +43,16 @@ FITTING = {family: [name for name, data in DATA.items() if data.input in model.i
 def experiments(draw) -> list[str]:
     chosen = {group: draw(st.sampled_from(options(group))) for group in GROUPS}
     chosen["data"] = draw(st.sampled_from(FITTING[chosen["model"]]) | st.sampled_from(options("data")))
-    chosen = [f"{group}={option}" for group, option in chosen.items()]
+    offline = ["data.url=http://127.0.0.1:9"] if "url" in DATA[chosen["data"]].keys else []  # refused, no network
+    chosen = [f"{group}={option}" for group, option in chosen.items()] + offline
     keys = draw(st.lists(st.sampled_from(SCALARS), max_size=4, unique_by=lambda kv: kv[0]))
     chosen += [f"{key}={draw(st.sampled_from(values))}" for key, values in keys]
     return chosen
 
 
 def check_one(overrides: list[str]) -> None:
-    cfg = compose_config(["train.steps=2", "model.width=6", "data.n_val=16", *overrides])
+    cache = ["data.root=" + tempfile.mkdtemp()] if any(o.startswith("data.url=") for o in overrides) else []
+    cfg = compose_config(["train.steps=2", "model.width=6", "data.n_val=16", *cache, *overrides])
     run_dir = os.path.join(tempfile.mkdtemp(), "run")
     try:
         try:

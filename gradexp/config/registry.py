@@ -173,12 +173,16 @@ CLIP_MODES: dict[str, tuple[str, ...]] = {  # mode -> the clip.* keys it reads
 
 @dataclass(frozen=True)
 class Data:
-    target: str                     # (seed, n_train, n_val, seq_len) -> Task, in gradexp/data/
+    target: str                     # (seed, n_train, n_val, seq_len, **keys) -> Task, in gradexp/data/
     input: str                      # "vector" | "image" | "sequence": which model families can take it
     n_train: Optional[int]          # defaults; n_train None = every example left after the val split
-    n_val: int
+    n_val: Optional[int]            # None: the task's own share (a tenth of the user's data)
     seq_len: Optional[int] = None   # None: not a key of this task (its length is fixed or absent)
     min_seq_len: int = 1
+    keys: tuple[str, ...] = ()      # the other data.* keys its builder takes; any other one set is refused
+
+
+_DOWNLOADED = ("root", "url", "download_timeout")  # published datasets fetched once into data.root
 
 
 DATA: dict[str, Data] = {
@@ -187,7 +191,13 @@ DATA: dict[str, Data] = {
     "adding": Data("gradexp.data.tasks.adding", "sequence", 8000, 1000, seq_len=50, min_seq_len=2),
     "copy": Data("gradexp.data.tasks.copy", "sequence", 8000, 1000, seq_len=20, min_seq_len=1),
     "seq_digits": Data("gradexp.data.tasks.seq_digits", "sequence", None, 360),
+    "mnist": Data("gradexp.data.images.mnist", "image", None, 10000, keys=_DOWNLOADED),
+    "fashion_mnist": Data("gradexp.data.images.fashion_mnist", "image", None, 10000, keys=_DOWNLOADED),
+    "cifar10": Data("gradexp.data.images.cifar10", "image", None, 10000, keys=_DOWNLOADED),
+    "image_folder": Data("gradexp.data.folder.image_folder", "image", None, None, keys=("root", "image_size")),
+    "text": Data("gradexp.data.text.text", "sequence", None, None, seq_len=64, min_seq_len=1, keys=("path",)),
 }
+DATA_KEYS = ("root", "url", "download_timeout", "path", "image_size")  # every optional data.* key of Data.keys
 
 
 # --- model family -------------------------------------------------------------------------------------------
@@ -205,6 +215,7 @@ class Model:
 MODELS: dict[str, Model] = {
     "mlp": Model("gradexp.models.mlp.MLP", ("vector", "image"), residual=True, mean_field=True, advice_norm="batchnorm"),
     "cnn": Model("gradexp.models.cnn.CNN", ("image",), residual=True, advice_norm="batchnorm"),
+    "resnet": Model("gradexp.models.resnet.ResNet", ("image",), residual=True, advice_norm="batchnorm"),
     "rnn": Model("gradexp.models.rnn.RNN", ("sequence",), recurrent=True),
     "lstm": Model("gradexp.models.rnn.LSTM", ("sequence",), recurrent=True),
     "gru": Model("gradexp.models.rnn.GRU", ("sequence",), recurrent=True),

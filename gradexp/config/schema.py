@@ -71,6 +71,18 @@ class DataConf:
     n_train: Optional[int] = None
     n_val: Optional[int] = None
     seq_len: Optional[int] = None
+    # the keys below apply to the tasks whose registry entry names them (registry.DATA[...].keys)
+    # mnist/fashion_mnist/cifar10: the cache folder (null: ~/.cache/gradexp); image_folder: the images
+    root: Optional[str] = None
+    url: Optional[str] = None           # a mirror of the published files (null: the authors' address)
+    download_timeout: float = 30.0      # seconds to connect before giving up
+    path: Optional[str] = None          # text: the corpus file
+    image_size: Optional[int] = None    # image_folder: images resized to this square (null: 32)
+    workers: int = 0                    # DataLoader worker processes (0: batches cut in the main process)
+    augment: str = "none"               # none | standard (random crop with 4-pixel padding + horizontal flip)
+
+
+AUGMENTS = ("none", "standard")
 
 
 @dataclass
@@ -183,6 +195,9 @@ _RANGES = [
     ("clip.value", lambda v: 0 < v < math.inf, "a finite number > 0"),
     ("data.n_train", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
     ("data.n_val", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
+    ("data.download_timeout", lambda v: 0 < v < math.inf, "a finite number of seconds > 0"),
+    ("data.image_size", lambda v: v is None or v >= 1, "an integer >= 1, or null for 32"),
+    ("data.workers", lambda v: v >= 0, "an integer >= 0 (0: no worker processes)"),
     ("schedule.step_size", lambda v: v >= 1, "an integer >= 1"),
     ("schedule.gamma", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     ("train.steps", lambda v: v >= 1, "an integer >= 1"),
@@ -208,7 +223,7 @@ def _choices() -> list[tuple[str, tuple]]:
         ("activation.name", tuple(registry.ACTIVATIONS)), ("init.scheme", tuple(registry.INITS)),
         ("norm.name", tuple(registry.NORMS)), ("optimizer.name", tuple(registry.OPTIMIZERS)),
         ("clip.mode", tuple(registry.CLIP_MODES)), ("schedule.name", tuple(registry.SCHEDULES)),
-        ("data.name", tuple(registry.DATA)), ("device", registry.DEVICES),
+        ("data.name", tuple(registry.DATA)), ("data.augment", AUGMENTS), ("device", registry.DEVICES),
     ]
 
 
@@ -326,6 +341,7 @@ def _check_intervals(cfg: Any) -> None:
 def _check_combinations(cfg: Any) -> None:
     family, task = model_family(cfg), cfg.data.name
     _check_data(family, task)
+    _check_data_keys(cfg.data)
     if cfg.model.residual and not registry.MODELS[family].residual:
         allowed = " and ".join(n for n, m in registry.MODELS.items() if m.residual)
         raise ConfigError("model.residual", True, f"false for model={family} (residual applies to {allowed})")
@@ -347,6 +363,17 @@ def _check_data(family: str, task: str) -> None:
     if registry.DATA[task].input not in takes:
         fitting = [name for name, d in registry.DATA.items() if d.input in takes]
         raise ConfigError("data", task, f"a task model={family} can take: " + " | ".join(fitting))
+
+
+def _check_data_keys(d: Any) -> None:
+    """A data.* key the chosen task does not read is refused, not silently ignored (e.g. data.path with mnist)."""
+    takes = registry.DATA[d.name].keys
+    for key in registry.DATA_KEYS:
+        if key != "download_timeout" and getattr(d, key) is not None and key not in takes:
+            reads = ", ".join(f"data.{k}" for k in takes if k != "download_timeout") or "none of them"
+            raise ConfigError(f"data.{key}", getattr(d, key), f"null for data={d.name} (it reads {reads})")
+    if d.augment != "none" and registry.DATA[d.name].input != "image":
+        raise ConfigError("data.augment", d.augment, f"none for data={d.name} (augmentation applies to image data)")
 
 
 def _check_optimizer_keys(o: Any) -> None:

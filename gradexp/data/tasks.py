@@ -11,8 +11,10 @@ Loss and metrics flatten both, so either output form works.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,9 @@ class Task:
     num_outputs: int
     sequence: bool
     readout_steps: int  # final time steps that carry targets; 0 for non-sequence tasks
+    # token tasks (data=text): x holds token ids (N, T) and input_shape is (T, vocab_size); `inputs` turns ids into
+    # one-hot features for models that read features (rnn/lstm/gru); a token model reads the ids as they are
+    vocab_size: Optional[int] = None
 
     def loss(self, output: Tensor, y: Tensor) -> Tensor:
         """Cross-entropy (mean over examples and readout steps) or MSE; scalar."""
@@ -46,12 +51,19 @@ class Task:
         return F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1))
 
     def metrics(self, output: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """{"acc": 0-d tensor} on the output's device (no host sync)."""
+        """{"acc": 0-d tensor} on the output's device (no host sync); language models add bits per character."""
         if self.kind == "regression":
             hit = (output.reshape(y.shape) - y).abs() < ADDING_TOLERANCE
         else:
             hit = output.argmax(-1).reshape(y.shape) == y  # per example, or per symbol for copy
-        return {"acc": hit.float().mean()}
+        found = {"acc": hit.float().mean()}
+        if self.kind == "language_model":
+            found["bpc"] = self.loss(output, y) / math.log(2)  # nats per character -> bits per character
+        return found
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """What a feature-reading model gets: x itself, or one-hot (B, T, vocab_size) floats for token ids."""
+        return x if self.vocab_size is None else F.one_hot(x, self.vocab_size).float()
 
     def to(self, device: torch.device | str) -> Task:
         moved = {f: getattr(self, f).to(device) for f in ("x_train", "y_train", "x_val", "y_val")}
@@ -152,8 +164,9 @@ def copy(seed: int, n_train: int, n_val: int, seq_len: int) -> Task:
 
 
 def make_task(name: str, seed: int, n_train: int | None = None, n_val: int | None = None,
-              seq_len: int | None = None) -> Task:
-    """Build task `name` (an entry of gradexp/config/registry.py's DATA); None sizes take the task's defaults there."""
+              seq_len: int | None = None, **options) -> Task:
+    """Build task `name` (an entry of gradexp/config/registry.py's DATA); None sizes take the task's defaults there.
+    `options` are the data.* keys the entry names in Data.keys (root, url, path, image_size, ...)."""
     check_name("task", name, DATA)
     entry = DATA[name]
     if seq_len is not None and entry.seq_len is None:
@@ -166,7 +179,7 @@ def make_task(name: str, seed: int, n_train: int | None = None, n_val: int | Non
             raise ValueError(f"task {name!r}: {key} must be >= 1, got {value}")
     return resolve(entry.target)(seed, entry.n_train if n_train is None else n_train,
                                  entry.n_val if n_val is None else n_val,
-                                 entry.seq_len if seq_len is None else seq_len)
+                                 entry.seq_len if seq_len is None else seq_len, **options)
 
 
 class Batches:

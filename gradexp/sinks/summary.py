@@ -15,7 +15,7 @@ from gradexp.outcome import Outcome
 # 1: runs before versions were recorded (no schema_version field); 2: verdict.at_init/at_end, perf.torch_threads.
 # Bump it when a field other tools read changes meaning; gradexp.report.runs.load_summary reads every version up to it.
 SCHEMA_VERSION = 2
-FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val")
+FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val", "bpc/train", "bpc/val")  # bpc: data=text only
 SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
 _SETTINGS = ("path", "overrides", "layer_names", "baseline")  # given at construction; everything else is run state

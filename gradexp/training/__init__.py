@@ -2,4 +2,4 @@
 a config (run.py), checkpoint and resume, interrupts, the non-finite guard, clipping, threads, reproducibility
 and perf.
 
-May import analysis, report, sinks, models, probes, data, config and outcome; never gradexp.cli.main."""
+May import analysis, report, sinks, models, probes, data, config and outcome; never gradexp.cli."""

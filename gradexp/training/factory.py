@@ -2,6 +2,7 @@
 benchmarks and the tests all get their Run from `run(cfg, sinks)`."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import torch
@@ -15,6 +16,8 @@ from gradexp.probes.base import Instruments, ProbeContext
 from gradexp.probes.layers import Layers, watched_layers
 from gradexp.config.registry import OPTIMIZERS, PROBES, SCHEDULES, resolve
 from gradexp.training.loop import Run, Settings
+from gradexp.data.loader import Loader
+from gradexp.config.registry import DATA
 
 
 def device(cfg: Any) -> torch.device:
@@ -25,16 +28,33 @@ def device(cfg: Any) -> torch.device:
 
 def task(cfg: Any, dev: torch.device) -> Task:
     data = cfg.data
-    return make_task(data.name, seed=cfg.seed, n_train=data.n_train, n_val=data.n_val, seq_len=data.seq_len).to(dev)
+    options = {k: getattr(data, k) for k in DATA[data.name].keys if getattr(data, k) is not None}
+    built = make_task(data.name, seed=cfg.seed, n_train=data.n_train, n_val=data.n_val, seq_len=data.seq_len,
+                      **options)
+    if not uses_loader(cfg):
+        return built.to(dev)
+    # the DataLoader cuts train batches from host memory and copies each one over; only val lives on the device
+    return dataclasses.replace(built, x_val=built.x_val.to(dev), y_val=built.y_val.to(dev))
+
+
+def uses_loader(cfg: Any) -> bool:
+    """Worker processes or augmentation need the DataLoader pipeline; else batches are cut where the data lies."""
+    return cfg.data.workers > 0 or cfg.data.augment != "none"
+
+
+def construct(cfg: Any, task_: Task) -> nn.Module:
+    """The configured class with the task's shapes, as its constructor made it (under torch.device("meta") it costs
+    no memory: training/limits.py sizes models that way)."""
+    constructor = {k: v for k, v in cfg.model.items() if k != "watch"}  # model.watch is for the probes, not the class
+    return instantiate(
+        constructor, input_shape=tuple(task_.input_shape), num_outputs=task_.num_outputs,
+        activation=cfg.activation.name, norm=cfg.norm.name, readout_steps=task_.readout_steps,
+    )
 
 
 def model(cfg: Any, task_: Task, dev: torch.device) -> nn.Module:
     torch.manual_seed(cfg.seed)  # same seed, same initial weights
-    constructor = {k: v for k, v in cfg.model.items() if k != "watch"}  # model.watch is for the probes, not the class
-    net = instantiate(
-        constructor, input_shape=tuple(task_.input_shape), num_outputs=task_.num_outputs,
-        activation=cfg.activation.name, norm=cfg.norm.name, readout_steps=task_.readout_steps,
-    )
+    net = construct(cfg, task_)
     init_weights(net, scheme=cfg.init.scheme, gain=cfg.init.gain, std=cfg.init.std,
                  activation=cfg.activation.name, recurrent=cfg.init.recurrent,
                  recurrent_gain=cfg.init.recurrent_gain)
@@ -73,8 +93,12 @@ def instruments(cfg: Any, net: nn.Module, watched: Layers, clip_policy: Optional
     return Instruments([p for p, _ in chosen], net, [every for _, every in chosen], last_step=cfg.train.steps - 1)
 
 
-def batches(cfg: Any, task_: Task) -> Batches:
-    return Batches(task_.x_train, task_.y_train, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
+def batches(cfg: Any, task_: Task, dev: Optional[torch.device] = None) -> Batches | Loader:
+    """The train batch stream; both kinds give the same batches for the same seed (before augmentation)."""
+    if not uses_loader(cfg):
+        return Batches(task_.x_train, task_.y_train, batch_size=cfg.train.batch_size, seed=cfg.seed + 1)
+    return Loader(task_.x_train, task_.y_train, batch_size=cfg.train.batch_size, seed=cfg.seed + 1,
+                  workers=cfg.data.workers, augment=cfg.data.augment, device=dev or task_.x_val.device)
 
 
 def settings(cfg: Any) -> Settings:
@@ -94,5 +118,5 @@ def run(cfg: Any, sinks: Sequence = (), built_task: Optional[Task] = None) -> Ru
     watched = layers(cfg, net)
     opt = optimizer(cfg, net.parameters())
     policy = clip(cfg)
-    return Run(model=net, task=task_, batches=batches(cfg, task_), optimizer=opt, scheduler=scheduler(cfg, opt),
+    return Run(model=net, task=task_, batches=batches(cfg, task_, dev), optimizer=opt, scheduler=scheduler(cfg, opt),
                clip=policy, instruments=instruments(cfg, net, watched, policy), sinks=list(sinks), layers=watched)

@@ -28,8 +28,11 @@ def check_batch(cfg: Any, task: Task) -> None:
 
 
 def parameter_count(cfg: Any, task: Task) -> int:
-    """Exact for gradexp's families (tests compare with the built model); hidden layers plus the linear head."""
+    """Exact for gradexp's families (tests compare with the built model); hidden layers plus the linear head. Other
+    families are built on the meta device and counted (exact too, and no memory is used)."""
     family, depth, width = model_family(cfg), cfg.model.depth, cfg.model.width
+    if family not in ("mlp", "cnn") and family not in GATES:
+        return sum(p.numel() for p in _on_meta(cfg, task).parameters())
     norm = 2 * width * depth if cfg.norm.name != "none" else 0
     head = width * task.num_outputs + task.num_outputs
     if family == "mlp":
@@ -43,9 +46,39 @@ def parameter_count(cfg: Any, task: Task) -> int:
     return first + (depth - 1) * gates * (2 * width * width + 2 * width) + norm + head
 
 
+def _on_meta(cfg: Any, task: Task) -> torch.nn.Module:
+    from gradexp.training import factory as build
+
+    with torch.device("meta"):
+        return build.construct(cfg, task)
+
+
+def _meta_activations(cfg: Any, task: Task) -> int:
+    """Entries of every leaf module's output for one training batch, from a forward pass on the meta device (shapes
+    only), times what autograd keeps per output; 0 where the model cannot run on meta (the estimate is then
+    parameters and optimizer state only)."""
+    net, total = _on_meta(cfg, task), [0]
+
+    def count(module: Any, inputs: Any, output: Any) -> None:
+        total[0] += output.numel() if isinstance(output, torch.Tensor) else 0
+
+    handles = [m.register_forward_hook(count) for m in net.modules() if not list(m.children())]
+    try:
+        net(task.inputs(torch.zeros(cfg.train.batch_size, *task.x_train.shape[1:], device="meta",
+                                    dtype=task.x_train.dtype)))
+    except Exception:  # an op without a meta kernel: no activation estimate rather than a crash
+        return 0
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0] * 2  # each output and its gradient
+
+
 def activation_count(cfg: Any, task: Task) -> int:
     """Values autograd saves for one training batch, or the forward pass over the validation split if larger."""
     family, width, depth = model_family(cfg), cfg.model.width, cfg.model.depth
+    if family not in ("mlp", "cnn") and family not in GATES:
+        return _meta_activations(cfg, task)
     positions = math.prod(task.input_shape[1:]) if family == "cnn" else 1
     if MODELS[family].recurrent:
         positions = task.input_shape[0] * GATES[family]  # time steps, one pre-activation per gate
@@ -96,6 +129,8 @@ def task(cfg: Any, dev: torch.device) -> Task:
 
     try:
         built = build.task(cfg, dev)
+    except ConfigError:  # the data's own one-line refusals (no such folder, no network) name their key
+        raise
     except ValueError as err:
         raise ConfigError("data.n_val", cfg.data.n_val, f"a size data={cfg.data.name} can give ({err})") from None
     check_batch(cfg, built)

@@ -77,7 +77,7 @@ def train_step(run: Run, settings: Settings, logging: bool) -> dict[str, Tensor]
     """One update. Returns the data loss (and, on logging steps, train metrics) as device tensors: no host sync."""
     x, y = run.batches.next()
     with run.instruments.watch() if logging else contextlib.nullcontext():
-        output = run.model(x)
+        output = run.model(run.task.inputs(x))
         loss = run.task.loss(output, y)
         penalty = regularization(run.model, settings)
         run.optimizer.zero_grad(set_to_none=True)
@@ -105,7 +105,7 @@ def evaluate(run: Run) -> dict[str, Tensor]:
     """loss/val and metrics on the whole validation split, in eval mode (batchnorm uses running stats)."""
     run.model.train(False)
     try:
-        output = run.model(run.task.x_val)
+        output = run.model(run.task.inputs(run.task.x_val))
         scalars = {"loss/val": run.task.loss(output, run.task.y_val)}
         scalars.update({f"{k}/val": v for k, v in run.task.metrics(output, run.task.y_val).items()})
     finally:

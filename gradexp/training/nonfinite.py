@@ -97,7 +97,8 @@ class NonfiniteGuard:
         self.run, self.settings = run, settings
         # running sum of the losses since the last check: NaN/Inf stick in a sum (losses are >= 0, so no
         # inf - inf), and float64 cannot overflow on finite float32 losses; one kernel per step
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=run.task.x_train.device)
+        # on x_val's device: the val split lives there even when train batches stream from host memory
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=run.task.x_val.device)
         self.snapshot = Snapshot(run)
         self.snapshot_step = start_step  # the state in the snapshot is the one before this step
         self.found: Optional[dict] = None
