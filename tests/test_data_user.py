@@ -97,7 +97,7 @@ def test_cnn_and_resnet_train_on_an_image_folder(tmp_path, run_tiny):
     make_folder(tmp_path / "imgs")
     for model in ("cnn", "resnet"):
         outcome, _ = run_tiny([f"model={model}", "data=image_folder", f"data.root={tmp_path / 'imgs'}",
-                               "data.image_size=8", "data.n_val=2"], name=model)
+                               "data.image_size=8", "data.n_val=2", "train.batch_size=4"], name=model)
         assert outcome.status == "completed"
 
 
