@@ -33,6 +33,7 @@ def test_merged_command_line_replaces_the_keys_a_suggestion_sets():
     assert command_line(["data.path=my file"], "init=xavier_normal") == "gradexp run 'data.path=my file' init=xavier_normal"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", RUNS, ids=lambda o: " ".join(o))
 def test_every_suggestion_changes_the_run_and_runs(run_tiny, overrides):
     outcome, _ = run_tiny(overrides)

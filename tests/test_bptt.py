@@ -25,7 +25,7 @@ def oracle_profiles(overrides) -> dict[str, list[float]]:
             for i in sorted(states)}
 
 
-@pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("family", ["rnn", pytest.param("lstm", marks=pytest.mark.slow), pytest.param("gru", marks=pytest.mark.slow)])
 def test_bptt_profile_matches_autograd(run_tiny, family):
     overrides = [f"model={family}", "data.seq_len=12", "log.bptt_every=2"]
     _, run_dir = run_tiny(overrides)

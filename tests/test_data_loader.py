@@ -58,6 +58,7 @@ def test_augmented_stream_is_the_same_with_any_number_of_workers():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_state_dict_continues_after_the_batches_handed_out_not_prefetched(workers):
     x, y = data()
@@ -72,6 +73,7 @@ def test_state_dict_continues_after_the_batches_handed_out_not_prefetched(worker
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+@pytest.mark.slow
 def test_workers_or_augmentation_choose_the_loader():
     from gradexp.training.factory import uses_loader
 

@@ -84,6 +84,7 @@ def test_text_missing_file_is_refused(tmp_path):
         make_task("text", 0, seq_len=10, path=str(tmp_path / "nope.txt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["rnn", "lstm", "gru"])
 def test_recurrent_models_train_on_text(tmp_path, run_tiny, model):
     (tmp_path / "c.txt").write_text(CORPUS)

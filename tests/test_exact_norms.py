@@ -108,6 +108,7 @@ def test_deep_sigmoid_mlp_layers_below_float32_squares_are_exact(run_tiny):
     assert summary["layers"][0]["act_grad_norm"]["first"] > 0 and "gets 0 of" not in verdict["evidence"]
 
 
+@pytest.mark.slow
 def test_readme_rnn_figure_is_what_a_fresh_run_measures(run_tiny):
     """README's tanh RNN figure (issue 10, item 6: it said ~1e-9, the truth is ~2e-21). Step 0 does not depend on
     training, so one step reproduces it; the float64 autograd oracle checks the number itself."""

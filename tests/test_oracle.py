@@ -19,7 +19,7 @@ FAMILIES = [
     ["model=cnn", "norm=batchnorm"],
     ["model=rnn"],
     ["model=lstm", "norm=layernorm"],
-    ["model=gru", "data=seq_digits"],
+    pytest.param(["model=gru", "data=seq_digits"], marks=pytest.mark.slow),  # a few seconds; rnn and lstm stay fast
 ]
 
 

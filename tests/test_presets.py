@@ -99,6 +99,7 @@ def log_steps(norms: list[float]) -> list[float]:
     return [math.log(a / b) for a, b in zip(norms[:-1], norms[1:])]
 
 
+@pytest.mark.slow
 def test_saxe2014_orthogonal_is_an_isometry_gaussian_only_on_average(run_sweep):
     r = run_sweep("saxe2014", ["train.steps=1"])
     linear_orth, linear_gauss = act_grads(r["activation=identity init=orthogonal"][0]), act_grads(r["activation=identity init=xavier_normal"][0])
@@ -127,6 +128,7 @@ def test_he2016_skips_carry_the_gradient_to_the_input(run_sweep):
     assert labels == ["vanishing", "healthy"]
 
 
+@pytest.mark.slow
 def test_pascanu2013_recurrent_scale_explodes_and_clipping_contains_it(run_sweep):
     r = run_sweep("pascanu2013", ["train.steps=60", "data.n_train=512", "data.n_val=128", "train.eval_every=20"])
     g0 = {job: scalars["grad_norm/total"][0] for job, (_, scalars) in r.items()}
@@ -139,6 +141,7 @@ def test_pascanu2013_recurrent_scale_explodes_and_clipping_contains_it(run_sweep
     assert max(clipped[1]["grad_norm/total_clipped"].values()) <= 1.0 + 1e-4
 
 
+@pytest.mark.slow
 def test_regularization_does_not_cure_vanishing_gradients(run_sweep):
     r = run_sweep("regularization", ["model.width=32", "train.steps=150", "log.every=50", "train.eval_every=150"])
     gain = {job: per_layer_gain(act_grads(s, "last")) for job, (s, _) in r.items()}  # after training

@@ -74,6 +74,7 @@ def check_one(overrides: list[str]) -> None:
         shutil.rmtree(os.path.dirname(run_dir), ignore_errors=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(experiments())
 def test_random_experiments_train_or_fail_with_one_line(overrides):

@@ -79,6 +79,7 @@ def reference(tmp_path_factory, quiet_console):
     return summary(run_dir), scalars(run_dir)
 
 
+@pytest.mark.slow
 def test_recurrent_run_resumes_exactly(tmp_path, quiet_console):
     """GRU with a step schedule and adam: recurrent weights, per-time-step probes, another optimizer state."""
     overrides = [*LONG, "model=gru", "data.seq_len=5", "schedule=step", "schedule.step_size=4", "optimizer=adam"]

@@ -29,6 +29,7 @@ def images_and_histograms(run_dir: str) -> tuple[dict, dict]:
     return images, histos
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [["log.histograms_every=2"], ["model=gru", "data.seq_len=5", "log.bptt_every=4"]])
 def test_resumed_images_histograms_and_scalars_equal_an_uninterrupted_run(tmp_path, quiet_console, extra):
     overrides = [*LONG, *extra]
