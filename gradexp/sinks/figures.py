@@ -22,38 +22,6 @@ def _positive(values) -> np.ndarray:
     return np.where(np.isfinite(arr) & (arr > 0), arr, np.nan)
 
 
-def heatmap(grid: Sequence[Sequence[float]], steps: Sequence[int], quantity: str):
-    """grid: (layers, logged steps) of norms -> image with layer 0 at the bottom, log colour scale."""
-    data = _positive(grid)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=80)
-    finite = data[np.isfinite(data)]
-    norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if finite.size and finite.min() < finite.max() else None
-    image = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", norm=norm, interpolation="nearest",
-                      extent=(-0.5, len(steps) - 0.5, -0.5, len(data) - 0.5))
-    ticks = np.linspace(0, len(steps) - 1, num=min(len(steps), 8)).round().astype(int)
-    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("hidden layer")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(f"gradient flow: {LABEL.get(quantity, quantity)}")
-    fig.colorbar(image, ax=ax, label="norm (log)")
-    fig.tight_layout()
-    return fig
-
-
-def profile(norms: Sequence[float], quantity: str, step: int):
-    """Norm per hidden layer at one step, log y axis."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=80)
-    ax.semilogy(range(len(norms)), _positive(norms), marker="o")
-    ax.set_xlabel("hidden layer (forward order)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(LABEL.get(quantity, quantity))
-    ax.set_title(f"per-layer gradient at step {step}")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 def profiles(ax, series: dict[str, Sequence[float]], colours: Optional[dict[str, str]] = None) -> None:
     """One log-scale line per run on a shared axis: label -> norm per hidden layer."""
     for label, norms in series.items():
