@@ -158,3 +158,19 @@ def test_underflow_matches_fp32_oracle(scale):
         assert logged[0][tag] == pytest.approx(value, abs=1e-9), tag
     if scale == 1.0:
         assert max(expected.values()) > 0.5  # the case the probe exists for: most of the gradient is lost
+
+
+def test_summary_and_verdict_of_an_underflowing_fp16_run(run_tiny):
+    import json
+    import os
+
+    from tests.test_oracle import read_scalars
+
+    overrides = [*BLOBS, "train.precision=fp16", "train.loss_scale=none", "init=normal", "init.std=0.002", "model.depth=3"]
+    outcome, run_dir = run_tiny(overrides)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    logged = read_scalars(run_dir)
+    for layer, worst in summary["amp"]["underflow_max"].items():
+        assert worst == pytest.approx(max(logged[f"amp/underflow/{layer}"].values()), abs=1e-6)
+    assert "fp16 flushed up to" in summary["verdict"]["evidence"]
+    assert summary["verdict"]["suggestions"][:2] == ["train.loss_scale=dynamic", "train.precision=bf16"]
