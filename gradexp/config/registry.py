@@ -200,14 +200,15 @@ class Model:
     residual: bool = False          # model.residual applies
     mean_field: bool = False        # analysis/theory.py predicts its gradient flow at init (plain, un-normed)
     advice_norm: str = "layernorm"  # the norm option advice suggests for this family's hidden layers
+    compiles: bool = True           # train.compile: one graph without breaks (dynamo breaks on nn.RNN/LSTM/GRU)
 
 
 MODELS: dict[str, Model] = {
     "mlp": Model("gradexp.models.mlp.MLP", ("vector", "image"), residual=True, mean_field=True, advice_norm="batchnorm"),
     "cnn": Model("gradexp.models.cnn.CNN", ("image",), residual=True, advice_norm="batchnorm"),
-    "rnn": Model("gradexp.models.rnn.RNN", ("sequence",), recurrent=True),
-    "lstm": Model("gradexp.models.rnn.LSTM", ("sequence",), recurrent=True),
-    "gru": Model("gradexp.models.rnn.GRU", ("sequence",), recurrent=True),
+    "rnn": Model("gradexp.models.rnn.RNN", ("sequence",), recurrent=True, compiles=False),
+    "lstm": Model("gradexp.models.rnn.LSTM", ("sequence",), recurrent=True, compiles=False),
+    "gru": Model("gradexp.models.rnn.GRU", ("sequence",), recurrent=True, compiles=False),
 }
 
 

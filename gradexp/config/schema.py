@@ -344,6 +344,8 @@ def _check_combinations(cfg: Any) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("device", "cuda", "auto | cpu (no CUDA device is available here)")
     _check_precision_device(cfg)
+    if cfg.train.compile:
+        _check_compile(cfg, family)
 
 
 def _check_data(family: str, task: str) -> None:
@@ -399,3 +401,27 @@ def _check_precision_device(cfg: Any) -> None:
         raise ConfigError("train.precision", cfg.train.precision, f"fp32 on {kind} here ({str(err).splitlines()[0]})") from None
     if kind == "cuda" and name == "bf16" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.precision", cfg.train.precision, "fp32 | fp16 (this GPU has no bfloat16)")
+
+
+def _check_compile(cfg: Any, family: str) -> None:
+    """torch.compile needs a model dynamo takes in one graph and a compiler toolchain (a C++ compiler for
+    inductor on CPU, triton on CUDA); without either the run is refused before it starts."""
+    if not registry.MODELS[family].compiles:
+        fitting = " | ".join(n for n, m in registry.MODELS.items() if m.compiles)
+        raise ConfigError("train.compile", True, f"false for model={family} (torch.compile takes model={fitting})")
+    import torch
+
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    try:
+        if cuda:
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                raise RuntimeError("triton is not installed")
+        else:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+    except Exception as err:  # whatever the toolchain probe raises, the answer is the same: no compiler here
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError("train.compile", True, f"false here: torch.compile's compiler toolchain is missing ({reason})") from None

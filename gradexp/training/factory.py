@@ -103,4 +103,10 @@ def run(cfg: Any, sinks: Sequence = (), built_task: Optional[Task] = None) -> Ru
     amp = precision(cfg, dev)
     return Run(model=net, task=task_, batches=batches(cfg, task_), optimizer=opt, scheduler=scheduler(cfg, opt),
                clip=policy, instruments=instruments(cfg, net, watched, policy, amp), sinks=list(sinks), layers=watched,
-               precision=amp)
+               precision=amp, compiled=compiled(cfg, net))
+
+
+def compiled(cfg: Any, net: nn.Module) -> Optional[nn.Module]:
+    """train.compile: the model through torch.compile, whole-graph (fullgraph: a graph break is an error, not a
+    silent slow path). Compilation itself happens at the first ordinary step."""
+    return torch.compile(net, fullgraph=True) if cfg.train.compile else None

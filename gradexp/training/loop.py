@@ -50,6 +50,9 @@ class Run:
     after_update: Optional[Callable[[int], bool]] = None
     layers: list = field(default_factory=list)  # (name, module) the instruments watch (probes/layers.py)
     precision: Precision = field(default_factory=lambda: Precision("fp32", None, torch.device("cpu")))
+    # train.compile: torch.compile of `model` (same parameters) for ordinary steps; logging steps, the fp32
+    # reference and evaluation run `model` eagerly, so probe hooks never reach the compiled graph (no recompiles)
+    compiled: Optional[nn.Module] = None
 
     @functools.cached_property
     def params(self) -> list[nn.Parameter]:
@@ -85,9 +88,10 @@ def train_step(run: Run, settings: Settings, logging: bool) -> dict[str, Tensor]
     x, y = run.batches.next()
     if logging and run.precision.mixed:  # probes/underflow.py compares with this batch's fp32 gradient
         run.instruments.reference(lambda: _total_loss(run, settings, run.task.loss(run.model(x), y)))
+    net = run.model if logging or run.compiled is None else run.compiled
     with run.instruments.watch() if logging else contextlib.nullcontext():
         with run.precision.autocast():  # the forward pass only; backward follows the forward's dtypes
-            output = run.model(x)
+            output = net(x)
             loss = run.task.loss(output, y)
             total = _total_loss(run, settings, loss)
         run.optimizer.zero_grad(set_to_none=True)
