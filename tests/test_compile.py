@@ -25,8 +25,8 @@ class Capture:
         pass
 
 
-def logged(overrides):
-    cfg = compose_config([*SMALL, *overrides])
+def logged(overrides, base=SMALL):
+    cfg = compose_config([*base, *overrides])
     validate(cfg)
     sink = Capture()
     outcome = train(build.run(cfg, [sink]), build.settings(cfg))
