@@ -174,3 +174,14 @@ def test_summary_and_verdict_of_an_underflowing_fp16_run(run_tiny):
         assert worst == pytest.approx(max(logged[f"amp/underflow/{layer}"].values()), abs=1e-6)
     assert "fp16 flushed up to" in summary["verdict"]["evidence"]
     assert summary["verdict"]["suggestions"][:2] == ["train.loss_scale=dynamic", "train.precision=bf16"]
+
+
+def test_scaler_state_survives_a_checkpoint_round_trip():
+    from gradexp.training.precision import Precision
+
+    _, _, run = trained(["train.precision=fp16", "train.loss_scale=1e30"])  # every step skipped: a count to carry
+    state = run.precision.state_dict()
+    fresh = Precision("fp16", 1e30, torch.device("cpu"))
+    fresh.load_state_dict(state)
+    assert int(fresh.skipped) == int(run.precision.skipped) == 4
+    assert fresh.scaler.state_dict()["scale"] == pytest.approx(1e30, rel=1e-6)

@@ -79,4 +79,5 @@ class Precision:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if state.get("skipped") is not None:
-            self.skipped = torch.tensor(state["skipped"], device=self.scaler._get_scale_async().device)
+            # on the scaler's device; its scale tensor does not exist yet before the first backward
+            self.skipped = torch.tensor(state["skipped"], device=torch.device(self.device_type))
