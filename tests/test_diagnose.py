@@ -201,3 +201,35 @@ def test_recurrent_gain_remedy_and_nothing_already_in_force(gain, radius, label,
     for suggestion in verdict["suggestions"]:
         assert any(in_force.get(o.split("=")[0]) != o.split("=")[1] for o in suggestion.split()), suggestion
         assert "init.recurrent=orthogonal" not in suggestion
+
+
+def amp_summary(underflow: float) -> dict:
+    return summary(geometric(0.5, n=6), amp={"underflow_max": {"layers.0": underflow, "layers.5": 0.0}})
+
+
+def test_fp16_losing_gradient_entries_says_so_and_suggests_loss_scaling():
+    verdict = diagnose(amp_summary(0.9), Factors(precision="fp16", loss_scale="none", depth=6), CONF)
+    assert "fp16 flushed up to 90% of a layer's nonzero gradient entries" in verdict["evidence"]
+    assert verdict["cause"].startswith("fp16 underflow")
+    assert verdict["suggestions"][:2] == ["train.loss_scale=dynamic", "train.precision=bf16"]
+
+
+def test_fp16_with_dynamic_scaling_still_losing_suggests_bf16_only():
+    verdict = diagnose(amp_summary(0.5), Factors(precision="fp16", loss_scale="dynamic", depth=6), CONF)
+    assert "even with train.loss_scale=dynamic" in verdict["evidence"]
+    assert verdict["suggestions"][0] == "train.precision=bf16"
+    assert "train.loss_scale=dynamic" not in verdict["suggestions"]
+
+
+@pytest.mark.parametrize("precision,underflow", [("bf16", 0.9), ("fp16", 0.01)])
+def test_bf16_or_negligible_underflow_is_not_blamed_on_precision(precision, underflow):
+    verdict = diagnose(amp_summary(underflow), Factors(precision=precision, depth=6), CONF)
+    assert "flushed" not in verdict["evidence"] and not verdict["cause"].startswith("fp16")
+    assert not any(s.startswith("train.") for s in verdict["suggestions"])
+
+
+def test_precision_factors_come_from_the_config():
+    f = Factors.from_cfg(compose_config(["train.precision=16-mixed"]))
+    assert (f.precision, f.loss_scale) == ("fp16", "dynamic")
+    f = Factors.from_cfg(compose_config(["train.precision=bf16", "train.loss_scale=1024"]))
+    assert (f.precision, f.loss_scale) == ("bf16", "1024")

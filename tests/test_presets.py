@@ -22,7 +22,7 @@ from tests.conftest import compose_config
 from tests.test_oracle import read_scalars
 
 PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "he2016_cifar", "saxe2014",
-           "regularization"]
+           "regularization", "micikevicius2018"]
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 
 
@@ -216,3 +216,19 @@ def test_sweep_preset_without_multirun_is_refused_in_one_line(tmp_path, preset):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "add -m to run it" in done.stderr and "gradexp run -m experiment=he2015 train.steps=2" in done.stderr
     assert not list(tmp_path.glob("outputs/*/*"))  # no run folder
+
+
+@pytest.mark.slow
+def test_micikevicius2018_fp16_loses_the_gradient_and_loss_scaling_recovers_it(run_sweep):
+    r = run_sweep("micikevicius2018", ["train.steps=2", "log.every=1", "data.n_train=256", "data.n_val=64"])
+    first = {job: {t[len("amp/underflow/"):]: v[0] for t, v in scalars.items() if t.startswith("amp/underflow/")}
+             for job, (_, scalars) in r.items()}
+    unscaled, scaled = first["train.precision=fp16 train.loss_scale=none"], first["train.precision=fp16 train.loss_scale=dynamic"]
+    assert unscaled["layers.0"] > 0.9 and max(unscaled.values()) > 0.9  # most of the lower layers' gradient is gone
+    assert max(scaled.values()) < 0.05  # dynamic scaling keeps it
+    assert max(first["train.precision=bf16 train.loss_scale=none"].values()) == 0  # float32's range: nothing lost
+    assert not first["train.precision=fp32 train.loss_scale=none"]  # no autocast, no underflow probe
+    fp16_verdict = r["train.precision=fp16 train.loss_scale=none"][0]["verdict"]
+    assert "fp16 flushed up to" in fp16_verdict["evidence"] and "train.loss_scale=dynamic" in fp16_verdict["suggestions"]
+    bf16_verdict = r["train.precision=bf16 train.loss_scale=none"][0]["verdict"]
+    assert "flushed" not in bf16_verdict["evidence"]

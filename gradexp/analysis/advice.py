@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from gradexp.config.registry import ACTIVATIONS, MODELS
+from gradexp.config.registry import ACTIVATIONS, MODELS, PRECISIONS, precision_name
 
+UNDERFLOW_LOST = 0.05   # an fp16 run that flushes this share of a layer's gradient entries is told so
 SATURATED = 0.2          # a layer with this share of saturated entries (dead units) is blamed on them
 HEALTHY_THEORY = 0.8     # a proper init whose mean-field gain is at least this fixes an init-scale problem
 RECURRENT_GAIN_RANGE = (0.5, 2.0)  # suggested init.recurrent_gain stays within this
@@ -33,16 +34,21 @@ class Factors:
     recurrent: Optional[str] = None          # init.recurrent (None: same as init)
     recurrent_gain: Optional[float] = None   # init.recurrent_gain (None: init.gain)
     clip_option: str = "none"                # the clip group option in force, e.g. norm_1.0
+    precision: str = "fp32"                  # train.precision, canonical name
+    loss_scale: str = "none"                 # the loss scale in force: dynamic | none | the fixed number
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "Factors":
         from gradexp.config.schema import model_family
 
         c = cfg.clip
+        precision = precision_name(cfg.train.precision)
+        scale = cfg.train.loss_scale
+        scale = PRECISIONS[precision].default_loss_scale if scale is None else f"{scale:g}" if isinstance(scale, (int, float)) else scale
         option = "none" if c.mode == "none" else f"norm_{c.max_norm}" if c.mode == "norm" else f"value_{c.value}"
         return cls(model_family(cfg), cfg.model.depth, cfg.model.residual, cfg.activation.name, cfg.init.scheme,
                    cfg.init.gain, cfg.norm.name, cfg.optimizer.lr, c.mode, cfg.init.recurrent, cfg.init.recurrent_gain,
-                   option)
+                   option, precision, scale)
 
     def in_force(self) -> dict[str, str]:
         """override key -> the value this run has, as the command line would spell it."""
@@ -52,6 +58,7 @@ class Factors:
             "init.gain": f"{self.init_gain:g}", "optimizer.lr": f"{self.lr:g}",
             "init.recurrent": self.recurrent or self.init,
             "init.recurrent_gain": f"{self.recurrent_gain if self.recurrent_gain is not None else self.init_gain:g}",
+            "train.precision": self.precision, "train.loss_scale": self.loss_scale,
         }
 
 
@@ -65,6 +72,7 @@ class Evidence:
     theory_gain: Optional[float] = None       # mean-field gain of this run's init (step 0, plain MLPs)
     measured_init_gain: Optional[float] = None  # the measured gain it is compared with (step 0, same layers)
     theory_alternatives: dict[str, float] = field(default_factory=dict)  # "init=..." -> its mean-field gain
+    underflow: Optional[float] = None         # the largest amp/underflow share of any layer at any logged step
 
 
 def suggest(label: str, axis: str, f: Factors, ev: Evidence, end_label: Optional[str] = None) -> tuple[str, str, list[str]]:
@@ -202,3 +210,14 @@ def _same(current: Optional[str], value: str) -> bool:
         return math.isclose(float(current), float(value))
     except ValueError:
         return current == value
+
+
+def precision_loss(f: Factors, ev: Evidence) -> tuple[str, list[str]]:
+    """(sentence, overrides) when fp16 threw away a real share of the gradient; ('', []) otherwise. Only fp16:
+    bf16 keeps float32's exponent range, so its gradients do not flush to zero (and it is not blamed for it)."""
+    if f.precision != "fp16" or ev.underflow is None or ev.underflow < UNDERFLOW_LOST:
+        return "", []
+    scaled = "" if f.loss_scale == "none" else f" even with train.loss_scale={f.loss_scale}"
+    why = (f"fp16 flushed up to {ev.underflow:.0%} of a layer's nonzero gradient entries to zero or subnormal"
+           f"{scaled} (amp/underflow).")
+    return why, changes(["train.loss_scale=dynamic", "train.precision=bf16"], f)

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from gradexp.analysis.advice import Evidence, Factors, suggest
+from gradexp.analysis.advice import Evidence, Factors, precision_loss, suggest
 from gradexp.analysis.flow import first_last_ratio, per_layer_gain
 
 SYMBOL = {"act_grad_norm": "‖∂L/∂h‖", "grad_norm": "‖∂L/∂θ‖"}
@@ -152,9 +152,13 @@ def diagnose(summary: dict[str, Any], factors: Factors, conf: Any) -> dict[str, 
     evidence = gather(summary, "first" if since_init else MOMENTS[decisive], judged, since_init)
     cause, why, suggestions = suggest(label, judged["axis"] or "depth", factors, evidence,
                                       moments["at_end"]["label"] if label == "diverged" else None)
+    lost, remedies = precision_loss(factors, evidence)
+    if lost and label == "vanishing":
+        cause = "fp16 underflow: gradients below fp16's range flush to zero"
+    suggestions = list(dict.fromkeys([*remedies, *suggestions]))  # the precision fix first: it is the cheapest
     sentences = [diverged_evidence(summary)] if label == "diverged" else []
     sentences += [moment_sentence(depth, times[w], w) for w in ("first", "last")]
-    sentences += [training_sentence(summary, trains), why]
+    sentences += [training_sentence(summary, trains), why, lost]
     return {
         "label": label, "decided_by": decisive, "cause": cause,
         "evidence": " ".join(s for s in sentences if s), "suggestions": suggestions,
@@ -170,12 +174,14 @@ def gather(summary: dict[str, Any], when: str, judged: dict, since_init: bool) -
     fractions = [layer["act_saturation"][when] for layer in summary.get("layers") or []
                  if layer.get("act_saturation") and layer["act_saturation"].get(when) is not None]
     theory = summary.get("theory") or {}
+    underflow = {k: v for k, v in ((summary.get("amp") or {}).get("underflow_max") or {}).items() if v is not None}
     return Evidence(
         when=when, saturation=max(fractions) if fractions else None,
         gain=judged["gain"], time_gain=judged["time_gain"],
         theory_gain=theory.get("predicted_gain") if since_init else None,
         theory_alternatives=(theory.get("alternatives") or {}) if since_init else {},
         measured_init_gain=theory.get("measured_gain"),
+        underflow=max(underflow.values()) if underflow else None,
     )
 
 

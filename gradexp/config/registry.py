@@ -210,15 +210,16 @@ class Model:
     residual: bool = False          # model.residual applies
     mean_field: bool = False        # analysis/theory.py predicts its gradient flow at init (plain, un-normed)
     advice_norm: str = "layernorm"  # the norm option advice suggests for this family's hidden layers
+    compiles: bool = True           # train.compile: one graph without breaks (dynamo breaks on nn.RNN/LSTM/GRU)
 
 
 MODELS: dict[str, Model] = {
     "mlp": Model("gradexp.models.mlp.MLP", ("vector", "image"), residual=True, mean_field=True, advice_norm="batchnorm"),
     "cnn": Model("gradexp.models.cnn.CNN", ("image",), residual=True, advice_norm="batchnorm"),
     "resnet": Model("gradexp.models.resnet.ResNet", ("image",), residual=True, advice_norm="batchnorm"),
-    "rnn": Model("gradexp.models.rnn.RNN", ("sequence",), recurrent=True),
-    "lstm": Model("gradexp.models.rnn.LSTM", ("sequence",), recurrent=True),
-    "gru": Model("gradexp.models.rnn.GRU", ("sequence",), recurrent=True),
+    "rnn": Model("gradexp.models.rnn.RNN", ("sequence",), recurrent=True, compiles=False),
+    "lstm": Model("gradexp.models.rnn.LSTM", ("sequence",), recurrent=True, compiles=False),
+    "gru": Model("gradexp.models.rnn.GRU", ("sequence",), recurrent=True, compiles=False),
 }
 
 
@@ -249,4 +250,32 @@ PROBES: dict[str, ProbeKind] = {
     "clip": ProbeKind("gradexp.probes.clip_telemetry.ClipTelemetry"),
     "histograms": ProbeKind("gradexp.probes.histograms.Histograms", every="${log.histograms_every}"),
     "bptt": ProbeKind("gradexp.probes.bptt.BpttGradNorms", every="${log.bptt_every}"),
+    # mixed precision only (train.precision, train.loss_scale); each is None for a run it does not apply to
+    "loss_scale": ProbeKind("gradexp.probes.loss_scale.LossScale"),
+    "skipped_steps": ProbeKind("gradexp.probes.skipped_steps.SkippedSteps"),
+    "underflow": ProbeKind("gradexp.probes.underflow.Underflow"),
 }
+
+
+# --- precision ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Precision:
+    """train.precision: the dtype torch.autocast runs the forward pass in (None: no autocast, plain float32) and
+    the loss scale used when train.loss_scale is null (fp16's range needs one: gradients below 2^-24 flush to 0)."""
+    autocast: Optional[str]         # dotted torch dtype
+    default_loss_scale: str         # "dynamic" | "none"
+
+
+PRECISIONS: dict[str, Precision] = {
+    "fp32": Precision(None, "none"),
+    "bf16": Precision("torch.bfloat16", "none"),
+    "fp16": Precision("torch.float16", "dynamic"),
+}
+PRECISION_ALIASES = {"32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}  # Lightning's spellings
+LOSS_SCALES = ("dynamic", "none")  # or a fixed number > 0
+
+
+def precision_name(value: str) -> str:
+    """'16-mixed' -> 'fp16'; a canonical name or an unknown value comes back as given."""
+    return PRECISION_ALIASES.get(value, value)

@@ -101,6 +101,9 @@ class TrainConf:
     checkpoint_every: int = 100     # periodic checkpoint interval in steps; 0 = only when interrupted
     deterministic: bool = False     # torch.use_deterministic_algorithms (slower on CUDA)
     threads: Optional[int] = None   # torch CPU threads; None = the launcher's share, else torch's default
+    precision: str = "fp32"         # fp32 | bf16 | fp16 (or Lightning's 32-true | bf16-mixed | 16-mixed)
+    loss_scale: Any = None          # dynamic | none | a fixed number > 0; null = dynamic for fp16, none otherwise
+    compile: bool = False           # ordinary steps through torch.compile; logging steps in eager
 
 
 @dataclass
@@ -251,6 +254,7 @@ def validate(cfg: Any) -> None:
         if not ok(_get(cfg, key)):
             raise ConfigError(key, _get(cfg, key), allowed)
     _check_intervals(cfg)
+    _check_precision(cfg.train)
     _check_combinations(cfg)
 
 
@@ -355,6 +359,9 @@ def _check_combinations(cfg: Any) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("device", "cuda", "auto | cpu (no CUDA device is available here)")
+    _check_precision_device(cfg)
+    if cfg.train.compile:
+        _check_compile(cfg, family)
 
 
 def _check_data(family: str, task: str) -> None:
@@ -393,3 +400,55 @@ def _check_seq_len(task: str, seq_len: int) -> None:
         raise ConfigError("data.seq_len", seq_len, f"null for data={task} (its length is fixed)")
     if seq_len < entry.min_seq_len:
         raise ConfigError("data.seq_len", seq_len, f"an integer >= {entry.min_seq_len} for data={task}")
+
+
+def _check_precision(train: Any) -> None:
+    names = (*registry.PRECISIONS, *registry.PRECISION_ALIASES)
+    if registry.precision_name(train.precision) not in registry.PRECISIONS:
+        raise ConfigError("train.precision", train.precision, " | ".join(names))
+    scale = train.loss_scale
+    number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+    if not (scale is None or scale in registry.LOSS_SCALES or (number and 0 < scale < math.inf)):
+        raise ConfigError("train.loss_scale", scale, "dynamic | none | a finite number > 0 | null (dynamic for fp16)")
+
+
+def _check_precision_device(cfg: Any) -> None:
+    """A mixed precision the device (or this torch build) cannot autocast to is refused before training."""
+    name = registry.precision_name(cfg.train.precision)
+    if name == "fp32":
+        return
+    import torch
+
+    kind = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    dtype = registry.resolve(registry.PRECISIONS[name].autocast)
+    try:
+        with torch.autocast(kind, dtype=dtype):
+            torch.ones(2, 2, device=kind) @ torch.ones(2, 2, device=kind)
+    except (RuntimeError, AssertionError) as err:  # torch refuses the dtype on this device (or warns and is off)
+        raise ConfigError("train.precision", cfg.train.precision, f"fp32 on {kind} here ({str(err).splitlines()[0]})") from None
+    if kind == "cuda" and name == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision", cfg.train.precision, "fp32 | fp16 (this GPU has no bfloat16)")
+
+
+def _check_compile(cfg: Any, family: str) -> None:
+    """torch.compile needs a model dynamo takes in one graph and a compiler toolchain (a C++ compiler for
+    inductor on CPU, triton on CUDA); without either the run is refused before it starts."""
+    if not registry.MODELS[family].compiles:
+        fitting = " | ".join(n for n, m in registry.MODELS.items() if m.compiles)
+        raise ConfigError("train.compile", True, f"false for model={family} (torch.compile takes model={fitting})")
+    import torch
+
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    try:
+        if cuda:
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                raise RuntimeError("triton is not installed")
+        else:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+    except Exception as err:  # whatever the toolchain probe raises, the answer is the same: no compiler here
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError("train.compile", True, f"false here: torch.compile's compiler toolchain is missing ({reason})") from None

@@ -17,13 +17,14 @@ class ActGrads(Probe):
     """The tensor hooks only keep each gradient; after backward one batched exact_norms
     (probes/norms.py) takes them all."""
 
-    def __init__(self, layers: Layers) -> None:
+    def __init__(self, layers: Layers, context: ProbeContext | None = None) -> None:
         self.layers = layers
+        self.context = context or ProbeContext(layers)  # divides out the loss scale, if any
         self.grads: dict[str, Tensor] = {}  # layer -> dLoss/d(output), shaped like the output
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> "ActGrads":
-        return cls(context.layers)
+        return cls(context.layers, context)
 
     def watch(self, model: nn.Module) -> ContextManager:
         return removed_on_exit([layer.register_forward_hook(self._forward_hook(name)) for name, layer in self.layers])
@@ -36,7 +37,7 @@ class ActGrads(Probe):
         return hook
 
     def _record(self, name: str, grad: Tensor) -> None:
-        self.grads[name] = grad.detach()
+        self.grads[name] = self.context.unscaled(grad.detach())
 
     def after_backward(self, model: nn.Module) -> Scalars:
         grads, self.grads = self.grads, {}

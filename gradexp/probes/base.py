@@ -44,6 +44,13 @@ class ProbeContext:
     layers: list  # (name, module) to watch, forward order (probes/layers.py)
     activation: Optional[str] = None  # the activation option's name, for saturation rules; None: unknown
     clip: Any = None  # the clip policy in force (mode, max_norm, value, counters), or None
+    precision: Any = None  # the run's precision (dtype, scale(), skipped), or None for plain fp32
+
+    def unscaled(self, grad: Tensor) -> Tensor:
+        """A gradient a tensor hook saw, divided by the loss scale (hooks fire before the optimizer's
+        gradients are unscaled). In float32: the scaled value may fit fp16 where the true one does not."""
+        scale = None if self.precision is None else self.precision.scale()
+        return grad if scale is None else grad.float() / scale
 
 
 class Probe:
@@ -55,6 +62,9 @@ class Probe:
         return cls()
 
     def begin(self, step: int) -> None:  # a logging step starts; probes with their own interval decide here
+        pass
+
+    def reference(self, model: nn.Module, loss_fn: Any) -> None:  # before the forward: loss_fn() = fp32 loss of the batch
         pass
 
     def watch(self, model: nn.Module) -> ContextManager:
@@ -87,6 +97,10 @@ class Instruments:
         self.probes = [p for p, every in self.schedule if every and (step % every == 0 or step == self.last_step)]
         for probe in self.probes:
             probe.begin(step)
+
+    def reference(self, loss_fn: Any) -> None:
+        for probe in self.probes:
+            probe.reference(self.model, loss_fn)
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:

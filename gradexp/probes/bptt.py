@@ -26,14 +26,15 @@ def recurrent_layers(layers: Layers) -> Layers:
 
 
 class BpttGradNorms(Probe):
-    def __init__(self, layers: Layers) -> None:
+    def __init__(self, layers: Layers, context: Optional[ProbeContext] = None) -> None:
         self.layers = recurrent_layers(layers)
+        self.context = context or ProbeContext(layers)  # divides out the loss scale, if any
         self.grads: dict[str, dict[int, Tensor]] = {}  # layer -> t -> dLoss/dh_t (B, H), normed after backward
         self.lengths: dict[str, int] = {}              # layer -> T seen in the forward pass
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> Optional["BpttGradNorms"]:
-        return cls(context.layers) if recurrent_layers(context.layers) else None  # no recurrent layer: nothing to do
+        return cls(context.layers, context) if recurrent_layers(context.layers) else None  # no recurrent layer: nothing to do
 
     @contextlib.contextmanager
     def watch(self, model: nn.Module) -> Iterator[None]:
@@ -52,7 +53,7 @@ class BpttGradNorms(Probe):
         def on_step(t: int, h: Tensor) -> None:  # h: (B, H)
             self.lengths[name] = t + 1
             if h.requires_grad:
-                h.register_hook(lambda grad: grads.__setitem__(t, grad.detach()))
+                h.register_hook(lambda grad: grads.__setitem__(t, self.context.unscaled(grad.detach())))
 
         return on_step
 

@@ -18,6 +18,7 @@ SCHEMA_VERSION = 2
 FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val", "bpc/train", "bpc/val")  # bpc: data=text only
 SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
+UNDERFLOW_PREFIX = "amp/underflow/"
 _SETTINGS = ("path", "overrides", "layer_names", "baseline")  # given at construction; everything else is run state
 
 
@@ -31,6 +32,7 @@ class SummarySink:
         self.last: dict[str, float] = {}
         self.profiles: dict[str, dict[str, list]] = {}  # layer -> {"first": [...], "last": [...]}
         self.theory: Optional[dict[str, Any]] = None  # the baseline beside the first complete step; null without one
+        self.underflow_max: dict[str, float] = {}  # layer -> the largest amp/underflow share logged (mixed precision)
 
     def log(self, step: int, values: dict) -> None:
         self.latest.update(values)
@@ -43,6 +45,10 @@ class SummarySink:
                 entry.update(last=value, last_step=step)
         if self.baseline is not None and self.theory is None and self.baseline.complete(values):
             self.theory = self.baseline.section(step, values)
+        for tag, value in values.items():
+            if tag.startswith(UNDERFLOW_PREFIX):
+                layer = tag[len(UNDERFLOW_PREFIX):]
+                self.underflow_max[layer] = max(value, self.underflow_max.get(layer, 0.0))
         per_layer = layer_quantities(values, self.layer_names)
         for key, value in per_layer.items():
             self.first.setdefault(key, value)
@@ -81,6 +87,11 @@ class SummarySink:
         clip = {k: _finite_or_none(v) for k, v in self.latest.items() if k.startswith("clip/")}
         if clip:
             summary["clip"] = clip  # the last logged clip telemetry
+        amp = {k[len("amp/"):]: _finite_or_none(v) for k, v in self.latest.items()
+               if k.startswith("amp/") and not k.startswith(UNDERFLOW_PREFIX)}
+        if amp or self.underflow_max:
+            amp["underflow_max"] = dict(self.underflow_max)  # per layer, over every logged step
+            summary["amp"] = amp  # the last logged loss scale and skipped-step count, and the worst underflow
         summary["theory"] = copy.deepcopy(self.theory)
         if outcome.error:
             summary["error"] = outcome.error

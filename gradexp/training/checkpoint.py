@@ -1,6 +1,6 @@
 """checkpoint.pt: everything needed to continue a run exactly where it stopped.
 
-Holds model, optimizer, scheduler, RNG states (torch/numpy/python, CUDA when used), the number of
+Holds model, optimizer, scheduler, loss scaler (mixed precision), RNG states (torch/numpy/python, CUDA when used), the number of
 updates done, the data position (Batches.state_dict) and the summary sink's first/last values.
 Written atomically (temp file + rename): a crash or a second Ctrl-C mid-write leaves the previous
 checkpoint intact. Read with torch.load(weights_only=True), so a file cannot run code when loaded."""
@@ -36,6 +36,7 @@ def capture(run: Run, step: int, sink_states: dict[str, Any]) -> dict[str, Any]:
         "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
         "rng": rng_state(),
         "batches": run.batches.state_dict(),
+        "precision": run.precision.state_dict(),  # the loss scale and skipped-step count (mixed precision)
         "summary": sink_states["summary"],
         "sinks": {name: state for name, state in sink_states.items() if name != "summary"},
     }
@@ -86,6 +87,7 @@ def restore(run: Run, state: dict[str, Any]) -> int:
         if run.scheduler is not None and state["scheduler"] is not None:
             run.scheduler.load_state_dict(state["scheduler"])
         run.batches.load_state_dict(state["batches"])
+        run.precision.load_state_dict(state.get("precision") or {})  # older checkpoints: none was kept
         set_rng_state(state["rng"])
         return int(state["step"])
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:

@@ -18,6 +18,7 @@ from gradexp.config.registry import OPTIMIZERS, PROBES, SCHEDULES, resolve
 from gradexp.training.loop import Run, Settings
 from gradexp.data.loader import Loader
 from gradexp.config.registry import DATA
+from gradexp.training.precision import Precision
 
 
 def device(cfg: Any) -> torch.device:
@@ -85,9 +86,14 @@ def layers(cfg: Any, net: nn.Module) -> Layers:
     return watched_layers(net, list(cfg.model.watch))
 
 
-def instruments(cfg: Any, net: nn.Module, watched: Layers, clip_policy: Optional[ClipPolicy] = None) -> Instruments:
+def precision(cfg: Any, dev: torch.device) -> Precision:
+    return Precision(cfg.train.precision, cfg.train.loss_scale, dev)
+
+
+def instruments(cfg: Any, net: nn.Module, watched: Layers, clip_policy: Optional[ClipPolicy] = None,
+                amp: Optional[Precision] = None) -> Instruments:
     """Every probe of the registry that is on (log.probes.<name> > 0) and applies to this run, on its interval."""
-    context = ProbeContext(layers=watched, activation=cfg.activation.name, clip=clip_policy)
+    context = ProbeContext(layers=watched, activation=cfg.activation.name, clip=clip_policy, precision=amp)
     chosen = [(resolve(PROBES[name].target).from_context(context), every) for name, every in cfg.log.probes.items() if every]
     chosen = [(probe, every) for probe, every in chosen if probe is not None]
     return Instruments([p for p, _ in chosen], net, [every for _, every in chosen], last_step=cfg.train.steps - 1)
@@ -118,5 +124,13 @@ def run(cfg: Any, sinks: Sequence = (), built_task: Optional[Task] = None) -> Ru
     watched = layers(cfg, net)
     opt = optimizer(cfg, net.parameters())
     policy = clip(cfg)
+    amp = precision(cfg, dev)
     return Run(model=net, task=task_, batches=batches(cfg, task_, dev), optimizer=opt, scheduler=scheduler(cfg, opt),
-               clip=policy, instruments=instruments(cfg, net, watched, policy), sinks=list(sinks), layers=watched)
+               clip=policy, instruments=instruments(cfg, net, watched, policy, amp), sinks=list(sinks), layers=watched,
+               precision=amp, compiled=compiled(cfg, net))
+
+
+def compiled(cfg: Any, net: nn.Module) -> Optional[nn.Module]:
+    """train.compile: the model through torch.compile, whole-graph (fullgraph: a graph break is an error, not a
+    silent slow path). Compilation itself happens at the first ordinary step."""
+    return torch.compile(net, fullgraph=True) if cfg.train.compile else None

@@ -17,6 +17,7 @@ from gradexp.training.clip import ClipPolicy
 from gradexp.data.tasks import Batches, Task
 from gradexp.training.nonfinite import NonfiniteGuard
 from gradexp.training.perf import PerfMeter
+from gradexp.training.precision import Precision
 from gradexp.probes.base import Instruments, named_parameters
 
 
@@ -48,6 +49,10 @@ class Run:
     # called after each update with the number of updates done (checkpoints); True asks the loop to stop
     after_update: Optional[Callable[[int], bool]] = None
     layers: list = field(default_factory=list)  # (name, module) the instruments watch (probes/layers.py)
+    precision: Precision = field(default_factory=lambda: Precision("fp32", None, torch.device("cpu")))
+    # train.compile: torch.compile of `model` (same parameters) for ordinary steps; logging steps, the fp32
+    # reference and evaluation run `model` eagerly, so probe hooks never reach the compiled graph (no recompiles)
+    compiled: Optional[nn.Module] = None
 
     @functools.cached_property
     def params(self) -> list[nn.Parameter]:
@@ -73,23 +78,34 @@ def regularization(model: nn.Module, settings: Settings) -> Optional[Tensor]:
     return penalty
 
 
+def _total_loss(run: Run, settings: Settings, loss: Tensor) -> Tensor:
+    penalty = regularization(run.model, settings)
+    return loss if penalty is None else loss + penalty
+
+
 def train_step(run: Run, settings: Settings, logging: bool) -> dict[str, Tensor]:
     """One update. Returns the data loss (and, on logging steps, train metrics) as device tensors: no host sync."""
     x, y = run.batches.next()
+    if logging and run.precision.mixed:  # probes/underflow.py compares with this batch's fp32 gradient
+        run.instruments.reference(lambda: _total_loss(run, settings, run.task.loss(run.model(run.task.inputs(x)), y)))
+    net = run.model if logging or run.compiled is None else run.compiled
     with run.instruments.watch() if logging else contextlib.nullcontext():
-        output = run.model(run.task.inputs(x))
-        loss = run.task.loss(output, y)
-        penalty = regularization(run.model, settings)
+        with run.precision.autocast():  # the forward pass only; backward follows the forward's dtypes
+            output = net(run.task.inputs(x))
+            loss = run.task.loss(output, y)
+            total = _total_loss(run, settings, loss)
         run.optimizer.zero_grad(set_to_none=True)
-        (loss if penalty is None else loss + penalty).backward()
+        run.precision.backward(total)
+    run.precision.unscale(run.optimizer)  # clipping and every instrument see the true gradient
     if logging:
         run.instruments.after_backward()
     clip_norm = run.clip.apply(run.params)
     if logging:
         run.instruments.after_clip(clip_norm)
-    run.optimizer.step()
+    run.precision.step(run.optimizer)
     if logging:
         run.instruments.after_step()
+    run.precision.end_step(run.optimizer)
     if run.scheduler is not None:
         run.scheduler.step()
     scalars = {"loss/train": loss.detach()}
@@ -105,9 +121,10 @@ def evaluate(run: Run) -> dict[str, Tensor]:
     """loss/val and metrics on the whole validation split, in eval mode (batchnorm uses running stats)."""
     run.model.train(False)
     try:
-        output = run.model(run.task.inputs(run.task.x_val))
-        scalars = {"loss/val": run.task.loss(output, run.task.y_val)}
-        scalars.update({f"{k}/val": v for k, v in run.task.metrics(output, run.task.y_val).items()})
+        with run.precision.autocast():
+            output = run.model(run.task.inputs(run.task.x_val))
+            scalars = {"loss/val": run.task.loss(output, run.task.y_val)}
+            scalars.update({f"{k}/val": v for k, v in run.task.metrics(output, run.task.y_val).items()})
     finally:
         run.model.train(True)
     return scalars
