@@ -117,6 +117,17 @@ class DiagnoseConf:
     time_exploding_gain: float = 1.1  # ... above this: exploding through time
 
 
+OBJECTIVE_METRICS = ("loss/val", "acc/val", "loss/train", "acc/train")  # summary.json "final" keys
+DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclass
+class ObjectiveConf:
+    """What a sweep job returns to the sweeper (hydra/sweeper=optuna): a final metric and its direction."""
+    metric: str = "loss/val"
+    direction: str = "minimize"
+
+
 @dataclass
 class Config:
     model: ModelConf = field(default_factory=ModelConf)
@@ -131,6 +142,7 @@ class Config:
     log: LogConf = field(default_factory=LogConf)
     reg: RegConf = field(default_factory=RegConf)
     diagnose: DiagnoseConf = field(default_factory=DiagnoseConf)
+    objective: ObjectiveConf = field(default_factory=ObjectiveConf)
     seed: int = 0
     device: str = "auto"
     resume: Optional[str] = None    # a run folder to continue in place (gradexp/training/resume.py)
@@ -209,6 +221,7 @@ def _choices() -> list[tuple[str, tuple]]:
         ("norm.name", tuple(registry.NORMS)), ("optimizer.name", tuple(registry.OPTIMIZERS)),
         ("clip.mode", tuple(registry.CLIP_MODES)), ("schedule.name", tuple(registry.SCHEDULES)),
         ("data.name", tuple(registry.DATA)), ("device", registry.DEVICES),
+        ("objective.metric", OBJECTIVE_METRICS), ("objective.direction", DIRECTIONS),
     ]
 
 

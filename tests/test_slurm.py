@@ -1,0 +1,86 @@
+"""The SLURM tier: a real sweep through hydra/launcher=slurm on a local cluster (../shared/tools/slurm-up; .ci/run
+stands one up). One job is cancelled, one requeued mid-run; the requeued one resumes from its checkpoint, and
+re-running the sweep finishes the cancelled one. Skipped, with the reason, where `sinfo` does not answer."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def _sinfo_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow,
+              pytest.mark.skipif(not _sinfo_answers(), reason="no SLURM cluster answers sinfo "
+                                 "(../shared/tools/slurm-up stands one up; .ci/run does)")]
+
+# long enough to catch jobs mid-run (checkpoints every 20 steps), tiny enough for two shared cores
+JOB = ["train.steps=3000", "train.checkpoint_every=20", "train.eval_every=1000", "log.every=1000",
+       "train.batch_size=16", "model.width=8", "device=cpu", "hydra/launcher=slurm",
+       "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+
+
+def gradexp_sweep(folder, extra=()) -> list[str]:
+    return [sys.executable, "-m", "gradexp", "run", "-m", "activation=relu,tanh", "model.depth=2,3", *JOB,
+            f"hydra.sweep.dir={folder}", *extra]
+
+
+def our_jobs(folder) -> dict[str, str]:
+    """job id -> state, for the jobs whose submitit folder is under `folder`."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T %o"], capture_output=True, text=True).stdout
+    return {line.split()[0]: line.split()[1] for line in out.splitlines() if str(folder) in line}
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def job_folders_with_checkpoint(folder) -> list:
+    return sorted(p.parent for p in folder.glob("*/checkpoint.pt"))
+
+
+def test_sweep_survives_scancel_and_requeue_and_resumes_when_rerun(tmp_path):
+    folder = tmp_path / "sweep"
+    parent = subprocess.Popen(gradexp_sweep(folder), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        running = wait_for(lambda: len(job_folders_with_checkpoint(folder)) >= 2 and
+                           [j for j, s in our_jobs(folder).items() if s == "RUNNING"], 240, "two running jobs")
+        cancelled, requeued = sorted(running)[:2] if len(running) >= 2 else (running[0], None)
+        subprocess.run(["scancel", cancelled], check=True)
+        if requeued:
+            subprocess.run(["scontrol", "requeue", requeued], check=True)
+        _, stderr = parent.communicate(timeout=420)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert parent.returncode == 1
+    assert len(stderr.strip().splitlines()) == 1 and "a SLURM job ended without a result" in stderr, stderr[-3000:]
+    wait_for(lambda: not our_jobs(folder), 420, "the other jobs to end")
+    if requeued:  # SLURM restarted it from the top; it continued from its checkpoint in its own folder
+        logs = "".join(p.read_text() for p in (folder / ".submitit").glob(f"{requeued}*/*.err"))
+        assert "continues from its checkpoint" in logs, logs[-3000:]
+    again = subprocess.run(gradexp_sweep(folder), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(folder.glob("*/summary.json"))]
+    assert [(s["status"], s["steps"]) for s in summaries] == [("completed", 3000)] * 4
+    assert {s["perf"]["torch_threads"] for s in summaries} == {1}
+    assert not list(folder.glob("*/attempt-*"))  # every job continued its own run; nothing started over
