@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow,
                                  "(../shared/tools/slurm-up stands one up; .ci/run does)")]
 
 # long enough to catch jobs mid-run (checkpoints every 20 steps), tiny enough for two shared cores
-JOB = ["train.steps=3000", "train.checkpoint_every=20", "train.eval_every=1000", "log.every=1000",
+JOB = ["train.steps=3000", "train.checkpoint_every=20", "train.eval_every=1000", "log.every=100",
        "train.batch_size=16", "model.width=8", "device=cpu", "hydra/launcher=slurm",
        "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 
