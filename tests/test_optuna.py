@@ -31,4 +31,4 @@ def test_optuna_preset_returns_each_trials_objective_and_report_lists_the_trials
     assert report.returncode == 0, report.stderr[-2000:]
     rows = json.loads(report.stdout)
     assert len(rows) == 3 and {str(r["optimizer.lr"]) for r in rows} == {
-        str(p.name.split("optimizer.lr=")[1].split(",")[0]) for p in (tmp_path / "sweep").glob("*_*")}
+        str(p.name.split("optimizer.lr=")[1].split(",")[0]) for p in (tmp_path / "sweep").glob("[0-9]*_*")}
