@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow,
                                  "(../shared/tools/slurm-up stands one up; .ci/run does)")]
 
 # long enough to catch jobs mid-run (checkpoints every 20 steps), tiny enough for two shared cores
-JOB = ["train.steps=3000", "train.checkpoint_every=20", "train.eval_every=1000", "log.every=100",
+JOB = ["train.steps=20000", "train.checkpoint_every=200", "train.eval_every=1000", "log.every=100",
        "train.batch_size=16", "model.width=8", "device=cpu", "hydra/launcher=slurm",
        "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 
@@ -53,8 +53,12 @@ def wait_for(condition, timeout: float, what: str):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def job_folders_with_checkpoint(folder) -> list:
-    return sorted(p.parent for p in folder.glob("*/checkpoint.pt"))
+def mid_run(folder) -> list[str]:
+    """Running jobs that are training: a checkpoint in their folder (array index i -> folder i_*), no summary yet."""
+    def training(job: str) -> bool:
+        run = list(folder.glob(f"{job.split('_')[-1]}_*"))
+        return bool(run) and (run[0] / "checkpoint.pt").exists() and not (run[0] / "summary.json").exists()
+    return sorted(j for j, state in our_jobs(folder).items() if state == "RUNNING" and training(j))
 
 
 def test_sweep_survives_scancel_and_requeue_and_resumes_when_rerun(tmp_path):
@@ -62,25 +66,25 @@ def test_sweep_survives_scancel_and_requeue_and_resumes_when_rerun(tmp_path):
     parent = subprocess.Popen(gradexp_sweep(folder), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     try:
-        running = wait_for(lambda: len(job_folders_with_checkpoint(folder)) >= 2 and
-                           [j for j, s in our_jobs(folder).items() if s == "RUNNING"], 240, "two running jobs")
-        cancelled, requeued = sorted(running)[:2] if len(running) >= 2 else (running[0], None)
+        # two cores, one CPU per job: two jobs train at once; SLURM holds a requeued job ~2 min before it restarts
+        cancelled, requeued = wait_for(lambda: mid_run(folder)[:2] if len(mid_run(folder)) >= 2 else None, 240,
+                                       "two jobs training")
         subprocess.run(["scancel", cancelled], check=True)
-        if requeued:
-            subprocess.run(["scontrol", "requeue", requeued], check=True)
-        _, stderr = parent.communicate(timeout=420)
+        subprocess.run(["scontrol", "requeue", requeued], check=True)
+        _, stderr = parent.communicate(timeout=600)
     finally:
         if parent.poll() is None:
             parent.kill()
     assert parent.returncode == 1
     assert len(stderr.strip().splitlines()) == 1 and "a SLURM job ended without a result" in stderr, stderr[-3000:]
     wait_for(lambda: not our_jobs(folder), 420, "the other jobs to end")
-    if requeued:  # SLURM restarted it from the top; it continued from its checkpoint in its own folder
-        logs = "".join(p.read_text() for p in (folder / ".submitit").glob(f"{requeued}*/*.err"))
-        assert "continues from its checkpoint" in logs, logs[-3000:]
+    wait_for(lambda: (next(folder.glob(f"{requeued.split('_')[-1]}_*")) / "summary.json").exists(), 420,
+             "the requeued job to finish")  # SLURM restarted it from the top: it continued its checkpoint
+    logs = "".join(p.read_text() for p in (folder / ".submitit").glob(f"{requeued}/*.err"))
+    assert "continues from its checkpoint" in logs, logs[-3000:]
     again = subprocess.run(gradexp_sweep(folder), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(folder.glob("*/summary.json"))]
-    assert [(s["status"], s["steps"]) for s in summaries] == [("completed", 3000)] * 4
+    assert [(s["status"], s["steps"]) for s in summaries] == [("completed", 20000)] * 4
     assert {s["perf"]["torch_threads"] for s in summaries} == {1}
     assert not list(folder.glob("*/attempt-*"))  # every job continued its own run; nothing started over
