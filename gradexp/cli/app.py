@@ -21,7 +21,9 @@ EXIT_BAD_INPUT = 2
 
 register_schema()
 _interrupts = Interrupts()  # replaced by the one run_app installs
-_app_interrupts = False  # True inside run_app; a launcher's worker process calls the task without it
+# the process inside run_app. Not a flag: submitit and joblib pickle the task by value, its globals included, so a
+# worker process would see the parent's flag set; a worker's pid differs from the one recorded here
+_app_pid: Optional[int] = None
 _task_started = False  # distinguishes Hydra's composition errors (bad input) from failures inside a run
 
 
@@ -34,7 +36,7 @@ def _task(cfg: DictConfig) -> Optional[float]:
     """One run or sweep job; a sweep job returns its objective (objective.metric) for the sweeper."""
     global _task_started
     _task_started = True
-    if _app_interrupts:  # `gradexp run` itself: its Interrupts has been catching signals since start-up
+    if _app_pid == os.getpid():  # `gradexp run` itself: its Interrupts has been catching signals since start-up
         return _job(cfg, _interrupts)
     with Interrupts() as interrupts:  # a launcher's worker process (submitit, joblib): no run_app around it
         return _job(cfg, interrupts)
@@ -121,14 +123,14 @@ def run_app() -> int:
         return EXIT_BAD_INPUT
     user_wants_traces = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; gradexp reports below
-    global _interrupts, _app_interrupts
+    global _interrupts, _app_pid
     # from the first moment: a signal during start-up is a request the run honours once its folder exists
     with Interrupts() as _interrupts:
-        _app_interrupts = True
+        _app_pid = os.getpid()
         try:
             code = _run_task(user_wants_traces)
         finally:
-            _app_interrupts = False
+            _app_pid = None
     if code == EXIT_BAD_INPUT:
         folders.undo()  # a refused run or sweep leaves nothing behind (not even a lone multirun.yaml)
     return code
