@@ -16,15 +16,14 @@ import json
 import os
 from typing import Any, Optional
 
-from gradexp.training import checkpoint, resume
-from gradexp.sinks.summary import SUMMARY_NAME
-
 SKIP, RESUME, FRESH = "skip", "resume", "fresh"
 _HYDRA_OWN = {".hydra", "gradexp.log"}
 
 
 def decide(run_dir: str) -> str:
     """SKIP, RESUME or FRESH for the job folder `run_dir`; moves old files aside before a FRESH rerun."""
+    from gradexp.training import checkpoint, resume  # torch: only inside a job (Tab completion imports this module)
+
     summary = read_summary(run_dir)
     status = None if summary is None else summary.get("status")
     if status in resume.FINISHED:
@@ -39,6 +38,8 @@ def decide(run_dir: str) -> str:
 
 def read_summary(run_dir: str) -> Optional[dict[str, Any]]:
     """The job's summary.json, or None when it has none (or it cannot be read: treated as never finished)."""
+    from gradexp.sinks.summary import SUMMARY_NAME
+
     try:
         with open(os.path.join(run_dir, SUMMARY_NAME)) as f:
             summary = json.load(f)
