@@ -13,7 +13,7 @@ $(BIN)/gradexp: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_PIN)"
 	# setuptools announces, as a warning, that the editable install uses a path finder (configs/ is mapped to
 	# gradexp.configs): information only, so it is filtered out of the quiet install
-	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q -e ".[dev]"
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q -e ".[dev,optuna]"
 	touch $(BIN)/gradexp
 
 install: $(BIN)/gradexp

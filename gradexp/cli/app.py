@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from gradexp.cli import jobs
 from gradexp.cli import folders
 from gradexp.config.schema import ConfigError, check_overrides, register_schema
 from gradexp.training.interrupt import Interrupts
@@ -20,6 +21,9 @@ EXIT_BAD_INPUT = 2
 
 register_schema()
 _interrupts = Interrupts()  # replaced by the one run_app installs
+# the process inside run_app. Not a flag: submitit and joblib pickle the task by value, its globals included, so a
+# worker process would see the parent's flag set; a worker's pid differs from the one recorded here
+_app_pid: Optional[int] = None
 _task_started = False  # distinguishes Hydra's composition errors (bad input) from failures inside a run
 
 
@@ -28,9 +32,17 @@ class JobFailed(Exception):
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gradexp.configs", config_name="config")
-def _task(cfg: DictConfig) -> None:
+def _task(cfg: DictConfig) -> Optional[float]:
+    """One run or sweep job; a sweep job returns its objective (objective.metric) for the sweeper."""
     global _task_started
     _task_started = True
+    if _app_pid == os.getpid():  # `gradexp run` itself: its Interrupts has been catching signals since start-up
+        return _job(cfg, _interrupts)
+    with Interrupts() as interrupts:  # a launcher's worker process (submitit, joblib): no run_app around it
+        return _job(cfg, interrupts)
+
+
+def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
     from gradexp.training.run import WriteFailed, run_experiment
     from gradexp.training.threads import configure_threads
     from gradexp.cli.presets import refuse_unswept
@@ -42,10 +54,17 @@ def _task(cfg: DictConfig) -> None:
     # the run's own, as first started; unresolved, so an interpolation shows as typed, not as its value
     task_overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
     overrides = [o for o in task_overrides if not o.startswith(PREFIX)]
-    interrupts = _interrupts
     if interrupts.requested:  # a signal while Hydra started up: the folder exists, so it says what happened
         _record_outcome(run_dir, overrides, "interrupted")
         sys.exit(interrupts.exit_code)
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # a re-run sweep or a requeued job: continue what the folder holds
+        action = jobs.decide(run_dir)
+        if action == jobs.SKIP:
+            print(f"gradexp: {run_dir} is finished; skipped", file=sys.stderr)
+            return _objective(cfg, run_dir)
+        if action == jobs.RESUME:
+            print(f"gradexp: {run_dir} continues from its checkpoint", file=sys.stderr)
+            cfg.resume = run_dir
     try:
         refuse_unswept(hydra_cfg, overrides, resuming=cfg.resume is not None)
         check_overrides(overrides)
@@ -67,7 +86,13 @@ def _task(cfg: DictConfig) -> None:
         _record_failure(run_dir, overrides, err)
         raise
     if outcome.status == "interrupted":
+        interrupts.hand_over()  # submitit's timeout signal: its own handler requeues the job, which then resumes
         sys.exit(interrupts.exit_code)  # also stops a sweep: SystemExit is not a job failure Hydra would swallow
+    return _objective(cfg, run_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def _objective(cfg: DictConfig, run_dir: str) -> float:
+    return jobs.objective(jobs.read_summary(run_dir), cfg.objective.metric, cfg.objective.direction)
 
 
 def _record_failure(run_dir: str, overrides: list[str], err: Exception) -> None:
@@ -98,10 +123,14 @@ def run_app() -> int:
         return EXIT_BAD_INPUT
     user_wants_traces = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; gradexp reports below
-    global _interrupts
+    global _interrupts, _app_pid
     # from the first moment: a signal during start-up is a request the run honours once its folder exists
     with Interrupts() as _interrupts:
-        code = _run_task(user_wants_traces)
+        _app_pid = os.getpid()
+        try:
+            code = _run_task(user_wants_traces)
+        finally:
+            _app_pid = None
     if code == EXIT_BAD_INPUT:
         folders.undo()  # a refused run or sweep leaves nothing behind (not even a lone multirun.yaml)
     return code
@@ -122,12 +151,28 @@ def _run_task(user_wants_traces: bool) -> int:
     return 0
 
 
+def _is_submitit_failure(err: BaseException) -> bool:
+    """submitit's UncompletedJobError/FailedJobError, and sbatch refusing the submission (by name: no submitit
+    import on the common path)."""
+    name, module = type(err).__name__, type(err).__module__
+    return module.startswith("submitit") and name in ("UncompletedJobError", "FailedJobError", "FailedSubmissionError")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def _report(err: Exception, full: bool) -> int:
     """Bad input (Hydra composition, override syntax) and a sweep job's bad value: one line. A bug: its traceback."""
     from gradexp.cli.errors import BAD_INPUT, one_line
 
     if isinstance(err, JobFailed) and not full:
         print(err, file=sys.stderr)
+        return 1
+    if _is_submitit_failure(err) and not full:  # scancel, OOM, a node lost: the parent waited on a job that died
+        print(f"gradexp: a SLURM job ended without a result: {_first_line(err)} (its log is in the sweep folder's "
+              ".submitit/<job id>/; re-run the same command to continue the sweep)", file=sys.stderr)
         return 1
     if isinstance(err, BAD_INPUT) and not _task_started and not full:
         print(f"gradexp: {one_line(err)}", file=sys.stderr)

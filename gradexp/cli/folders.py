@@ -14,6 +14,8 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from gradexp.cli import launchers
+
 HYDRA_OWN = (".hydra", "gradexp.log", "multirun.yaml")  # what Hydra writes before the task starts
 ARTEFACTS = (".hydra", "checkpoint.pt", "summary.json")  # with event files: a folder holding these holds a run
 
@@ -85,6 +87,10 @@ class FolderGuard(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir")))
         check_writable("hydra.sweep.dir", sweep_dir)
+        try:
+            launchers.check(OmegaConf.select(config, "hydra.launcher"))
+        except launchers.LauncherError as err:
+            raise Refused(str(err)) from None
         if holds_run(sweep_dir) or not _same_sweep(sweep_dir, config):
             raise Refused(f"{sweep_dir} already holds another run or sweep; gradexp writes into it only to "
                           "re-run that same sweep (or choose another hydra.sweep.dir)")

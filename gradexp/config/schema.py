@@ -132,6 +132,17 @@ class DiagnoseConf:
     time_exploding_gain: float = 1.1  # ... above this: exploding through time
 
 
+OBJECTIVE_METRICS = ("loss/val", "acc/val", "loss/train", "acc/train")  # summary.json "final" keys
+DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclass
+class ObjectiveConf:
+    """What a sweep job returns to the sweeper (hydra/sweeper=optuna): a final metric and its direction."""
+    metric: str = "loss/val"
+    direction: str = "minimize"
+
+
 @dataclass
 class Config:
     model: ModelConf = field(default_factory=ModelConf)
@@ -146,6 +157,7 @@ class Config:
     log: LogConf = field(default_factory=LogConf)
     reg: RegConf = field(default_factory=RegConf)
     diagnose: DiagnoseConf = field(default_factory=DiagnoseConf)
+    objective: ObjectiveConf = field(default_factory=ObjectiveConf)
     seed: int = 0
     device: str = "auto"
     resume: Optional[str] = None    # a run folder to continue in place (gradexp/training/resume.py)
@@ -227,6 +239,7 @@ def _choices() -> list[tuple[str, tuple]]:
         ("norm.name", tuple(registry.NORMS)), ("optimizer.name", tuple(registry.OPTIMIZERS)),
         ("clip.mode", tuple(registry.CLIP_MODES)), ("schedule.name", tuple(registry.SCHEDULES)),
         ("data.name", tuple(registry.DATA)), ("data.augment", AUGMENTS), ("device", registry.DEVICES),
+        ("objective.metric", OBJECTIVE_METRICS), ("objective.direction", DIRECTIONS),
     ]
 
 

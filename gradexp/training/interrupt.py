@@ -1,6 +1,7 @@
-"""Ctrl-C and SIGTERM as a request, not a crash.
+"""Ctrl-C, SIGTERM and SIGUSR2 as a request, not a crash.
 
-Inside `Interrupts()`, the first SIGINT/SIGTERM only sets a flag: the training loop finishes the
+SLURM sends SIGTERM before it preempts or cancels a job; submitit has SLURM send SIGUSR2 shortly before the
+time limit. Inside `Interrupts()`, the first of these only sets a flag: the training loop finishes the
 current step, then the run flushes TensorBoard and writes checkpoint.pt and summary.json (status
 `interrupted`). A second signal exits the process at once (os._exit), so the last periodic
 checkpoint, written atomically, is what remains. The previous handlers come back on exit."""
@@ -13,7 +14,7 @@ import threading
 from types import FrameType
 from typing import Optional
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class Interrupts:
@@ -27,7 +28,7 @@ class Interrupts:
 
     @property
     def exit_code(self) -> int:
-        """130 for SIGINT, 143 for SIGTERM: the shell's 128 + signal number."""
+        """130 for SIGINT, 143 for SIGTERM, 140 for SIGUSR2: the shell's 128 + signal number."""
         return 128 + (self.signum or signal.SIGINT)
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
@@ -44,6 +45,13 @@ class Interrupts:
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def hand_over(self) -> None:
+        """After the run saved its checkpoint: give a SIGUSR2 to the handler that was there before (submitit's in a
+        SLURM job, which requeues the job; the requeued job resumes from the checkpoint). Nothing otherwise."""
+        previous = self._previous.get(signal.SIGUSR2)
+        if self.signum == signal.SIGUSR2 and callable(previous):
+            previous(signal.SIGUSR2, None)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():

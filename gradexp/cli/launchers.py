@@ -1,0 +1,47 @@
+"""Launcher options checked before a sweep submits anything (FolderGuard.on_multirun_start calls `check`).
+
+submitit would otherwise hand a negative timeout or zero CPUs to sbatch, which fails with a traceback after the
+sweep folder exists; without SLURM installed, submitit fails the same way. Each is one line here, exit 2, and
+the sweep folder is never created."""
+from __future__ import annotations
+
+import shutil
+from typing import Any, Callable, Optional
+
+from omegaconf import OmegaConf
+
+# key under hydra.launcher, the check, what is allowed; a key the launcher does not have is not checked
+_RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("timeout_min", lambda v: v > 0, "an integer > 0 (minutes)"),
+    ("cpus_per_task", lambda v: v is None or v >= 1, "an integer >= 1, or null"),
+    ("mem_gb", lambda v: v is None or v > 0, "a number > 0, or null"),
+    ("nodes", lambda v: v >= 1, "an integer >= 1"),
+    ("tasks_per_node", lambda v: v >= 1, "an integer >= 1"),
+    ("gpus_per_node", lambda v: v is None or v >= 0, "an integer >= 0, or null"),
+    ("signal_delay_s", lambda v: v >= 0, "an integer >= 0 (seconds)"),
+    ("max_num_timeout", lambda v: v >= 0, "an integer >= 0"),
+    ("array_parallelism", lambda v: v >= 1, "an integer >= 1"),
+    ("n_jobs", lambda v: v != 0, "a non-zero integer (joblib: -1 = all CPUs)"),
+]
+
+
+class LauncherError(Exception):
+    """str() is the one line the user sees."""
+
+
+def check(launcher: Any, which: Callable[[str], Optional[str]] = shutil.which) -> None:
+    """Raise LauncherError for the first launcher option that makes no sense, or a SLURM launcher without sbatch."""
+    for key, ok, allowed in _RANGES:
+        value = OmegaConf.select(launcher, key, default=None) if key in launcher else None
+        if key in launcher and not _ok(ok, value):
+            raise LauncherError(f"invalid value for hydra.launcher.{key}: {value!r} (allowed: {allowed})")
+    if str(launcher.get("_target_", "")).endswith("SlurmLauncher") and which("sbatch") is None:
+        raise LauncherError("hydra/launcher=slurm submits with SLURM's sbatch, which is not on PATH here "
+                            "(run the sweep on a SLURM login node, or use hydra/launcher=joblib)")
+
+
+def _ok(ok: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(ok(value))
+    except TypeError:  # a string where a number belongs
+        return False

@@ -1,0 +1,173 @@
+"""Sweep jobs whose folder holds an earlier attempt (a re-run sweep, a SLURM requeue), the objective a sweep job
+returns to Optuna, launcher options refused before submission, and SIGUSR2 as an interrupt."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from omegaconf import OmegaConf
+
+from gradexp.cli import jobs, launchers
+from gradexp.config.schema import ConfigError, validate
+from gradexp.training.interrupt import Interrupts
+from tests.conftest import compose_config
+from tests.test_resume import LONG, StopAfter, scalars, start, summary
+
+
+def job_folder(tmp_path, status=None, files=()):
+    run_dir = tmp_path / "0_job"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    if status is not None:
+        (run_dir / "summary.json").write_text(json.dumps({"status": status, "final": {"loss/val": 0.25}}))
+    for name in files:
+        (run_dir / name).write_bytes(b"old")
+    return str(run_dir)
+
+
+@pytest.mark.parametrize("status", ["completed", "diverged"])
+def test_a_finished_job_is_skipped_untouched(tmp_path, status):
+    run_dir = job_folder(tmp_path, status, files=["checkpoint.pt", "events.out.tfevents.1"])
+    before = sorted(os.listdir(run_dir))
+    assert jobs.decide(run_dir) == jobs.SKIP
+    assert sorted(os.listdir(run_dir)) == before
+
+
+@pytest.mark.parametrize("status", ["interrupted", "running", None])
+def test_a_job_with_a_checkpoint_resumes(tmp_path, status):
+    run_dir = job_folder(tmp_path, status, files=["checkpoint.pt", "events.out.tfevents.1"])
+    assert jobs.decide(run_dir) == jobs.RESUME
+    assert not os.path.exists(os.path.join(run_dir, "attempt-1"))
+
+
+@pytest.mark.parametrize("status, files", [("failed", ["checkpoint.pt", "events.out.tfevents.1"]),
+                                           (None, ["events.out.tfevents.1"])])
+def test_a_failed_or_killed_without_checkpoint_job_starts_over_with_old_files_aside(tmp_path, status, files):
+    run_dir = job_folder(tmp_path, status, files=files)
+    old = sorted(set(os.listdir(run_dir)) - {".hydra"})
+    assert jobs.decide(run_dir) == jobs.FRESH
+    assert sorted(os.listdir(os.path.join(run_dir, "attempt-1"))) == old
+    assert sorted(os.listdir(run_dir)) == [".hydra", "attempt-1"]
+    (tmp_path / "0_job" / "events.out.tfevents.2").write_bytes(b"second")  # a second killed attempt
+    assert jobs.decide(run_dir) == jobs.FRESH
+    assert os.listdir(os.path.join(run_dir, "attempt-2")) == ["events.out.tfevents.2"]
+
+
+def test_a_fresh_job_folder_is_left_as_hydra_made_it(tmp_path):
+    run_dir = job_folder(tmp_path)
+    assert jobs.decide(run_dir) == jobs.FRESH
+    assert os.listdir(run_dir) == [".hydra"]
+
+
+def test_requeued_job_resumes_bit_identical_to_an_uninterrupted_one(tmp_path, quiet_console):
+    """What a requeued SLURM job does: decide() finds the checkpoint, the run continues it (as _task sets resume)."""
+    ref, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
+    start(ref, LONG, quiet_console)
+    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    assert jobs.decide(run_dir) == jobs.RESUME
+    from gradexp.training.run import run_experiment
+
+    cfg = compose_config(LONG)
+    cfg.resume = run_dir
+    assert run_experiment(cfg, run_dir=run_dir, overrides=LONG, console=quiet_console).status == "completed"
+    assert summary(run_dir) == summary(ref) and scalars(run_dir) == scalars(ref)
+    assert jobs.decide(run_dir) == jobs.SKIP
+
+
+@pytest.mark.parametrize("summary_, metric, direction, expected", [
+    ({"status": "completed", "final": {"loss/val": 0.25, "acc/val": 0.9}}, "loss/val", "minimize", 0.25),
+    ({"status": "completed", "final": {"loss/val": 0.25, "acc/val": 0.9}}, "acc/val", "maximize", 0.9),
+    ({"status": "diverged", "final": {"loss/val": None}}, "loss/val", "minimize", float("inf")),
+    ({"status": "failed"}, "acc/val", "maximize", float("-inf")),
+    ({"status": "completed", "final": {"loss/val": None}}, "loss/val", "minimize", float("inf")),
+    (None, "loss/val", "minimize", float("inf")),
+])
+def test_objective_is_the_final_metric_or_the_worst_value(summary_, metric, direction, expected):
+    assert jobs.objective(summary_, metric, direction) == expected
+
+
+@pytest.mark.parametrize("key, value", [("objective.metric", "loss/test"), ("objective.direction", "up")])
+def test_objective_keys_are_validated(key, value):
+    with pytest.raises(ConfigError, match=key):
+        validate(compose_config([f"{key}={value}"]))
+
+
+def slurm_launcher(**changes):
+    node = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+            "timeout_min": 60, "cpus_per_task": 2, "mem_gb": 4, "nodes": 1, "tasks_per_node": 1}
+    return OmegaConf.create({**node, **changes})
+
+
+@pytest.mark.parametrize("key, value", [("timeout_min", -5), ("timeout_min", 0), ("cpus_per_task", 0),
+                                        ("mem_gb", -1), ("nodes", 0), ("timeout_min", "soon")])
+def test_bad_launcher_options_are_one_line_naming_key_value_and_allowed(key, value):
+    with pytest.raises(launchers.LauncherError) as err:
+        launchers.check(slurm_launcher(**{key: value}), which=lambda _: "/usr/bin/sbatch")
+    message = str(err.value)
+    assert f"hydra.launcher.{key}: {value!r}" in message and "allowed" in message and "\n" not in message
+
+
+def test_slurm_launcher_without_sbatch_is_refused_and_good_options_pass():
+    launchers.check(slurm_launcher(), which=lambda _: "/usr/bin/sbatch")
+    launchers.check(OmegaConf.create({"_target_": "x.JoblibLauncher", "n_jobs": -1}), which=lambda _: None)
+    with pytest.raises(launchers.LauncherError, match="sbatch"):
+        launchers.check(slurm_launcher(), which=lambda _: None)
+    with pytest.raises(launchers.LauncherError, match="n_jobs"):
+        launchers.check(OmegaConf.create({"_target_": "x.JoblibLauncher", "n_jobs": 0}))
+
+
+def test_usr2_is_a_stop_request_handed_over_to_the_previous_handler():
+    received = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        with Interrupts() as interrupts:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert interrupts.requested and interrupts.exit_code == 128 + signal.SIGUSR2
+            assert received == []  # the run stops at the end of its step first
+            interrupts.hand_over()
+        assert received == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def run_sweep(tmp_path, args: list[str]):
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY
+
+    command = [sys.executable, "-m", "gradexp", "run", "-m", *TINY, "device=cpu", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
+def test_rerunning_a_sweep_skips_finished_jobs_reruns_failed_ones_and_refuses_a_changed_one(tmp_path, launcher):
+    folder = tmp_path / "sweep"
+    args = ["activation=relu,tanh", f"hydra.sweep.dir={folder}", *launcher]
+    assert run_sweep(tmp_path, args).returncode == 0
+    done, failed = sorted(p.parent for p in folder.glob("*/summary.json"))
+    finished_at = os.stat(done / "summary.json").st_mtime_ns
+    data = json.loads((failed / "summary.json").read_text())
+    (failed / "summary.json").write_text(json.dumps({**data, "status": "failed"}))
+    again = run_sweep(tmp_path, args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert os.stat(done / "summary.json").st_mtime_ns == finished_at  # skipped, untouched
+    assert json.loads((failed / "summary.json").read_text())["status"] == "completed"
+    assert json.loads((failed / "attempt-1" / "summary.json").read_text())["status"] == "failed"
+    before = sorted(str(p) for p in folder.rglob("*"))
+    changed = run_sweep(tmp_path, ["activation=relu,sigmoid", f"hydra.sweep.dir={folder}", *launcher])
+    assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1
+    assert sorted(str(p) for p in folder.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_bad_launcher_option_leaves_nothing_behind(tmp_path):
+    done = run_sweep(tmp_path, ["activation=relu,tanh", "hydra/launcher=slurm", "hydra.launcher.timeout_min=-1",
+                                "hydra.sweep.dir=sweep"])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("gradexp: invalid value for hydra.launcher.timeout_min: -1 "
+                                   "(allowed: an integer > 0 (minutes))")
+    assert os.listdir(tmp_path) == []
