@@ -10,16 +10,18 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, ProbeContext, Scalars, removed_on_exit
 from gradexp.probes.layers import Layers
-from gradexp.probes.norms import exact_norms
+from gradexp.probes.norms import combined_norm, exact_norms
 
 
 class ActGrads(Probe):
     """The tensor hooks only keep each gradient; after backward one batched exact_norms
-    (probes/norms.py) takes them all."""
+    (probes/norms.py) takes them all. A layer whose output got several gradients in one step (called twice: weight
+    sharing; or several backward passes: gradient accumulation) reports the norm of all of them together,
+    sqrt(sum of squares), as if they were one concatenated output."""
 
     def __init__(self, layers: Layers) -> None:
         self.layers = layers
-        self.grads: dict[str, Tensor] = {}  # layer -> dLoss/d(output), shaped like the output
+        self.grads: dict[str, list[Tensor]] = {}  # layer -> dLoss/d(output) of each call, shaped like the output
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> "ActGrads":
@@ -36,10 +38,15 @@ class ActGrads(Probe):
         return hook
 
     def _record(self, name: str, grad: Tensor) -> None:
-        self.grads[name] = grad.detach()
+        self.grads.setdefault(name, []).append(grad.detach())
 
     def after_backward(self, model: nn.Module) -> Scalars:
         grads, self.grads = self.grads, {}
         if not grads:
             return {}
-        return {f"act_grad_norm/{name}": n for name, n in zip(grads, exact_norms(list(grads.values())))}
+        norms = iter(exact_norms([g for calls in grads.values() for g in calls]))
+        return {f"act_grad_norm/{name}": _together([next(norms) for _ in calls]) for name, calls in grads.items()}
+
+
+def _together(norms: list[Tensor]) -> Tensor:
+    return norms[0] if len(norms) == 1 else combined_norm(norms)
