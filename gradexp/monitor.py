@@ -67,6 +67,8 @@ class Monitor:
                  probes: Sequence[str] = DEFAULT_PROBES, activation: Optional[str] = None, sinks: Sequence = (),
                  steps: Optional[int] = None):
         _check(every, probes)
+        # a DDP-wrapped model is watched through the module it wraps: the same tags as one process
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.model, self.every, self.planned = model, every, steps
         self.optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
         self.layers = watched_layers(model, list(watch))  # refuses a model with nothing to watch, a pattern matching nothing
@@ -261,8 +263,9 @@ def _rank() -> int:
 
 
 def global_values(values: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Each rank measured its own batch shard (equal shard sizes, as DDP's sampler makes them): activation-gradient
-    norms combine as sqrt(sum of squares); means, and the train metrics, average; a std pools its rank's second
+    """Each rank measured its own batch shard (equal shard sizes, as DDP's sampler makes them). DDP trains on the
+    mean of the ranks' losses, so the global activation gradient is each rank's divided by the world size: its norm
+    is sqrt(sum of squares) / world. Means, and the train metrics, average; a std pools its rank's second
     moment. Parameter gradients, the clip telemetry and update ratios are computed after DDP's all-reduce, the same
     on every rank, and are left alone. One all_reduce carries everything."""
     world = _world()
@@ -280,7 +283,7 @@ def global_values(values: dict[str, Tensor]) -> dict[str, Tensor]:
     out = dict(values)
     for (kind, tag), total in summed.items():
         if kind == "sq":
-            out[tag] = total.sqrt()
+            out[tag] = total.sqrt() / world
         elif kind == "m":
             out[tag] = total / world
     for (kind, tag), total in summed.items():
