@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gradexp.cli.main import folders
+from gradexp.cli import folders
 from gradexp.config.schema import ConfigError, check_overrides, register_schema
 from gradexp.training.interrupt import Interrupts
 
