@@ -38,7 +38,7 @@ from gradexp.analysis.diagnose import diagnose
 from gradexp.config.registry import PROBES, resolve
 from gradexp.config.schema import ConfigError, DiagnoseConf
 from gradexp.outcome import Outcome
-from gradexp.probes.base import Instruments, ProbeContext, named_parameters, to_host
+from gradexp.probes.base import Instruments, ProbeContext, to_host
 from gradexp.probes.layers import watched_layers
 from gradexp.sinks.summary import SUMMARY_NAME, SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews
