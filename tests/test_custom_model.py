@@ -1,5 +1,6 @@
 """model=custom: the user's own nn.Module from the CLI config (a class defined here, importable as
 tests.test_custom_model.X or via this module's name), built with gradexp's data, optimizer, clip and instruments."""
+import os
 import sys
 
 import pytest
@@ -101,3 +102,20 @@ def test_resume_reapplies_the_users_class_only_when_its_module_is_found():
 def test_model_custom_without_a_class_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="model._target_: 'custom' .allowed: an importable nn.Module class"):
         validate(gradexp.compose(["model=custom"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, says", [("no_such_pkg.Net", "import failed"), ("mynet.Three", "output fits")])
+def test_the_cli_refuses_in_one_line_with_exit_2(tmp_path, target, says):
+    import subprocess
+
+    (tmp_path / "mynet.py").write_text("import torch\nclass Three(torch.nn.Module):\n"
+                                       "    def __init__(self):\n        super().__init__()\n"
+                                       "        self.lin = torch.nn.Linear(64, 3)\n"
+                                       "    def forward(self, x):\n        return self.lin(x.flatten(1))\n")
+    gradexp_bin = os.path.join(os.path.dirname(sys.executable), "gradexp")
+    done = subprocess.run([gradexp_bin, "run", "model=custom", f"model._target_={target}", "train.steps=2",
+                           "hydra.run.dir=out"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "summary.json").exists()

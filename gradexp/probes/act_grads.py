@@ -21,7 +21,7 @@ class ActGrads(Probe):
 
     def __init__(self, layers: Layers) -> None:
         self.layers = layers
-        self.grads: dict[str, list[Tensor]] = {}  # layer -> dLoss/d(output) of each call, shaped like the output
+        self.grads: dict[str, list] = {}  # layer -> dLoss/d(output) of each call (None until its backward)
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> "ActGrads":
@@ -33,15 +33,19 @@ class ActGrads(Probe):
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             if isinstance(output, Tensor) and output.requires_grad:
-                output.register_hook(lambda grad: self._record(name, grad))
+                calls = self.grads.setdefault(name, [])
+                calls.append(None)  # this call's slot: a second backward through the same output replaces, not adds
+                at = len(calls) - 1
+                output.register_hook(lambda grad: self._record(name, at, grad))
 
         return hook
 
-    def _record(self, name: str, grad: Tensor) -> None:
-        self.grads.setdefault(name, []).append(grad.detach())
+    def _record(self, name: str, at: int, grad: Tensor) -> None:
+        self.grads[name][at] = grad.detach()
 
     def after_backward(self, model: nn.Module) -> Scalars:
-        grads, self.grads = self.grads, {}
+        grads = {name: [g for g in calls if g is not None] for name, calls in self.grads.items()}
+        grads, self.grads = {name: calls for name, calls in grads.items() if calls}, {}
         if not grads:
             return {}
         norms = iter(exact_norms([g for calls in grads.values() for g in calls]))

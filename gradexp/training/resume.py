@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from gradexp.training import checkpoint
 from gradexp.config.registry import MODELS
-from gradexp.config.schema import GROUPS, ConfigError, is_schema_key
+from gradexp.config.schema import GROUPS, ConfigError, import_model_class, is_schema_key
 from gradexp.sinks.summary import SUMMARY_NAME
 
 PREFIX = "resume="
@@ -100,7 +100,13 @@ def _user_class(target: str) -> Optional[str]:
         found = importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         found = False
-    return None if found else f"its module {module} cannot be imported here"
+    if not found:
+        return f"its module {module} cannot be imported here"
+    try:  # the import check: it must name an nn.Module class, as validation demands
+        import_model_class(target)
+    except ConfigError:
+        return "a _target_ outside gradexp's own models that is not an importable nn.Module class"
+    return None
 
 
 def _plain_value(value: str) -> bool:
