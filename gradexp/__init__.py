@@ -8,6 +8,7 @@ The public Python API (everything else is internal and may move):
     gradexp.train(run, gradexp.settings(cfg))                 # ...and train them in your own process
     summary = gradexp.load_summary("runs/a")                  # a run's summary.json, checked and upgraded
     runs = gradexp.find_runs("multirun/")                     # every run under a folder (what `gradexp report` reads)
+    monitor = gradexp.Monitor(model, run_dir="runs/mine")     # the instruments on your own model and loop (monitor.py)
 
 Attributes load on first use, so `import gradexp` (and `gradexp --help`) does not import torch.
 """
@@ -26,6 +27,7 @@ _EXPORTS = {
     "train": ("gradexp.training.loop", "train"),
     "Run": ("gradexp.training.loop", "Run"),
     "Outcome": ("gradexp.outcome", "Outcome"),
+    "Monitor": ("gradexp.monitor", "Monitor"),
     "load_summary": ("gradexp.report.runs", "load_summary"),
     "find_runs": ("gradexp.report.runs", "find_runs"),
     "SCHEMA_VERSION": ("gradexp.sinks.summary", "SCHEMA_VERSION"),

@@ -6,13 +6,18 @@ Same model (same seed), data, optimizer and loss in every variant, timed in one 
   off    gradexp's train() with no probes and no sinks (the loop, clip policy, non-finite guard, perf meter)
   default  gradexp's train() with the default probes, TensorBoard + summary sinks, the configured log.every
   all    every instrument on every step (log.every=1, histograms and bptt every step)
-Ratios are variant / plain. Usage:
+Ratios are variant / plain. The monitor_* configs time gradexp.Monitor on a user-style loop instead (a model gradexp
+does not build: a residual CNN, and torch's own 4-block nn.TransformerEncoder with d_model 128): plain is the same
+loop without the Monitor, default is the Monitor at its default interval (every=25), all is every=1.
+Usage:
   python scripts/bench_overhead.py [--repeats 5] [--steps-scale 1.0] [--only mlp,mlp20,lstm] [--threads N]
                                    [--override KEY=VALUE ...] [--out F.json]"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -39,7 +44,9 @@ CONFIGS = {
     "mlp20": (["model.depth=20", "model.width=256", "train.batch_size=128"], 200),
     "lstm": (["model=lstm", "data=adding", "data.seq_len=100"], 100),
 }
+MONITOR_CONFIGS = {"monitor_cnn": 200, "monitor_transformer": 50}  # name -> steps per timed run
 VARIANTS = ("plain", "off", "default", "all")
+MONITOR_EVERY = {"default": 25, "all": 1}
 EVERYTHING = ["log.every=1", "log.histograms_every=1", "log.bptt_every=1"]
 
 
@@ -115,11 +122,86 @@ def bench_config(name: str, repeats: int, scale: float, tmp: str, extra: list[st
             **{v: medians[v] / medians["plain"] for v in VARIANTS[1:]}}
 
 
+class _ResidualCNN(torch.nn.Module):
+    def __init__(self, channels: int = 16, blocks: int = 4):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, channels, 3, padding=1)
+        self.blocks = torch.nn.ModuleList([torch.nn.Conv2d(channels, channels, 3, padding=1) for _ in range(blocks)])
+        self.head = torch.nn.Linear(channels, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        for conv in self.blocks:
+            h = h + torch.relu(conv(h))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class _Transformer(torch.nn.Module):
+    """torch's own encoder: 4 blocks, d_model 128, 4 heads, on a 32-token sequence classification."""
+
+    def __init__(self, width: int = 128, depth: int = 4):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, width)
+        layer = torch.nn.TransformerEncoderLayer(width, 4, dim_feedforward=4 * width, batch_first=True, dropout=0.0)
+        self.encoder = torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(width, 16)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+
+def _user_setup(name: str):
+    torch.manual_seed(0)
+    if name == "monitor_cnn":
+        model, x = _ResidualCNN(), torch.randn(512, 1, 8, 8)
+    else:
+        model, x = _Transformer(), torch.randint(0, 16, (512, 32))
+    return model, x, torch.randint(0, 10, (len(x),))
+
+
+def time_user_loop(name: str, steps: int, every: int, tmp: str) -> float:
+    """The loop a user writes (batch, forward, loss, backward, step, zero_grad), with a Monitor when every > 0."""
+    import gradexp
+
+    model, x, y = _user_setup(name)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    monitor = gradexp.Monitor(model, run_dir=tmp, every=every, optimizers=[opt]) if every else None
+    step = monitor.step if monitor else contextlib.nullcontext
+    t0 = time.perf_counter()
+    for i in range(steps):
+        batch = slice((i * 32) % len(x), (i * 32) % len(x) + 32)
+        with step():
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if monitor:
+                monitor.record(loss=loss)
+    elapsed = time.perf_counter() - t0
+    if monitor:
+        monitor.close()  # the end-of-run summary and verdict are not per-step overhead
+    return elapsed
+
+
+def bench_monitor(name: str, repeats: int, scale: float, tmp: str) -> dict[str, float]:
+    steps = max(2, int(MONITOR_CONFIGS[name] * scale))
+    variants = ("plain", "default", "all")
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    time_user_loop(name, min(steps, 10), 0, tmp)  # warm-up
+    for r in range(repeats):
+        for v in variants[r % 3:] + variants[:r % 3]:
+            times[v].append(time_user_loop(name, steps, MONITOR_EVERY.get(v, 0), tempfile.mkdtemp(dir=tmp)))
+    medians = {v: statistics.median(ts) for v, ts in times.items()}
+    return {"steps": steps, "log_every": MONITOR_EVERY["default"], "plain_s": medians["plain"], "off": math.nan,
+            "default": medians["default"] / medians["plain"], "all": medians["all"] / medians["plain"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply each config's step count")
-    parser.add_argument("--only", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--only", default=",".join([*CONFIGS, *MONITOR_CONFIGS]),
+                        help="comma-separated subset of " + ",".join([*CONFIGS, *MONITOR_CONFIGS]))
     parser.add_argument("--out", default="bench_overhead.json")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every configuration (e.g. log.every=25); repeatable")
@@ -130,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):
-            results[name] = bench_config(name, args.repeats, args.steps_scale, tmp, args.override)
+            if name in MONITOR_CONFIGS:
+                results[name] = bench_monitor(name, args.repeats, args.steps_scale, tmp)
+            else:
+                results[name] = bench_config(name, args.repeats, args.steps_scale, tmp, args.override)
     table = Table(title=f"gradexp overhead vs a plain loop (median of {args.repeats}, device {torch.device('cuda' if torch.cuda.is_available() else 'cpu')})")
     for col in ("config", "steps", "log.every", "plain s", "(a) off", "(b) default", "(c) all"):
         table.add_column(col, justify="right")

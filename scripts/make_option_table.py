@@ -36,6 +36,8 @@ def defaults() -> dict[str, str]:
 
 def options(group: str) -> list[str]:
     table = GROUPS[group][0]
+    if group == "model":  # gradexp's families, then model=custom: the user's class (model._target_=pkg.mod.Class)
+        return [*table, schema.CUSTOM]
     if table is not None:
         return list(table)
     return sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml"))

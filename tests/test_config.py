@@ -16,7 +16,19 @@ from tests.conftest import compose_config
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 GROUPS = ["model", "activation", "init", "norm", "optimizer", "clip", "data", "schedule"]
 # options that need a matching partner to make a valid experiment
-PARTNER = {"data=blobs": ["model=mlp"], "data=digits": ["model=mlp"], "data=adding": ["model=rnn"],
+class Tiny(torch.nn.Module):
+    """model=custom's partner: a class of the user's (here, this test module's)."""
+
+    def __init__(self, input_shape, num_outputs):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(64, 8), torch.nn.Linear(8, 8)])
+        self.head = torch.nn.Linear(8, num_outputs)
+
+    def forward(self, x):
+        return self.head(self.layers[1](self.layers[0](x.flatten(1))))
+
+
+PARTNER = {"model=custom": [f"model._target_={__name__}.Tiny"], "data=blobs": ["model=mlp"], "data=digits": ["model=mlp"], "data=adding": ["model=rnn"],
            "data=copy": ["model=gru"], "data=seq_digits": ["model=lstm"]}
 
 
@@ -31,7 +43,7 @@ OFFLINE = [o for o in ALL if not (o.startswith("data=") and DATA[o[5:]].keys)]
 
 
 def test_every_design_option_exists():
-    assert options("model") == ["cnn", "gru", "lstm", "mlp", "resnet", "rnn"]
+    assert options("model") == ["cnn", "custom", "gru", "lstm", "mlp", "resnet", "rnn"]
     assert options("clip") == ["none", "norm_0.5", "norm_1.0", "norm_5.0", "value_0.1", "value_1.0"]
     assert options("activation") == sorted(["relu", "leaky_relu", "elu", "selu", "gelu", "mish", "tanh", "sigmoid",
                                             "softsign", "identity"])

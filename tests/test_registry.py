@@ -33,6 +33,7 @@ def test_model_yamls_name_the_registry_classes():
     targets = {}
     for name, body in options("model").items():
         targets[name] = (body.get("model") or body)["_target_"]
+    assert targets.pop("custom") == "custom"  # model=custom: the user names the class (model._target_=...)
     assert targets == {name: m.target for name, m in registry.MODELS.items()}
     assert set(MODELS) == set(registry.MODELS)
 

@@ -176,13 +176,15 @@ def _matched_init(f: Factors) -> str:
 
 
 def _depth(f: Factors) -> list[str]:
+    if f.family not in MODELS:
+        return []
     if MODELS[f.family].residual:
         return [*_norm(f), *([] if f.residual else ["model.residual=true"])]
     return _norm(f)
 
 
 def _norm(f: Factors) -> list[str]:
-    return [] if f.norm != "none" else [f"norm={MODELS[f.family].advice_norm}"]
+    return [] if f.norm != "none" or f.family not in MODELS else [f"norm={MODELS[f.family].advice_norm}"]
 
 
 def _clip(f: Factors) -> list[str]:
@@ -190,7 +192,11 @@ def _clip(f: Factors) -> list[str]:
 
 
 def changes(suggestions: list[str], f: Factors) -> list[str]:
-    """Each suggestion with the overrides already in force left out; one that would change nothing is dropped."""
+    """Each suggestion with the overrides already in force left out; one that would change nothing is dropped.
+    A model that is not one of gradexp's families (the user's own, gradexp.Monitor) has none of these keys: no
+    suggestion is made for it rather than one it cannot take."""
+    if f.family not in MODELS:
+        return []
     current, out = f.in_force(), []
     for suggestion in suggestions:
         kept = [o for o in suggestion.split() if not _same(current.get(_key(o)), o.split("=", 1)[1])]

@@ -35,7 +35,7 @@ TAIL = 12.0  # standard deviations integrated; the normal mass beyond is ~1e-33
 def not_applicable(cfg: Any) -> Optional[str]:
     """None when the mean-field prediction applies to this config, else the reason it does not."""
     family = model_family(cfg)
-    if family is None or not MODELS[family].mean_field:
+    if family not in MODELS or not MODELS[family].mean_field:
         covered = " | ".join(name for name, m in MODELS.items() if m.mean_field)
         return f"model={family or cfg.model._target_} (no theory for this model; it covers model={covered} only)"
     if cfg.norm.name != "none":

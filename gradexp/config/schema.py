@@ -189,9 +189,30 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
 
 
+CUSTOM = "custom"  # model=custom: the user's own nn.Module class, model._target_=pkg.module.Class
+
+
 def model_family(cfg: Any) -> Optional[str]:
-    """'gradexp.models.rnn.LSTM' -> 'lstm'; None for a class that is not one of gradexp's families."""
-    return registry.model_family(cfg.model._target_)
+    """'gradexp.models.rnn.LSTM' -> 'lstm'; 'custom' for any other class (the user's own, model=custom)."""
+    return registry.model_family(cfg.model._target_) or CUSTOM
+
+
+def import_model_class(target: str) -> Any:
+    """The class model._target_ names, or a one-line ConfigError: not importable, or not an nn.Module."""
+    import importlib
+
+    from torch import nn
+
+    module, _, name = str(target).rpartition(".")
+    allowed = "an importable nn.Module class, module.Class (or one of gradexp's: model=" + \
+        " | ".join(registry.MODELS) + ")"
+    try:
+        cls = getattr(importlib.import_module(module), name) if module else None
+    except Exception as err:  # ImportError, or an error the user's module raises on import
+        raise ConfigError("model._target_", target, f"{allowed}; import failed: {type(err).__name__}: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError("model._target_", target, allowed)
+    return cls
 
 
 # (key, test, what is allowed) — checked in order; the first failure is reported
@@ -253,11 +274,13 @@ def _get(cfg: Any, key: str) -> Any:
 def validate(cfg: Any) -> None:
     """Raise ConfigError for the first value the experiment cannot run with."""
     _check_resolvable(cfg)
-    unknown = sorted(set(_leaves(cfg)) - set(schema_keys()))
+    custom = model_family(cfg) == CUSTOM
+    # the user's own class takes its own keys (+model.hidden=128): they go to its constructor
+    unknown = sorted(k for k in set(_leaves(cfg)) - set(schema_keys()) if not (custom and k.startswith("model.")))
     if unknown:
         raise ConfigError(unknown[0], _get(cfg, unknown[0]), "a key of the schema (gradexp run --help lists them)")
-    if model_family(cfg) is None:
-        raise ConfigError("model._target_", cfg.model._target_, " | ".join(m.target for m in registry.MODELS.values()))
+    if custom:
+        import_model_class(cfg.model._target_)
     for key, allowed in _choices():
         if _get(cfg, key) not in allowed:
             raise ConfigError(key, _get(cfg, key), " | ".join(allowed))
@@ -357,9 +380,10 @@ def _check_intervals(cfg: Any) -> None:
 
 def _check_combinations(cfg: Any) -> None:
     family, task = model_family(cfg), cfg.data.name
-    _check_data(family, task)
+    if family != CUSTOM:  # the user's class says itself what it takes (factory.check_output_fits)
+        _check_data(family, task)
     _check_data_keys(cfg.data)
-    if cfg.model.residual and not registry.MODELS[family].residual:
+    if family != CUSTOM and cfg.model.residual and not registry.MODELS[family].residual:
         allowed = " and ".join(n for n, m in registry.MODELS.items() if m.residual)
         raise ConfigError("model.residual", True, f"false for model={family} (residual applies to {allowed})")
     if cfg.norm.name == "batchnorm" and cfg.train.batch_size < 2:

@@ -10,17 +10,19 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, ProbeContext, Scalars, removed_on_exit
 from gradexp.probes.layers import Layers
-from gradexp.probes.norms import exact_norms
+from gradexp.probes.norms import combined_norm, exact_norms
 
 
 class ActGrads(Probe):
     """The tensor hooks only keep each gradient; after backward one batched exact_norms
-    (probes/norms.py) takes them all."""
+    (probes/norms.py) takes them all. A layer whose output got several gradients in one step (called twice: weight
+    sharing; or several backward passes: gradient accumulation) reports the norm of all of them together,
+    sqrt(sum of squares), as if they were one concatenated output."""
 
     def __init__(self, layers: Layers, context: ProbeContext | None = None) -> None:
         self.layers = layers
         self.context = context or ProbeContext(layers)  # divides out the loss scale, if any
-        self.grads: dict[str, Tensor] = {}  # layer -> dLoss/d(output), shaped like the output
+        self.grads: dict[str, list] = {}  # layer -> dLoss/d(output) of each call (None until its backward)
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> "ActGrads":
@@ -32,15 +34,24 @@ class ActGrads(Probe):
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             if isinstance(output, Tensor) and output.requires_grad:
-                output.register_hook(lambda grad: self._record(name, grad))
+                calls = self.grads.setdefault(name, [])
+                calls.append(None)  # this call's slot: a second backward through the same output replaces, not adds
+                at = len(calls) - 1
+                output.register_hook(lambda grad: self._record(name, at, grad))
 
         return hook
 
-    def _record(self, name: str, grad: Tensor) -> None:
-        self.grads[name] = self.context.unscaled(grad.detach())
+    def _record(self, name: str, at: int, grad: Tensor) -> None:
+        self.grads[name][at] = self.context.unscaled(grad.detach())
 
     def after_backward(self, model: nn.Module) -> Scalars:
-        grads, self.grads = self.grads, {}
+        grads = {name: [g for g in calls if g is not None] for name, calls in self.grads.items()}
+        grads, self.grads = {name: calls for name, calls in grads.items() if calls}, {}
         if not grads:
             return {}
-        return {f"act_grad_norm/{name}": n for name, n in zip(grads, exact_norms(list(grads.values())))}
+        norms = iter(exact_norms([g for calls in grads.values() for g in calls]))
+        return {f"act_grad_norm/{name}": _together([next(norms) for _ in calls]) for name, calls in grads.items()}
+
+
+def _together(norms: list[Tensor]) -> Tensor:
+    return norms[0] if len(norms) == 1 else combined_norm(norms)

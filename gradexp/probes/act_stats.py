@@ -66,8 +66,8 @@ class ActStats(Probe):
 
     def __init__(self, activation: Optional[str], layers: Layers) -> None:
         self.activation, self.layers = activation, layers
-        self.outputs: dict[str, Tensor] = {}     # layer -> its output
-        self.activated: dict[str, Tensor] = {}   # layer -> its activation's output (saturation)
+        self.outputs: dict[str, list[Tensor]] = {}     # layer -> its output, per call in this step
+        self.activated: dict[str, list[Tensor]] = {}   # layer -> its activation's output (saturation), per call
         self.unit_dim = 1
 
     @classmethod
@@ -89,20 +89,35 @@ class ActStats(Probe):
         return removed_on_exit(handles)
 
     @staticmethod
-    def _keep(store: dict[str, Tensor], name: str):
+    def _keep(store: dict[str, list[Tensor]], name: str):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
             if isinstance(output, Tensor):  # a module may return a tuple (e.g. attention): not a layer output to measure
-                store[name] = output.detach()
+                store.setdefault(name, []).append(output.detach())
         return hook
 
     def after_backward(self, model: nn.Module) -> Scalars:
         values: Scalars = {}
-        for names, y in stacked_by_shape(self.outputs):  # (L, ...)
+        outputs = {name: pooled(calls, flatten=True) for name, calls in self.outputs.items()}
+        activated = {name: pooled(calls, flatten=False) for name, calls in self.activated.items()}
+        for names, y in stacked_by_shape(outputs):  # (L, ...)
             std, mean = std_mean(y.flatten(1))
             values.update({f"act_mean/{n}": v for n, v in zip(names, mean.unbind())})
             values.update({f"act_std/{n}": v for n, v in zip(names, std.unbind())})
-        for names, y in stacked_by_shape(self.activated):
+        for names, y in stacked_by_shape(activated):
             fractions = saturation(y, self.activation, self.unit_dim)
             values.update({f"act_saturation/{n}": v for n, v in zip(names, fractions.unbind())})
         self.outputs, self.activated = {}, {}
         return values
+
+
+def pooled(calls: list[Tensor], flatten: bool) -> Tensor:
+    """A layer called several times in one step (weight sharing, gradient accumulation): every call's entries
+    together, as one batch. Mean and std pool all entries (flatten); saturation needs the unit axis, so calls are
+    joined along the batch axis (the last call alone where their other axes differ)."""
+    if len(calls) == 1:
+        return calls[0]
+    if flatten:
+        return torch.cat([c.reshape(-1) for c in calls])
+    if all(c.shape[1:] == calls[0].shape[1:] for c in calls):
+        return torch.cat(calls)
+    return calls[-1]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
+import inspect
+
 import torch
 from hydra.utils import instantiate
 from torch import nn
@@ -15,6 +17,7 @@ from gradexp.models import init_weights
 from gradexp.probes.base import Instruments, ProbeContext
 from gradexp.probes.layers import Layers, watched_layers
 from gradexp.config.registry import OPTIMIZERS, PROBES, SCHEDULES, resolve
+from gradexp.config.schema import CUSTOM, ConfigError, import_model_class, is_schema_key, model_family
 from gradexp.training.loop import Run, Settings
 from gradexp.data.loader import Loader
 from gradexp.config.registry import DATA
@@ -55,11 +58,61 @@ def construct(cfg: Any, task_: Task) -> nn.Module:
 
 def model(cfg: Any, task_: Task, dev: torch.device) -> nn.Module:
     torch.manual_seed(cfg.seed)  # same seed, same initial weights
+    if model_family(cfg) == CUSTOM:
+        return custom_model(cfg, task_).to(dev)
     net = construct(cfg, task_)
     init_weights(net, scheme=cfg.init.scheme, gain=cfg.init.gain, std=cfg.init.std,
                  activation=cfg.activation.name, recurrent=cfg.init.recurrent,
                  recurrent_gain=cfg.init.recurrent_gain)
     return net.to(dev)
+
+
+# what gradexp hands the user's class when its constructor takes it (by name, or through **kwargs)
+def _offered(cfg: Any, task_: Task) -> dict[str, Any]:
+    return {"input_shape": tuple(task_.input_shape), "num_outputs": task_.num_outputs,
+            "activation": cfg.activation.name, "norm": cfg.norm.name, "readout_steps": task_.readout_steps,
+            "depth": cfg.model.depth, "width": cfg.model.width, "residual": cfg.model.residual}
+
+
+def custom_model(cfg: Any, task_: Task) -> nn.Module:
+    """model=custom: the user's class with its own keys (+model.hidden=128) and, where its constructor accepts them,
+    gradexp's (input_shape, num_outputs, ...); the init group applies when it is not `default`. One forward pass of
+    two training examples checks that the output fits the task, so a misfit is refused in one line, not mid-run."""
+    cls = import_model_class(cfg.model._target_)
+    own = {k: v for k, v in cfg.model.items() if k not in ("_target_", "watch") and not is_schema_key(f"model.{k}")}
+    accepted = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    offered = {k: v for k, v in _offered(cfg, task_).items() if takes_any or k in accepted}
+    try:
+        net = cls(**{**offered, **own})
+    except Exception as err:
+        raise ConfigError("model._target_", cfg.model._target_,
+                          f"a class gradexp can build with {sorted({**offered, **own})}: {type(err).__name__}: {err}") from None
+    if cfg.init.scheme != "default":
+        init_weights(net, scheme=cfg.init.scheme, gain=cfg.init.gain, std=cfg.init.std, activation=cfg.activation.name,
+                     recurrent=cfg.init.recurrent, recurrent_gain=cfg.init.recurrent_gain)
+    check_output_fits(net, cfg, task_)
+    return net
+
+
+def check_output_fits(net: nn.Module, cfg: Any, task_: Task) -> None:
+    x, y = task_.x_train[:2].cpu(), task_.y_train[:2].cpu()
+    target, data = cfg.model._target_, f"data={cfg.data.name}"
+    try:
+        with torch.no_grad():
+            output = net(x)
+    except Exception as err:  # a shape error inside the user's forward
+        raise ConfigError("model._target_", target, f"a model that takes {data}'s input {tuple(task_.input_shape)}: "
+                          f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+    misfit = f"a model whose output fits {data}: (batch, ..., {task_.num_outputs}) outputs, not {shape}"
+    if not (isinstance(output, torch.Tensor) and output.dim() >= 2 and output.shape[0] == 2
+            and output.shape[-1] == task_.num_outputs):
+        raise ConfigError("model._target_", target, misfit)
+    try:
+        task_.loss(output, y)
+    except Exception as err:
+        raise ConfigError("model._target_", target, f"{misfit} ({type(err).__name__}: {err})") from None
 
 
 def optimizer(cfg: Any, params) -> torch.optim.Optimizer:

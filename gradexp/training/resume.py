@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from gradexp.training import checkpoint
 from gradexp.config.registry import MODELS
-from gradexp.config.schema import GROUPS, ConfigError, is_schema_key
+from gradexp.config.schema import GROUPS, ConfigError, import_model_class, is_schema_key
 from gradexp.sinks.summary import SUMMARY_NAME
 
 PREFIX = "resume="
@@ -77,11 +77,41 @@ def untrusted(override: str) -> Optional[str]:
         return "interpolations and resolvers (the environment among them) are not re-applied"
     if key in GROUPS:
         return None if _plain_name(value) else "not a plain option name"
+    if key == "model._target_" and value.strip("'\"") not in {m.target for m in MODELS.values()}:
+        return _user_class(value.strip("'\""))
+    if key.startswith("model.") and key.count(".") == 1 and not is_schema_key(key):  # model=custom's own keys
+        return None if _plain_value(value) else "not a plain value for the model's constructor"
     if not is_schema_key(key) or key == "resume":
         return "not a key of gradexp's schema"
     if key.endswith("_target_") and value.strip("'\"") not in {m.target for m in MODELS.values()}:
         return "a _target_ outside gradexp's own models"
     return None
+
+
+def _user_class(target: str) -> Optional[str]:
+    """model=custom's class is re-applied only when it is a dotted name whose module can be found here (found, not
+    imported: validation imports it, as the first run did)."""
+    import importlib.util
+
+    module, _, name = target.rpartition(".")
+    if not module or not all(part.isidentifier() for part in target.split(".")):
+        return "not a module.Class name"
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        return f"its module {module} cannot be imported here"
+    try:  # the import check: it must name an nn.Module class, as validation demands
+        import_model_class(target)
+    except ConfigError:
+        return "a _target_ outside gradexp's own models that is not an importable nn.Module class"
+    return None
+
+
+def _plain_value(value: str) -> bool:
+    """A number, a boolean or a plain word: nothing Hydra would resolve, instantiate or read from elsewhere."""
+    return value.replace("_", "").replace(".", "").replace("-", "").replace("+", "").isalnum() or value in ("[]",)
 
 
 def _plain_name(value: str) -> bool:

@@ -1,0 +1,293 @@
+"""gradexp.Monitor: gradexp's instruments on the user's own model and training loop.
+
+    monitor = gradexp.Monitor(model, run_dir="runs/mine", optimizers=[opt])
+    for x, y in loader:
+        with monitor.step():                      # one optimizer update; hooks exist only on logging steps
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            monitor.clip_grad_norm_(model.parameters(), 1.0)   # optional: clips, and the clip telemetry sees it
+            opt.step(); opt.zero_grad()
+            monitor.record(loss=loss)
+    monitor.close()                               # summary.json with the verdict; TensorBoard events beside it
+
+The run folder gets the same TensorBoard tags, summary.json and verdict as `gradexp run`, so `gradexp report` reads it.
+
+The phases of a logging step are found without the user's help: the gradients are read "before clipping" at the
+first of `clip_grad_norm_` / `clip_grad_value_` / `gradients_ready()` / the first optimizer's pre-step hook, "after
+clipping" at the first optimizer pre-step hook, and the parameters "after the update" when the step's `with` ends
+(after every optimizer has stepped). An optimizer step skipped by an AMP GradScaler (inf/NaN gradients) fires no
+pre-step hook: that step logs amp/skipped_step = 1 and no update ratio. Everything a step did between backward
+passes accumulates, as the gradients do: gradient accumulation and a module called twice (weight sharing) pool
+every call's activations and activation gradients.
+
+Under torch.distributed (DDP) the parameter gradients are already the global ones (DDP averages them); the
+activation statistics of each rank's shard are combined across ranks (squared norms summed, moments pooled), and
+only rank 0 writes the run folder."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gradexp.analysis.advice import Factors
+from gradexp.analysis.diagnose import diagnose
+from gradexp.config.registry import PROBES, resolve
+from gradexp.config.schema import ConfigError, DiagnoseConf
+from gradexp.outcome import Outcome
+from gradexp.probes.base import Instruments, ProbeContext, to_host
+from gradexp.probes.layers import watched_layers
+from gradexp.sinks.summary import SUMMARY_NAME, SummarySink
+from gradexp.sinks.tb_views import TensorBoardViews
+from gradexp.sinks.tensorboard import TensorBoardSink
+from gradexp.training.clip import ClipPolicy
+
+# the probes that need nothing but the layer list and the model (bptt needs gradexp's recurrent layers)
+DEFAULT_PROBES = ("grad_norm", "act_grad_norm", "act_stats", "update_ratio", "clip")
+OWN_FAMILY = "own"  # Factors.family of a model gradexp did not build: the advice offers no gradexp override
+
+
+class Monitor:
+    """Instruments for one training run of the user's model; see the module docstring for the whole loop.
+
+    model: any nn.Module. run_dir: a new (or empty) folder, created; default runs/monitor-<time> under the current
+    directory. every: the logging interval in updates (step 0 and every `every`-th). watch: fnmatch patterns of
+    module names to watch (default: the layer contract's discovery, gradexp/probes/layers.py). optimizers: the
+    optimizer(s) whose step() ends the gradient phase (several, or one with several param groups, are fine).
+    probes: the probe kinds to run (gradexp/config/registry.py PROBES). activation: the activation's option name
+    (saturation rules), if the layers declare where it is. sinks: extra objects with log(step, values) and
+    close(outcome), e.g. to read the values in a test. steps: the updates planned, if known, so that the last one
+    is logged too (as `gradexp run` does)."""
+
+    def __init__(self, model: nn.Module, run_dir: Optional[str] = None, every: int = 25,
+                 watch: Sequence[str] = (), optimizers: Iterable[torch.optim.Optimizer] = (),
+                 probes: Sequence[str] = DEFAULT_PROBES, activation: Optional[str] = None, sinks: Sequence = (),
+                 steps: Optional[int] = None):
+        _check(every, probes)
+        # a DDP-wrapped model is watched through the module it wraps: the same tags as one process
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.model, self.every, self.planned = model, every, steps
+        self.optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+        self.layers = watched_layers(model, list(watch))  # refuses a model with nothing to watch, a pattern matching nothing
+        self.clip = ClipPolicy(mode="none", max_norm=0.0, norm_type=2.0, value=0.0)
+        self._probe_names, self._activation = tuple(probes), activation
+        self.instruments = self._instruments()
+        self.writes = _rank() == 0
+        self.run_dir = run_dir or os.path.join("runs", f"monitor-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
+        self.sinks = [*self._own_sinks(), *sinks]
+        self.outcome = Outcome()
+        self.steps = 0           # updates done (`with step()` blocks that ended normally)
+        self.skipped_steps = 0   # of those, updates an AMP scaler skipped (logging steps only: skips are seen there)
+        self._recorded: dict[str, Tensor] = {}
+        self._phase = "idle"     # idle | forward (logging step, before clipping) | clipped | stepped | ordinary
+        self._clip_norm: Optional[Tensor] = None
+        self._closed = False
+
+    def _instruments(self) -> Instruments:
+        context = ProbeContext(layers=self.layers, activation=self._activation, clip=self.clip)
+        built = [resolve(PROBES[name].target).from_context(context) for name in self._probe_names]
+        if "clip" in self._probe_names:  # the policy's mode is set by the first clip call, after the probes are built
+            from gradexp.probes.clip_telemetry import ClipTelemetry
+            built = [ClipTelemetry(self.clip) if name == "clip" else p for name, p in zip(self._probe_names, built)]
+        return Instruments([p for p in built if p is not None], self.model)
+
+    def _own_sinks(self) -> list:
+        if not self.writes:
+            return []
+        _refuse_a_used_folder(self.run_dir)
+        os.makedirs(self.run_dir, exist_ok=True)
+        names = [name for name, _ in self.layers]
+        tensorboard = TensorBoardSink(self.run_dir)
+        hparams = {"model": type(self.model).__name__, "log.every": self.every, "monitor": True}
+        self._summary = SummarySink(self.run_dir, [f"model={type(self.model).__name__}"], names)
+        # views before tensorboard, which closes the writer they share
+        return [TensorBoardViews(tensorboard.writer, hparams, names), tensorboard, self._summary]
+
+    # ---- the step -------------------------------------------------------------------------------------------
+
+    def is_logging_step(self) -> bool:
+        return self.steps % self.every == 0 or self.steps == (self.planned or 0) - 1
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator["Monitor"]:
+        """One optimizer update (forward, backward(s), clipping, optimizer step(s)). On logging steps the hooks live
+        inside the `with` only and are removed whatever happens; an exception drops this step's values."""
+        if self._closed:
+            raise RuntimeError("this Monitor is closed")
+        if not self.is_logging_step():
+            self._phase = "ordinary"
+            try:
+                yield self
+            finally:
+                self._phase = "idle"
+            self._recorded.clear()
+            self.steps += 1
+            return
+        self.instruments.begin(self.steps)
+        self._phase, self._clip_norm = "forward", None
+        try:
+            with self.instruments.watch(), self._optimizer_hooks():
+                yield self
+                self.gradients_ready()
+            self._after_update()
+        except BaseException:
+            self.instruments = self._instruments()  # a fresh set: no probe keeps this step's half-gathered state
+            self._recorded.clear()
+            raise
+        finally:
+            self._phase = "idle"
+        self.steps += 1
+
+    def gradients_ready(self) -> None:
+        """Say that the gradients are complete, before clipping them yourself (clip_grad_norm_ does it for you).
+        Does nothing outside a logging step or once already said."""
+        if self._phase == "forward":
+            self.instruments.after_backward()
+            self._phase = "backward"
+
+    def _before_update(self, *_: Any) -> None:
+        self.gradients_ready()
+        if self._phase == "backward":
+            self.instruments.after_clip(self._clip_norm)
+            self._phase = "clipped"
+
+    def _after_update(self) -> None:
+        if self._phase == "clipped":
+            self.instruments.after_step()
+        else:  # no optimizer stepped after backward: an AMP scaler skipped the update (or there is no optimizer)
+            self.skipped_steps += 1
+            self.instruments.pending["amp/skipped_step"] = torch.ones(())
+        values = self._collect()
+        for sink in self.sinks:
+            sink.log(self.steps, values)
+
+    @contextlib.contextmanager
+    def _optimizer_hooks(self) -> Iterator[None]:
+        handles = [opt.register_step_pre_hook(self._before_update) for opt in self.optimizers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    # ---- what the user hands over ---------------------------------------------------------------------------
+
+    def record(self, **values: Any) -> None:
+        """Training metrics of this step, e.g. record(loss=loss, acc=acc) -> loss/train, acc/train (tensors stay on
+        the device: no host sync; only logging steps transfer them)."""
+        if self._phase == "idle":
+            raise RuntimeError("Monitor.record() belongs inside `with monitor.step():`, the step it describes")
+        if self._phase == "ordinary":
+            return
+        for name, value in values.items():
+            self._recorded[f"{name}/train"] = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
+
+    def clip_grad_norm_(self, parameters: Iterable[nn.Parameter], max_norm: float, norm_type: float = 2.0) -> Tensor:
+        """torch.nn.utils.clip_grad_norm_, with the gradients read before it and the clip telemetry kept."""
+        self.clip.mode, self.clip.max_norm, self.clip.norm_type = "norm", float(max_norm), float(norm_type)
+        self.gradients_ready()
+        self._clip_norm = self.clip.apply([p for p in parameters])
+        return self._clip_norm
+
+    def clip_grad_value_(self, parameters: Iterable[nn.Parameter], clip_value: float) -> None:
+        """torch.nn.utils.clip_grad_value_, with the gradients read before it and the clip telemetry kept."""
+        self.clip.mode, self.clip.value = "value", float(clip_value)  # before the gradients are read: value mode counts entries
+        self.gradients_ready()
+        self.clip.apply([p for p in parameters])
+
+    # ---- collection and the end ---------------------------------------------------------------------------
+
+    def _collect(self) -> dict[str, Any]:
+        """The step's values in one host transfer (under DDP, after one all_reduce for the per-shard quantities)."""
+        values = {**self._recorded, **self.instruments.pending}
+        self.instruments.pending, self._recorded = {}, {}
+        if self.optimizers:
+            values["lr"] = torch.tensor(float(self.optimizers[0].param_groups[0]["lr"]))
+        if _world() > 1:
+            values = global_values(values)
+        return to_host(values)
+
+    def close(self, error: Optional[BaseException] = None) -> Outcome:
+        """Write summary.json (with the verdict) and close the TensorBoard files. `error`: the run failed."""
+        if self._closed:
+            return self.outcome
+        self._closed = True
+        self.outcome.steps = self.steps
+        self.outcome.status = "completed" if error is None else "failed"
+        if error is not None:
+            self.outcome.error = f"{type(error).__name__}: {error}"
+        self.outcome.perf = {"amp_skipped_steps": self.skipped_steps}
+        if self.writes:
+            factors = Factors(family=OWN_FAMILY, depth=len(self.layers), activation=self._activation or "identity",
+                              clip=self.clip.mode)
+            self.outcome.verdict = diagnose(self._summary.build(self.outcome), factors, DiagnoseConf())
+        for sink in self.sinks:
+            sink.close(self.outcome)
+        return self.outcome
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(error if isinstance(error, Exception) else None)
+
+
+def _check(every: Any, probes: Sequence[str]) -> None:
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError("every", every, "a whole number >= 1")
+    for name in probes:
+        if name not in PROBES:
+            raise ConfigError("probes", name, f"one of {', '.join(PROBES)}")
+
+
+def _refuse_a_used_folder(run_dir: str) -> None:
+    """gradexp never writes over what it did not make: a folder holding a summary or event files is refused."""
+    if not os.path.isdir(run_dir):
+        return
+    used = [f for f in os.listdir(run_dir) if f == SUMMARY_NAME or f.startswith("events.out.tfevents")]
+    if used:
+        raise ConfigError("run_dir", run_dir, "a new or empty folder (it already holds a run)")
+
+
+def _world() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def global_values(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each rank measured its own batch shard (equal shard sizes, as DDP's sampler makes them). DDP trains on the
+    mean of the ranks' losses, so the global activation gradient is each rank's divided by the world size: its norm
+    is sqrt(sum of squares) / world. Means, and the train metrics, average; a std pools its rank's second
+    moment. Parameter gradients, the clip telemetry and update ratios are computed after DDP's all-reduce, the same
+    on every rank, and are left alone. One all_reduce carries everything."""
+    world = _world()
+    squares = {t: v.double() ** 2 for t, v in values.items() if t.startswith("act_grad_norm/")}
+    means = {t: v.double() for t, v in values.items() if t.startswith("act_mean/") or t.endswith("/train")}
+    seconds = {t: values[t].double() ** 2 + values[f"act_mean/{t[len('act_std/'):]}"].double() ** 2
+               for t in values if t.startswith("act_std/") and f"act_mean/{t[len('act_std/'):]}" in values}
+    parts = {**{("sq", t): v for t, v in squares.items()}, **{("m", t): v for t, v in means.items()},
+             **{("s", t): v for t, v in seconds.items()}}
+    if not parts:
+        return values
+    flat = torch.stack([v.reshape(()) for v in parts.values()])
+    torch.distributed.all_reduce(flat)  # sum over ranks
+    summed = dict(zip(parts, flat.unbind()))
+    out = dict(values)
+    for (kind, tag), total in summed.items():
+        if kind == "sq":
+            out[tag] = total.sqrt() / world
+        elif kind == "m":
+            out[tag] = total / world
+    for (kind, tag), total in summed.items():
+        if kind == "s":
+            mean = out[f"act_mean/{tag[len('act_std/'):]}"].double()
+            out[tag] = (total / world - mean ** 2).clamp_min(0).sqrt()
+    return out

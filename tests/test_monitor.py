@@ -1,0 +1,230 @@
+"""gradexp.Monitor on a model gradexp does not know (built here) and the user's own loop: every logged value against
+plain torch in float64, the awkward loops (accumulation, weight sharing, frozen and several optimizers, user
+clipping, AMP-skipped steps, exceptions), and the cost discipline (no hook outside logging steps)."""
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradexp
+from gradexp.config.schema import ConfigError
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "monitor_loop.py")
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + torch.tanh(self.conv(x))
+
+
+class SharedResNet(nn.Module):
+    """Residual CNN whose middle block runs twice per forward (weight sharing)."""
+
+    def __init__(self, c=3):
+        super().__init__()
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        self.blocks = nn.ModuleList([Block(c) for _ in range(3)])
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.stem(x))
+        h = self.blocks[0](h)
+        h = self.blocks[1](self.blocks[1](h))
+        h = self.blocks[2](h)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class Capture:
+    def __init__(self):
+        self.logged = {}
+
+    def log(self, step, values):
+        self.logged[step] = values
+
+    def close(self, outcome):
+        self.outcome = outcome
+
+
+def _data(seed=0, n=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 5, 5, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def _build():
+    torch.manual_seed(0)
+    model = SharedResNet()
+    model.stem.bias.requires_grad_(False)  # frozen
+    body = [p for n, p in model.named_parameters() if not n.startswith("head") and p.requires_grad]
+    opt_a = torch.optim.SGD(body, lr=0.1)
+    opt_b = torch.optim.SGD([{"params": [model.head.weight], "lr": 0.05}, {"params": [model.head.bias], "lr": 0.02}])
+    return model, opt_a, opt_b
+
+
+MAX_NORM = 0.05  # small enough that step 0 is clipped
+
+
+def _user_step(monitor, model, opts, micro_batches):
+    with monitor.step():
+        for x, y in micro_batches:  # gradient accumulation
+            loss = F.cross_entropy(model(x), y) / len(micro_batches)
+            loss.backward()
+        monitor.clip_grad_norm_(model.parameters(), MAX_NORM)
+        for opt in opts:
+            opt.step()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        monitor.record(loss=loss)
+
+
+def _oracle(model, micro_batches, lrs):
+    """Step 0 in float64 with plain torch: gradients, activation gradients and statistics, clipping, update."""
+    ref = copy.deepcopy(model).double()
+    outs = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            output.retain_grad()
+            outs.setdefault(name, []).append(output)
+        return hook
+
+    for i, block in enumerate(ref.blocks):
+        block.register_forward_hook(keep(f"blocks.{i}"))
+    for x, y in micro_batches:
+        loss = F.cross_entropy(ref(x.double()), y) / len(micro_batches)
+        loss.backward()
+    grads = {n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None}
+    total = math.sqrt(sum(g.pow(2).sum().item() for g in grads.values()))
+    scale = min(1.0, MAX_NORM / (total + 1e-6))
+    expected = {f"grad_norm/{n}": g.norm().item() for n, g in grads.items()}
+    expected.update({"grad_norm/total": total, "grad_norm/total_clipped": total * scale, "clip/scale": scale,
+                     "clip/frac_steps_clipped": 1.0, "loss/train": loss.item(), "lr": 0.1})
+    for name, calls in outs.items():
+        expected[f"act_grad_norm/{name}"] = math.sqrt(sum(c.grad.pow(2).sum().item() for c in calls))
+        pooled = torch.cat([c.detach().reshape(-1) for c in calls])
+        expected[f"act_mean/{name}"] = pooled.mean().item()
+        expected[f"act_std/{name}"] = pooled.std(correction=0).item()
+    params = dict(ref.named_parameters())
+    for n, g in grads.items():  # plain SGD: the update is lr * clipped gradient
+        expected[f"update_ratio/{n}"] = (lrs[n] * scale * g).norm().item() / params[n].detach().norm().item()
+    return expected
+
+
+def test_every_value_matches_plain_torch_on_an_unknown_model(tmp_path):
+    model, opt_a, opt_b = _build()
+    lrs = {n: (0.05 if n == "head.weight" else 0.02 if n == "head.bias" else 0.1) for n, _ in model.named_parameters()}
+    micro = [_data(0), _data(1)]
+    expected = _oracle(model, micro, lrs)
+    capture = Capture()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=2, optimizers=[opt_a, opt_b],
+                              sinks=[capture])
+    assert [n for n, _ in monitor.layers] == ["blocks.0", "blocks.1", "blocks.2"]  # discovered
+    _user_step(monitor, model, [opt_a, opt_b], micro)
+    logged = capture.logged[0]
+    assert "grad_norm/stem.bias" not in logged  # frozen: no gradient, no tag
+    assert set(expected) == set(logged)
+    for tag, value in expected.items():
+        assert logged[tag] == pytest.approx(value, rel=1e-4, abs=1e-9), tag
+
+
+def test_steps_between_logging_steps_register_no_hook_and_log_nothing(tmp_path):
+    model, opt_a, opt_b = _build()
+    capture = Capture()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=3, optimizers=[opt_a, opt_b],
+                              sinks=[capture], steps=5)
+    seen = []
+    for step in range(5):
+        with monitor.step():
+            seen.append((len(model.blocks[0]._forward_hooks), len(opt_a._optimizer_step_pre_hooks)))
+            F.cross_entropy(model(_data(step)[0]), _data(step)[1]).backward()
+            opt_a.step(), opt_b.step()
+    assert seen[1] == seen[2] == (0, 0) and seen[0][0] > 0 and seen[0][1] == 1
+    assert sorted(capture.logged) == [0, 3, 4]  # every 3rd, and the last planned step
+    model.eval()  # train/eval switching outside the steps records nothing
+    model(_data(9)[0])
+    assert sorted(capture.logged) == [0, 3, 4]
+
+
+def test_an_exception_inside_a_step_removes_the_hooks_and_writes_a_whole_failed_summary(tmp_path):
+    model, opt_a, opt_b = _build()
+    capture = Capture()
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="user bug"):
+        with gradexp.Monitor(model, run_dir=str(run_dir), every=1, optimizers=[opt_a], sinks=[capture]) as monitor:
+            _user_step(monitor, model, [opt_a, opt_b], [_data(0)])
+            with monitor.step():
+                F.cross_entropy(model(_data(1)[0]), _data(1)[1]).backward()
+                raise RuntimeError("user bug")
+    assert all(not m._forward_hooks for m in model.modules()) and not opt_a._optimizer_step_pre_hooks
+    assert sorted(capture.logged) == [0]  # the failed step logged nothing
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps"] == 1 and "user bug" in summary["error"]
+    assert sorted(os.listdir(run_dir))[-1] == "summary.json" and not any(f.endswith(".tmp") for f in os.listdir(run_dir))
+
+
+def test_a_step_the_amp_scaler_skips_logs_no_update(tmp_path):
+    model, opt_a, _ = _build()
+    capture = Capture()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt_a], sinks=[capture])
+    for step, poison in enumerate([False, True]):
+        with monitor.step():
+            x, y = _data(step)
+            loss = F.cross_entropy(model(x), y) * (math.inf if poison else 1.0)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt_a)
+            monitor.gradients_ready()
+            scaler.step(opt_a)
+            scaler.update()
+            opt_a.zero_grad(set_to_none=True)
+    assert "amp/skipped_step" not in capture.logged[0] and any(t.startswith("update_ratio/") for t in capture.logged[0])
+    assert capture.logged[1]["amp/skipped_step"] == 1.0
+    assert not any(t.startswith("update_ratio/") for t in capture.logged[1])
+    assert monitor.close().perf["amp_skipped_steps"] == 1
+
+
+def test_watch_patterns_and_refusals(tmp_path):
+    model, opt_a, _ = _build()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "a"), watch=["blocks.*.conv"])
+    assert [n for n, _ in monitor.layers] == ["blocks.0.conv", "blocks.1.conv", "blocks.2.conv"]
+    with pytest.raises(ConfigError, match="model.watch.*nothing_here"):
+        gradexp.Monitor(model, run_dir=str(tmp_path / "b"), watch=["nothing_here"])
+    with pytest.raises(ConfigError, match="model.*a model with parameters"):
+        gradexp.Monitor(nn.ReLU(), run_dir=str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="every: 0"):
+        gradexp.Monitor(model, run_dir=str(tmp_path / "d"), every=0)
+    monitor.close()
+    with pytest.raises(ConfigError, match="run_dir.*already holds a run"):  # never writes over a run
+        gradexp.Monitor(model, run_dir=str(tmp_path / "a"))
+
+
+def test_the_verdict_offers_no_gradexp_override_for_a_users_model(tmp_path):
+    model, opt_a, opt_b = _build()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt_a, opt_b])
+    for step in range(2):
+        _user_step(monitor, model, [opt_a, opt_b], [_data(step)])
+    verdict = monitor.close().verdict
+    assert verdict["label"] in ("healthy", "vanishing", "exploding") and verdict["suggestions"] == []
+    summary = gradexp.load_summary(str(tmp_path / "run"))
+    assert [layer["name"] for layer in summary["layers"]] == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+@pytest.mark.slow
+def test_the_example_runs_and_leaves_a_run_gradexp_report_reads(tmp_path):
+    done = subprocess.run([sys.executable, os.path.abspath(EXAMPLE), "--steps", "12"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "runs" / "monitor_example"
+    summary = gradexp.load_summary(str(run_dir))
+    assert summary["status"] == "completed" and summary["steps"] == 12 and summary["verdict"]["label"]
+    assert gradexp.find_runs(str(tmp_path / "runs")) == [str(run_dir)]
