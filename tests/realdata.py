@@ -6,6 +6,7 @@ import gzip
 import http.server
 import io
 import os
+import socketserver
 import struct
 import tarfile
 import threading
@@ -57,6 +58,14 @@ def write_cifar(folder: str, arrays, per_batch: int = 4) -> None:
             archive.addfile(info, io.BytesIO(body))
 
 
+class _LocalServer(http.server.ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        """HTTPServer's own server_bind asks socket.getfqdn (a reverse DNS lookup), which waits ~10 s where no
+        resolver answers; 127.0.0.1 needs no name."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
 @contextmanager
 def serve(folder: str):
     """(url, requests): an HTTP server on 127.0.0.1 serving folder in a thread; requests lists the paths asked."""
@@ -73,7 +82,7 @@ def serve(folder: str):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _LocalServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
