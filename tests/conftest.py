@@ -29,3 +29,16 @@ def run_tiny(tmp_path, quiet_console):
         return run_experiment(cfg, run_dir=run_dir, overrides=list(overrides), console=quiet_console), run_dir
 
     return run
+
+
+class Capture:
+    """A sink that keeps every logged value by step: what a test compares with its oracle."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, dict] = {}
+
+    def log(self, step, values):
+        self.steps.setdefault(step, {}).update(values)
+
+    def close(self, outcome):
+        pass

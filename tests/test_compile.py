@@ -8,21 +8,10 @@ import torch
 from gradexp.config.schema import ConfigError, validate
 from gradexp.training import factory as build
 from gradexp.training.loop import train
-from tests.conftest import compose_config
+from tests.conftest import Capture, compose_config
 
 SMALL = ["data=blobs", "device=cpu", "data.n_train=64", "data.n_val=16", "train.steps=6", "log.every=2",
          "train.eval_every=3"]
-
-
-class Capture:
-    def __init__(self) -> None:
-        self.steps: dict[int, dict] = {}
-
-    def log(self, step, values):
-        self.steps.setdefault(step, {}).update(values)
-
-    def close(self, outcome):
-        pass
 
 
 def logged(overrides, base=SMALL):

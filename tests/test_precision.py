@@ -8,20 +8,9 @@ import torch
 from gradexp.config.schema import ConfigError, validate
 from gradexp.training import factory as build
 from gradexp.training.loop import train
-from tests.conftest import compose_config
+from tests.conftest import Capture, compose_config
 
 BLOBS = ["data=blobs", "device=cpu", "data.n_train=64", "data.n_val=16"]
-
-
-class Capture:
-    def __init__(self) -> None:
-        self.steps: dict[int, dict] = {}
-
-    def log(self, step, values):
-        self.steps.setdefault(step, {}).update(values)
-
-    def close(self, outcome):
-        pass
 
 
 def trained(overrides):
