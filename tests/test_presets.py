@@ -22,6 +22,7 @@ from tests.conftest import compose_config
 from tests.test_oracle import read_scalars
 
 PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "he2016_cifar", "saxe2014",
+           "xiong2020",
            "regularization", "micikevicius2018"]
 OPTUNA_PRESETS = ["lr_edge"]  # searched by hydra/sweeper=optuna (tests/test_optuna.py), not a grid
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiment"
