@@ -223,7 +223,8 @@ class Monitor:
         self.outcome.perf = {"amp_skipped_steps": self.skipped_steps}
         if self.writes:
             factors = Factors(family=OWN_FAMILY, depth=len(self.layers), activation=self._activation or "identity",
-                              clip=self.clip.mode)
+                              clip=self.clip.mode, theory_note="the user's own model (no theory for this model; it "
+                              "covers gradexp's model=mlp only)")
             self.outcome.verdict = diagnose(self._summary.build(self.outcome), factors, DiagnoseConf())
         for sink in self.sinks:
             sink.close(self.outcome)

@@ -247,3 +247,13 @@ def test_the_constructor_refuses_the_same_from_python():
         Transformer((T, FEAT), 4, 1, 12, False, "relu", "none", readout_steps=1, heads=5)
     with pytest.raises(ValueError, match="norm_position"):
         Transformer((T, FEAT), 4, 1, 12, False, "relu", "none", readout_steps=1, norm_position="sandwich")
+
+
+def test_the_verdict_says_there_is_no_theory_for_a_transformer(run_tiny):
+    outcome, run_dir = run_tiny(["model=transformer", *SMALL])
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["theory"] is None  # no number for a model the theory does not cover
+    assert outcome.verdict["theory"].startswith("mean-field theory does not apply: model=transformer (no theory")
+    assert summary["verdict"]["theory"] == outcome.verdict["theory"]
+    assert not any(k.startswith("model.residual") for s in outcome.verdict["suggestions"] for k in s.split())

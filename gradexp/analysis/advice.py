@@ -39,9 +39,12 @@ class Factors:
     norm_position: Optional[str] = None      # model.norm_position (transformer); None: the family has no such key
     warmup_steps: int = 0                    # schedule.warmup_steps
     steps: int = 500                         # train.steps: a suggested warmup is a third of them
+    # why mean-field theory has no prediction for this run (analysis/theory.py not_applicable), None where it has one
+    theory_note: Optional[str] = None
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "Factors":
+        from gradexp.analysis.theory import not_applicable
         from gradexp.config.schema import model_family
 
         c = cfg.clip
@@ -54,7 +57,7 @@ class Factors:
         position = (cfg.model.norm_position or "pre") if takes_position else None  # the constructor's default
         return cls(family, cfg.model.depth, cfg.model.residual, cfg.activation.name, cfg.init.scheme,
                    cfg.init.gain, cfg.norm.name, cfg.optimizer.lr, c.mode, cfg.init.recurrent, cfg.init.recurrent_gain,
-                   option, precision, scale, position, cfg.schedule.warmup_steps, cfg.train.steps)
+                   option, precision, scale, position, cfg.schedule.warmup_steps, cfg.train.steps, not_applicable(cfg))
 
     def in_force(self) -> dict[str, str]:
         """override key -> the value this run has, as the command line would spell it."""
