@@ -257,3 +257,15 @@ def test_the_verdict_says_there_is_no_theory_for_a_transformer(run_tiny):
     assert outcome.verdict["theory"].startswith("mean-field theory does not apply: model=transformer (no theory")
     assert summary["verdict"]["theory"] == outcome.verdict["theory"]
     assert not any(k.startswith("model.residual") for s in outcome.verdict["suggestions"] for k in s.split())
+
+
+def test_memory_estimate_counts_parameters_exactly_and_the_attention_weights():
+    from gradexp.training import limits
+
+    cfg = compose_config(["model=transformer", "data=copy", *SMALL, "model.width=16", "model.heads=2"])
+    task = build.task(cfg, torch.device("cpu"))
+    built = build.model(cfg, task, torch.device("cpu"))
+    assert limits.parameter_count(cfg, task) == sum(p.numel() for p in built.parameters())
+    t = task.input_shape[0]
+    attention = 2 * cfg.train.batch_size * 2 * t * t * cfg.model.depth  # scores and softmax, (B, heads, T, T) a block
+    assert limits.activation_count(cfg, task) >= attention
