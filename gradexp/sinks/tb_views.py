@@ -33,7 +33,6 @@ RAW = {  # regexes over scalar tags; per-layer tags carry "layers.<i>" (the desi
     "grad_norm (every hidden-layer parameter)": ["Multiline", [r"grad_norm/layers\..*"]],
     "act_grad_norm (every hidden layer)": ["Multiline", [r"act_grad_norm/layers\..*"]],
     "act_saturation (every hidden layer)": ["Multiline", [r"act_saturation/layers\..*"]],
-    "attn_entropy (every transformer block, nats)": ["Multiline", [r"attn_entropy/layers\..*"]],
 }
 VERDICT_CODE = {"vanishing": -1.0, "healthy": 0.0, "exploding": 1.0, "diverged": 2.0}
 METRIC_TAGS = {"loss/train": "hparams/loss_train", "acc/train": "hparams/acc_train",
