@@ -171,10 +171,12 @@ def test_attn_entropy_matches_float64_softmax_entropy(run_tiny, causal):
     assert set(logged[f"attn_entropy/layers.0"]) == {0, 1, 2, 3}  # logging steps only (log.every=1 here)
 
 
-def test_attn_entropy_is_off_for_models_without_attention(run_tiny):
+def test_attn_entropy_is_off_for_models_without_attention():
     assert AttnEntropy.from_context(ProbeContext(layers=[("layers.0", torch.nn.Linear(2, 2))])) is None
-    _, run_dir = run_tiny(["model=lstm", "data=recall", *SMALL])
-    assert not any(tag.startswith("attn_entropy/") for tag in read_scalars(run_dir))
+    for family in ("model=lstm", "model=transformer"):  # on by default (log.probes.attn_entropy), built where it applies
+        run = build.run(compose_config([family, "data=recall", *SMALL]))
+        built = [type(p) for p, _ in run.instruments.schedule]
+        assert (AttnEntropy in built) == (family == "model=transformer")
 
 
 def test_attention_runs_fused_outside_logging_steps():
