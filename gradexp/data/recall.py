@@ -8,8 +8,6 @@ ids (keys 0..K-1, values K..K+V-1) with vocab_size K+V, like data=text: feature-
 (Task.inputs). A model that does not look back at the pairs can do no better than chance, 1/V."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -36,7 +34,7 @@ def _examples(n: int, pairs: int, gen: torch.Generator) -> tuple[Tensor, Tensor]
     return tokens, values[rows, asked]
 
 
-def recall(seed: int, n_train: int, n_val: int, seq_len: int, **_: Optional[str]) -> Task:
+def recall(seed: int, n_train: int, n_val: int, seq_len: int) -> Task:
     xt, yt = _examples(n_train, seq_len, _rng(seed, 1))
     xv, yv = _examples(n_val, seq_len, _rng(seed, 2))
     vocab = keys_for(seq_len) + RECALL_VALUES
