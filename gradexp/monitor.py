@@ -45,8 +45,9 @@ from gradexp.sinks.tb_views import TensorBoardViews
 from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.training.clip import ClipPolicy
 
-# the probes that need nothing but the layer list and the model (bptt needs gradexp's recurrent layers)
-DEFAULT_PROBES = ("grad_norm", "act_grad_norm", "act_stats", "update_ratio", "clip")
+# the probes that need nothing but the layer list and the model (bptt needs gradexp's recurrent layers); attn_entropy
+# is built only where a watched layer declares attention (gradexp's transformer blocks), else it is left out
+DEFAULT_PROBES = ("grad_norm", "act_grad_norm", "act_stats", "update_ratio", "clip", "attn_entropy")
 OWN_FAMILY = "own"  # Factors.family of a model gradexp did not build: the advice offers no gradexp override
 
 
@@ -222,7 +223,8 @@ class Monitor:
         self.outcome.perf = {"amp_skipped_steps": self.skipped_steps}
         if self.writes:
             factors = Factors(family=OWN_FAMILY, depth=len(self.layers), activation=self._activation or "identity",
-                              clip=self.clip.mode)
+                              clip=self.clip.mode, theory_note="the user's own model (no theory for this model; it "
+                              "covers gradexp's model=mlp only)")
             self.outcome.verdict = diagnose(self._summary.build(self.outcome), factors, DiagnoseConf())
         for sink in self.sinks:
             sink.close(self.outcome)

@@ -6,7 +6,7 @@ Same model (same seed), data, optimizer and loss in every variant, timed in one 
   off    gradexp's train() with no probes and no sinks (the loop, clip policy, non-finite guard, perf meter)
   default  gradexp's train() with the default probes, TensorBoard + summary sinks, the configured log.every
   all    every instrument on every step (log.every=1, histograms and bptt every step)
-Ratios are variant / plain. The monitor_* configs time gradexp.Monitor on a user-style loop instead (a model gradexp
+Ratios are variant / plain. `transformer` is gradexp's own family (4 blocks, d_model 128). The monitor_* configs time gradexp.Monitor on a user-style loop instead (a model gradexp
 does not build: a residual CNN, and torch's own 4-block nn.TransformerEncoder with d_model 128): plain is the same
 loop without the Monitor, default is the Monitor at its default interval (every=25), all is every=1.
 Usage:
@@ -43,6 +43,8 @@ CONFIGS = {
     "mlp": ([], 500),
     "mlp20": (["model.depth=20", "model.width=256", "train.batch_size=128"], 200),
     "lstm": (["model=lstm", "data=adding", "data.seq_len=100"], 100),
+    # gradexp's own family: 4 blocks, d_model 128, 4 heads, on the copy task (T = 30); attn_entropy is on by default
+    "transformer": (["model=transformer", "model.depth=4", "model.width=128", "data=copy"], 100),
 }
 MONITOR_CONFIGS = {"monitor_cnn": 200, "monitor_transformer": 50}  # name -> steps per timed run
 VARIANTS = ("plain", "off", "default", "all")
@@ -77,7 +79,7 @@ def time_plain(cfg, task, steps: int) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         x, y = batches.next()
-        loss = task.loss(model(x), y)
+        loss = task.loss(model(task.inputs(x)), y)  # token ids one-hot, as the loop feeds them
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

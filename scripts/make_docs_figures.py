@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "saxe2014", "regularization"]
+PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "saxe2014", "regularization",
+           "xiong2020"]
 REPORT_EXAMPLE = ["activation=sigmoid,tanh,relu", "init=xavier_normal,kaiming_normal", "model.depth=20"]
 RNN_EXAMPLE = ["model=rnn", "data.seq_len=100", "log.bptt_every=50"]
 
@@ -86,7 +87,7 @@ def metric(summary: dict) -> str:
 
 
 def preset_table(name: str, summaries: list[dict]) -> list[str]:
-    fixed = {"+experiment", "train.threads"}
+    fixed = {"+experiment", "experiment", "train.threads"}  # the CLI records +experiment= as experiment=
     rows = [f"| {name} | {varying(s, fixed)} | {s['status']} | {metric(s)} | **{s['verdict']['label']}** | "
             f"{s['verdict']['at_init']['label']} {gain_cell(s['verdict']['at_init'])} | "
             f"{s['verdict']['at_end']['label']} {gain_cell(s['verdict']['at_end'])} | {theory_cell(s)} |"
@@ -121,7 +122,21 @@ def presets(work: Path, names: list[str], extra: list[str], threads: int, skip: 
         shutil.copyfile(work / name / "report.png", ROOT / "docs" / "img" / f"{name}.png")
         rows += preset_table(name, summaries)
         print(f"{name}: {len(summaries)} jobs", file=sys.stderr)
+    if set(names) != set(PRESETS):  # --only: the other presets' rows stay as they were, in PRESETS order
+        rows = merged_rows(rows, names)
     return [provenance(threads, extra), "", *header, *rows]
+
+
+def merged_rows(fresh: list[str], names: list[str]) -> list[str]:
+    """The label table's rows with those of `names` replaced by `fresh`, every preset's rows in PRESETS order."""
+    text = (ROOT / "docs" / "experiments.md").read_text()
+    block = re.search(r"<!-- generated:labels -->(.*?)<!-- /generated:labels -->", text, re.S)
+    old = [line for line in (block.group(1) if block else "").splitlines() if line.startswith("| ") and
+           not line.startswith("| preset ")]
+    name_of = lambda row: row.split("|")[1].strip()  # noqa: E731
+    kept = [row for row in old if name_of(row) not in names] + fresh
+    order = {name: i for i, name in enumerate([*PRESETS, *names])}
+    return sorted(kept, key=lambda row: order.get(name_of(row), len(order)))  # stable: jobs keep their order
 
 
 def report_example(work: Path, extra: list[str], threads: int, skip: bool) -> list[str]:

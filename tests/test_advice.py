@@ -19,6 +19,8 @@ RUNS = [  # each a different cause; kept tiny (a few steps) so that each one-ste
      "init.recurrent_gain=2.0", "optimizer=sgd", "optimizer.lr=0.05"],                 # exploding through time
     ["model=cnn", "model.depth=6", "model.width=4"],                                   # conv stack
     ["optimizer=sgd", "optimizer.lr=1e6", "init=kaiming_normal", "init.gain=4"],       # diverged
+    ["model=transformer", "model.norm_position=post", "model.depth=6", "model.width=16", "init=xavier_normal",
+     "data=copy", "data.n_train=64", "data.n_val=16"],                                # post-LN: grows toward the output
 ]
 
 
@@ -54,4 +56,5 @@ EXPECTED = {  # the remedy the presets show to work is among the suggestions
     " ".join(RUNS[0]): "init=xavier_normal",              # glorot2010: tanh gains ×0.865 with Xavier
     " ".join(RUNS[3]): "init.recurrent_gain=",            # pascanu2013: the recurrent scale sets the time gain
     " ".join(RUNS[4]): "init.recurrent_gain=",
+    " ".join(RUNS[7]): "model.norm_position=pre",         # xiong2020: pre-LN keeps the gradient level
 }

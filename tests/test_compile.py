@@ -43,11 +43,12 @@ def test_compiled_run_logs_the_eager_values_without_recompiling(extra):
 
 
 @pytest.mark.slow
-def test_ordinary_steps_have_no_graph_break():
-    cfg = compose_config(SMALL)
+@pytest.mark.parametrize("family", [[], ["model=transformer", "data=copy", "model.causal=true"]], ids=["mlp", "transformer"])
+def test_ordinary_steps_have_no_graph_break(family):
+    cfg = compose_config([*SMALL, *family])
     run = build.run(cfg)
     x, _ = run.batches.next()
-    explanation = torch._dynamo.explain(run.model)(x)
+    explanation = torch._dynamo.explain(run.model)(run.task.inputs(x))
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 

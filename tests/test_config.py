@@ -29,7 +29,7 @@ class Tiny(torch.nn.Module):
 
 
 PARTNER = {"model=custom": [f"model._target_={__name__}.Tiny"], "data=blobs": ["model=mlp"], "data=digits": ["model=mlp"], "data=adding": ["model=rnn"],
-           "data=copy": ["model=gru"], "data=seq_digits": ["model=lstm"]}
+           "data=copy": ["model=gru"], "data=seq_digits": ["model=lstm"], "data=recall": ["model=transformer"]}
 
 
 def options(group: str) -> list[str]:
@@ -43,13 +43,13 @@ OFFLINE = [o for o in ALL if not (o.startswith("data=") and DATA[o[5:]].keys)]
 
 
 def test_every_design_option_exists():
-    assert options("model") == ["cnn", "custom", "gru", "lstm", "mlp", "resnet", "rnn"]
+    assert options("model") == ["cnn", "custom", "gru", "lstm", "mlp", "resnet", "rnn", "transformer"]
     assert options("clip") == ["none", "norm_0.5", "norm_1.0", "norm_5.0", "value_0.1", "value_1.0"]
     assert options("activation") == sorted(["relu", "leaky_relu", "elu", "selu", "gelu", "mish", "tanh", "sigmoid",
                                             "softsign", "identity"])
     assert len(options("init")) == 7 and len(options("optimizer")) == 5
     assert options("data") == ["adding", "blobs", "cifar10", "copy", "digits", "fashion_mnist", "image_folder", "mnist",
-                               "seq_digits", "text"]
+                               "recall", "seq_digits", "text"]
 
 
 @pytest.mark.parametrize("override", OFFLINE)
@@ -63,7 +63,7 @@ def test_every_option_composes_and_instantiates(override):
     build.scheduler(cfg, opt)
     build.clip(cfg)
     x, _ = build.batches(cfg, task).next()
-    assert torch.isfinite(model(x)).all()
+    assert torch.isfinite(model(task.inputs(x))).all()  # token ids (recall, text) one-hot, as the loop feeds them
 
 
 def test_recurrent_models_default_to_tanh_and_a_sequence_task():

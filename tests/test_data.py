@@ -9,7 +9,8 @@ from gradexp.config.registry import DATA
 TASK_NAMES = [name for name, d in DATA.items() if not d.keys]  # built offline from no file: every one of them here
 MIN_SEQ_LEN = {name: d.min_seq_len for name, d in DATA.items() if d.seq_len is not None and name in TASK_NAMES}
 
-SMALL = {"blobs": {}, "digits": {}, "seq_digits": {}, "adding": {"seq_len": 10}, "copy": {"seq_len": 4}}
+SMALL = {"blobs": {}, "digits": {}, "seq_digits": {}, "adding": {"seq_len": 10}, "copy": {"seq_len": 4},
+         "recall": {"seq_len": 3}}
 # name -> (input_shape, num_outputs, readout_steps, y shape of one example)
 EXPECTED = {
     "blobs": ((16,), 4, 0, ()),
@@ -17,6 +18,7 @@ EXPECTED = {
     "seq_digits": ((8, 8), 10, 1, ()),
     "adding": ((10, 2), 1, 1, (1,)),
     "copy": ((4 + 10, 10), 8, 5, (5,)),
+    "recall": ((2 * 3 + 1, 16 + 8), 8, 1, ()),  # 3 pairs + the query; 16 keys + 8 values
 }
 
 
@@ -42,12 +44,14 @@ def test_same_seed_same_tensors_other_seed_differs(name):
 def test_shapes_dtypes_and_label_ranges(name):
     task = small(name)
     shape, num_outputs, readout, y_shape = EXPECTED[name]
-    assert task.input_shape == shape and tuple(task.x_train.shape) == (64, *shape)
-    assert tuple(task.x_val.shape) == (32, *shape)
+    # token tasks hold ids (N, T); every model reads task.inputs(x), one-hot (N, T, vocab) for them
+    assert task.input_shape == shape and tuple(task.inputs(task.x_train).shape) == (64, *shape)
+    assert tuple(task.inputs(task.x_val).shape) == (32, *shape)
     assert tuple(task.y_train.shape) == (64, *y_shape) and tuple(task.y_val.shape) == (32, *y_shape)
     assert (task.num_outputs, task.readout_steps) == (num_outputs, readout)
-    assert task.sequence == (name in ("adding", "copy", "seq_digits"))
-    assert task.x_train.dtype == torch.float32
+    assert task.sequence == (name in ("adding", "copy", "seq_digits", "recall"))
+    assert task.inputs(task.x_train).dtype == torch.float32
+    assert task.x_train.dtype == (torch.int64 if task.vocab_size else torch.float32)
     if task.kind == "classification":
         assert task.y_train.dtype == torch.int64
         ys = torch.cat([task.y_train.flatten(), task.y_val.flatten()])

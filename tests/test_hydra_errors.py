@@ -10,7 +10,7 @@ from tests.conftest import compose_config
 @pytest.mark.parametrize("override,expected", [
     ("model.depth=abc", "Error merging override model.depth=abc: Value 'abc' of type 'str' could not be converted to Integer"),
     ("model=resnet50", "In 'config': Could not find 'model/resnet50' "
-                       "(Available options in 'model': cnn | custom | gru | lstm | mlp | resnet | rnn)"),
+                       "(Available options in 'model': cnn | custom | gru | lstm | mlp | resnet | rnn | transformer)"),
     ("model.dpth=3", "Could not override 'model.dpth': Key 'dpth' not in 'ModelConf'"),
     ("model.depth=[", "cannot parse the overrides: no viable alternative at input '['"),
 ])

@@ -9,9 +9,12 @@ from gradexp.models import GRU, LSTM, MODELS, RNN, make_activation
 from gradexp.config.registry import ACTIVATIONS, MODELS as FAMILIES
 
 B, T, FEAT, K = 4, 6, 3, 2  # batch, sequence length, features per step, readout steps
-INPUT = {"mlp": (16,), "cnn": (2, 5, 5), "resnet": (2, 5, 5), "rnn": (T, FEAT), "lstm": (T, FEAT), "gru": (T, FEAT)}
+INPUT = {"mlp": (16,), "cnn": (2, 5, 5), "resnet": (2, 5, 5), "rnn": (T, FEAT), "lstm": (T, FEAT), "gru": (T, FEAT),
+         "transformer": (T, FEAT)}
 HIDDEN = {"resnet": 3 * 3 + 1}  # hidden layers at depth 3 where it is not 3: resnet's depth is blocks per stage, + stem
 RECURRENT = [name for name, family in FAMILIES.items() if family.recurrent]
+SEQUENCE = [name for name, family in FAMILIES.items() if family.inputs == ("sequence",)]  # (B, K, C) outputs
+INPUT_LAYER = {"transformer": "embed"}  # parameters before the hidden layers: the transformer's input projection
 
 
 @pytest.fixture(autouse=True)
@@ -29,10 +32,11 @@ def batch(family):
 
 @pytest.mark.parametrize("norm", ["none", "batchnorm", "layernorm"])
 @pytest.mark.parametrize("family,residual", [("mlp", False), ("mlp", True), ("cnn", False),
-                                             ("cnn", True), ("rnn", False), ("lstm", False), ("gru", False)])
+                                             ("cnn", True), ("rnn", False), ("lstm", False), ("gru", False),
+                                             ("transformer", False)])
 def test_output_shape(family, residual, norm):
     out = build(family, residual=residual, norm=norm)(batch(family))
-    assert out.shape == ((B, K, 5) if family in RECURRENT else (B, 5))
+    assert out.shape == ((B, K, 5) if family in SEQUENCE else (B, 5))
     assert torch.isfinite(out).all()
 
 
@@ -52,7 +56,8 @@ def test_unknown_names_list_allowed(kw, allowed):
 def test_layer_names_in_forward_order(family):
     model = build(family, depth=3)
     names = [n for n, _ in model.named_parameters()]
-    assert all(re.match(r"(layers\.\d+|head)\.", n) for n in names), names
+    allowed = "|".join(["layers\\.\\d+", "head", *INPUT_LAYER.get(family, "").split()])
+    assert all(re.match(rf"({allowed})\.", n) for n in names), names
     seen = [int(n.split(".")[1]) for n in names if n.startswith("layers.")]
     layers = HIDDEN.get(family, 3)
     assert seen == sorted(seen) and set(seen) == set(range(layers))

@@ -22,7 +22,7 @@ from tests.conftest import compose_config
 from tests.test_oracle import read_scalars
 
 PRESETS = ["glorot2010", "he2015", "pascanu2013", "hochreiter1997", "ioffe2015", "he2016", "he2016_cifar", "saxe2014",
-           "regularization", "micikevicius2018"]
+           "regularization", "micikevicius2018", "xiong2020"]
 OPTUNA_PRESETS = ["lr_edge"]  # searched by hydra/sweeper=optuna (tests/test_optuna.py), not a grid
 EXPERIMENT_DIR = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 
@@ -127,6 +127,26 @@ def test_he2016_skips_carry_the_gradient_to_the_input(run_sweep):
     assert residual[0] > 1e3 * plain[0]
     labels = [r[j][0]["verdict"]["at_init"]["label"] for j in ("model.residual=False", "model.residual=True")]
     assert labels == ["vanishing", "healthy"]
+
+
+def test_xiong2020_post_ln_gradient_grows_toward_the_output_pre_ln_does_not(run_sweep):
+    """At init (step 0, the preset's depth 6 and width 64, Xavier): the residual stream's gradient."""
+    r = run_sweep("xiong2020", ["train.steps=1", "data.n_train=64", "data.n_val=16"],
+                  keep=lambda job: "schedule.warmup_steps=0" in job)
+    post, pre = (act_grads(r[f"model.norm_position={p} schedule.warmup_steps=0"][0]) for p in ("post", "pre"))
+    assert per_layer_gain(post) < 0.9 and post[-1] > 2 * post[0]  # grows toward the output (x0.78 per block)
+    assert per_layer_gain(pre) > 1.0 and pre[-1] < pre[0]  # level, slightly falling toward the output (x1.07)
+
+
+@pytest.mark.slow
+def test_xiong2020_post_ln_needs_warmup_pre_ln_does_not(run_sweep):
+    """The whole preset (4 x 300 steps): post-LN without warmup stays near chance (1/8) on the copy task, warmup
+    rescues it, pre-LN learns it either way."""
+    r = run_sweep("xiong2020", ["train.threads=1"])
+    acc = {job: s["final"]["acc/val"] for job, (s, _) in r.items()}
+    assert acc["model.norm_position=post schedule.warmup_steps=0"] < 0.3, acc
+    for job in ("post schedule.warmup_steps=100", "pre schedule.warmup_steps=0", "pre schedule.warmup_steps=100"):
+        assert acc[f"model.norm_position={job}"] > 0.95, acc
 
 
 @pytest.mark.slow

@@ -90,6 +90,19 @@ def test_recurrent_run_resumes_exactly(tmp_path, quiet_console):
     assert scalars(str(tmp_path / "run")) == scalars(str(tmp_path / "ref"))
 
 
+@pytest.mark.slow
+def test_transformer_with_warmup_resumes_exactly(tmp_path, quiet_console):
+    """A post-LN transformer under warmup chained with cosine: the chained scheduler's state and attn_entropy."""
+    overrides = [*LONG, "model=transformer", "model.norm_position=post", "data=recall", "data.n_train=64",
+                 "data.n_val=16", "schedule.warmup_steps=6", "optimizer=adam", "optimizer.lr=0.003"]
+    start(str(tmp_path / "ref"), overrides, quiet_console)
+    start(str(tmp_path / "run"), overrides, quiet_console, stop=StopAfter(4))
+    resume(str(tmp_path / "run"), overrides, quiet_console)
+    assert summary(str(tmp_path / "run")) == summary(str(tmp_path / "ref"))
+    assert scalars(str(tmp_path / "run")) == scalars(str(tmp_path / "ref"))
+    assert "attn_entropy/layers.0" in scalars(str(tmp_path / "ref"))
+
+
 @pytest.mark.parametrize("stop_at", [1, 4, 5, 9, 12])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, quiet_console, reference, stop_at):
     run_dir = str(tmp_path / "run")

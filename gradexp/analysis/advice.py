@@ -36,9 +36,15 @@ class Factors:
     clip_option: str = "none"                # the clip group option in force, e.g. norm_1.0
     precision: str = "fp32"                  # train.precision, canonical name
     loss_scale: str = "none"                 # the loss scale in force: dynamic | none | the fixed number
+    norm_position: Optional[str] = None      # model.norm_position (transformer); None: the family has no such key
+    warmup_steps: int = 0                    # schedule.warmup_steps
+    steps: int = 500                         # train.steps: a suggested warmup is a third of them
+    # why mean-field theory has no prediction for this run (analysis/theory.py not_applicable), None where it has one
+    theory_note: Optional[str] = None
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "Factors":
+        from gradexp.analysis.theory import not_applicable
         from gradexp.config.schema import model_family
 
         c = cfg.clip
@@ -46,9 +52,12 @@ class Factors:
         scale = cfg.train.loss_scale
         scale = PRECISIONS[precision].default_loss_scale if scale is None else f"{scale:g}" if isinstance(scale, (int, float)) else scale
         option = "none" if c.mode == "none" else f"norm_{c.max_norm}" if c.mode == "norm" else f"value_{c.value}"
-        return cls(model_family(cfg), cfg.model.depth, cfg.model.residual, cfg.activation.name, cfg.init.scheme,
+        family = model_family(cfg)
+        takes_position = family in MODELS and "norm_position" in MODELS[family].keys
+        position = (cfg.model.norm_position or "pre") if takes_position else None  # the constructor's default
+        return cls(family, cfg.model.depth, cfg.model.residual, cfg.activation.name, cfg.init.scheme,
                    cfg.init.gain, cfg.norm.name, cfg.optimizer.lr, c.mode, cfg.init.recurrent, cfg.init.recurrent_gain,
-                   option, precision, scale)
+                   option, precision, scale, position, cfg.schedule.warmup_steps, cfg.train.steps, not_applicable(cfg))
 
     def in_force(self) -> dict[str, str]:
         """override key -> the value this run has, as the command line would spell it."""
@@ -59,6 +68,7 @@ class Factors:
             "init.recurrent": self.recurrent or self.init,
             "init.recurrent_gain": f"{self.recurrent_gain if self.recurrent_gain is not None else self.init_gain:g}",
             "train.precision": self.precision, "train.loss_scale": self.loss_scale,
+            "model.norm_position": self.norm_position or "", "schedule.warmup_steps": str(self.warmup_steps),
         }
 
 
@@ -81,7 +91,7 @@ def suggest(label: str, axis: str, f: Factors, ev: Evidence, end_label: Optional
     if label == "healthy":
         return "", "", []
     if label == "diverged":
-        fixes = [f"optimizer.lr={f.lr / 10:g}", *_clip(f)]
+        fixes = [*_post_norm(f), f"optimizer.lr={f.lr / 10:g}", *_clip(f)]
         if end_label in ("vanishing", "exploding"):
             fixes += suggest(end_label, "depth", f, ev)[2]
         return "learning rate / unbounded updates", "", changes(fixes, f)
@@ -130,7 +140,7 @@ def _exploding(f: Factors) -> tuple[str, str, list[str]]:
     fixes = [_matched_init(f)] if f.init_gain > 1 or f.init in ("normal", "default") else []
     if f.init_gain > 1:
         fixes.append("init.gain=1.0")
-    fixes += [*_norm(f), *_clip(f), f"optimizer.lr={f.lr / 10:g}"]
+    fixes += [*_post_norm(f), *_norm(f), *_clip(f), f"optimizer.lr={f.lr / 10:g}"]
     cause = f"init scale ({f.init}, gain {f.init_gain:g})" if f.init_gain > 1 or f.init == "normal" else f"depth ({f.depth} layers)"
     return cause, "", fixes
 
@@ -175,9 +185,19 @@ def _matched_init(f: Factors) -> str:
     return f"init={ACTIVATIONS[f.activation].matched_init}"
 
 
+def _post_norm(f: Factors) -> list[str]:
+    """A post-LN transformer: pre-LN, or a linear warmup (xiong2020 shows both keep it training)."""
+    if f.norm_position != "post":
+        return []
+    warmup = f.steps // 3  # W = 1 is no warmup at all
+    return ["model.norm_position=pre", *([f"schedule.warmup_steps={warmup}"] if f.warmup_steps == 0 and warmup > 1 else [])]
+
+
 def _depth(f: Factors) -> list[str]:
     if f.family not in MODELS:
         return []
+    if f.norm_position is not None:  # a transformer: its blocks are always residual
+        return [*_post_norm(f), *_norm(f)]
     if MODELS[f.family].residual:
         return [*_norm(f), *([] if f.residual else ["model.residual=true"])]
     return _norm(f)

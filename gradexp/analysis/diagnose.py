@@ -165,6 +165,8 @@ def diagnose(summary: dict[str, Any], factors: Factors, conf: Any) -> dict[str, 
         "at_init": moments["at_init"], "at_end": moments["at_end"], "trained": trains,
         # the gains of the moment that decided the label (HParams, gradexp report)
         "gain": judged["gain"], "first_last_ratio": judged["first_last_ratio"], "time_gain": judged["time_gain"],
+        # where mean-field theory does not apply it says so, rather than giving a number for another model
+        "theory": f"mean-field theory does not apply: {factors.theory_note}" if factors.theory_note else None,
     }
 
 

@@ -45,16 +45,18 @@ def gain_spread(norms: Sequence[float]) -> Optional[dict[str, object]]:
 
 
 ACT_STATS = ("act_mean", "act_std", "act_saturation")
+ATTENTION_STATS = ("attn_entropy",)  # layers with attention only (probes/attn_entropy.py)
 
 
 def layer_quantities(values: dict[str, float], layer_names: list[str]) -> dict[str, float]:
-    """Per hidden layer: grad_norm (L2 over all its parameters' gradients) and act_grad_norm, as logged."""
+    """Per hidden layer: grad_norm (L2 over all its parameters' gradients), act_grad_norm, the activation statistics
+    and the attention entropy, as logged."""
     out: dict[str, float] = {}
     for name in layer_names:
         parts = [v for tag, v in values.items() if tag.startswith(f"grad_norm/{name}.")]
         if parts:
             out[f"grad_norm/{name}"] = math.hypot(*parts)  # scaled internally: squares of tiny norms do not underflow
-        for quantity in ("act_grad_norm", *ACT_STATS):
+        for quantity in ("act_grad_norm", *ACT_STATS, *ATTENTION_STATS):
             if f"{quantity}/{name}" in values:
                 out[f"{quantity}/{name}"] = values[f"{quantity}/{name}"]
     return out

@@ -160,6 +160,14 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
+def warmup(opt: Any, warmup_steps: int) -> Any:
+    """schedule.warmup_steps = W: update s runs at (s+1)/W of the rate for s < W, then at the full rate. Torch's
+    LinearLR from 1/W to 1 over W-1 scheduler steps; it multiplies whatever the schedule sets, so it composes with
+    every schedule (training/factory.py chains the two)."""
+    return resolve("torch.optim.lr_scheduler.LinearLR")(opt, start_factor=1.0 / warmup_steps, end_factor=1.0,
+                                                       total_iters=warmup_steps - 1)
+
+
 # --- clip ---------------------------------------------------------------------------------------------------
 
 CLIP_MODES: dict[str, tuple[str, ...]] = {  # mode -> the clip.* keys it reads
@@ -180,6 +188,7 @@ class Data:
     seq_len: Optional[int] = None   # None: not a key of this task (its length is fixed or absent)
     min_seq_len: int = 1
     keys: tuple[str, ...] = ()      # the other data.* keys its builder takes; any other one set is refused
+    next_token: bool = False        # the target at position t is the input at t+1: a model must not look ahead
 
 
 _DOWNLOADED = ("root", "url", "download_timeout")  # published datasets fetched once into data.root
@@ -195,7 +204,10 @@ DATA: dict[str, Data] = {
     "fashion_mnist": Data("gradexp.data.images.fashion_mnist", "image", None, 10000, keys=_DOWNLOADED),
     "cifar10": Data("gradexp.data.images.cifar10", "image", None, 10000, keys=_DOWNLOADED),
     "image_folder": Data("gradexp.data.folder.image_folder", "image", None, None, keys=("root", "image_size")),
-    "text": Data("gradexp.data.text.text", "sequence", None, None, seq_len=64, min_seq_len=1, keys=("path",)),
+    "text": Data("gradexp.data.text.text", "sequence", None, None, seq_len=64, min_seq_len=1, keys=("path",),
+                 next_token=True),
+    # associative recall: seq_len key-value pairs, then a query key; the answer is its value (data/recall.py)
+    "recall": Data("gradexp.data.recall.recall", "sequence", 8000, 1000, seq_len=8, min_seq_len=1),
 }
 DATA_KEYS = ("root", "url", "download_timeout", "path", "image_size")  # every optional data.* key of Data.keys
 
@@ -211,6 +223,7 @@ class Model:
     mean_field: bool = False        # analysis/theory.py predicts its gradient flow at init (plain, un-normed)
     advice_norm: str = "layernorm"  # the norm option advice suggests for this family's hidden layers
     compiles: bool = True           # train.compile: one graph without breaks (dynamo breaks on nn.RNN/LSTM/GRU)
+    keys: tuple[str, ...] = ()      # the family's own model.* keys (MODEL_KEYS); any other one set is refused
 
 
 MODELS: dict[str, Model] = {
@@ -220,7 +233,12 @@ MODELS: dict[str, Model] = {
     "rnn": Model("gradexp.models.rnn.RNN", ("sequence",), recurrent=True, compiles=False),
     "lstm": Model("gradexp.models.rnn.LSTM", ("sequence",), recurrent=True, compiles=False),
     "gru": Model("gradexp.models.rnn.GRU", ("sequence",), recurrent=True, compiles=False),
+    # always residual (model.residual does not apply); norm_position places the norm group's layers
+    "transformer": Model("gradexp.models.transformer.Transformer", ("sequence",),
+                         keys=("heads", "norm_position", "ffn_mult", "causal")),
 }
+MODEL_KEYS = ("heads", "norm_position", "ffn_mult", "causal")  # every optional model.* key of Model.keys
+NORM_POSITIONS = ("pre", "post")  # transformer: norm before each sublayer (+ a final norm), or after the residual add
 
 
 def model_family(target: str) -> Optional[str]:
@@ -250,6 +268,7 @@ PROBES: dict[str, ProbeKind] = {
     "clip": ProbeKind("gradexp.probes.clip_telemetry.ClipTelemetry"),
     "histograms": ProbeKind("gradexp.probes.histograms.Histograms", every="${log.histograms_every}"),
     "bptt": ProbeKind("gradexp.probes.bptt.BpttGradNorms", every="${log.bptt_every}"),
+    "attn_entropy": ProbeKind("gradexp.probes.attn_entropy.AttnEntropy"),  # layers with attention only
     # mixed precision only (train.precision, train.loss_scale); each is None for a run it does not apply to
     "loss_scale": ProbeKind("gradexp.probes.loss_scale.LossScale"),
     "skipped_steps": ProbeKind("gradexp.probes.skipped_steps.SkippedSteps"),

@@ -26,6 +26,11 @@ class ModelConf:
     width: int = 64
     residual: bool = False
     watch: list[str] = field(default_factory=list)  # fnmatch patterns of the layers to watch; [] = the model's own list
+    # the keys below belong to the families whose registry entry names them (registry.MODELS[...].keys): transformer
+    heads: Optional[int] = None             # attention heads; they divide width
+    norm_position: Optional[str] = None     # pre | post: the norm before each sublayer, or after the residual add
+    ffn_mult: Optional[int] = None          # feed-forward width = ffn_mult * width
+    causal: Optional[bool] = None           # masked self-attention: position t sees positions <= t only
 
 
 @dataclass
@@ -90,6 +95,7 @@ class ScheduleConf:
     name: str = "none"
     step_size: int = 100
     gamma: float = 0.5
+    warmup_steps: int = 0   # linear warmup: update s runs at (s+1)/warmup_steps of the rate while s < warmup_steps
 
 
 @dataclass
@@ -236,6 +242,7 @@ _RANGES = [
     ("data.workers", lambda v: v >= 0, "an integer >= 0 (0: no worker processes)"),
     ("schedule.step_size", lambda v: v >= 1, "an integer >= 1"),
     ("schedule.gamma", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    ("schedule.warmup_steps", lambda v: v >= 0, "an integer >= 0 (0: no warmup)"),
     ("train.steps", lambda v: v >= 1, "an integer >= 1"),
     ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("train.eval_every", lambda v: v >= 1, "an integer >= 1"),
@@ -386,6 +393,8 @@ def _check_combinations(cfg: Any) -> None:
     if family != CUSTOM and cfg.model.residual and not registry.MODELS[family].residual:
         allowed = " and ".join(n for n, m in registry.MODELS.items() if m.residual)
         raise ConfigError("model.residual", True, f"false for model={family} (residual applies to {allowed})")
+    if family != CUSTOM:
+        _check_model_keys(cfg, family)
     if cfg.norm.name == "batchnorm" and cfg.train.batch_size < 2:
         raise ConfigError("train.batch_size", cfg.train.batch_size, ">= 2 with norm=batchnorm")
     if cfg.data.seq_len is not None:
@@ -407,6 +416,32 @@ def _check_data(family: str, task: str) -> None:
     if registry.DATA[task].input not in takes:
         fitting = [name for name, d in registry.DATA.items() if d.input in takes]
         raise ConfigError("data", task, f"a task model={family} can take: " + " | ".join(fitting))
+
+
+def _check_model_keys(cfg: Any, family: str) -> None:
+    """A model.* key the family does not take is refused, not silently ignored (model.heads with model=mlp); the
+    transformer's own keys are checked here, before anything is built (models/transformer.py raises the same)."""
+    m, takes = cfg.model, registry.MODELS[family].keys
+    for key in registry.MODEL_KEYS:
+        if getattr(m, key) is not None and key not in takes:
+            reads = ", ".join(f"model.{k}" for k in takes) or "none of them"
+            raise ConfigError(f"model.{key}", getattr(m, key), f"null for model={family} (it takes {reads})")
+    if "heads" not in takes:
+        return
+    heads = 4 if m.heads is None else m.heads
+    if heads < 1 or m.width % heads:
+        divisors = " | ".join(str(d) for d in range(1, m.width + 1) if m.width % d == 0)
+        raise ConfigError("model.heads", heads, f"a divisor of model.width={m.width}: {divisors}")
+    if m.norm_position is not None and m.norm_position not in registry.NORM_POSITIONS:
+        raise ConfigError("model.norm_position", m.norm_position, " | ".join(registry.NORM_POSITIONS))
+    if m.ffn_mult is not None and m.ffn_mult < 1:
+        raise ConfigError("model.ffn_mult", m.ffn_mult, "an integer >= 1")
+    if m.causal and cfg.norm.name == "batchnorm":
+        raise ConfigError("norm", "batchnorm", "layernorm | none with model.causal=true (batch statistics pool "
+                          "every position, so a position would see later ones)")
+    if not m.causal and registry.DATA[cfg.data.name].next_token:
+        raise ConfigError("model.causal", m.causal, f"true for data={cfg.data.name} (each position predicts the "
+                          "next token, which a position that looks ahead can read)")
 
 
 def _check_data_keys(d: Any) -> None:

@@ -10,8 +10,9 @@ from .layers import init_weights, make_activation, make_norm
 from .mlp import MLP
 from .resnet import ResNet
 from .rnn import GRU, LSTM, RNN
+from .transformer import Transformer
 
 # config name (model=...) -> class; every class takes the same constructor keywords.
 MODELS = {name: _resolve(family.target) for name, family in _FAMILIES.items()}
 
-__all__ = ["CNN", "GRU", "LSTM", "MLP", "MODELS", "RNN", "ResNet", "init_weights", "make_activation", "make_norm"]
+__all__ = ["CNN", "GRU", "LSTM", "MLP", "MODELS", "RNN", "ResNet", "Transformer", "init_weights", "make_activation", "make_norm"]

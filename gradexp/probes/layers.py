@@ -26,6 +26,9 @@ TIME_STEPS = "time_steps"
 # A layer with this capability says where its activation function's output can be seen:
 # `activation_site() -> (module, read_its_input, unit_dim)` (probes/act_stats.py: saturation, dead units).
 ACTIVATION_SITE = "activation_site"
+# A layer with this capability has self-attention: `attention()` returns the module whose `on_attention` callback,
+# while set, receives its masked scores and softmax weights (B, heads, T, T) every forward (probes/attn_entropy.py).
+ATTENTION = "attention"
 
 
 class NoLayersFound(ConfigError):

@@ -8,7 +8,7 @@ import math
 import os
 from typing import Any, Optional
 
-from gradexp.analysis.flow import ACT_STATS, layer_quantities
+from gradexp.analysis.flow import ACT_STATS, ATTENTION_STATS, layer_quantities
 from gradexp.analysis.theory import Baseline
 from gradexp.outcome import Outcome
 
@@ -99,7 +99,7 @@ class SummarySink:
 
     def _layer_entry(self, name: str) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": name}
-        for quantity in ("grad_norm", "act_grad_norm", *ACT_STATS):
+        for quantity in ("grad_norm", "act_grad_norm", *ACT_STATS, *ATTENTION_STATS):
             key = f"{quantity}/{name}"
             if key in self.first:
                 entry[quantity] = {"first": _finite_or_none(self.first[key]), "last": _finite_or_none(self.last[key])}

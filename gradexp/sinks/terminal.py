@@ -73,6 +73,8 @@ def verdict_panel(verdict: dict) -> Panel:
     title = f"[bold {style}]{label}[/]" + (f" — {verdict['cause']}" if verdict.get("cause") else "")
     parts = [Text(moments_line(verdict), style="bold")] if verdict.get("at_init") else []
     parts.append(Text(verdict["evidence"]))
+    if verdict.get("theory"):  # mean-field theory does not cover this model: said, not silently left out
+        parts.append(Text(verdict["theory"], style="dim"))
     if verdict.get("suggestions"):
         parts.append(Text("\ntry one of the commands below the box", style="bold"))
     return Panel(Group(*parts), title=title, title_align="left", border_style=style, expand=False)

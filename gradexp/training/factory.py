@@ -16,7 +16,7 @@ from gradexp.data.tasks import Batches, Task, make_task
 from gradexp.models import init_weights
 from gradexp.probes.base import Instruments, ProbeContext
 from gradexp.probes.layers import Layers, watched_layers
-from gradexp.config.registry import OPTIMIZERS, PROBES, SCHEDULES, resolve
+from gradexp.config.registry import MODEL_KEYS, OPTIMIZERS, PROBES, SCHEDULES, resolve, warmup
 from gradexp.config.schema import CUSTOM, ConfigError, import_model_class, is_schema_key, model_family
 from gradexp.training.loop import Run, Settings
 from gradexp.data.loader import Loader
@@ -49,7 +49,8 @@ def uses_loader(cfg: Any) -> bool:
 def construct(cfg: Any, task_: Task) -> nn.Module:
     """The configured class with the task's shapes, as its constructor made it (under torch.device("meta") it costs
     no memory: training/limits.py sizes models that way)."""
-    constructor = {k: v for k, v in cfg.model.items() if k != "watch"}  # model.watch is for the probes, not the class
+    # model.watch is for the probes, not the class; a family's own keys left null take the constructor's defaults
+    constructor = {k: v for k, v in cfg.model.items() if k != "watch" and not (k in MODEL_KEYS and v is None)}
     return instantiate(
         constructor, input_shape=tuple(task_.input_shape), num_outputs=task_.num_outputs,
         activation=cfg.activation.name, norm=cfg.norm.name, readout_steps=task_.readout_steps,
@@ -71,7 +72,8 @@ def model(cfg: Any, task_: Task, dev: torch.device) -> nn.Module:
 def _offered(cfg: Any, task_: Task) -> dict[str, Any]:
     return {"input_shape": tuple(task_.input_shape), "num_outputs": task_.num_outputs,
             "activation": cfg.activation.name, "norm": cfg.norm.name, "readout_steps": task_.readout_steps,
-            "depth": cfg.model.depth, "width": cfg.model.width, "residual": cfg.model.residual}
+            "depth": cfg.model.depth, "width": cfg.model.width, "residual": cfg.model.residual,
+            **{k: cfg.model[k] for k in MODEL_KEYS if cfg.model[k] is not None}}
 
 
 def custom_model(cfg: Any, task_: Task) -> nn.Module:
@@ -126,7 +128,12 @@ def optimizer(cfg: Any, params) -> torch.optim.Optimizer:
 
 
 def scheduler(cfg: Any, opt: torch.optim.Optimizer) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
-    return SCHEDULES[cfg.schedule.name].build(opt, cfg.schedule, cfg.train.steps)
+    """The schedule, times the linear warmup when schedule.warmup_steps > 1 (both multiply the rate: chained)."""
+    base = SCHEDULES[cfg.schedule.name].build(opt, cfg.schedule, cfg.train.steps)
+    if cfg.schedule.warmup_steps <= 1:  # W = 1: the first update already runs at the full rate
+        return base
+    ramp = warmup(opt, cfg.schedule.warmup_steps)
+    return ramp if base is None else torch.optim.lr_scheduler.ChainedScheduler([ramp, base], optimizer=opt)
 
 
 def clip(cfg: Any) -> ClipPolicy:

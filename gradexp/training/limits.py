@@ -74,11 +74,20 @@ def _meta_activations(cfg: Any, task: Task) -> int:
     return total[0] * 2  # each output and its gradient
 
 
+def _attention_values(cfg: Any, task: Task) -> int:
+    """A transformer's attention weights (B, heads, T, T) per block: no module outputs them, so the meta pass does
+    not count them; a logging step keeps the scores and the softmax of every block for backward."""
+    if "heads" not in MODELS[model_family(cfg)].keys:
+        return 0
+    t, heads = task.input_shape[0], cfg.model.heads or 4
+    return 2 * cfg.train.batch_size * heads * t * t * cfg.model.depth
+
+
 def activation_count(cfg: Any, task: Task) -> int:
     """Values autograd saves for one training batch, or the forward pass over the validation split if larger."""
     family, width, depth = model_family(cfg), cfg.model.width, cfg.model.depth
     if family not in ("mlp", "cnn") and family not in GATES:
-        return _meta_activations(cfg, task)
+        return _meta_activations(cfg, task) + _attention_values(cfg, task)
     positions = math.prod(task.input_shape[1:]) if family == "cnn" else 1
     if MODELS[family].recurrent:
         positions = task.input_shape[0] * GATES[family]  # time steps, one pre-activation per gate
