@@ -20,7 +20,7 @@ from lightning.pytorch.plugins import MixedPrecision  # noqa: E402
 from tests.conftest import Capture  # noqa: E402
 
 # Lightning's notices about this machine (srun on PATH) and its own deprecated torch calls: not ours to act on
-pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command", "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command", "ignore:.*LeafSpec")
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "lightning_callback.py")
 ACCUMULATE, BATCH, LR = 2, 4, 0.1
 
