@@ -13,7 +13,9 @@ $(BIN)/gradexp: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_PIN)"
 	# setuptools announces, as a warning, that the editable install uses a path finder (configs/ is mapped to
 	# gradexp.configs): information only, so it is filtered out of the quiet install
-	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q -e ".[dev,optuna]"
+	# the extras install with torch pinned, so that none of them swaps it (lightning adds ~3 s and no torch)
+	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev,optuna,lightning]"
 	touch $(BIN)/gradexp
 
 install: $(BIN)/gradexp

@@ -61,17 +61,20 @@ class Monitor:
     probes: the probe kinds to run (gradexp/config/registry.py PROBES). activation: the activation's option name
     (saturation rules), if the layers declare where it is. sinks: extra objects with log(step, values) and
     close(outcome), e.g. to read the values in a test. steps: the updates planned, if known, so that the last one
-    is logged too (as `gradexp run` does)."""
+    is logged too (as `gradexp run` does). step_hooks=False: no optimizer pre-step hook; the caller says when the update
+    begins (before_update()) and when it did not happen (update_skipped()), as a framework must whose closure-based
+    optimizer.step(closure) runs the pre-step hooks before the closure's backward (integrations/lightning.py)."""
 
     def __init__(self, model: nn.Module, run_dir: Optional[str] = None, every: int = 25,
                  watch: Sequence[str] = (), optimizers: Iterable[torch.optim.Optimizer] = (),
                  probes: Sequence[str] = DEFAULT_PROBES, activation: Optional[str] = None, sinks: Sequence = (),
-                 steps: Optional[int] = None):
+                 steps: Optional[int] = None, step_hooks: bool = True):
         _check(every, probes)
         # a DDP-wrapped model is watched through the module it wraps: the same tags as one process
         model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.model, self.every, self.planned = model, every, steps
         self.optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+        self.step_hooks = step_hooks  # False: the caller calls before_update() and update_skipped() itself
         self.layers = watched_layers(model, list(watch))  # refuses a model with nothing to watch, a pattern matching nothing
         self.clip = ClipPolicy(mode="none", max_norm=0.0, norm_type=2.0, value=0.0)
         self._probe_names, self._activation = tuple(probes), activation
@@ -83,7 +86,7 @@ class Monitor:
         self.steps = 0           # updates done (`with step()` blocks that ended normally)
         self.skipped_steps = 0   # of those, updates an AMP scaler skipped (logging steps only: skips are seen there)
         self._recorded: dict[str, Tensor] = {}
-        self._phase = "idle"     # idle | forward (logging step, before clipping) | clipped | stepped | ordinary
+        self._phase = "idle"     # idle | forward (logging step, before clipping) | backward | clipped | skipped | ordinary
         self._clip_norm: Optional[Tensor] = None
         self._closed = False
 
@@ -149,16 +152,23 @@ class Monitor:
             self.instruments.after_backward()
             self._phase = "backward"
 
-    def _before_update(self, *_: Any) -> None:
+    def before_update(self, *_: Any) -> None:
+        """The gradients are final (clipped) and the optimizer is about to update: the first optimizer's pre-step hook
+        calls it, or the caller with step_hooks=False. Does nothing outside a logging step or once already said."""
         self.gradients_ready()
         if self._phase == "backward":
             self.instruments.after_clip(self._clip_norm)
             self._phase = "clipped"
 
+    def update_skipped(self) -> None:
+        """The update announced by before_update() did not happen (an AMP scaler found inf/NaN gradients)."""
+        if self._phase == "clipped":
+            self._phase = "skipped"
+
     def _after_update(self) -> None:
         if self._phase == "clipped":
             self.instruments.after_step()
-        else:  # no optimizer stepped after backward: an AMP scaler skipped the update (or there is no optimizer)
+        else:  # no optimizer stepped after backward (or update_skipped()): an AMP scaler skipped the update
             self.skipped_steps += 1
             self.instruments.pending["amp/skipped_step"] = torch.ones(())
         values = self._collect()
@@ -167,7 +177,7 @@ class Monitor:
 
     @contextlib.contextmanager
     def _optimizer_hooks(self) -> Iterator[None]:
-        handles = [opt.register_step_pre_hook(self._before_update) for opt in self.optimizers]
+        handles = [opt.register_step_pre_hook(self.before_update) for opt in self.optimizers if self.step_hooks]
         try:
             yield
         finally:

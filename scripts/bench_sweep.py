@@ -1,7 +1,11 @@
 """Wall time of one 8-job sweep run by Hydra's basic launcher (one job after another) and by
 `hydra/launcher=joblib` (jobs in parallel, torch threads divided among them); prints both and their ratio.
+With --repeats N the variants run interleaved N times (medians), and the basic launcher is also timed with
+train.threads=1: on a machine other jobs share, torch's default (one thread per core) can oversubscribe the cores
+and slow the basic launcher down many times over, which would flatter joblib.
 
     python scripts/bench_sweep.py                 # the measured figure (default steps, 2 parallel jobs)
+    python scripts/bench_sweep.py --repeats 3     # interleaved, medians, with the one-thread basic launcher
     python scripts/bench_sweep.py --steps 20      # a quick check that it works
 Target: ratio joblib / basic <= 0.6 on 2 cores."""
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,15 +41,24 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=500, help="train.steps per job")
     parser.add_argument("--depth", type=int, default=6, help="model.depth per job")
     parser.add_argument("--n-jobs", type=int, default=2, help="hydra.launcher.n_jobs for joblib")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (medians); >1 adds basic, 1 thread")
     args = parser.parse_args()
+    variants = {"basic launcher": [],
+                f"joblib (n_jobs={args.n_jobs})": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}"]}
+    if args.repeats > 1:
+        variants["basic launcher, train.threads=1"] = ["train.threads=1"]
+    times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        basic = sweep([], args.steps, args.depth, os.path.join(tmp, "basic"))
-        joblib = sweep(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}"], args.steps, args.depth,
-                       os.path.join(tmp, "joblib"))
-    print(f"8 jobs, train.steps={args.steps}, model.depth={args.depth}, cpus={os.cpu_count()}")
-    print(f"basic launcher: {basic:.1f} s")
-    print(f"joblib (n_jobs={args.n_jobs}): {joblib:.1f} s")
-    print(f"ratio joblib/basic: {joblib / basic:.2f} (target <= 0.6)")
+        for repeat in range(args.repeats):
+            for i, (name, launcher) in enumerate(variants.items()):
+                times[name].append(sweep(launcher, args.steps, args.depth, os.path.join(tmp, f"{repeat}-{i}")))
+    print(f"8 jobs, train.steps={args.steps}, model.depth={args.depth}, cpus={os.cpu_count()}, "
+          f"load average at the end: {os.getloadavg()[0]:.1f}")
+    for name, seconds in times.items():
+        print(f"{name}: {statistics.median(seconds):.1f} s ({', '.join(f'{s:.1f}' for s in seconds)})")
+    joblib = statistics.median(times[f"joblib (n_jobs={args.n_jobs})"])
+    for name in (n for n in variants if n.startswith("basic")):
+        print(f"ratio joblib / {name}: {joblib / statistics.median(times[name]):.2f} (target <= 0.6)")
     return 0
 
 

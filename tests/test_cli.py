@@ -32,6 +32,15 @@ def test_version_is_the_installed_one_without_torch(tmp_path):
     assert out.splitlines() == [f"gradexp {version('gradexp')}", "False"]
 
 
+@pytest.mark.slow
+def test_run_help_lists_the_groups_without_torch(tmp_path):
+    """`gradexp run --help` builds no model, so torch (~1.4 s of imports on this machine) is never loaded."""
+    code = ("import sys; from gradexp.cli.main import main\ntry: main(['run', '--help'])\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert "activation: " in out and out.strip().endswith("False")
+
+
 @pytest.mark.parametrize("status, resume", [("completed", False), ("interrupted", True)])
 def test_closing_lines_keep_long_paths_whole_at_80_columns(tmp_path, monkeypatch, status, resume):
     """Piped output is 80 columns wide; the run folder, the tensorboard and the resume command stay one line each."""

@@ -101,6 +101,22 @@ def test_digits_split_partitions_dataset_with_train_statistics():
     assert len(capped.x_train) == 100 and torch.equal(capped.y_val, task.y_val)
 
 
+def test_digits_read_from_the_file_equal_sklearns_loader_and_need_no_sklearn_import(monkeypatch):
+    import sklearn.datasets
+    from sklearn.datasets import load_digits
+
+    from gradexp.data.tasks import _digits_arrays
+
+    bunch = load_digits()
+    def refuse():
+        raise AssertionError("load_digits() called: the fast path reads the file without importing sklearn")
+
+    monkeypatch.setattr(sklearn.datasets, "load_digits", refuse)
+    x, y = _digits_arrays.__wrapped__()  # uncached
+    assert torch.equal(x, torch.as_tensor(bunch.data, dtype=torch.float32) / 16.0)
+    assert torch.equal(y, torch.as_tensor(bunch.target, dtype=torch.int64))
+
+
 def test_seq_digits_is_digits_read_row_by_row():
     image, seq = make_task("digits", 2), make_task("seq_digits", 2)
     assert torch.equal(image.x_train[:, 0], seq.x_train)

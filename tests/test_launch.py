@@ -46,6 +46,26 @@ def test_joblib_sweep_runs_every_job_with_divided_threads(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_idle_joblib_workers_end_with_the_sweep_and_other_launchers_are_left_alone():
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import reusable_executor
+
+    from gradexp.cli.launchers import ReleaseWorkers
+
+    assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+    workers = list(reusable_executor._executor._processes.values())
+    assert workers and all(w.is_alive() for w in workers)
+    basic = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}}})
+    ReleaseWorkers().on_multirun_end(basic)
+    assert all(w.is_alive() for w in workers)  # not a joblib sweep: its pool is not this callback's business
+    joblib = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}}})
+    ReleaseWorkers().on_multirun_end(joblib)
+    for worker in workers:
+        worker.join(timeout=10)
+    assert not any(w.is_alive() for w in workers)
+
+
+@pytest.mark.slow
 def test_submitit_local_sweep_runs_every_job(tmp_path):
     summaries = sweep(tmp_path, ["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
                                  "hydra.launcher.timeout_min=5"])

@@ -8,7 +8,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "gradexp"
 # stage -> rank: a module may import from its own stage or from a stage of lower rank
 RANK = {"outcome": 0, "config": 1, "models": 2, "probes": 2, "data": 2, "analysis": 3, "report": 4, "sinks": 4,
-        "training": 5, "cli": 6, "monitor": 6}
+        "training": 5, "cli": 6, "monitor": 6, "integrations": 7}
 TOP = {"__init__", "__main__"}  # the public API (lazy) and `python -m gradexp`
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from typing import Any, Callable, Optional
 
+from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 # key under hydra.launcher, the check, what is allowed; a key the launcher does not have is not checked
@@ -45,3 +46,22 @@ def _ok(ok: Callable[[Any], bool], value: Any) -> bool:
         return bool(ok(value))
     except TypeError:  # a string where a number belongs
         return False
+
+
+class ReleaseWorkers(Callback):
+    """hydra/launcher=joblib: when the sweep is over, end loky's idle worker processes instead of letting the exiting
+    parent wait for each to shut down by itself. Every job has returned by then (its run folder closed, summary.json
+    written), so nothing is lost; the wait it saves was ~3.8 s of a 22 s 8-job sweep on 2 cores, each worker
+    tearing down an interpreter that holds torch (README, "Measured: joblib against the basic launcher")."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        if str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith("JoblibLauncher"):
+            release_loky_workers()
+
+
+def release_loky_workers() -> None:
+    from joblib.externals.loky import reusable_executor  # joblib: imported only after a joblib sweep
+
+    executor = getattr(reusable_executor, "_executor", None)  # the process-wide pool joblib's loky backend reuses
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)

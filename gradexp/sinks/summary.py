@@ -6,11 +6,13 @@ import copy
 import json
 import math
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from gradexp.analysis.flow import ACT_STATS, ATTENTION_STATS, layer_quantities
-from gradexp.analysis.theory import Baseline
 from gradexp.outcome import Outcome
+
+if TYPE_CHECKING:  # an annotation only: theory imports torch, which `gradexp run --help` (via resume) needs not
+    from gradexp.analysis.theory import Baseline
 
 # 1: runs before versions were recorded (no schema_version field); 2: verdict.at_init/at_end, perf.torch_threads.
 # Bump it when a field other tools read changes meaning; gradexp.report.runs.load_summary reads every version up to it.

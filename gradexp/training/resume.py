@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from gradexp.training import checkpoint
 from gradexp.config.registry import MODELS
 from gradexp.config.schema import GROUPS, ConfigError, import_model_class, is_schema_key
 from gradexp.sinks.summary import SUMMARY_NAME
@@ -136,6 +135,8 @@ def prepare(cfg: Any, run_dir: str) -> Optional[dict[str, Any]]:
     if status in FINISHED:
         raise ResumeError(f"resume={cfg.resume}: that run is {status}; there is nothing to resume")
     _check_same_config(cfg, run_dir)
+    from gradexp.training import checkpoint  # torch: here, not at import (`gradexp run --help` needs none of it)
+
     path = os.path.join(run_dir, checkpoint.CHECKPOINT_NAME)
     if not os.path.exists(path):  # killed before its first checkpoint: start over, the old files kept aside
         move_aside(run_dir)
@@ -196,6 +197,8 @@ def restore(run: Any, state: Optional[dict[str, Any]]) -> int:
     a checkpoint that does not fit the model, leaving the run folder as it was."""
     if state is None:
         return 0
+    from gradexp.training import checkpoint
+
     try:
         return checkpoint.restore(run, state)
     except checkpoint.CheckpointError as err:

@@ -1,0 +1,165 @@
+"""The Lightning callback (gradexp.integrations.lightning): every logged value of an update against plain torch in
+float64, with Lightning's gradient accumulation and its own clipping (norm and value); AMP-skipped steps; an exception
+in training_step; the example. Skipped where the extra is not installed (`pip install 'gradexp[lightning]'`)."""
+import copy
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch", reason="the lightning extra is not installed (pip install 'gradexp[lightning]')")
+
+import gradexp  # noqa: E402
+from gradexp.integrations.lightning import GradexpCallback  # noqa: E402
+from lightning.pytorch.plugins import MixedPrecision  # noqa: E402
+from tests.conftest import Capture  # noqa: E402
+
+# Lightning's notices about this machine (srun on PATH) and its own deprecated torch calls: not ours to act on
+pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command", "ignore:.*LeafSpec")
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "lightning_callback.py")
+ACCUMULATE, BATCH, LR = 2, 4, 0.1
+
+
+class Net(pl.LightningModule):
+    """An MLP gradexp does not know: three tanh blocks in a ModuleList (discovered: blocks.0 .. blocks.2)."""
+
+    def __init__(self, fail_at: int = -1, poison_at: int = -1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Linear(5, 6)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(6, 6), nn.Tanh()) for _ in range(3)])
+        self.head = nn.Linear(6, 3)
+        self.fail_at, self.poison_at = fail_at, poison_at
+
+    def forward(self, x):
+        h = torch.tanh(self.stem(x))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == self.fail_at:
+            raise RuntimeError("user bug")
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        return loss * math.inf if batch_idx // ACCUMULATE == self.poison_at else loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=LR)
+
+
+def _batches(n):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(BATCH, 5, generator=g), torch.randint(0, 3, (BATCH,), generator=g)) for _ in range(n)]
+
+
+def _fit(model, tmp_path, steps=2, capture=None, **trainer_options):
+    callback = GradexpCallback(run_dir=str(tmp_path / "run"), every=1, sinks=[capture] if capture else [])
+    trainer = pl.Trainer(callbacks=[callback], max_steps=steps, accumulate_grad_batches=ACCUMULATE, logger=False,
+                         accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(tmp_path), **trainer_options)
+    x, y = (torch.cat(parts) for parts in zip(*_batches(steps * ACCUMULATE)))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)  # in order
+    trainer.fit(model, train_dataloaders=loader)
+    return trainer, callback
+
+
+def _oracle(model, micro, algorithm, clip):
+    """Update 0 in float64: gradients of the accumulated (averaged) loss, the clip, activations and the update."""
+    ref = copy.deepcopy(model).double()
+    outs = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            output.retain_grad()
+            outs.setdefault(name, []).append(output)
+        return hook
+
+    for i, block in enumerate(ref.blocks):
+        block.register_forward_hook(keep(f"blocks.{i}"))
+    total_loss = 0.0
+    for x, y in micro:
+        loss = F.cross_entropy(ref(x.double()), y) / len(micro)
+        loss.backward()
+        total_loss += loss.item()
+    grads = {n: p.grad.clone() for n, p in ref.named_parameters()}
+    norm = math.sqrt(sum(g.pow(2).sum().item() for g in grads.values()))
+    expected = {f"grad_norm/{n}": g.norm().item() for n, g in grads.items()}
+    if algorithm == "norm":
+        scale = min(1.0, clip / (norm + 1e-6))
+        clipped = {n: g * scale for n, g in grads.items()}
+        expected.update({"clip/scale": scale, "clip/frac_steps_clipped": 1.0})
+    else:
+        clipped = {n: g.clamp(-clip, clip) for n, g in grads.items()}
+        after = math.sqrt(sum(g.pow(2).sum().item() for g in clipped.values()))
+        above = sum((g.abs() > clip).sum().item() for g in grads.values())
+        expected.update({"clip/scale": after / norm, "clip/frac_steps_clipped": 1.0,
+                         "clip/frac_entries_clipped": above / sum(g.numel() for g in grads.values())})
+    expected.update({"grad_norm/total": norm, "loss/train": total_loss, "lr": LR})
+    if algorithm == "norm":
+        expected["grad_norm/total_clipped"] = norm * scale
+    for name, calls in outs.items():
+        expected[f"act_grad_norm/{name}"] = math.sqrt(sum(c.grad.pow(2).sum().item() for c in calls))
+        pooled = torch.cat([c.detach().reshape(-1) for c in calls])
+        expected[f"act_mean/{name}"] = pooled.mean().item()
+        expected[f"act_std/{name}"] = pooled.std(correction=0).item()
+    params = dict(ref.named_parameters())
+    for n, g in clipped.items():  # plain SGD: the update is lr * clipped gradient
+        expected[f"update_ratio/{n}"] = (LR * g).norm().item() / params[n].detach().norm().item()
+    return expected
+
+
+@pytest.mark.parametrize("algorithm, clip", [("norm", 0.05), ("value", 0.01)])
+def test_every_value_of_an_accumulated_clipped_update_matches_plain_torch(tmp_path, algorithm, clip):
+    model, capture = Net(), Capture()
+    expected = _oracle(model, _batches(2 * ACCUMULATE)[:ACCUMULATE], algorithm, clip)
+    trainer, callback = _fit(model, tmp_path, capture=capture, gradient_clip_val=clip,
+                             gradient_clip_algorithm=algorithm)
+    assert [n for n, _ in callback.monitor.layers] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert sorted(capture.steps) == [0, 1]  # two updates of two micro-batches each
+    logged = capture.steps[0]
+    assert set(expected) <= set(logged), set(expected) - set(logged)
+    for tag, value in expected.items():
+        assert logged[tag] == pytest.approx(value, rel=1e-4, abs=1e-9), tag
+    assert trainer.gradient_clip_val == clip and trainer.gradient_clip_algorithm == algorithm  # handed back
+    summary = gradexp.load_summary(str(tmp_path / "run"))
+    assert summary["status"] == "completed" and summary["steps"] == 2 and summary["verdict"]["label"]
+    assert [layer["name"] for layer in summary["layers"]] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert gradexp.find_runs(str(tmp_path)) == [str(tmp_path / "run")]  # what `gradexp report` reads
+
+
+def test_an_exception_in_training_step_removes_the_hooks_and_writes_a_whole_failed_summary(tmp_path):
+    model, capture = Net(fail_at=ACCUMULATE + 1), Capture()  # fails in the second update's second micro-batch
+    with pytest.raises(RuntimeError, match="user bug"):
+        _fit(model, tmp_path, capture=capture, gradient_clip_val=1.0)
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+    assert sorted(capture.steps) == [0]  # the failed update logged nothing
+    summary = gradexp.load_summary(str(tmp_path / "run"))
+    assert summary["status"] == "failed" and summary["steps"] == 1 and "user bug" in summary["error"]
+    assert not any(f.endswith(".tmp") for f in os.listdir(tmp_path / "run"))
+
+
+def test_an_update_the_amp_scaler_skips_logs_no_update_ratio(tmp_path):
+    model, capture = Net(poison_at=1), Capture()
+    # Lightning turns precision="16-mixed" into bf16 on CPU; fp16 with a GradScaler is asked for explicitly
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
+    _fit(model, tmp_path, steps=3, capture=capture, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert "amp/skipped_step" not in capture.steps[0] and "update_ratio/head.weight" in capture.steps[0]
+    assert capture.steps[1]["amp/skipped_step"] == 1.0 and "update_ratio/head.weight" not in capture.steps[1]
+    assert gradexp.load_summary(str(tmp_path / "run"))["perf"]["amp_skipped_steps"] == 1
+
+
+@pytest.mark.slow
+def test_the_example_runs_and_leaves_a_run_gradexp_report_reads(tmp_path):
+    done = subprocess.run([sys.executable, os.path.abspath(EXAMPLE), "--steps", "8"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "runs" / "lightning_example"
+    summary = gradexp.load_summary(str(run_dir))
+    assert summary["status"] == "completed" and summary["steps"] == 8 and summary["verdict"]["label"]
+    assert gradexp.find_runs(str(tmp_path / "runs")) == [str(run_dir)]
