@@ -187,6 +187,18 @@ def test_cause_follows_the_evidence_saturation_and_dead_units(activation, fracti
     assert f"{fraction:.0%}" in verdict["evidence"]
 
 
+@pytest.mark.parametrize("activation", ["gelu", "elu", "selu", "mish", "leaky_relu"])
+def test_units_below_zero_are_not_blamed_where_the_activation_still_passes_gradient(activation):
+    """Only a ReLU unit <= 0 for the whole batch is dead (derivative 0); a GELU/ELU/SELU/Mish/leaky unit there still
+    passes gradient, so its act_saturation share is not the cause of a vanishing gradient."""
+    s = summary(geometric(0.5))
+    for layer in s["layers"]:
+        layer["act_saturation"] = {"first": 0.5, "last": 0.5}
+    verdict = diagnose(s, Factors(activation=activation, init="kaiming_normal"), CONF)
+    assert verdict["label"] == "vanishing" and "dead units" not in verdict["cause"]
+    assert not any(sug.startswith("activation=leaky_relu") for sug in verdict["suggestions"])
+
+
 @pytest.mark.parametrize("gain, radius, label, expected", [(0.8, 1.0, "vanishing", "init.recurrent_gain=1.25"),
                                                            (1.2, 2.0, "exploding", "init.recurrent_gain=1.67")])
 def test_recurrent_gain_remedy_and_nothing_already_in_force(gain, radius, label, expected):

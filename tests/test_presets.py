@@ -227,6 +227,13 @@ def test_only_a_fresh_single_run_of_a_sweep_preset_is_refused():
     refuse_unswept(hydra_cfg(RunMode.RUN, sweep), ["experiment=he2015", "init=kaiming_normal"], resuming=True)  # a job
     refuse_unswept(hydra_cfg(RunMode.MULTIRUN, sweep), ["experiment=he2015"], resuming=False)
     refuse_unswept(hydra_cfg(RunMode.RUN, None), ["experiment=mine"], resuming=False)  # a preset without a sweep
+    # one value for every swept key (as the verdict's advice prints a job's command): that job, run alone
+    refuse_unswept(hydra_cfg(RunMode.RUN, sweep), ["experiment=he2015", "init=kaiming_normal"], resuming=False)
+    two = {"model.norm_position": "post,pre", "schedule.warmup_steps": "0,100"}
+    with pytest.raises(UnsweptPreset):
+        refuse_unswept(hydra_cfg(RunMode.RUN, two), ["experiment=xiong2020", "model.norm_position=post"], resuming=False)
+    refuse_unswept(hydra_cfg(RunMode.RUN, two), ["model.norm_position=post", "experiment=xiong2020",
+                                                 "schedule.warmup_steps=100"], resuming=False)
 
 
 @pytest.mark.slow

@@ -104,8 +104,16 @@ def suggest(label: str, axis: str, f: Factors, ev: Evidence, end_label: Optional
     return cause, why, changes(fixes, f)
 
 
+def _blocks_gradient(activation: str) -> bool:
+    """Whether a saturated entry of this activation passes (almost) no gradient. A ReLU unit that is <= 0 for the
+    whole batch is dead (derivative 0); a GELU, ELU, SELU, Mish or leaky ReLU unit there still passes gradient, so its
+    act_saturation share is reported but never blamed for vanishing."""
+    entry = ACTIVATIONS[activation]
+    return entry.saturation == "squashing" or (entry.saturation == "dead_units" and entry.negative_slope == 0.0)
+
+
 def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
-    if ev.saturation is not None and ev.saturation >= SATURATED:
+    if ev.saturation is not None and ev.saturation >= SATURATED and _blocks_gradient(f.activation):
         what = "dead units" if ACTIVATIONS[f.activation].saturation == "dead_units" else "saturating activation"
         at = "at step 0" if ev.when == "first" else "at the end of training"
         why = f"Up to {ev.saturation:.0%} of a layer's {'units are dead' if what == 'dead units' else 'entries are saturated'} {at} (act_saturation)."
@@ -113,6 +121,8 @@ def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
         return f"{what} ({f.activation})", why, [*fixes, *_depth(f)]
     at = "At step 0" if ev.when == "first" else "At the end of training"
     quiet = "" if ev.saturation is None else f"{at} saturation is not the cause (act_saturation ≤ {ev.saturation:.3f} in every layer)."
+    if f.norm_position == "post":  # xiong2020: post-LN's gradient shrinks toward the input blocks; pre-LN or warmup fix it
+        return "post-LN (the norm after each residual add)", quiet, [*_post_norm(f), *_depth(f)]
     best = _best_alternative(ev)
     if ev.theory_gain is not None and ev.measured_init_gain is not None and best is not None:
         override, predicted = best

@@ -27,12 +27,15 @@ def normalise(args: list[str]) -> list[str]:
 
 def refuse_unswept(hydra_cfg: Any, overrides: list[str], resuming: bool) -> None:
     """A single run (no -m) of a preset that declares a sweep: one line saying to add -m. Resuming one job of such a
-    sweep (resume=, always without -m) is that job, not the preset run alone, and goes ahead."""
+    sweep (resume=, always without -m), or naming one value for every swept key, is that job and goes ahead."""
     if resuming or hydra_cfg.mode != RunMode.RUN:
         return
     params = dict(hydra_cfg.sweeper.get("params") or {})
     preset = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{GROUP}=")), None)
     if preset is None or not params:
+        return
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    if given >= set(params):  # every swept key has its one value: a single job of the preset (as advice prints it)
         return
     swept = " ".join(f"{k}={v}" for k, v in params.items())
     raise UnsweptPreset(f"{GROUP}={preset} is a sweep over {swept}: add -m to run it "
