@@ -12,7 +12,7 @@ pixels or time steps). Saturation is measured on the values the layer's activati
 - identity: 0 (no flat region).
 Saturation needs to know where a layer's activation output is: layers that declare the activation-site
 capability (probes/layers.py; gradexp's own blocks do) get it, other layers only mean and std.
-Hooks exist only inside `watch`, i.e. on logging steps."""
+Hooks are attached only inside `watch`, i.e. on logging steps (probes/base.py Hooks)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -21,7 +21,7 @@ from typing import ContextManager, Optional
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, ProbeContext, Scalars, removed_on_exit
+from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
 from gradexp.config.registry import ACTIVATIONS
 
@@ -69,27 +69,32 @@ class ActStats(Probe):
         self.outputs: dict[str, list[Tensor]] = {}     # layer -> its output, per call in this step
         self.activated: dict[str, list[Tensor]] = {}   # layer -> its activation's output (saturation), per call
         self.unit_dim = 1
+        self.hooks: Optional[Hooks] = None  # made at the first watch
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> "ActStats":
         return cls(context.activation, context.layers)
 
     def watch(self, model: nn.Module) -> ContextManager:
-        handles = []
+        if self.hooks is None:
+            self.hooks = self._make_hooks()
+        return self.hooks.attached()
+
+    def _make_hooks(self) -> Hooks:
+        hooks = Hooks()
         for name, layer in self.layers:
-            handles.append(layer.register_forward_hook(self._keep(self.outputs, name)))
+            hooks.forward(layer, self._keep(self.outputs, name))
             if self.activation is None or not has_capability(layer, ACTIVATION_SITE):  # no saturation rule to apply
                 continue
             module, read_input, self.unit_dim = layer.activation_site()
             keep = self._keep(self.activated, name)
             if read_input:
-                handles.append(module.register_forward_pre_hook(lambda m, inputs, keep=keep: keep(m, None, inputs[0])))
+                hooks.forward_pre(module, lambda m, inputs, keep=keep: keep(m, None, inputs[0]))
             else:
-                handles.append(module.register_forward_hook(keep))
-        return removed_on_exit(handles)
+                hooks.forward(module, keep)
+        return hooks
 
-    @staticmethod
-    def _keep(store: dict[str, list[Tensor]], name: str):
+    def _keep(self, store: dict[str, list[Tensor]], name: str):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
             if isinstance(output, Tensor):  # a module may return a tuple (e.g. attention): not a layer output to measure
                 store.setdefault(name, []).append(output.detach())
@@ -106,7 +111,8 @@ class ActStats(Probe):
         for names, y in stacked_by_shape(activated):
             fractions = saturation(y, self.activation, self.unit_dim)
             values.update({f"act_saturation/{n}": v for n, v in zip(names, fractions.unbind())})
-        self.outputs, self.activated = {}, {}
+        self.outputs.clear()  # the same dicts: the hooks made once write into them
+        self.activated.clear()
         return values
 
 
