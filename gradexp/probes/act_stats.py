@@ -105,12 +105,11 @@ class ActStats(Probe):
         outputs = {name: pooled(calls, flatten=True) for name, calls in self.outputs.items()}
         activated = {name: pooled(calls, flatten=False) for name, calls in self.activated.items()}
         for names, y in stacked_by_shape(outputs):  # (L, ...)
-            std, mean = std_mean(y.flatten(1))
-            values.update({f"act_mean/{n}": v for n, v in zip(names, mean.unbind())})
-            values.update({f"act_std/{n}": v for n, v in zip(names, std.unbind())})
+            std, mean = std_mean(y.flatten(1))  # (L,) each, handed on whole (probes/base.py)
+            values[tuple(f"act_mean/{n}" for n in names)] = mean
+            values[tuple(f"act_std/{n}" for n in names)] = std
         for names, y in stacked_by_shape(activated):
-            fractions = saturation(y, self.activation, self.unit_dim)
-            values.update({f"act_saturation/{n}": v for n, v in zip(names, fractions.unbind())})
+            values[tuple(f"act_saturation/{n}" for n in names)] = saturation(y, self.activation, self.unit_dim)
         self.outputs.clear()  # the same dicts: the hooks made once write into them
         self.activated.clear()
         return values

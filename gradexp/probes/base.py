@@ -4,7 +4,9 @@ A probe measures one family of quantities. It is consulted only on logging steps
 only inside `watch` (forward + backward of a logging step), and every value it returns is a 0-d tensor
 left on the model's device, so nothing synchronises with the host until Instruments.collect().
 A value is usually 0-d (one scalar per tag); a probe may return a 1-d tensor for a profile (e.g. one norm per
-time step), which reaches the sinks as a list of floats.
+time step), which reaches the sinks as a list of floats. Several tags measured together (one norm per parameter)
+may come as one 1-d tensor under a tuple of tags, one entry each: handed on whole, it costs no unbind and no
+re-stacking (each a visible share of a small model's logging step); the sinks see one float per tag.
 
 Hooks are made once (`Hooks`) and attached to their modules only for the forward and backward of a logging step:
 outside it a module holds none of them, so ordinary steps take PyTorch's hook-free fast path, do no work, cause no
@@ -173,31 +175,52 @@ class Instruments:
 
 
 def to_host(values: dict) -> dict[str, float | list[float]]:
-    """One device->host copy per device for everything: 0-d tensors become floats, 1-d profiles lists of floats,
-    Python numbers pass through. Every 0-d value of a device goes in one stack (one op, not one per value) and joins
-    the profiles in one cat; mixed dtypes promote (to float64 when a norm is there, probes/norms.py), and float32
-    values become Python floats exactly, so a norm below float32's normal range reaches summary.json exactly."""
-    by_device: dict[torch.device, list[str]] = {}
-    for tag, v in values.items():
+    """One device->host copy per device for everything: 0-d tensors become floats, 1-d profiles lists of floats, a
+    tuple of tags with its 1-d tensor one float per tag; Python numbers pass through. A device's 0-d values go in one
+    stack and join the 1-d ones in one cat; mixed dtypes promote (to float64 when a norm is there, probes/norms.py),
+    and float32 values become Python floats exactly, so a norm below float32's normal range reaches summary.json
+    exactly."""
+    by_device: dict[torch.device, list] = {}
+    out: dict = {}
+    for key, v in values.items():
         if isinstance(v, Tensor):
-            by_device.setdefault(v.device, []).append(tag)
-    out = {tag: float(v) for tag, v in values.items() if not isinstance(v, Tensor)}
-    for tags in by_device.values():
-        out.update(_read(tags, [values[t] for t in tags]))
-    return {tag: out[tag] for tag in values}  # the caller's order
+            by_device.setdefault(v.device, []).append(key)
+        else:
+            out[key] = float(v)
+    for keys in by_device.values():
+        out.update(_read(keys, [values[k] for k in keys]))
+    ordered: dict[str, float | list[float]] = {}
+    for key in values:  # the caller's order
+        if isinstance(key, tuple):
+            ordered.update(out[key])
+        else:
+            ordered[key] = out[key]
+    return ordered
 
 
-def _read(tags: list[str], tensors: list[Tensor]) -> dict[str, float | list[float]]:
-    """Tensors of one device -> host numbers, in one copy."""
+def _read(keys: list, tensors: list[Tensor]) -> dict:
+    """Tensors of one device -> host numbers, in one copy. A tuple key maps to {tag: float}."""
     scalars = [i for i, t in enumerate(tensors) if t.dim() == 0]
-    profiles = [i for i, t in enumerate(tensors) if t.dim() != 0]
-    parts = ([torch.stack([tensors[i] for i in scalars])] if scalars else []) + [tensors[i].reshape(-1) for i in profiles]
+    rest = [i for i, t in enumerate(tensors) if t.dim() != 0]
+    parts = ([torch.stack([tensors[i] for i in scalars])] if scalars else []) + [tensors[i].reshape(-1) for i in rest]
     flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).detach()
     flat = (flat if flat.dtype == torch.float64 else flat.double()).tolist()  # (sum of numels,)
-    out = dict(zip((tags[i] for i in scalars), flat))
+    out = dict(zip((keys[i] for i in scalars), flat))
     at = len(scalars)
-    for i in profiles:
+    for i in rest:
         n = tensors[i].numel()
-        out[tags[i]] = flat[at:at + n]
+        key = keys[i]
+        out[key] = dict(zip(key, flat[at:at + n])) if isinstance(key, tuple) else flat[at:at + n]
         at += n
+    return out
+
+
+def per_tag(values: dict) -> dict:
+    """The values with every tuple-keyed vector split into one 0-d tensor per tag (for code that reads tags)."""
+    out: dict = {}
+    for key, v in values.items():
+        if isinstance(key, tuple):
+            out.update(zip(key, v.unbind()))
+        else:
+            out[key] = v
     return out

@@ -28,9 +28,7 @@ class GradNorms(Probe):
         norms = norm_vector(grads)  # batched, exact down to subnormals, stays on the device: (P,) float64
         total = combined_norm(norms)
         self.seen = (grads, [g._version for g in grads], total)
-        scalars = dict(zip([f"grad_norm/{n}" for n in names], norms.unbind()))
-        scalars["grad_norm/total"] = total
-        return scalars
+        return {tuple(f"grad_norm/{n}" for n in names): norms, "grad_norm/total": total}
 
     def after_clip(self, model: nn.Module, clip_norm: Optional[Tensor]) -> Scalars:
         _, grads = _named_grads(model)

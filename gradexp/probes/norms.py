@@ -31,19 +31,22 @@ _FLOAT64 = torch.float64
 def norm_vector(tensors: Sequence[Tensor]) -> Tensor:
     """(L,) float64: the L2 norm of each tensor, within ~1e-7 relative of a float64 computation for any finite input
     down to the smallest subnormal; inf (NaN) where the tensor holds an inf (a NaN), like torch's own norm; 0 for an
-    empty tensor. On the first tensor's device, without a host sync on accelerators."""
+    empty tensor. On the first tensor's device, without a host sync on accelerators. Tensors that require grad are
+    read detached (no autograd graph)."""
     if not tensors:
         return torch.zeros(0, dtype=_FLOAT64)
+    xs = [t.detach() if t.requires_grad else t for t in tensors]
+    first = xs[0]
+    if all(t.dtype == first.dtype and t.device == first.device for t in xs) and (
+            first.device.type == "cpu" or all(t.numel() for t in xs)):  # the usual case: one kind (CPU norms empties)
+        return _group_norms(xs, first.dtype, first.device)
     groups: dict[tuple, list[int]] = {}  # one batched kernel per (dtype, device)
-    for i, t in enumerate(tensors):
+    for i, t in enumerate(xs):
         if t.numel():
             groups.setdefault((t.dtype, t.device), []).append(i)
-    if len(groups) == 1 and len(groups[next(iter(groups))]) == len(tensors):  # the usual case: one kind, none empty
-        (dtype, device), = groups
-        return _group_norms([t.detach() for t in tensors], dtype, device)
-    out = torch.zeros(len(tensors), dtype=_FLOAT64, device=tensors[0].device)
+    out = torch.zeros(len(xs), dtype=_FLOAT64, device=first.device)
     for (dtype, device), indices in groups.items():
-        out[indices] = _group_norms([tensors[i].detach() for i in indices], dtype, device).to(out.device)
+        out[indices] = _group_norms([xs[i] for i in indices], dtype, device).to(out.device)
     return out
 
 
@@ -56,11 +59,15 @@ def combined_norm(norms: Sequence[Tensor] | Tensor) -> Tensor:
     """The L2 norm of the concatenation of tensors whose norms are given (0-d float64 each, or one (L,) vector), exact
     the same way. 0-d."""
     vector = norms if isinstance(norms, Tensor) else torch.stack([n.double() for n in norms])
+    if vector.device.type == "cpu":  # one norm, read on the host: a float64 sum whose squares cannot have underflowed
+        total = torch.linalg.vector_norm(vector)
+        if LOW[_FLOAT64] * math.sqrt(max(vector.numel(), 1)) <= total.item() < math.inf or not vector.any():
+            return total
     return norm_vector([vector])[0]
 
 
 def _group_norms(xs: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """xs: non-empty tensors of one dtype on one device. (L,) float64 norms."""
+    """xs: tensors of one dtype on one device (non-empty off the CPU). (L,) float64 norms."""
     if dtype == _FLOAT64:
         return _checked(xs, _FLOAT64) if device.type == "cpu" else _scaled_norms(xs, dtype, device)
     if device.type != "cpu":
@@ -69,17 +76,20 @@ def _group_norms(xs: list[Tensor], dtype: torch.dtype, device: torch.device) -> 
 
 
 def _checked(xs: list[Tensor], acc: torch.dtype) -> Tensor:
-    """CPU: the batched norm accumulated in `acc`, and a safer pass for the few tensors it may have got wrong."""
-    norms = torch.stack(torch._foreach_norm(xs, 2, dtype=acc))
+    """CPU: the batched norm accumulated in `acc`, and a safer pass for the few tensors it may have got wrong. The
+    values are on the host already: the result is built from them in one op (no stack, no dtype conversion)."""
+    values = torch.stack(torch._foreach_norm(xs, 2, dtype=acc)).tolist()
     low = LOW[acc]
-    doubtful = [i for i, (n, x) in enumerate(zip(norms.tolist(), xs))
-                if not (low * math.sqrt(x.numel()) <= n < math.inf)]  # NaN fails the test too
-    norms = norms.double()
+    surely = low * 2.0 ** 24  # above it no tensor of up to 2^48 entries is in doubt: skip the numel() look-ups
+    doubtful = [i for i, n in enumerate(values) if not (surely <= n < math.inf)]
+    doubtful = [i for i in doubtful if not (low * math.sqrt(xs[i].numel()) <= values[i] < math.inf)]  # NaN: doubtful
     if doubtful:
         redo = [xs[i] for i in doubtful]
-        norms[doubtful] = (torch.stack(torch._foreach_norm(redo, 2, dtype=_FLOAT64)) if acc != _FLOAT64
-                           else _scaled_norms(redo, acc, redo[0].device))
-    return norms
+        exact = (torch.stack(torch._foreach_norm(redo, 2, dtype=_FLOAT64)) if acc != _FLOAT64
+                 else _scaled_norms(redo, acc, redo[0].device))
+        for i, n in zip(doubtful, exact.tolist()):
+            values[i] = n
+    return torch.tensor(values, dtype=_FLOAT64)
 
 
 def _scaled_norms(xs: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -25,14 +25,16 @@ class UpdateRatio(Probe):
         self.before: list[Tensor] = []   # views into self.buffer, shaped like self.params
         self.size: Optional[Tensor] = None  # (P,) ||theta_before||
         self.buffer: Optional[Tensor] = None
+        self.cached: tuple = ([], [], [], [])  # (parameters, names, detached, buffer views) of the last logging step
 
     def after_clip(self, model: nn.Module, clip_norm: Optional[Tensor]) -> Scalars:
         pairs = [(n, p) for n, p in named_parameters(model) if p.grad is not None]  # what the optimizer updates
-        self.names = [n for n, _ in pairs]
-        self.params = [p.detach() for _, p in pairs]
-        if not self.params:
+        if not pairs:
             return {}
-        self.before = self._views(self.params)
+        if len(pairs) != len(self.cached[0]) or any(p is not q for (_, p), q in zip(pairs, self.cached[0])):
+            params = [p.detach() for _, p in pairs]  # views sharing storage: they see the optimizer's in-place update
+            self.cached = ([p for _, p in pairs], [n for n, _ in pairs], params, self._views(params))
+        _, self.names, self.params, self.before = self.cached  # the same parameters as last time: the same views
         torch._foreach_copy_(self.before, self.params)
         self.size = norm_vector(self.params)
         return {}
@@ -41,7 +43,7 @@ class UpdateRatio(Probe):
         """Views into one flat buffer of the parameters' dtype and device (a fresh copy where they differ)."""
         first = params[0]
         if any(p.dtype != first.dtype or p.device != first.device for p in params):
-            return [p.clone() for p in params]
+            return [torch.empty_like(p) for p in params]
         total = sum(p.numel() for p in params)
         if self.buffer is None or self.buffer.numel() < total or self.buffer.dtype != first.dtype \
                 or self.buffer.device != first.device:
@@ -58,6 +60,6 @@ class UpdateRatio(Probe):
         torch._foreach_sub_(self.before, self.params)  # theta_before - theta_after: the step, negated
         moved, size = norm_vector(self.before), self.size  # (P,) float64
         ratios = torch.where(size > 0, moved / size, torch.inf)  # zero denominator: inf, never 0/0 = NaN
-        scalars = dict(zip([f"update_ratio/{n}" for n in self.names], ratios.unbind()))
+        tags = tuple(f"update_ratio/{n}" for n in self.names)
         self.names, self.params, self.before, self.size = [], [], [], None
-        return scalars
+        return {tags: ratios}
