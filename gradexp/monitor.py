@@ -38,11 +38,12 @@ from gradexp.analysis.diagnose import diagnose
 from gradexp.config.registry import PROBES, resolve
 from gradexp.config.schema import ConfigError, DiagnoseConf
 from gradexp.outcome import Outcome
-from gradexp.probes.base import Instruments, ProbeContext, to_host
+from gradexp.probes.base import Instruments, ProbeContext, per_tag, to_host
 from gradexp.probes.layers import watched_layers
 from gradexp.sinks.summary import SUMMARY_NAME, SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews
 from gradexp.sinks.tensorboard import TensorBoardSink
+from gradexp.sinks.writer import SinkWriter
 from gradexp.training.clip import ClipPolicy
 
 # the probes that need nothing but the layer list and the model (bptt needs gradexp's recurrent layers); attn_entropy
@@ -81,7 +82,11 @@ class Monitor:
         self.instruments = self._instruments()
         self.writes = _rank() == 0
         self.run_dir = run_dir or os.path.join("runs", f"monitor-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
-        self.sinks = [*self._own_sinks(), *sinks]
+        own = self._own_sinks()
+        self.sinks = [*own, *sinks]
+        # the run folder's sinks write on their own thread (sinks/writer.py); the caller's sinks see each step's values
+        # at once, on the caller's thread
+        self.writer, self._callers_sinks = SinkWriter(own), list(sinks)
         self.outcome = Outcome()
         self.steps = 0           # updates done (`with step()` blocks that ended normally)
         self.skipped_steps = 0   # of those, updates an AMP scaler skipped (logging steps only: skips are seen there)
@@ -170,9 +175,10 @@ class Monitor:
             self.instruments.after_step()
         else:  # no optimizer stepped after backward (or update_skipped()): an AMP scaler skipped the update
             self.skipped_steps += 1
-            self.instruments.pending["amp/skipped_step"] = torch.ones(())
+            self.instruments.pending["amp/skipped_step"] = 1.0
         values = self._collect()
-        for sink in self.sinks:
+        self.writer.log(self.steps, values)
+        for sink in self._callers_sinks:
             sink.log(self.steps, values)
 
     @contextlib.contextmanager
@@ -216,9 +222,9 @@ class Monitor:
         values = {**self._recorded, **self.instruments.pending}
         self.instruments.pending, self._recorded = {}, {}
         if self.optimizers:
-            values["lr"] = torch.tensor(float(self.optimizers[0].param_groups[0]["lr"]))
+            values["lr"] = float(self.optimizers[0].param_groups[0]["lr"])  # a host number: no tensor, no copy
         if _world() > 1:
-            values = global_values(values)
+            values = global_values(per_tag(values))
         return to_host(values)
 
     def close(self, error: Optional[BaseException] = None) -> Outcome:
@@ -231,6 +237,13 @@ class Monitor:
         if error is not None:
             self.outcome.error = f"{type(error).__name__}: {error}"
         self.outcome.perf = {"amp_skipped_steps": self.skipped_steps}
+        try:
+            self.writer.close(raise_error=error is None)  # every logged step written before the summary is built
+        except Exception as failed:  # a write failed on the writer thread: the run failed, its files still close
+            self.outcome.status, self.outcome.error, error = "failed", f"{type(failed).__name__}: {failed}", failed
+            write_error: Optional[BaseException] = failed
+        else:
+            write_error = None
         if self.writes:
             factors = Factors(family=OWN_FAMILY, depth=len(self.layers), activation=self._activation or "identity",
                               clip=self.clip.mode, theory_note="the user's own model (no theory for this model; it "
@@ -238,6 +251,8 @@ class Monitor:
             self.outcome.verdict = diagnose(self._summary.build(self.outcome), factors, DiagnoseConf())
         for sink in self.sinks:
             sink.close(self.outcome)
+        if write_error is not None:
+            raise write_error
         return self.outcome
 
     def __enter__(self) -> "Monitor":

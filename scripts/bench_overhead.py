@@ -152,23 +152,24 @@ class _Transformer(torch.nn.Module):
         return self.head(self.encoder(self.embed(x)).mean(dim=1))
 
 
-def _user_setup(name: str):
+def _user_setup(name: str, dev: torch.device):
     torch.manual_seed(0)
     if name == "monitor_cnn":
         model, x = _ResidualCNN(), torch.randn(512, 1, 8, 8)
     else:
         model, x = _Transformer(), torch.randint(0, 16, (512, 32))
-    return model, x, torch.randint(0, 10, (len(x),))
+    return model.to(dev), x.to(dev), torch.randint(0, 10, (len(x),)).to(dev)
 
 
-def time_user_loop(name: str, steps: int, every: int, tmp: str) -> float:
+def time_user_loop(name: str, steps: int, every: int, tmp: str, dev: torch.device = torch.device("cpu")) -> float:
     """The loop a user writes (batch, forward, loss, backward, step, zero_grad), with a Monitor when every > 0."""
     import gradexp
 
-    model, x, y = _user_setup(name)
+    model, x, y = _user_setup(name, dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     monitor = gradexp.Monitor(model, run_dir=tmp, every=every, optimizers=[opt]) if every else None
     step = monitor.step if monitor else contextlib.nullcontext
+    sync(dev)
     t0 = time.perf_counter()
     for i in range(steps):
         batch = slice((i * 32) % len(x), (i * 32) % len(x) + 32)
@@ -179,20 +180,21 @@ def time_user_loop(name: str, steps: int, every: int, tmp: str) -> float:
             opt.zero_grad(set_to_none=True)
             if monitor:
                 monitor.record(loss=loss)
+    sync(dev)
     elapsed = time.perf_counter() - t0
     if monitor:
         monitor.close()  # the end-of-run summary and verdict are not per-step overhead
     return elapsed
 
 
-def bench_monitor(name: str, repeats: int, scale: float, tmp: str) -> dict[str, float]:
+def bench_monitor(name: str, repeats: int, scale: float, tmp: str, dev: torch.device) -> dict[str, float]:
     steps = max(2, int(MONITOR_CONFIGS[name] * scale))
     variants = ("plain", "default", "all")
     times: dict[str, list[float]] = {v: [] for v in variants}
-    time_user_loop(name, min(steps, 10), 0, tmp)  # warm-up
+    time_user_loop(name, min(steps, 10), 0, tmp, dev)  # warm-up
     for r in range(repeats):
         for v in variants[r % 3:] + variants[:r % 3]:
-            times[v].append(time_user_loop(name, steps, MONITOR_EVERY.get(v, 0), tempfile.mkdtemp(dir=tmp)))
+            times[v].append(time_user_loop(name, steps, MONITOR_EVERY.get(v, 0), tempfile.mkdtemp(dir=tmp), dev))
     medians = {v: statistics.median(ts) for v, ts in times.items()}
     return {"steps": steps, "log_every": MONITOR_EVERY["default"], "plain_s": medians["plain"], "off": math.nan,
             "default": medians["default"] / medians["plain"], "all": medians["all"] / medians["plain"]}
@@ -212,20 +214,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {}
+    dev = build.device(compose_cfg(args.override))  # the device every configuration runs on (--override device=cuda)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):
             if name in MONITOR_CONFIGS:
-                results[name] = bench_monitor(name, args.repeats, args.steps_scale, tmp)
+                results[name] = bench_monitor(name, args.repeats, args.steps_scale, tmp, dev)
             else:
                 results[name] = bench_config(name, args.repeats, args.steps_scale, tmp, args.override)
-    table = Table(title=f"gradexp overhead vs a plain loop (median of {args.repeats}, device {torch.device('cuda' if torch.cuda.is_available() else 'cpu')})")
+    table = Table(title=f"gradexp overhead vs a plain loop (median of {args.repeats}, device {dev})")
     for col in ("config", "steps", "log.every", "plain s", "(a) off", "(b) default", "(c) all"):
         table.add_column(col, justify="right")
     for name, r in results.items():
         table.add_row(name, str(r["steps"]), str(r["log_every"]), f"{r['plain_s']:.3f}",
                       f"{r['off']:.3f}", f"{r['default']:.3f}", f"{r['all']:.3f}")
     Console().print(table)
-    Path(args.out).write_text(json.dumps({"repeats": args.repeats, "torch": torch.__version__,
+    Path(args.out).write_text(json.dumps({"repeats": args.repeats, "torch": torch.__version__, "device": str(dev),
                                           "threads": torch.get_num_threads(), "results": results}, indent=2) + "\n")
     return 0
 

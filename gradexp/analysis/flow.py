@@ -50,12 +50,24 @@ ATTENTION_STATS = ("attn_entropy",)  # layers with attention only (probes/attn_e
 
 def layer_quantities(values: dict[str, float], layer_names: list[str]) -> dict[str, float]:
     """Per hidden layer: grad_norm (L2 over all its parameters' gradients), act_grad_norm, the activation statistics
-    and the attention entropy, as logged."""
+    and the attention entropy, as logged.
+    One pass over the tags (each parameter's dotted prefixes looked up among the layers), not one per layer: this
+    runs at every logging step."""
+    layers = set(layer_names)
+    parts: dict[str, list[float]] = {}
+    for tag, v in values.items():
+        if not tag.startswith("grad_norm/"):
+            continue
+        param = tag[len("grad_norm/"):]
+        at = param.find(".")
+        while at > 0:  # every watched layer whose name is a dotted prefix of the parameter's
+            if param[:at] in layers:
+                parts.setdefault(param[:at], []).append(v)
+            at = param.find(".", at + 1)
     out: dict[str, float] = {}
     for name in layer_names:
-        parts = [v for tag, v in values.items() if tag.startswith(f"grad_norm/{name}.")]
-        if parts:
-            out[f"grad_norm/{name}"] = math.hypot(*parts)  # scaled internally: squares of tiny norms do not underflow
+        if name in parts:
+            out[f"grad_norm/{name}"] = math.hypot(*parts[name])  # scaled internally: squares of tiny norms do not underflow
         for quantity in ("act_grad_norm", *ACT_STATS, *ATTENTION_STATS):
             if f"{quantity}/{name}" in values:
                 out[f"{quantity}/{name}"] = values[f"{quantity}/{name}"]

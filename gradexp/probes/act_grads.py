@@ -1,16 +1,16 @@
 """act_grad_norm/<layer>: L2 norm over batch and features of dLoss/d(output of hidden layer).
 
 Forward hooks on each watched layer (the layer contract, probes/layers.py) attach a tensor hook to its output;
-both exist only while a logging step is being watched, so ordinary steps pay nothing."""
+both exist only while a logging step is being watched (probes/base.py Hooks), so ordinary steps pay nothing."""
 from __future__ import annotations
 
 from typing import ContextManager
 
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, ProbeContext, Scalars, removed_on_exit
+from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars
 from gradexp.probes.layers import Layers
-from gradexp.probes.norms import combined_norm, exact_norms
+from gradexp.probes.norms import combined_norm, norm_vector
 
 
 class ActGrads(Probe):
@@ -23,13 +23,16 @@ class ActGrads(Probe):
         self.layers = layers
         self.context = context or ProbeContext(layers)  # divides out the loss scale, if any
         self.grads: dict[str, list] = {}  # layer -> dLoss/d(output) of each call (None until its backward)
+        self.hooks = Hooks()
+        for name, layer in layers:
+            self.hooks.forward(layer, self._forward_hook(name))
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> "ActGrads":
         return cls(context.layers, context)
 
     def watch(self, model: nn.Module) -> ContextManager:
-        return removed_on_exit([layer.register_forward_hook(self._forward_hook(name)) for name, layer in self.layers])
+        return self.hooks.attached()
 
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -49,9 +52,11 @@ class ActGrads(Probe):
         grads, self.grads = {name: calls for name, calls in grads.items() if calls}, {}
         if not grads:
             return {}
-        norms = iter(exact_norms([g for calls in grads.values() for g in calls]))
-        return {f"act_grad_norm/{name}": _together([next(norms) for _ in calls]) for name, calls in grads.items()}
-
-
-def _together(norms: list[Tensor]) -> Tensor:
-    return norms[0] if len(norms) == 1 else combined_norm(norms)
+        norms = norm_vector([g for calls in grads.values() for g in calls])  # one batched pass, (calls,)
+        if len(norms) == len(grads):  # one call per layer: the usual case
+            return {tuple(f"act_grad_norm/{name}" for name in grads): norms}
+        out, at = {}, 0
+        for name, calls in grads.items():
+            out[f"act_grad_norm/{name}"] = norms[at] if len(calls) == 1 else combined_norm(norms[at:at + len(calls)])
+            at += len(calls)
+        return out

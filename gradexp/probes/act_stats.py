@@ -12,16 +12,17 @@ pixels or time steps). Saturation is measured on the values the layer's activati
 - identity: 0 (no flat region).
 Saturation needs to know where a layer's activation output is: layers that declare the activation-site
 capability (probes/layers.py; gradexp's own blocks do) get it, other layers only mean and std.
-Hooks exist only inside `watch`, i.e. on logging steps."""
+Hooks are attached only inside `watch`, i.e. on logging steps (probes/base.py Hooks)."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import ContextManager, Optional
 
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, ProbeContext, Scalars, removed_on_exit
+from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
 from gradexp.config.registry import ACTIVATIONS
 
@@ -42,22 +43,44 @@ def saturation(y: Tensor, activation: str, unit_dim: int) -> Tensor:
     return y.new_zeros(y.shape[0])
 
 
-def std_mean(flat: Tensor) -> tuple[Tensor, Tensor]:
-    """Population std and mean of each row of (L, N), two-pass: as exact as torch.std_mean, and on CPU
-    several times faster than its Welford kernel."""
+def std_mean_(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Population std and mean of each row of (L, N), two-pass (as exact as torch.std_mean, and on CPU several times
+    faster than its Welford kernel). Centres `flat` in place: it must be a working copy."""
     mean = flat.mean(dim=1)
-    return (flat - mean[:, None]).square().mean(dim=1).sqrt(), mean
+    flat.sub_(mean[:, None])
+    return torch.linalg.vector_norm(flat, dim=1) / math.sqrt(flat.shape[1]), mean
 
 
-def stacked_by_shape(tensors: dict[str, Tensor]) -> list[tuple[list[str], Tensor]]:
-    """Same-shaped tensors stacked into one (L, ...) tensor per shape: a handful of kernels for every layer
-    together instead of a handful per layer (hidden layers of one model mostly share a shape)."""
+class Scratch:
+    """Working buffers kept between logging steps, one per (dtype, device), grown when too small: the stacked layer
+    outputs of a wide model are megabytes, and on CPU a fresh allocation of that size faults in every page (the
+    stack and the centring then cost several times their arithmetic)."""
+
+    def __init__(self) -> None:
+        self.flat: dict[tuple, Tensor] = {}
+
+    def stacked(self, tensors: list[Tensor], at: int) -> Tensor:
+        """The tensors stacked into (L, ...) at offset `at` of the buffer of their dtype and device."""
+        first = tensors[0]
+        key, size = (first.dtype, first.device), at + len(tensors) * first.numel()
+        if key not in self.flat or self.flat[key].numel() < size:
+            self.flat[key] = torch.empty(size, dtype=first.dtype, device=first.device)
+        out = self.flat[key][at:size].view(len(tensors), *first.shape)
+        return torch.stack(tensors, out=out)
+
+
+def by_shape(tensors: dict[str, Tensor]) -> list[list[str]]:
+    """Names grouped by their tensor's shape, dtype and device: each group is stacked into one (L, ...) tensor, a
+    handful of kernels for every layer together instead of a handful per layer (hidden layers mostly share a shape)."""
     groups: dict[tuple, list[str]] = defaultdict(list)
     for name, t in tensors.items():
         groups[(tuple(t.shape), t.dtype, t.device)].append(name)
-    return [(names, torch.stack([tensors[n] for n in names])) for names in groups.values()]
+    return list(groups.values())
 
 
+def _same(a: Tensor, b: Tensor) -> bool:
+    """The same values in the same memory (a layer whose output is its activation's output)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
 
 
 class ActStats(Probe):
@@ -69,27 +92,33 @@ class ActStats(Probe):
         self.outputs: dict[str, list[Tensor]] = {}     # layer -> its output, per call in this step
         self.activated: dict[str, list[Tensor]] = {}   # layer -> its activation's output (saturation), per call
         self.unit_dim = 1
+        self.hooks: Optional[Hooks] = None  # made at the first watch
+        self.scratch = Scratch()
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> "ActStats":
         return cls(context.activation, context.layers)
 
     def watch(self, model: nn.Module) -> ContextManager:
-        handles = []
+        if self.hooks is None:
+            self.hooks = self._make_hooks()
+        return self.hooks.attached()
+
+    def _make_hooks(self) -> Hooks:
+        hooks = Hooks()
         for name, layer in self.layers:
-            handles.append(layer.register_forward_hook(self._keep(self.outputs, name)))
+            hooks.forward(layer, self._keep(self.outputs, name))
             if self.activation is None or not has_capability(layer, ACTIVATION_SITE):  # no saturation rule to apply
                 continue
             module, read_input, self.unit_dim = layer.activation_site()
             keep = self._keep(self.activated, name)
             if read_input:
-                handles.append(module.register_forward_pre_hook(lambda m, inputs, keep=keep: keep(m, None, inputs[0])))
+                hooks.forward_pre(module, lambda m, inputs, keep=keep: keep(m, None, inputs[0]))
             else:
-                handles.append(module.register_forward_hook(keep))
-        return removed_on_exit(handles)
+                hooks.forward(module, keep)
+        return hooks
 
-    @staticmethod
-    def _keep(store: dict[str, list[Tensor]], name: str):
+    def _keep(self, store: dict[str, list[Tensor]], name: str):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
             if isinstance(output, Tensor):  # a module may return a tuple (e.g. attention): not a layer output to measure
                 store.setdefault(name, []).append(output.detach())
@@ -99,14 +128,24 @@ class ActStats(Probe):
         values: Scalars = {}
         outputs = {name: pooled(calls, flatten=True) for name, calls in self.outputs.items()}
         activated = {name: pooled(calls, flatten=False) for name, calls in self.activated.items()}
-        for names, y in stacked_by_shape(outputs):  # (L, ...)
-            std, mean = std_mean(y.flatten(1))
-            values.update({f"act_mean/{n}": v for n, v in zip(names, mean.unbind())})
-            values.update({f"act_std/{n}": v for n, v in zip(names, std.unbind())})
-        for names, y in stacked_by_shape(activated):
-            fractions = saturation(y, self.activation, self.unit_dim)
-            values.update({f"act_saturation/{n}": v for n, v in zip(names, fractions.unbind())})
-        self.outputs, self.activated = {}, {}
+        at = 0  # the saturation stacks first, then the outputs, side by side in the scratch buffer
+        shared = {n for n, a in activated.items() if n in outputs and _same(a, outputs[n])}
+        for names in by_shape(activated):
+            if all(n in shared for n in names):
+                continue  # measured on the outputs' own stack below, before it is centred
+            y = self.scratch.stacked([activated[n] for n in names], at)
+            at += y.numel()
+            values[tuple(f"act_saturation/{n}" for n in names)] = saturation(y, self.activation, self.unit_dim)
+        for names in by_shape(outputs):
+            y = self.scratch.stacked([outputs[n] for n in names], at)  # (L, ...)
+            at += y.numel()
+            if all(n in shared for n in names):
+                values[tuple(f"act_saturation/{n}" for n in names)] = saturation(y, self.activation, self.unit_dim)
+            std, mean = std_mean_(y.flatten(1))  # (L,) each, handed on whole (probes/base.py); y is centred now
+            values[tuple(f"act_mean/{n}" for n in names)] = mean
+            values[tuple(f"act_std/{n}" for n in names)] = std
+        self.outputs.clear()  # the same dicts: the hooks made once write into them
+        self.activated.clear()
         return values
 
 

@@ -4,7 +4,13 @@ A probe measures one family of quantities. It is consulted only on logging steps
 only inside `watch` (forward + backward of a logging step), and every value it returns is a 0-d tensor
 left on the model's device, so nothing synchronises with the host until Instruments.collect().
 A value is usually 0-d (one scalar per tag); a probe may return a 1-d tensor for a profile (e.g. one norm per
-time step), which reaches the sinks as a list of floats."""
+time step), which reaches the sinks as a list of floats. Several tags measured together (one norm per parameter)
+may come as one 1-d tensor under a tuple of tags, one entry each: handed on whole, it costs no unbind and no
+re-stacking (each a visible share of a small model's logging step); the sinks see one float per tag.
+
+Hooks are made once (`Hooks`) and attached to their modules only for the forward and backward of a logging step:
+outside it a module holds none of them, so ordinary steps take PyTorch's hook-free fast path, do no work, cause no
+host sync, and a compiled model never sees them (no graph break, no recompile)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +31,37 @@ def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     if model not in _PARAMS:
         _PARAMS[model] = list(model.named_parameters())
     return _PARAMS[model]
+
+
+class Hooks:
+    """Forward (pre-)hooks registered once and attached only inside `attached()`: re-inserting a made hook into the
+    module's hook table costs ~0.1 us where registering and removing a new one costs several (a RemovableHandle,
+    weak references): a visible share of a small model's logging step. The table is the one torch's own handle
+    removes from (Module._forward_hooks / _forward_pre_hooks), keyed by the handle's id, so the hooks run exactly as
+    registered ones do."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[dict, int, Any]] = []  # (the module's hook table, handle id, hook)
+
+    def forward(self, module: nn.Module, hook: Any) -> None:
+        self._made(module.register_forward_hook(hook), hook)
+
+    def forward_pre(self, module: nn.Module, hook: Any) -> None:
+        self._made(module.register_forward_pre_hook(hook), hook)
+
+    def _made(self, handle: Any, hook: Any) -> None:
+        self.entries.append((handle.hooks_dict_ref(), handle.id, hook))
+        handle.remove()  # made, not attached: attached() puts it in
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        for table, key, hook in self.entries:
+            table[key] = hook
+        try:
+            yield
+        finally:
+            for table, key, _ in self.entries:
+                table.pop(key, None)
 
 
 @contextlib.contextmanager
@@ -91,10 +128,12 @@ class Instruments:
         self.schedule = list(zip(probes, intervals or [1] * len(probes)))
         self.model, self.last_step = model, last_step
         self.probes: list[Probe] = []  # due at the current logging step
+        self.watching: list[Probe] = []  # of those, the ones with hooks to attach
         self.pending: Scalars = {}
 
     def begin(self, step: int) -> None:
         self.probes = [p for p, every in self.schedule if every and (step % every == 0 or step == self.last_step)]
+        self.watching = [p for p in self.probes if type(p).watch is not Probe.watch]
         for probe in self.probes:
             probe.begin(step)
 
@@ -102,10 +141,17 @@ class Instruments:
         for probe in self.probes:
             probe.reference(self.model, loss_fn)
 
+    def watch(self) -> ContextManager:
+        if not self.watching:
+            return contextlib.nullcontext()
+        if len(self.watching) == 1:
+            return self.watching[0].watch(self.model)
+        return self._watch_all()
+
     @contextlib.contextmanager
-    def watch(self) -> Iterator[None]:
+    def _watch_all(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
-            for probe in self.probes:
+            for probe in self.watching:
                 stack.enter_context(probe.watch(self.model))
             yield
 
@@ -121,24 +167,60 @@ class Instruments:
         for probe in self.probes:
             self.pending.update(probe.after_step(self.model))
 
-    def collect(self, extra: Scalars) -> dict[str, float]:
+    def collect(self, extra: dict) -> dict[str, float]:
         """The one host transfer of a logging step: every pending value (and `extra`) to Python floats."""
         values = {**extra, **self.pending}
         self.pending = {}
         return to_host(values)
 
 
-def to_host(values: Scalars) -> dict[str, float | list[float]]:
-    """One device->host copy for everything: 0-d tensors become floats, 1-d profiles lists of floats.
-    In float64, so that a norm below float32's normal range (probes/norms.py) reaches summary.json exactly."""
-    if not values:
-        return {}
-    # host-made values (the lr) join the model's device so that one cat and one copy suffice
-    dev = next((v.device for v in values.values() if v.device.type != "cpu"), torch.device("cpu"))
-    flat = torch.cat([v.detach().reshape(-1).double().to(dev) for v in values.values()]).tolist()  # (sum of numels,)
-    out, at = {}, 0
-    for tag, v in values.items():
-        n = v.numel()
-        out[tag] = flat[at] if v.dim() == 0 else flat[at:at + n]
+def to_host(values: dict) -> dict[str, float | list[float]]:
+    """One device->host copy per device for everything: 0-d tensors become floats, 1-d profiles lists of floats, a
+    tuple of tags with its 1-d tensor one float per tag; Python numbers pass through. A device's 0-d values go in one
+    stack and join the 1-d ones in one cat; mixed dtypes promote (to float64 when a norm is there, probes/norms.py),
+    and float32 values become Python floats exactly, so a norm below float32's normal range reaches summary.json
+    exactly."""
+    by_device: dict[torch.device, list] = {}
+    out: dict = {}
+    for key, v in values.items():
+        if isinstance(v, Tensor):
+            by_device.setdefault(v.device, []).append(key)
+        else:
+            out[key] = float(v)
+    for keys in by_device.values():
+        out.update(_read(keys, [values[k] for k in keys]))
+    ordered: dict[str, float | list[float]] = {}
+    for key in values:  # the caller's order
+        if isinstance(key, tuple):
+            ordered.update(out[key])
+        else:
+            ordered[key] = out[key]
+    return ordered
+
+
+def _read(keys: list, tensors: list[Tensor]) -> dict:
+    """Tensors of one device -> host numbers, in one copy. A tuple key maps to {tag: float}."""
+    scalars = [i for i, t in enumerate(tensors) if t.dim() == 0]
+    rest = [i for i, t in enumerate(tensors) if t.dim() != 0]
+    parts = ([torch.stack([tensors[i] for i in scalars])] if scalars else []) + [tensors[i].reshape(-1) for i in rest]
+    flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).detach()
+    flat = (flat if flat.dtype == torch.float64 else flat.double()).tolist()  # (sum of numels,)
+    out = dict(zip((keys[i] for i in scalars), flat))
+    at = len(scalars)
+    for i in rest:
+        n = tensors[i].numel()
+        key = keys[i]
+        out[key] = dict(zip(key, flat[at:at + n])) if isinstance(key, tuple) else flat[at:at + n]
         at += n
+    return out
+
+
+def per_tag(values: dict) -> dict:
+    """The values with every tuple-keyed vector split into one 0-d tensor per tag (for code that reads tags)."""
+    out: dict = {}
+    for key, v in values.items():
+        if isinstance(key, tuple):
+            out.update(zip(key, v.unbind()))
+        else:
+            out[key] = v
     return out

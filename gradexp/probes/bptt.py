@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, ProbeContext, Scalars
 from gradexp.probes.layers import TIME_STEPS, Layers, has_capability
-from gradexp.probes.norms import exact_norms
+from gradexp.probes.norms import norm_vector
 
 PREFIX = "bptt_grad_norm/"
 
@@ -62,8 +62,9 @@ class BpttGradNorms(Probe):
         for name, grads in self.grads.items():
             if not grads:
                 continue
-            norms = dict(zip(grads, exact_norms(list(grads.values()))))  # one batched pass over all time steps
-            zero = next(iter(norms.values())).new_zeros(())  # a step the loss does not reach has gradient 0
-            profiles[f"{PREFIX}{name}"] = torch.stack([norms.get(t, zero) for t in range(self.lengths[name])])
+            norms = norm_vector(list(grads.values()))  # one batched pass over all time steps, (steps reached,)
+            profile = norms.new_zeros(self.lengths[name])  # a step the loss does not reach has gradient 0
+            profile[list(grads)] = norms  # backward reached them last to first: into time order
+            profiles[f"{PREFIX}{name}"] = profile
         self.grads, self.lengths = {}, {}
         return profiles

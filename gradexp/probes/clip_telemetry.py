@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, ProbeContext, Scalars, named_parameters
-from gradexp.probes.norms import combined_norm, exact_norms
+from gradexp.probes.norms import combined_norm, norm_vector
 
 CLIP_EPS = 1e-6  # the epsilon torch.nn.utils.clip_grad_norm_ adds to the norm
 
@@ -24,7 +24,7 @@ def _grads(model: nn.Module) -> list[Tensor]:
 
 
 def _global_norm(grads: list[Tensor]) -> Tensor:
-    return combined_norm(exact_norms(grads))
+    return combined_norm(norm_vector(grads))
 
 
 class ClipTelemetry(Probe):

@@ -6,7 +6,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, Scalars, named_parameters
-from gradexp.probes.norms import combined_norm, exact_norms
+from gradexp.probes.norms import combined_norm, norm_vector
 
 
 def _named_grads(model: nn.Module) -> tuple[list[str], list[Tensor]]:
@@ -15,17 +15,31 @@ def _named_grads(model: nn.Module) -> tuple[list[str], list[Tensor]]:
 
 
 class GradNorms(Probe):
+    def __init__(self) -> None:
+        # what after_backward measured: the gradient tensors, their version counters and the total norm. If
+        # nothing changed them in place by after_clip (no clip policy, or one that left them alone), the total
+        # after clipping is the same number: no second pass over every gradient.
+        self.seen: Optional[tuple[list[Tensor], list[int], Tensor]] = None
+
     def after_backward(self, model: nn.Module) -> Scalars:
         names, grads = _named_grads(model)
         if not grads:
             return {}
-        norms = exact_norms(grads)  # batched, exact down to subnormals, results stay on device
-        scalars = {f"grad_norm/{n}": v for n, v in zip(names, norms)}
-        scalars["grad_norm/total"] = combined_norm(norms)
-        return scalars
+        norms = norm_vector(grads)  # batched, exact down to subnormals, stays on the device: (P,) float64
+        total = combined_norm(norms)
+        self.seen = (grads, [g._version for g in grads], total)
+        return {tuple(f"grad_norm/{n}" for n in names): norms, "grad_norm/total": total}
 
     def after_clip(self, model: nn.Module, clip_norm: Optional[Tensor]) -> Scalars:
         _, grads = _named_grads(model)
+        seen, self.seen = self.seen, None
         if not grads:
             return {}
-        return {"grad_norm/total_clipped": combined_norm(exact_norms(grads))}
+        if seen is not None and _unchanged(seen[0], seen[1], grads):
+            return {"grad_norm/total_clipped": seen[2]}
+        return {"grad_norm/total_clipped": combined_norm(norm_vector(grads))}
+
+
+def _unchanged(before: list[Tensor], versions: list[int], now: list[Tensor]) -> bool:
+    """The same gradient tensors, none modified in place since (every in-place op bumps a tensor's version)."""
+    return len(before) == len(now) and all(a is b and a._version == v for a, b, v in zip(before, now, versions))

@@ -12,7 +12,7 @@ from typing import ContextManager
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, ProbeContext, Scalars, named_parameters, removed_on_exit
+from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, named_parameters
 from gradexp.probes.layers import Layers
 
 PREFIX = "hist/"
@@ -44,13 +44,16 @@ class Histograms(Probe):
     def __init__(self, layers: Layers) -> None:
         self.layers = layers
         self.values: Scalars = {}
+        self.hooks = Hooks()
+        for name, layer in layers:
+            self.hooks.forward(layer, self._act_hook(name))
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> "Histograms":
         return cls(context.layers)
 
     def watch(self, model: nn.Module) -> ContextManager:
-        return removed_on_exit([layer.register_forward_hook(self._act_hook(name)) for name, layer in self.layers])
+        return self.hooks.attached()
 
     def _act_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:

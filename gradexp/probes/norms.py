@@ -1,52 +1,108 @@
 """L2 norms that stay exact where gradients vanish: every norm a probe reports goes through here.
 
 A plain float32 norm sums squares, which underflow once the entries fall below ~1e-19 (their squares below
-float32's 1.2e-38), so a vector of 1e-22s reads 0 although float32 holds values down to 1.4e-45. Here each
-tensor is divided by its own max|x| first (the scaled entries lie in [-1, 1], the largest is exactly 1, so
-the sum of squares cannot underflow where it matters), and the norm is max|x| * ||x / max|x||| in float64.
-bf16/fp16 tensors are widened to float32 (exactly) so the division does not round at 8 or 11 bits.
-
-Cost: the scaling needs a working copy of the tensors. Fresh allocations of that size cost more than the
-arithmetic (on CPU each new page faults: ~15x the norm itself), so the copy lives in one flat scratch buffer per
-dtype and device, kept between logging steps and grown to the largest set of tensors normed at once (the
-gradients, or a recurrent layer's hidden-state gradients over time). Every step is a batched foreach kernel
-(copy, abs, max, divide, norm) that stays on the device: no host sync."""
+float32's 1.2e-38), so a vector of 1e-22s reads 0 although float32 holds values down to 1.4e-45; squares above
+~1.8e19 overflow to inf. Squares of 16- and 32-bit floats can do neither in float64 (2^-149 squared is 2^-298,
+and (3.4e38)^2 is 1.2e77), so a norm accumulated in float64 is exact for them, whatever their magnitude:
+- on accelerators: one fused `_foreach_norm(..., dtype=float64)` (the kernel widens each entry before squaring;
+  it is memory-bound, so the wider sum costs next to nothing), with no host sync;
+- on CPU, where a float64 sum costs ~3x a float32 one: the batched float32 norm first, then, for only the tensors
+  whose float32 result may have lost precision to under- or overflow (not finite, or below sqrt(numel) * LOW[dtype],
+  where the squares lost below float32's smallest normal could weigh 1e-10 of the total), the float64 sum. Reading
+  the float32 results back costs nothing there: CPU tensors are already on the host.
+float64 tensors (whose squares can underflow float64) keep the max|x|-scaled path: each tensor divided by its own
+max|x| first, the norm is max|x| * ||x / max|x|||, in a flat scratch buffer reused between logging steps (fresh
+allocations of that size cost more than the arithmetic: on CPU each new page faults)."""
 from __future__ import annotations
+
+import math
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-_WIDEN = (torch.bfloat16, torch.float16)
-_SCRATCH: dict[tuple, Tensor] = {}  # (dtype, device) -> flat working buffer
+_SCRATCH: dict[tuple, Tensor] = {}  # (dtype, device) -> flat working buffer of the scaled path
+# accumulation dtype -> the norm below which its sum of squares may have lost 1e-10 of itself (per sqrt(numel)):
+# each entry's square loses at most finfo.tiny (flushed to zero) there
+LOW = {dt: math.sqrt(torch.finfo(dt).tiny * 1e10) for dt in (torch.float32, torch.float64)}
+_FLOAT64 = torch.float64
 
 
-def exact_norms(tensors: list[Tensor]) -> list[Tensor]:
-    """One 0-d float64 L2 norm per tensor, within ~1e-7 relative of a float64 computation for any finite input
-    down to the smallest subnormal; inf (NaN) when the tensor holds an inf (a NaN), like torch's own norm."""
-    groups: dict[tuple, list[int]] = {}  # one working dtype and device per batch of foreach kernels
-    for i, t in enumerate(tensors):
+def norm_vector(tensors: Sequence[Tensor]) -> Tensor:
+    """(L,) float64: the L2 norm of each tensor, within ~1e-7 relative of a float64 computation for any finite input
+    down to the smallest subnormal; inf (NaN) where the tensor holds an inf (a NaN), like torch's own norm; 0 for an
+    empty tensor. On the first tensor's device, without a host sync on accelerators. Tensors that require grad are
+    read detached (no autograd graph)."""
+    if not tensors:
+        return torch.zeros(0, dtype=_FLOAT64)
+    xs = [t.detach() if t.requires_grad else t for t in tensors]
+    first = xs[0]
+    if all(t.dtype == first.dtype and t.device == first.device for t in xs) and (
+            first.device.type == "cpu" or all(t.numel() for t in xs)):  # the usual case: one kind (CPU norms empties)
+        return _group_norms(xs, first.dtype, first.device)
+    groups: dict[tuple, list[int]] = {}  # one batched kernel per (dtype, device)
+    for i, t in enumerate(xs):
         if t.numel():
-            groups.setdefault((torch.float32 if t.dtype in _WIDEN else t.dtype, t.device), []).append(i)
-    out: list = [None] * len(tensors)
+            groups.setdefault((t.dtype, t.device), []).append(i)
+    out = torch.zeros(len(xs), dtype=_FLOAT64, device=first.device)
     for (dtype, device), indices in groups.items():
-        for i, n in zip(indices, _scaled_norms([tensors[i].detach() for i in indices], dtype, device)):
-            out[i] = n
-    return [torch.zeros((), dtype=torch.float64, device=t.device) if n is None else n  # empty: norm 0
-            for t, n in zip(tensors, out)]
+        out[indices] = _group_norms([xs[i] for i in indices], dtype, device).to(out.device)
+    return out
 
 
-def _scaled_norms(xs: list[Tensor], dtype: torch.dtype, device: torch.device) -> list[Tensor]:
-    """xs: non-empty tensors to be normed in `dtype` on `device`. Their 0-d float64 norms."""
+def exact_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """One 0-d float64 norm per tensor (norm_vector, unbound)."""
+    return list(norm_vector(tensors).unbind())
+
+
+def combined_norm(norms: Sequence[Tensor] | Tensor) -> Tensor:
+    """The L2 norm of the concatenation of tensors whose norms are given (0-d float64 each, or one (L,) vector), exact
+    the same way. 0-d."""
+    vector = norms if isinstance(norms, Tensor) else torch.stack([n.double() for n in norms])
+    if vector.device.type == "cpu":  # one norm, read on the host: a float64 sum whose squares cannot have underflowed
+        total = torch.linalg.vector_norm(vector)
+        if LOW[_FLOAT64] * math.sqrt(max(vector.numel(), 1)) <= total.item() < math.inf or not vector.any():
+            return total
+    return norm_vector([vector])[0]
+
+
+def _group_norms(xs: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """xs: tensors of one dtype on one device (non-empty off the CPU). (L,) float64 norms."""
+    if dtype == _FLOAT64:
+        return _checked(xs, _FLOAT64) if device.type == "cpu" else _scaled_norms(xs, dtype, device)
+    if device.type != "cpu":
+        return torch.stack(torch._foreach_norm(xs, 2, dtype=_FLOAT64))  # exact for <= 32-bit floats, one kernel
+    return _checked(xs, torch.float32)
+
+
+def _checked(xs: list[Tensor], acc: torch.dtype) -> Tensor:
+    """CPU: the batched norm accumulated in `acc`, and a safer pass for the few tensors it may have got wrong. The
+    values are on the host already: the result is built from them in one op (no stack, no dtype conversion)."""
+    values = torch.stack(torch._foreach_norm(xs, 2, dtype=acc)).tolist()
+    low = LOW[acc]
+    surely = low * 2.0 ** 24  # above it no tensor of up to 2^48 entries is in doubt: skip the numel() look-ups
+    doubtful = [i for i, n in enumerate(values) if not (surely <= n < math.inf)]
+    doubtful = [i for i in doubtful if not (low * math.sqrt(xs[i].numel()) <= values[i] < math.inf)]  # NaN: doubtful
+    if doubtful:
+        redo = [xs[i] for i in doubtful]
+        exact = (torch.stack(torch._foreach_norm(redo, 2, dtype=_FLOAT64)) if acc != _FLOAT64
+                 else _scaled_norms(redo, acc, redo[0].device))
+        for i, n in zip(doubtful, exact.tolist()):
+            values[i] = n
+    return torch.tensor(values, dtype=_FLOAT64)
+
+
+def _scaled_norms(xs: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """xs: non-empty tensors to be normed in `dtype` on `device`. (L,) float64 norms, each scaled by its max|x|."""
     work = _views(xs, dtype, device)
-    torch._foreach_copy_(work, xs)  # widens bf16/fp16 exactly
+    torch._foreach_copy_(work, xs)
     torch._foreach_abs_(work)       # |x|: same norm, and its max is the scale
     peak = torch.stack(_maxima(work))  # (L,) max|x|; NaN/inf propagate
     usable = (peak > 0) & torch.isfinite(peak)
     scale = torch.where(usable, peak, torch.ones_like(peak))  # an all-zero tensor divides by 1 and stays 0
     torch._foreach_div_(work, list(scale.unbind()))
     unit = torch.stack(torch._foreach_norm(work))  # (L,) in [1, sqrt(numel)]
-    norms = torch.where(usable, scale.double() * unit.double(), peak.double())  # 0 -> 0, inf -> inf, NaN -> NaN
-    return list(norms.unbind())
+    return torch.where(usable, scale.double() * unit.double(), peak.double())  # 0 -> 0, inf -> inf, NaN -> NaN
 
 
 def _maxima(work: list[Tensor]) -> list[Tensor]:
@@ -68,9 +124,3 @@ def _views(xs: list[Tensor], dtype: torch.dtype, device: torch.device) -> list[T
         views.append(flat[at:at + x.numel()].view(x.shape))
         at += x.numel()
     return views
-
-
-def combined_norm(norms: list[Tensor]) -> Tensor:
-    """The L2 norm of the concatenation of tensors whose norms are given (0-d float64), exact the same way."""
-    (total,) = exact_norms([torch.stack([n.double() for n in norms])])
-    return total

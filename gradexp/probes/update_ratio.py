@@ -1,10 +1,12 @@
 """update_ratio/<param> = ||theta_after - theta_before|| / ||theta_before|| for the optimizer step just taken.
 
-theta_before is snapshotted after clipping (just before optimizer.step) with one batched foreach copy;
-the ratio is computed after the step with foreach ops, so a logging step adds a handful of kernel
-launches, not one per parameter. Norms are exact down to subnormals (probes/norms.py). A parameter that was
-exactly zero before the step (a zeroed bias at step 0) has a zero denominator: its ratio is reported as inf
-(also when it stayed zero), never NaN; summary.json and the README say so."""
+After clipping (just before optimizer.step) ||theta_before|| is measured and theta_before is copied, with one
+batched foreach copy, into a buffer kept between logging steps (a fresh copy of every parameter would allocate,
+and on CPU fault in, the model's size each logging step); after the step the buffer becomes theta_before -
+theta_after in place and is normed. A logging step adds a handful of kernel launches, not one per parameter.
+Norms are exact down to subnormals (probes/norms.py). A parameter that was exactly zero before the step (a zeroed
+bias at step 0) has a zero denominator: its ratio is reported as inf (also when it stayed zero), never NaN;
+summary.json and the README say so."""
 from __future__ import annotations
 
 from typing import Optional
@@ -13,28 +15,51 @@ import torch
 from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, Scalars, named_parameters
-from gradexp.probes.norms import exact_norms
+from gradexp.probes.norms import norm_vector
 
 
 class UpdateRatio(Probe):
     def __init__(self) -> None:
         self.names: list[str] = []
         self.params: list[Tensor] = []
-        self.before: list[Tensor] = []
+        self.before: list[Tensor] = []   # views into self.buffer, shaped like self.params
+        self.size: Optional[Tensor] = None  # (P,) ||theta_before||
+        self.buffer: Optional[Tensor] = None
+        self.cached: tuple = ([], [], [], [])  # (parameters, names, detached, buffer views) of the last logging step
 
     def after_clip(self, model: nn.Module, clip_norm: Optional[Tensor]) -> Scalars:
         pairs = [(n, p) for n, p in named_parameters(model) if p.grad is not None]  # what the optimizer updates
-        self.names = [n for n, _ in pairs]
-        self.params = [p.detach() for _, p in pairs]
-        self.before = torch._foreach_mul(self.params, 1.0) if self.params else []  # batched copy
+        if not pairs:
+            return {}
+        if len(pairs) != len(self.cached[0]) or any(p is not q for (_, p), q in zip(pairs, self.cached[0])):
+            params = [p.detach() for _, p in pairs]  # views sharing storage: they see the optimizer's in-place update
+            self.cached = ([p for _, p in pairs], [n for n, _ in pairs], params, self._views(params))
+        _, self.names, self.params, self.before = self.cached  # the same parameters as last time: the same views
+        torch._foreach_copy_(self.before, self.params)
+        self.size = norm_vector(self.params)
         return {}
+
+    def _views(self, params: list[Tensor]) -> list[Tensor]:
+        """Views into one flat buffer of the parameters' dtype and device (a fresh copy where they differ)."""
+        first = params[0]
+        if any(p.dtype != first.dtype or p.device != first.device for p in params):
+            return [torch.empty_like(p) for p in params]
+        total = sum(p.numel() for p in params)
+        if self.buffer is None or self.buffer.numel() < total or self.buffer.dtype != first.dtype \
+                or self.buffer.device != first.device:
+            self.buffer = torch.empty(total, dtype=first.dtype, device=first.device)
+        views, at = [], 0
+        for p in params:
+            views.append(self.buffer[at:at + p.numel()].view(p.shape))
+            at += p.numel()
+        return views
 
     def after_step(self, model: nn.Module) -> Scalars:
         if not self.params:
             return {}
-        delta = torch._foreach_sub(self.params, self.before)
-        moved, size = torch.stack(exact_norms(delta)), torch.stack(exact_norms(self.before))  # (P,) float64
+        torch._foreach_sub_(self.before, self.params)  # theta_before - theta_after: the step, negated
+        moved, size = norm_vector(self.before), self.size  # (P,) float64
         ratios = torch.where(size > 0, moved / size, torch.inf)  # zero denominator: inf, never 0/0 = NaN
-        scalars = {f"update_ratio/{n}": r for n, r in zip(self.names, ratios.unbind())}
-        self.names, self.params, self.before = [], [], []
-        return scalars
+        tags = tuple(f"update_ratio/{n}" for n in self.names)
+        self.names, self.params, self.before, self.size = [], [], [], None
+        return {tags: ratios}

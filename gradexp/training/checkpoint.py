@@ -107,4 +107,5 @@ class Checkpointer:
             self.save(steps_done)
 
     def save(self, steps_done: int) -> None:
+        self.run.drain_sinks()  # the sinks' state must hold every step logged so far (bit-identical resume)
         save(self.path, capture(self.run, steps_done, self.sink_states()))

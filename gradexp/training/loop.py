@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
 
@@ -19,6 +20,7 @@ from gradexp.training.nonfinite import NonfiniteGuard
 from gradexp.training.perf import PerfMeter
 from gradexp.training.precision import Precision
 from gradexp.probes.base import Instruments, named_parameters
+from gradexp.sinks.writer import SinkWriter
 
 
 class Sink(Protocol):
@@ -53,6 +55,13 @@ class Run:
     # train.compile: torch.compile of `model` (same parameters) for ordinary steps; logging steps, the fp32
     # reference and evaluation run `model` eagerly, so probe hooks never reach the compiled graph (no recompiles)
     compiled: Optional[nn.Module] = None
+    # the sinks' writer thread while train() runs (sinks/writer.py); a checkpoint drains it before reading sink state
+    writer: Optional[SinkWriter] = field(default=None, repr=False)
+
+    def drain_sinks(self) -> None:
+        """Everything logged so far is written (raises a sink's write error here, on the training thread)."""
+        if self.writer is not None:
+            self.writer.drain()
 
     @functools.cached_property
     def params(self) -> list[nn.Parameter]:
@@ -83,7 +92,7 @@ def _total_loss(run: Run, settings: Settings, loss: Tensor) -> Tensor:
     return loss if penalty is None else loss + penalty
 
 
-def train_step(run: Run, settings: Settings, logging: bool) -> dict[str, Tensor]:
+def train_step(run: Run, settings: Settings, logging: bool) -> dict[str, Tensor | float]:
     """One update. Returns the data loss (and, on logging steps, train metrics) as device tensors: no host sync."""
     x, y = run.batches.next()
     if logging and run.precision.mixed:  # probes/underflow.py compares with this batch's fp32 gradient
@@ -112,7 +121,7 @@ def train_step(run: Run, settings: Settings, logging: bool) -> dict[str, Tensor]
     if logging:
         metrics = run.task.metrics(output.detach(), y)
         scalars.update({f"{k}/train": v for k, v in metrics.items()})
-        scalars["lr"] = torch.tensor(run.optimizer.param_groups[0]["lr"])
+        scalars["lr"] = float(run.optimizer.param_groups[0]["lr"])  # a host number: no tensor, no copy
     return scalars
 
 
@@ -135,39 +144,51 @@ def train(run: Run, settings: Settings, start_step: int = 0, outcome: Optional[O
     run with status 'diverged' (a result, not a crash); with stop_on_nonfinite false training goes on.
     `outcome` (optional) is updated in place, so the caller knows the steps done even when an exception escapes."""
     outcome = Outcome(steps=start_step) if outcome is None else outcome
-    guard = NonfiniteGuard(run, settings, start_step)  # per step: one device op, no sync
+    guard = NonfiniteGuard(run, settings, start_step)  # per step: a list append, no device op, no sync
     meter = PerfMeter()
+    run.writer = SinkWriter(run.sinks)  # sinks write on their own thread; drained at checkpoints and at the end
     try:
-        for step in range(start_step, settings.steps):
-            logging = is_logging_step(step, settings)
-            with meter.step(logging):
-                if logging:
-                    run.instruments.begin(step)
-                scalars = train_step(run, settings, logging)
-            guard.observe(scalars["loss/train"])
-            outcome.steps = step + 1
-            evaluating = (step + 1) % settings.eval_every == 0 or step == settings.steps - 1
-            if evaluating:
-                scalars.update(evaluate(run))
-            if logging or evaluating:
-                with meter.instrumenting():
-                    values = run.instruments.collect(scalars if logging else evaluate_only(scalars))
-                    for sink in run.sinks:
-                        sink.log(step, values)
-                    found = guard.check(step, train_step)
-                if found is not None:
-                    outcome.nonfinite = found
-                    if settings.stop_on_nonfinite:
-                        break
-            if run.after_update is not None and run.after_update(outcome.steps) and outcome.steps < settings.steps:
-                outcome.status = "interrupted"
-                break
-        if outcome.status != "interrupted":
-            outcome.status = "completed" if outcome.nonfinite is None else "diverged"
+        _loop(run, settings, start_step, outcome, guard, meter)
+        run.writer.close()  # everything written; a sink's write error is raised here
     except KeyboardInterrupt:
         outcome.status = "interrupted"
+        run.writer.close()
+    finally:
+        if run.writer is not None and run.writer.thread is not None:  # failing already: stop it, keep that error
+            run.writer.close(raise_error=False)
+        run.writer = None
     outcome.perf = meter.summary(outcome.steps - start_step)
     return outcome
+
+
+def _loop(run: Run, settings: Settings, start_step: int, outcome: Outcome, guard: NonfiniteGuard,
+          meter: PerfMeter) -> None:
+    clock, writer = time.perf_counter, run.writer
+    for step in range(start_step, settings.steps):
+        logging = is_logging_step(step, settings)
+        t0 = clock()
+        if logging:
+            run.instruments.begin(step)
+        scalars = train_step(run, settings, logging)
+        meter.step(logging, clock() - t0)
+        guard.observe(scalars["loss/train"])
+        outcome.steps = step + 1
+        evaluating = (step + 1) % settings.eval_every == 0 or step == settings.steps - 1
+        if evaluating:
+            scalars.update(evaluate(run))
+        if logging or evaluating:
+            t0 = clock()
+            writer.log(step, run.instruments.collect(scalars if logging else evaluate_only(scalars)))
+            found = guard.check(step, train_step)
+            meter.instrumenting(clock() - t0)
+            if found is not None:
+                outcome.nonfinite = found
+                if settings.stop_on_nonfinite:
+                    break
+        if run.after_update is not None and run.after_update(outcome.steps) and outcome.steps < settings.steps:
+            outcome.status = "interrupted"
+            return
+    outcome.status = "completed" if outcome.nonfinite is None else "diverged"
 
 
 def evaluate_only(scalars: dict[str, Tensor]) -> dict[str, Tensor]:

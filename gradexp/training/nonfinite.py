@@ -1,7 +1,7 @@
 """First non-finite localisation without anomaly mode.
 
-Every step adds one device op: the loss is added to a running float64 sum. At each check point (the
-steps that already synchronise: logging and evaluation steps) the sum is read once, together with the
+Every step keeps its loss (a 0-d device tensor) in a list: no device op, no sync. At each check point (the
+steps that already synchronise: logging and evaluation steps) the losses are summed in float64 and read once, together with the
 norms of every parameter and gradient when a snapshot is due (at most every SNAPSHOT_EVERY steps; it must
 be clean) and at the last step. While finite, the Snapshot of the training state is refreshed when due.
 When not, the snapshot is restored and the steps since it are replayed with checking hooks on every
@@ -14,6 +14,7 @@ A replay that finds nothing (non-deterministic kernels) still reports the check 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Iterator, Optional
 
 import torch
@@ -25,6 +26,7 @@ from gradexp.training.snapshot import Snapshot
 # refresh the snapshot at a clean check point at most this often (in steps): a copy of model + optimizer
 # state is a visible share of a small model's logging step, while a replay is paid only once, on divergence
 SNAPSHOT_EVERY = 100
+FOLD_EVERY = 256  # losses kept before they are summed without a check point
 
 
 def _all_finite(value: Any) -> bool:
@@ -95,16 +97,27 @@ def localise(run: Any, settings: Any, step_fn, first: int, last: int) -> dict:
 class NonfiniteGuard:
     def __init__(self, run: Any, settings: Any, start_step: int) -> None:
         self.run, self.settings = run, settings
-        # running sum of the losses since the last check: NaN/Inf stick in a sum (losses are >= 0, so no
-        # inf - inf), and float64 cannot overflow on finite float32 losses; one kernel per step
-        # on x_val's device: the val split lives there even when train batches stream from host memory
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=run.task.x_val.device)
+        # the losses since the last check, summed there: NaN/Inf stick in a sum (losses are >= 0, so no
+        # inf - inf), and float64 cannot overflow on finite float32 losses. A list append per step costs a fraction of
+        # the in-place add it replaces (a visible share of a small model's step); folded every FOLD_EVERY steps so
+        # that long check intervals keep no long lists. On x_val's device: the val split lives there even when train
+        # batches stream from host memory
+        self.losses: list[Tensor] = []
+        self.folded: Optional[Tensor] = None  # the sum of losses folded before this check interval ended
         self.snapshot = Snapshot(run)
         self.snapshot_step = start_step  # the state in the snapshot is the one before this step
         self.found: Optional[dict] = None
 
-    def observe(self, loss: Tensor) -> None:  # every step: one device op, no sync
-        self.loss_sum.add_(loss)
+    def observe(self, loss: Tensor) -> None:  # every step: no device op, no sync
+        self.losses.append(loss)
+        if len(self.losses) >= FOLD_EVERY:
+            self.folded = self._sum()
+            self.losses = []
+
+    def _sum(self) -> Tensor:
+        """0-d float64: the losses since the last check."""
+        total = self.losses[0].double() if len(self.losses) == 1 else torch.stack(self.losses).sum(dtype=torch.float64)
+        return total if self.folded is None else self.folded + total.to(self.folded.device)
 
     def check(self, step: int, step_fn) -> Optional[dict]:
         """At a check point (host sync allowed): None while everything is finite, else the localisation
@@ -114,9 +127,11 @@ class NonfiniteGuard:
         # Parameters and gradients are checked only where it matters: before a snapshot is refreshed (it must be
         # clean) and at the last step. Elsewhere a non-finite gradient shows in the next step's loss.
         snapshot_due = step + 1 - self.snapshot_step >= SNAPSHOT_EVERY
-        total = self.loss_sum + self._state_norm() if snapshot_due or step == self.settings.steps - 1 else self.loss_sum
-        if bool(torch.isfinite(total)):
-            self.loss_sum.zero_()
+        total = self._sum() if self.losses else self.folded
+        if snapshot_due or step == self.settings.steps - 1:
+            total = self._state_norm() if total is None else total + self._state_norm().to(total.device)
+        self.losses, self.folded = [], None
+        if total is None or math.isfinite(total.item()):  # the host read of the check point
             if snapshot_due:
                 self.snapshot.take()
                 self.snapshot_step = step + 1

@@ -1,0 +1,77 @@
+"""The sinks' writer thread: the training thread hands a logging step's host floats to a queue and goes on; one
+writer thread calls every sink's log() with them, in order (TensorBoard's protobufs, summary.json's bookkeeping, the
+progress bar). Python code of both threads still shares the GIL, but the writer runs while the training thread is
+inside torch's kernels (which release it), so a logging step's sink work mostly leaves the step's critical path.
+
+Two guarantees keep runs exact and failures loud:
+- `drain()` returns once everything handed over has been written: called before every checkpoint reads the sinks'
+  state and when training ends, so a resumed run is bit-identical to an uninterrupted one;
+- an exception a sink raised on the writer thread (a full disk) is raised again on the training thread, at the next
+  `log()` or `drain()`; the writer writes nothing after it, and the run ends 'failed' as if the sink had raised
+  in the loop itself."""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Optional, Sequence
+
+_STOP = object()
+
+
+class SinkWriter:
+    def __init__(self, sinks: Sequence[Any]) -> None:
+        self.sinks = list(sinks)
+        self.queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self.error: Optional[BaseException] = None
+        self.thread: Optional[threading.Thread] = None  # started by the first log()
+
+    def log(self, step: int, values: dict) -> None:
+        """Hand one logging step's values over (the caller must not change `values` afterwards)."""
+        self._raise()
+        if not self.sinks:
+            return
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._work, name="gradexp-sinks", daemon=True)
+            self.thread.start()
+        self.queue.put((step, values))
+
+    def drain(self) -> None:
+        """Wait until every value handed over is written; raise the writer's error, if any, here."""
+        if self.thread is not None:
+            done = threading.Event()
+            self.queue.put(done)
+            done.wait()
+        self._raise()
+
+    def close(self, raise_error: bool = True) -> None:
+        """Drain and end the thread. raise_error False: the caller is already failing; keep its exception."""
+        try:
+            if self.thread is not None:
+                self.queue.put(_STOP)
+                self.thread.join()
+                self.thread = None
+        finally:
+            if raise_error:
+                self._raise()
+
+    def _raise(self) -> None:
+        error = self.error
+        if error is not None:
+            self.sinks = []  # after a failed write nothing more is written (before the flag clears: no race)
+            self.error = None
+            raise error
+
+    def _work(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _STOP:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+            elif self.error is None and self.sinks:
+                step, values = item
+                try:
+                    for sink in self.sinks:
+                        sink.log(step, values)
+                except BaseException as err:  # handed to the training thread (_raise)
+                    self.error = err
