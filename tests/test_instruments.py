@@ -127,6 +127,29 @@ def test_histograms_on_their_interval_match_torch(run_tiny):
     assert sum(h.bucket) == g.numel()
 
 
+def test_histograms_packed_together_match_torch_one_tensor_at_a_time():
+    """pack_many (every same-sized tensor of a phase in one stack) against plain torch per tensor: min, max, count,
+    sums, and histc's bins (an entry on a bin edge may land in the neighbouring bin); NaN/Inf entries in no bin."""
+    from gradexp.probes.histograms import BINS, pack_many
+    torch.manual_seed(0)
+    tensors = [torch.randn(16, 8) for _ in range(3)] + [torch.randn(8), torch.randn(4, 2) * 1e-30,
+                                                        torch.full((5,), 3.0), torch.tensor([1.0, float("nan"), 2.0]),
+                                                        torch.tensor([1.0, float("inf"), 2.0]), torch.randn(6).half()]
+    for t, packed in zip(tensors, pack_many(tensors)):
+        t = t.float().reshape(-1)
+        header = torch.tensor([t.min(), t.max(), t.numel(), t.sum(), (t * t).sum()])
+        assert torch.allclose(packed[:5], header, rtol=1e-5, atol=0, equal_nan=True)
+        finite = t[torch.isfinite(t)]
+        if t.isnan().any() or t.isinf().any():
+            assert packed[5:].sum() == 0 if t.isnan().any() else packed[5:].sum() <= finite.numel()
+            continue
+        if t.min() == t.max():  # a constant tensor: every entry in the first bin (histc would widen the range)
+            assert packed[5] == t.numel()
+            continue
+        expected = torch.histc(t, bins=BINS, min=t.min().item(), max=t.max().item())
+        assert (packed[5:] - expected).abs().max() <= 1 and packed[5:].sum() == t.numel()
+
+
 def test_histograms_off_by_default(run_tiny):
     _, run_dir = run_tiny([])
     acc = EventAccumulator(run_dir)

@@ -11,6 +11,7 @@ import threading
 import pytest
 import torch
 
+from gradexp.sinks import writer as writer_module
 from gradexp.sinks.writer import SinkWriter
 from gradexp.training import factory as build
 from gradexp.training.loop import train
@@ -43,6 +44,21 @@ def test_values_reach_every_sink_in_order_once_drained():
     assert first.steps[49] == {"loss/train": 49.0}
     writer.close()
     assert writer.thread is None
+
+
+def test_logging_steps_are_handed_over_in_batches_and_all_written_at_close(monkeypatch):
+    monkeypatch.setattr(writer_module, "LATENCY", 1e9)  # only the batch size hands over here
+    sink = Capture()
+    writer = SinkWriter([sink])
+    for step in range(writer_module.BATCH - 1):
+        writer.log(step, {"loss/train": float(step)})
+    assert len(writer.batch) == writer_module.BATCH - 1  # nothing handed over yet: the writer was not woken
+    writer.log(writer_module.BATCH - 1, {"loss/train": 0.0})
+    assert writer.batch == []  # a full batch goes out by itself
+    for step in range(writer_module.BATCH, writer_module.BATCH + 3):
+        writer.log(step, {"loss/train": float(step)})
+    writer.close()  # the partial batch is written too
+    assert list(sink.steps) == list(range(writer_module.BATCH + 3))
 
 
 def test_a_write_error_on_the_writer_thread_is_raised_on_the_training_thread():
