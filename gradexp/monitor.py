@@ -62,9 +62,10 @@ class Monitor:
     probes: the probe kinds to run (gradexp/config/registry.py PROBES). activation: the activation's option name
     (saturation rules), if the layers declare where it is. sinks: extra objects with log(step, values) and
     close(outcome), e.g. to read the values in a test. steps: the updates planned, if known, so that the last one
-    is logged too (as `gradexp run` does). step_hooks=False: no optimizer pre-step hook; the caller says when the update
-    begins (before_update()) and when it did not happen (update_skipped()), as a framework must whose closure-based
-    optimizer.step(closure) runs the pre-step hooks before the closure's backward (integrations/lightning.py)."""
+    is logged too (as `gradexp run` does). optimizer.step(closure) works too (the gradients are read when the closure
+    returns). step_hooks=False: no optimizer pre-step hook; the caller says when the update begins (before_update())
+    and when it did not happen (update_skipped()), as a framework that drives the step itself does
+    (integrations/lightning.py)."""
 
     def __init__(self, model: nn.Module, run_dir: Optional[str] = None, every: int = 25,
                  watch: Sequence[str] = (), optimizers: Iterable[torch.optim.Optimizer] = (),
@@ -165,6 +166,25 @@ class Monitor:
             self.instruments.after_clip(self._clip_norm)
             self._phase = "clipped"
 
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
+        """The optimizer's pre-step hook. optimizer.step(closure) runs it before the closure's backward, so then the
+        closure is wrapped to say before_update() once it has returned: the gradients read are those of the
+        closure's first evaluation, at the parameters the update starts from (LBFGS evaluates it again later)."""
+        # torch hands the hook step()'s own args, the optimizer first: (optimizer, closure?)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self.before_update()
+            return None
+
+        def measured() -> Any:
+            loss = closure()
+            self.before_update()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": measured}
+        return (args[0], measured, *args[2:]), kwargs
+
     def update_skipped(self) -> None:
         """The update announced by before_update() did not happen (an AMP scaler found inf/NaN gradients)."""
         if self._phase == "clipped":
@@ -183,7 +203,7 @@ class Monitor:
 
     @contextlib.contextmanager
     def _optimizer_hooks(self) -> Iterator[None]:
-        handles = [opt.register_step_pre_hook(self.before_update) for opt in self.optimizers if self.step_hooks]
+        handles = [opt.register_step_pre_hook(self._pre_step) for opt in self.optimizers if self.step_hooks]
         try:
             yield
         finally:

@@ -137,6 +137,36 @@ def test_every_value_matches_plain_torch_on_an_unknown_model(tmp_path):
         assert logged[tag] == pytest.approx(value, rel=1e-4, abs=1e-9), tag
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "lbfgs"])
+def test_optimizer_step_with_a_closure_reads_the_closures_gradients(tmp_path, optimizer):
+    """optimizer.step(closure) runs the pre-step hooks before the closure's backward: the Monitor reads the gradients
+    once the closure has returned (its first evaluation, at the parameters the update starts from)."""
+    torch.manual_seed(0)
+    model = SharedResNet()
+    x, y = _data(0)
+    ref = copy.deepcopy(model).double()
+    F.cross_entropy(ref(x.double()), y).backward()
+    expected = {f"grad_norm/{n}": p.grad.norm().item() for n, p in ref.named_parameters()}
+    opt = (torch.optim.SGD(model.parameters(), lr=0.1) if optimizer == "sgd"
+           else torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3))
+    capture = Capture()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt], sinks=[capture])
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    with monitor.step():
+        opt.step(closure)
+    monitor.close()
+    logged = capture.logged[0]
+    assert "amp/skipped_step" not in logged  # the update happened
+    for tag, value in expected.items():
+        assert logged[tag] == pytest.approx(value, rel=1e-4), tag
+
+
 def test_steps_between_logging_steps_register_no_hook_and_log_nothing(tmp_path):
     model, opt_a, opt_b = _build()
     capture = Capture()

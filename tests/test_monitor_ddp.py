@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -39,8 +38,9 @@ class _ToFile:
             json.dump(self.logged[0], f)
 
 
-def _worker(rank, port, folder):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def _worker(rank, folder):
+    # a file rendezvous in the test's own folder: no port to pick, so no race with another process taking it
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
         model = nn.parallel.DistributedDataParallel(_net())
@@ -57,12 +57,6 @@ def _worker(rank, port, folder):
                 monitor.record(loss=loss)
     finally:
         dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _oracle():
@@ -91,7 +85,7 @@ def _oracle():
 
 @pytest.mark.slow
 def test_ddp_norms_are_global_and_only_rank_0_writes(tmp_path):
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     expected = _oracle()
     for logged in ranks:
