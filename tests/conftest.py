@@ -1,7 +1,12 @@
 """Shared fixtures: compose real configs with Hydra's compose API, tiny enough to train in a second."""
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
+import torch
+import torch.nn.functional as F
 from rich.console import Console
 
 import gradexp
@@ -42,3 +47,37 @@ class Capture:
 
     def close(self, outcome):
         pass
+
+
+def float64_step(model, micro_batches):
+    """The oracle of the Monitor and Lightning tests: a float64 copy of `model` (blocks in `model.blocks`), one
+    accumulated backward of the averaged cross-entropy over `micro_batches`, keeping every call's output of each
+    block. Returns (the copy, {"blocks.<i>": [outputs with .grad]}, each micro-batch's loss)."""
+    ref = copy.deepcopy(model).double()
+    outs: dict = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            output.retain_grad()
+            outs.setdefault(name, []).append(output)
+        return hook
+
+    for i, block in enumerate(ref.blocks):
+        block.register_forward_hook(keep(f"blocks.{i}"))
+    losses = []
+    for x, y in micro_batches:
+        loss = F.cross_entropy(ref(x.double()), y) / len(micro_batches)
+        loss.backward()
+        losses.append(loss.item())
+    return ref, outs, losses
+
+
+def activation_expectations(outs) -> dict[str, float]:
+    """act_grad_norm, act_mean and act_std of each block, every call of a block pooled (as the probes pool them)."""
+    expected = {}
+    for name, calls in outs.items():
+        expected[f"act_grad_norm/{name}"] = math.sqrt(sum(c.grad.pow(2).sum().item() for c in calls))
+        pooled = torch.cat([c.detach().reshape(-1) for c in calls])
+        expected[f"act_mean/{name}"] = pooled.mean().item()
+        expected[f"act_std/{name}"] = pooled.std(correction=0).item()
+    return expected

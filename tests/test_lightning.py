@@ -1,7 +1,6 @@
 """The Lightning callback (gradexp.integrations.lightning): every logged value of an update against plain torch in
 float64, with Lightning's gradient accumulation and its own clipping (norm and value); AMP-skipped steps; an exception
 in training_step; the example. Skipped where the extra is not installed (`pip install 'gradexp[lightning]'`)."""
-import copy
 import math
 import os
 import subprocess
@@ -17,7 +16,7 @@ pl = pytest.importorskip("lightning.pytorch", reason="the lightning extra is not
 import gradexp  # noqa: E402
 from gradexp.integrations.lightning import GradexpCallback  # noqa: E402
 from lightning.pytorch.plugins import MixedPrecision  # noqa: E402
-from tests.conftest import Capture  # noqa: E402
+from tests.conftest import Capture, activation_expectations, float64_step  # noqa: E402
 
 # Lightning's notices about this machine (srun on PATH) and its own deprecated torch calls: not ours to act on
 pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command", "ignore:.*LeafSpec")
@@ -71,22 +70,8 @@ def _fit(model, tmp_path, steps=2, capture=None, **trainer_options):
 
 def _oracle(model, micro, algorithm, clip):
     """Update 0 in float64: gradients of the accumulated (averaged) loss, the clip, activations and the update."""
-    ref = copy.deepcopy(model).double()
-    outs = {}
-
-    def keep(name):
-        def hook(module, inputs, output):
-            output.retain_grad()
-            outs.setdefault(name, []).append(output)
-        return hook
-
-    for i, block in enumerate(ref.blocks):
-        block.register_forward_hook(keep(f"blocks.{i}"))
-    total_loss = 0.0
-    for x, y in micro:
-        loss = F.cross_entropy(ref(x.double()), y) / len(micro)
-        loss.backward()
-        total_loss += loss.item()
+    ref, outs, losses = float64_step(model, micro)
+    total_loss = sum(losses)  # Lightning's per-batch losses, each divided by the accumulation
     grads = {n: p.grad.clone() for n, p in ref.named_parameters()}
     norm = math.sqrt(sum(g.pow(2).sum().item() for g in grads.values()))
     expected = {f"grad_norm/{n}": g.norm().item() for n, g in grads.items()}
@@ -103,11 +88,7 @@ def _oracle(model, micro, algorithm, clip):
     expected.update({"grad_norm/total": norm, "loss/train": total_loss, "lr": LR})
     if algorithm == "norm":
         expected["grad_norm/total_clipped"] = norm * scale
-    for name, calls in outs.items():
-        expected[f"act_grad_norm/{name}"] = math.sqrt(sum(c.grad.pow(2).sum().item() for c in calls))
-        pooled = torch.cat([c.detach().reshape(-1) for c in calls])
-        expected[f"act_mean/{name}"] = pooled.mean().item()
-        expected[f"act_std/{name}"] = pooled.std(correction=0).item()
+    expected.update(activation_expectations(outs))
     params = dict(ref.named_parameters())
     for n, g in clipped.items():  # plain SGD: the update is lr * clipped gradient
         expected[f"update_ratio/{n}"] = (LR * g).norm().item() / params[n].detach().norm().item()

@@ -15,6 +15,7 @@ from torch import nn
 
 import gradexp
 from gradexp.config.schema import ConfigError
+from tests.conftest import activation_expectations, float64_step
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "monitor_loop.py")
 
@@ -89,31 +90,14 @@ def _user_step(monitor, model, opts, micro_batches):
 
 def _oracle(model, micro_batches, lrs):
     """Step 0 in float64 with plain torch: gradients, activation gradients and statistics, clipping, update."""
-    ref = copy.deepcopy(model).double()
-    outs = {}
-
-    def keep(name):
-        def hook(module, inputs, output):
-            output.retain_grad()
-            outs.setdefault(name, []).append(output)
-        return hook
-
-    for i, block in enumerate(ref.blocks):
-        block.register_forward_hook(keep(f"blocks.{i}"))
-    for x, y in micro_batches:
-        loss = F.cross_entropy(ref(x.double()), y) / len(micro_batches)
-        loss.backward()
+    ref, outs, losses = float64_step(model, micro_batches)
     grads = {n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None}
     total = math.sqrt(sum(g.pow(2).sum().item() for g in grads.values()))
     scale = min(1.0, MAX_NORM / (total + 1e-6))
     expected = {f"grad_norm/{n}": g.norm().item() for n, g in grads.items()}
     expected.update({"grad_norm/total": total, "grad_norm/total_clipped": total * scale, "clip/scale": scale,
-                     "clip/frac_steps_clipped": 1.0, "loss/train": loss.item(), "lr": 0.1})
-    for name, calls in outs.items():
-        expected[f"act_grad_norm/{name}"] = math.sqrt(sum(c.grad.pow(2).sum().item() for c in calls))
-        pooled = torch.cat([c.detach().reshape(-1) for c in calls])
-        expected[f"act_mean/{name}"] = pooled.mean().item()
-        expected[f"act_std/{name}"] = pooled.std(correction=0).item()
+                     "clip/frac_steps_clipped": 1.0, "loss/train": losses[-1], "lr": 0.1})
+    expected.update(activation_expectations(outs))
     params = dict(ref.named_parameters())
     for n, g in grads.items():  # plain SGD: the update is lr * clipped gradient
         expected[f"update_ratio/{n}"] = (lrs[n] * scale * g).norm().item() / params[n].detach().norm().item()
