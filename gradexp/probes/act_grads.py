@@ -8,7 +8,7 @@ from typing import ContextManager
 
 from torch import Tensor, nn
 
-from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars
+from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
 from gradexp.probes.layers import Layers
 from gradexp.probes.norms import combined_norm, norm_vector
 
@@ -54,7 +54,7 @@ class ActGrads(Probe):
             return {}
         norms = norm_vector([g for calls in grads.values() for g in calls])  # one batched pass, (calls,)
         if len(norms) == len(grads):  # one call per layer: the usual case
-            return {tuple(f"act_grad_norm/{name}" for name in grads): norms}
+            return {tags("act_grad_norm/", list(grads)): norms}
         out, at = {}, 0
         for name, calls in grads.items():
             out[f"act_grad_norm/{name}"] = norms[at] if len(calls) == 1 else combined_norm(norms[at:at + len(calls)])

@@ -22,7 +22,7 @@ from typing import ContextManager, Optional
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars
+from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
 from gradexp.config.registry import ACTIVATIONS
 
@@ -135,15 +135,15 @@ class ActStats(Probe):
                 continue  # measured on the outputs' own stack below, before it is centred
             y = self.scratch.stacked([activated[n] for n in names], at)
             at += y.numel()
-            values[tuple(f"act_saturation/{n}" for n in names)] = saturation(y, self.activation, self.unit_dim)
+            values[tags("act_saturation/", names)] = saturation(y, self.activation, self.unit_dim)
         for names in by_shape(outputs):
             y = self.scratch.stacked([outputs[n] for n in names], at)  # (L, ...)
             at += y.numel()
             if all(n in shared for n in names):
-                values[tuple(f"act_saturation/{n}" for n in names)] = saturation(y, self.activation, self.unit_dim)
+                values[tags("act_saturation/", names)] = saturation(y, self.activation, self.unit_dim)
             std, mean = std_mean_(y.flatten(1))  # (L,) each, handed on whole (probes/base.py); y is centred now
-            values[tuple(f"act_mean/{n}" for n in names)] = mean
-            values[tuple(f"act_std/{n}" for n in names)] = std
+            values[tags("act_mean/", names)] = mean
+            values[tags("act_std/", names)] = std
         self.outputs.clear()  # the same dicts: the hooks made once write into them
         self.activated.clear()
         return values

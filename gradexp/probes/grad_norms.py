@@ -5,7 +5,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars, named_parameters
+from gradexp.probes.base import Probe, Scalars, named_parameters, tags
 from gradexp.probes.norms import combined_norm, norm_vector
 
 
@@ -28,7 +28,7 @@ class GradNorms(Probe):
         norms = norm_vector(grads)  # batched, exact down to subnormals, stays on the device: (P,) float64
         total = combined_norm(norms)
         self.seen = (grads, [g._version for g in grads], total)
-        return {tuple(f"grad_norm/{n}" for n in names): norms, "grad_norm/total": total}
+        return {tags("grad_norm/", names): norms, "grad_norm/total": total}
 
     def after_clip(self, model: nn.Module, clip_norm: Optional[Tensor]) -> Scalars:
         _, grads = _named_grads(model)

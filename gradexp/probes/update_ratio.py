@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars, named_parameters
+from gradexp.probes.base import Probe, Scalars, named_parameters, tags
 from gradexp.probes.norms import norm_vector
 
 
@@ -60,6 +60,6 @@ class UpdateRatio(Probe):
         torch._foreach_sub_(self.before, self.params)  # theta_before - theta_after: the step, negated
         moved, size = norm_vector(self.before), self.size  # (P,) float64
         ratios = torch.where(size > 0, moved / size, torch.inf)  # zero denominator: inf, never 0/0 = NaN
-        tags = tuple(f"update_ratio/{n}" for n in self.names)
+        names = tags("update_ratio/", self.names)
         self.names, self.params, self.before, self.size = [], [], [], None
-        return {tags: ratios}
+        return {names: ratios}

@@ -2,8 +2,8 @@
 
 Every step keeps its loss (a 0-d device tensor) in a list: no device op, no sync. At each check point (the
 steps that already synchronise: logging and evaluation steps) the losses are summed in float64 and read once, together with the
-norms of every parameter and gradient when a snapshot is due (at most every SNAPSHOT_EVERY steps; it must
-be clean) and at the last step. While finite, the Snapshot of the training state is refreshed when due.
+norms of every parameter and gradient when a snapshot is due (every SNAPSHOT_EVERY steps, or more where a
+refresh would cost over SNAPSHOT_SHARE of the training time; it must be clean) and at the last step. While finite, the Snapshot of the training state is refreshed when due.
 When not, the snapshot is restored and the steps since it are replayed with checking hooks on every
 module until the first step where something is NaN/Inf. Reported, in order of precedence within that step:
 - phase "forward": the first module (in execution order, innermost first) whose output is non-finite,
@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from gradexp.probes.base import named_parameters, removed_on_exit
+from gradexp.probes.norms import norm_vector
 from gradexp.training.snapshot import Snapshot
 
 # refresh the snapshot at a clean check point at most this often (in steps): a copy of model + optimizer
 # state is a visible share of a small model's logging step, while a replay is paid only once, on divergence
 SNAPSHOT_EVERY = 100
+# and at most this share of the training time: on a small model one refresh (the state check and the copy) costs
+# about one training step, so it is refreshed every few hundred steps instead (a replay stays well under a second)
+SNAPSHOT_SHARE = 0.002
 FOLD_EVERY = 256  # losses kept before they are summed without a check point
 
 
@@ -106,6 +111,8 @@ class NonfiniteGuard:
         self.folded: Optional[Tensor] = None  # the sum of losses folded before this check interval ended
         self.snapshot = Snapshot(run)
         self.snapshot_step = start_step  # the state in the snapshot is the one before this step
+        self.snapshot_every = SNAPSHOT_EVERY  # steps between refreshes, grown by what a refresh costs (_refreshed)
+        self.snapshot_clock = time.perf_counter()  # when the snapshot was refreshed
         self.found: Optional[dict] = None
 
     def observe(self, loss: Tensor) -> None:  # every step: no device op, no sync
@@ -126,7 +133,8 @@ class NonfiniteGuard:
             return None
         # Parameters and gradients are checked only where it matters: before a snapshot is refreshed (it must be
         # clean) and at the last step. Elsewhere a non-finite gradient shows in the next step's loss.
-        snapshot_due = step + 1 - self.snapshot_step >= SNAPSHOT_EVERY
+        snapshot_due = step + 1 - self.snapshot_step >= self.snapshot_every
+        started = time.perf_counter()
         total = self._sum() if self.losses else self.folded
         if snapshot_due or step == self.settings.steps - 1:
             total = self._state_norm() if total is None else total + self._state_norm().to(total.device)
@@ -134,7 +142,7 @@ class NonfiniteGuard:
         if total is None or math.isfinite(total.item()):  # the host read of the check point
             if snapshot_due:
                 self.snapshot.take()
-                self.snapshot_step = step + 1
+                self._refreshed(step + 1, started)
             return None
         now = Snapshot(self.run) if not self.settings.stop_on_nonfinite else None
         self.snapshot.restore()
@@ -143,9 +151,19 @@ class NonfiniteGuard:
             now.restore()
         return self.found
 
+    def _refreshed(self, snapshot_step: int, started: float) -> None:
+        """The snapshot now holds the state before `snapshot_step`; the next refresh comes after SNAPSHOT_EVERY steps,
+        or later where this refresh took more than SNAPSHOT_SHARE of the steps' time since the last one."""
+        now = time.perf_counter()
+        step_time = (started - self.snapshot_clock) / max(snapshot_step - self.snapshot_step, 1)
+        needed = (now - started) / (SNAPSHOT_SHARE * step_time) if step_time > 0 else SNAPSHOT_EVERY
+        self.snapshot_every = max(SNAPSHOT_EVERY, math.ceil(needed))
+        self.snapshot_step, self.snapshot_clock = snapshot_step, now
+
     def _state_norm(self) -> Tensor:
-        """L2 norm of every parameter and gradient in float64: non-finite exactly when some entry is (finite
-        float32 cannot overflow it), and on CPU about twice as fast as the max-norm kernel. 0-d, no sync."""
+        """The sum of the L2 norms of every parameter and gradient: non-finite exactly when some entry is. norm_vector
+        (probes/norms.py) gives inf/NaN only for a tensor that holds one (a float32 norm that overflowed on finite
+        entries is redone in float64) and, on CPU, takes the float32 kernel for the rest: this check runs at every
+        snapshot, where a float64 norm of the whole state cost as much as a small model's training step. 0-d."""
         params = [p for _, p in named_parameters(self.run.model)]
-        tensors = [p.detach() for p in params] + [p.grad for p in params if p.grad is not None]
-        return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float64)).sum()
+        return norm_vector([p.detach() for p in params] + [p.grad for p in params if p.grad is not None]).sum()
