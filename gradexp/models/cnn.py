@@ -21,7 +21,8 @@ class ConvBlock(nn.Module):
         self.residual = residual
 
     def activation_site(self) -> tuple[nn.Module, bool, int]:
-        return self.act, False, 1  # the activation module's output (B, C, H, W); units (channels) on dim 1
+        # the activation module's output (B, C, H, W), units (channels) on dim 1; without the residual, the block's own
+        return (self.act if self.residual else self), False, 1
 
     def forward(self, x: Tensor) -> Tensor:  # (B, c_in, H, W) -> (B, width, H, W)
         y = self.act(self.norm(self.conv(x)))

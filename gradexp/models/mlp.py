@@ -21,7 +21,9 @@ class MLPBlock(nn.Module):
         self.residual = residual
 
     def activation_site(self) -> tuple[nn.Module, bool, int]:
-        return self.act, False, 1  # the activation module's output (B, H); units on dim 1
+        # the activation module's output (B, H), units on dim 1; without the residual that is the block's own output,
+        # which the instruments watch anyway: naming the block spares the activation module a hook of its own
+        return (self.act if self.residual else self), False, 1
 
     def forward(self, x: Tensor) -> Tensor:  # (B, d_in) -> (B, width)
         y = self.act(self.norm(self.linear(x)))

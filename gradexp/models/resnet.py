@@ -54,7 +54,7 @@ class Stem(nn.Module):
         self.act = make_activation(activation)
 
     def activation_site(self) -> tuple[nn.Module, bool, int]:
-        return self.act, False, 1
+        return self, False, 1  # its output is the activation's output
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, width, H, W)
         return self.act(self.norm(self.conv(x)))

@@ -107,21 +107,30 @@ class ActStats(Probe):
     def _make_hooks(self) -> Hooks:
         hooks = Hooks()
         for name, layer in self.layers:
-            hooks.forward(layer, self._keep(self.outputs, name))
+            keep_output = self._keep(self.outputs, name)
             if self.activation is None or not has_capability(layer, ACTIVATION_SITE):  # no saturation rule to apply
+                hooks.forward(layer, keep_output)
                 continue
             module, read_input, self.unit_dim = layer.activation_site()
             keep = self._keep(self.activated, name)
+            if module is layer and not read_input:  # the layer's output is the activation's: one hook keeps both
+                hooks.forward(layer, self._keep(self.outputs, name, also=self.activated))
+                continue
+            hooks.forward(layer, keep_output)
             if read_input:
                 hooks.forward_pre(module, lambda m, inputs, keep=keep: keep(m, None, inputs[0]))
             else:
                 hooks.forward(module, keep)
         return hooks
 
-    def _keep(self, store: dict[str, list[Tensor]], name: str):
+    def _keep(self, store: dict[str, list[Tensor]], name: str, also: Optional[dict[str, list[Tensor]]] = None):
+        """A forward hook keeping the module's output (detached) under `name` in `store`, and in `also` if given."""
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
             if isinstance(output, Tensor):  # a module may return a tuple (e.g. attention): not a layer output to measure
-                store.setdefault(name, []).append(output.detach())
+                kept = output.detach()
+                store.setdefault(name, []).append(kept)
+                if also is not None:
+                    also.setdefault(name, []).append(kept)
         return hook
 
     def after_backward(self, model: nn.Module) -> Scalars:
