@@ -64,15 +64,18 @@ class Hooks:
         self.entries.append((handle.hooks_dict_ref(), handle.id, hook))
         handle.remove()  # made, not attached: attached() puts it in
 
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[None]:
+    def attached(self) -> "Hooks":
+        """A context manager: the hooks are in their modules' tables inside the `with`, out again after it, whatever
+        happens inside. The Hooks object itself (no generator to make and step through each logging step)."""
+        return self
+
+    def __enter__(self) -> None:
         for table, key, hook in self.entries:
             table[key] = hook
-        try:
-            yield
-        finally:
-            for table, key, _ in self.entries:
-                table.pop(key, None)
+
+    def __exit__(self, *exc: Any) -> None:
+        for table, key, _ in self.entries:
+            table.pop(key, None)
 
 
 @contextlib.contextmanager
