@@ -4,12 +4,14 @@ a multiple of log.every; 0 = off). Tags: hist/grad/<param>, hist/weight/<param>,
 Each histogram is computed on the device without a host sync and packed into one 1-d tensor
 (min, max, count, sum, sum of squares, BINS bin counts) so it rides along with the logging step's single
 host transfer; `unpack` gives the sinks what tensorboard's add_histogram_raw wants. Bins split [min, max]
-evenly; NaN/Inf entries are left out of the bins (they still make min/max/sum non-finite).
-A logging step packs the small tensors of a phase together (`pack_many`): tensors of one size are stacked into rows
-and packed in ~20 kernels for all of them, instead of ~18 small kernels per tensor (34 tensors on the default MLP: the
-bulk of an "everything every step" step). Tensors above SMALL entries are packed one at a time: there the arithmetic
-outweighs the kernel launches, and torch's histc beats a stacked copy plus an int64 bincount (measured on the
-depth-20 width-256 MLP: 2.74x -> 3.43x a plain loop when everything was stacked)."""
+evenly: an entry's bin is floor(u * BINS) of u = (t - min) / (max - min) in float32, the top edge (u = 1) in the last
+bin, which is torch.histc(u, BINS, 0, 1) exactly; NaN/Inf entries are left out of the bins (they still make
+min/max/sum non-finite).
+A logging step packs all tensors of a phase together (`pack_many`), in a few passes over each entry: min and max in
+one pass (aminmax), the scaled u in place in a reused buffer, then an int32 slot index per entry and one bincount for
+all small tensors (row offsets keep their histograms apart) or one per large tensor. That replaced histc, which
+costs ~13 ns an entry on CPU against ~0.5 ns for bincount, and an isfinite/where pair that histc's own range check
+already did (measured in docs/profile.md, "Everything every step")."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -24,52 +26,143 @@ from gradexp.probes.layers import Layers
 PREFIX = "hist/"
 BINS = 30
 _HEADER = 5  # min, max, count, sum, sum of squares
-SMALL = 1 << 14  # entries: tensors up to this size are packed together (pack_many)
+SMALL = 1 << 14  # entries: tensors up to this size are stacked with the others of their size (one copy)
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def pack(t: Tensor, bins: int = BINS) -> Tensor:
     """(any shape) -> (5 + bins,) on t's device."""
-    t = t.detach().float().reshape(-1)
-    lo, hi = t.min(), t.max()
-    unit = (t - lo) / (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)  # [0, 1]: histc needs host-side bounds
-    unit = torch.where(torch.isfinite(unit), unit, -1.0)  # out of range: not counted
-    counts = torch.histc(unit, bins=bins, min=0.0, max=1.0)
-    header = torch.stack([lo, hi, t.new_tensor(float(t.numel())), t.sum(), (t * t).sum()])
-    return torch.cat([header, counts])
+    return pack_many([t], bins)[0]
 
 
-def pack_many(tensors: list[Tensor], bins: int = BINS) -> list[Tensor]:
-    """pack() of each tensor (the same numbers, up to float32 summation order, and an entry on a bin edge may land in
-    the neighbouring bin), computed for every group of same-sized small tensors at once. Non-empty tensors."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
+class Scratch:
+    """Buffers pack_many reuses from one logging step to the next, grown on demand: a fresh multi-MB tensor on CPU
+    faults its pages in on every step, and the slot offsets of a step's rows are the same each time."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple, Tensor] = {}
+        self.offsets: dict[tuple, Tensor] = {}
+
+    def buffer(self, name: str, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        key = (name, dtype, device)
+        if key not in self.buffers or self.buffers[key].numel() < n:
+            self.buffers[key] = torch.empty(n, dtype=dtype, device=device)
+        return self.buffers[key][:n]
+
+    def row_offsets(self, sizes: tuple, slots: int, device: torch.device) -> Tensor:
+        """(sum of L * N,) int32: row r's entries at r * slots, for groups of L rows of N entries (sizes: (L, N)...)."""
+        key = (sizes, slots, device)
+        if key not in self.offsets:
+            rows = [torch.full((n,), r * slots, dtype=torch.int32) for r, n in enumerate(n for L, n in sizes for _ in range(L))]
+            self.offsets[key] = torch.cat(rows).to(device)
+        return self.offsets[key]
+
+
+def pack_many(tensors: list[Tensor], bins: int = BINS, scratch: Scratch | None = None) -> list[Tensor]:
+    """pack() of each tensor (non-empty ones), with far fewer kernels than one pack() each. Tensors up to SMALL
+    entries are stacked by size into one float32 buffer (one copy), whose rows are scaled and binned together; larger
+    ones are scaled and binned one at a time, in place in a scratch buffer that stays in cache. Every bin count
+    comes from one bincount of the step's slot indices (small rows) or one per large tensor, and the headers and
+    counts of all rows are assembled in one cat."""
+    scratch = scratch if scratch is not None else Scratch()
     out: list = [None] * len(tensors)
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
-        if t.numel() > SMALL:
-            out[i] = pack(t)
-        else:
-            groups[(t.numel(), t.dtype, t.device)].append(i)
-    for indices in groups.values():
-        rows = _pack_rows(torch.stack([tensors[i].detach().reshape(-1) for i in indices]).float(), bins)
-        for i, row in zip(indices, rows.unbind()):
-            out[i] = row
+        by_device[t.device].append(i)
+    for device, indices in by_device.items():
+        order, packed = _pack_device([tensors[i] for i in indices], bins, scratch, device)
+        for j, row in zip(order, packed.unbind()):
+            out[indices[j]] = row
     return out
 
 
-def _pack_rows(y: Tensor, bins: int) -> Tensor:
-    """(L, N) float32 -> (L, 5 + bins): pack() of each row. The bins are histc's with min 0 and max 1 on the rows
-    scaled to [0, 1] (u): bin floor(u * bins), the top edge in the last bin. u is never +-inf (t - lo <= hi - lo,
-    and rounding keeps that), so the only entries left out are NaN ones (a row holding a NaN or an inf): they go to
-    a spare slot. Each row has bins + 2 slots: the bins, the top edge, the spare."""
-    lo, hi = y.amin(dim=1), y.amax(dim=1)  # NaN propagates, as in min()/max()
-    unit = (y - lo[:, None]) / (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)[:, None]
-    rows, slots = y.shape[0], bins + 2
-    index = torch.nan_to_num_(unit, nan=2.0).mul_(bins).long().clamp_(max=bins + 1)  # NaN -> 2 * bins -> the spare
-    index += torch.arange(0, rows * slots, slots, device=y.device)[:, None]  # row r's slots at r * slots
-    counts = torch.bincount(index.reshape(-1), minlength=rows * slots).view(rows, slots).float()
-    counts[:, bins - 1] += counts[:, bins]  # the top edge (u = 1) belongs to the last bin, as in histc
-    size = torch.full_like(lo, float(y.shape[1]))
-    header = torch.stack([lo, hi, size, y.sum(dim=1), (y * y).sum(dim=1)], dim=1)
-    return torch.cat([header, counts[:, :bins]], dim=1)
+def _pack_device(tensors: list[Tensor], bins: int, scratch: Scratch, device: torch.device) -> tuple[list[int], Tensor]:
+    """pack_many for one device's tensors: (their positions in row order, (rows, 5 + bins))."""
+    groups: dict[tuple, list[int]] = defaultdict(list)  # (numel, dtype) -> positions, for the small tensors
+    large = []
+    for i, t in enumerate(tensors):
+        if t.numel() > SMALL:
+            large.append(i)
+        else:
+            groups[(t.numel(), t.dtype)].append(i)
+    order, headers, counts = [], [], []
+    if groups:
+        order += [i for indices in groups.values() for i in indices]
+        sizes = tuple((len(indices), numel) for (numel, _), indices in groups.items())
+        header, count = _pack_small([tensors[i] for i in order], sizes, bins, scratch, device)
+        headers.append(header)
+        counts.append(count)
+    if large:
+        order += large
+        header, count = _pack_large([tensors[i] for i in large], bins, scratch, device)
+        headers.append(header)
+        counts.append(count)
+    count = torch.cat(counts).float()
+    count[:, bins - 1] += count[:, bins]  # the top edge (u = 1) belongs to the last bin, as in histc
+    return order, torch.cat([torch.cat(headers), count[:, :bins]], dim=1)
+
+
+def _slots(bins: int) -> int:
+    """Slot indices per row: the bins, the top edge (u = 1) at `bins`, a NaN entry at 2 * bins (not counted)."""
+    return 2 * bins + 1
+
+
+def _pack_small(tensors: list[Tensor], sizes: tuple, bins: int, scratch: Scratch, device: torch.device):
+    """Tensors grouped by size, in order (sizes: (rows, entries) per group) -> headers (R, 5), slot counts (R, slots).
+    One copy into a float32 buffer; each group's rows are a (rows, entries) view of it, so min, max and the sums are
+    row reductions of the same layout a stack of the group would have."""
+    total = sum(rows * n for rows, n in sizes)
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors], out=scratch.buffer("flat", total, torch.float32, device))
+    unit = scratch.buffer("unit", total, torch.float32, device)
+    columns: list[list[Tensor]] = [[], [], [], [], []]  # min, max, count, sum, sum of squares, per group
+    at = 0
+    for rows, n in sizes:
+        y, u = flat[at:at + rows * n].view(rows, n), unit[at:at + rows * n].view(rows, n)
+        lo, hi = y.amin(dim=1), y.amax(dim=1)  # NaN propagates (aminmax(dim=1) is ~30x slower on CPU)
+        torch.sub(y, lo[:, None], out=u).div_((hi - lo).clamp_min(_TINY)[:, None])
+        columns[0].append(lo)
+        columns[1].append(hi)
+        columns[3].append(y.sum(dim=1))
+        at += rows * n
+    slots = _slots(bins)
+    count = _bincount(unit, bins, scratch, scratch.row_offsets(sizes, slots, device), len(tensors) * slots)
+    torch.mul(flat, flat, out=unit)  # the squares, in the buffer the bins are done with
+    at = 0
+    for rows, n in sizes:
+        columns[4].append(unit[at:at + rows * n].view(rows, n).sum(dim=1))
+        at += rows * n
+    columns[2] = [torch.tensor([float(n) for rows, n in sizes for _ in range(rows)], device=device)]
+    return torch.stack([torch.cat(c) for c in columns], dim=1), count.view(len(tensors), slots)
+
+
+def _pack_large(tensors: list[Tensor], bins: int, scratch: Scratch, device: torch.device):
+    """Tensors above SMALL entries, one at a time (no copy; the scaled entries in a buffer that stays in cache)
+    -> headers (L, 5), slot counts (L, slots)."""
+    stats, counts = [], []
+    for t in tensors:
+        t = t.detach().float().reshape(-1)
+        u = scratch.buffer("unit", t.numel(), torch.float32, device)
+        lo, hi = torch.aminmax(t)  # one pass; the same signed zero as min()/max(), where amin() may differ
+        torch.sub(t, lo, out=u).div_((hi - lo).clamp_min(_TINY))
+        counts.append(_bincount(u, bins, scratch, None, _slots(bins)))
+        stats += [lo, hi, t.sum(), torch.mul(t, t, out=u).sum()]
+    stats = torch.stack(stats).view(len(tensors), 4)
+    sizes = torch.tensor([float(t.numel()) for t in tensors], device=device)
+    return torch.stack([stats[:, 0], stats[:, 1], sizes, stats[:, 2], stats[:, 3]], dim=1), torch.stack(counts)
+
+
+def _bincount(unit: Tensor, bins: int, scratch: Scratch, offsets: Tensor | None, length: int) -> Tensor:
+    """Slot counts (length,) of u in [0, 1] or NaN (unit, overwritten): slot floor(u * bins) (+ the row's offset),
+    NaN at 2 * bins. u is never +-inf (t - min <= max - min, and rounding keeps that; an inf range gives 0 or NaN)."""
+    unit.nan_to_num_(nan=2.0).mul_(bins)
+    if unit.device.type != "cpu":  # bincount syncs with the host on CUDA (it reads the max); index_add_ does not
+        index = unit.long() if offsets is None else unit.long() + offsets
+        return torch.zeros(length, device=unit.device).index_add_(0, index, torch.ones_like(unit))
+    small = torch.int16 if length <= 1 << 15 else torch.int32  # bincount reads int16 ~1.4x faster than int32
+    index = scratch.buffer("index", unit.numel(), small, unit.device).copy_(unit)  # truncates: floor for u >= 0
+    if offsets is not None:
+        index += offsets
+    return torch.bincount(index, minlength=length)
 
 
 def unpack(values: list[float]) -> dict:
@@ -86,6 +179,7 @@ class Histograms(Probe):
         self.layers = layers
         self.outputs: dict[str, Tensor] = {}  # layer -> its output this step, packed with the gradients
         self.hooks = Hooks()
+        self.scratch = Scratch()  # pack_many's buffers, kept between logging steps
         for name, layer in layers:
             self.hooks.forward(layer, self._act_hook(name))
 
@@ -106,12 +200,12 @@ class Histograms(Probe):
         tensors = {f"{PREFIX}act/{name}": t for name, t in self.outputs.items() if t.numel()}
         self.outputs = {}
         tensors.update({f"{PREFIX}grad/{n}": p.grad for n, p in named_parameters(model) if p.grad is not None})
-        return _packed(tensors)
+        return _packed(tensors, self.scratch)
 
     def after_step(self, model: nn.Module) -> Scalars:
-        return _packed({f"{PREFIX}weight/{n}": p for n, p in named_parameters(model)})
+        return _packed({f"{PREFIX}weight/{n}": p for n, p in named_parameters(model)}, self.scratch)
 
 
-def _packed(tensors: dict[str, Tensor]) -> Scalars:
+def _packed(tensors: dict[str, Tensor], scratch: Scratch) -> Scalars:
     tensors = {tag: t for tag, t in tensors.items() if t.numel()}
-    return dict(zip(tensors, pack_many(list(tensors.values())))) if tensors else {}
+    return dict(zip(tensors, pack_many(list(tensors.values()), scratch=scratch))) if tensors else {}
