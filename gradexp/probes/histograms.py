@@ -15,7 +15,7 @@ already did (measured in docs/profile.md, "Everything every step")."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import ContextManager
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import Tensor, nn
@@ -36,12 +36,13 @@ def pack(t: Tensor, bins: int = BINS) -> Tensor:
 
 
 class Scratch:
-    """Buffers pack_many reuses from one logging step to the next, grown on demand: a fresh multi-MB tensor on CPU
-    faults its pages in on every step, and the slot offsets of a step's rows are the same each time."""
+    """What pack_many reuses from one logging step to the next: buffers, grown on demand (a fresh multi-MB tensor on
+    CPU faults its pages in on every step), and constants of a step's layout (slot offsets, entry counts), which are
+    the same each time."""
 
     def __init__(self) -> None:
         self.buffers: dict[tuple, Tensor] = {}
-        self.offsets: dict[tuple, Tensor] = {}
+        self.constants: dict[tuple, Any] = {}
 
     def buffer(self, name: str, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         key = (name, dtype, device)
@@ -49,13 +50,10 @@ class Scratch:
             self.buffers[key] = torch.empty(n, dtype=dtype, device=device)
         return self.buffers[key][:n]
 
-    def row_offsets(self, sizes: tuple, slots: int, device: torch.device) -> Tensor:
-        """(sum of L * N,) int32: row r's entries at r * slots, for groups of L rows of N entries (sizes: (L, N)...)."""
-        key = (sizes, slots, device)
-        if key not in self.offsets:
-            rows = [torch.full((n,), r * slots, dtype=torch.int32) for r, n in enumerate(n for L, n in sizes for _ in range(L))]
-            self.offsets[key] = torch.cat(rows).to(device)
-        return self.offsets[key]
+    def constant(self, key: tuple, make: Callable[[], Any]) -> Any:
+        if key not in self.constants:
+            self.constants[key] = make()
+        return self.constants[key]
 
 
 def pack_many(tensors: list[Tensor], bins: int = BINS, scratch: Scratch | None = None) -> list[Tensor]:
@@ -64,7 +62,11 @@ def pack_many(tensors: list[Tensor], bins: int = BINS, scratch: Scratch | None =
     ones are scaled and binned one at a time, in place in a scratch buffer that stays in cache. Every bin count
     comes from one bincount of the step's slot indices (small rows) or one per large tensor, and the headers and
     counts of all rows are assembled in one cat."""
-    scratch = scratch if scratch is not None else Scratch()
+    with torch.no_grad():  # no detach() per tensor; cat(out=) refuses inputs that require grad
+        return _pack_many(tensors, bins, scratch if scratch is not None else Scratch())
+
+
+def _pack_many(tensors: list[Tensor], bins: int, scratch: Scratch) -> list[Tensor]:
     out: list = [None] * len(tensors)
     by_device: dict[torch.device, list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
@@ -111,28 +113,31 @@ def _pack_small(tensors: list[Tensor], sizes: tuple, bins: int, scratch: Scratch
     """Tensors grouped by size, in order (sizes: (rows, entries) per group) -> headers (R, 5), slot counts (R, slots).
     One copy into a float32 buffer; each group's rows are a (rows, entries) view of it, so min, max and the sums are
     row reductions of the same layout a stack of the group would have."""
-    total = sum(rows * n for rows, n in sizes)
-    flat = torch.cat([t.detach().reshape(-1) for t in tensors], out=scratch.buffer("flat", total, torch.float32, device))
-    unit = scratch.buffer("unit", total, torch.float32, device)
-    columns: list[list[Tensor]] = [[], [], [], [], []]  # min, max, count, sum, sum of squares, per group
-    at = 0
-    for rows, n in sizes:
-        y, u = flat[at:at + rows * n].view(rows, n), unit[at:at + rows * n].view(rows, n)
-        lo, hi = y.amin(dim=1), y.amax(dim=1)  # NaN propagates (aminmax(dim=1) is ~30x slower on CPU)
+    lengths = [rows * n for rows, n in sizes]
+    flat = torch.cat([t.reshape(-1) for t in tensors], out=scratch.buffer("flat", sum(lengths), torch.float32, device))
+    unit = scratch.buffer("unit", sum(lengths), torch.float32, device)
+    blocks = [(y.view(shape), u.view(shape)) for shape, y, u in zip(sizes, flat.split(lengths), unit.split(lengths))]
+    lows = [y.amin(dim=1) for y, _ in blocks]  # NaN propagates; aminmax(dim=1) is ~30x slower on CPU
+    highs = [y.amax(dim=1) for y, _ in blocks]
+    for (y, u), lo, hi in zip(blocks, lows, highs):
         torch.sub(y, lo[:, None], out=u).div_((hi - lo).clamp_min(_TINY)[:, None])
-        columns[0].append(lo)
-        columns[1].append(hi)
-        columns[3].append(y.sum(dim=1))
-        at += rows * n
+    sums = [y.sum(dim=1) for y, _ in blocks]
     slots = _slots(bins)
-    count = _bincount(unit, bins, scratch, scratch.row_offsets(sizes, slots, device), len(tensors) * slots)
+    offsets, numels = scratch.constant(("small", sizes, slots, device), lambda: _small_layout(sizes, slots, device))
+    count = _bincount(unit, bins, scratch, offsets, len(tensors) * slots)
     torch.mul(flat, flat, out=unit)  # the squares, in the buffer the bins are done with
-    at = 0
-    for rows, n in sizes:
-        columns[4].append(unit[at:at + rows * n].view(rows, n).sum(dim=1))
-        at += rows * n
-    columns[2] = [torch.tensor([float(n) for rows, n in sizes for _ in range(rows)], device=device)]
-    return torch.stack([torch.cat(c) for c in columns], dim=1), count.view(len(tensors), slots)
+    squares = [u.sum(dim=1) for _, u in blocks]
+    header = torch.stack([torch.cat(lows), torch.cat(highs), numels, torch.cat(sums), torch.cat(squares)], dim=1)
+    return header, count.view(len(tensors), slots)
+
+
+def _small_layout(sizes: tuple, slots: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per entry, its row's first slot (row r at r * slots, in _bincount's index dtype: a mixed-dtype add_ is ~50x
+    slower); per row, its entry count (float32)."""
+    numels = torch.tensor([float(n) for rows, n in sizes for _ in range(rows)])
+    starts = torch.arange(len(numels)) * slots
+    offsets = starts.repeat_interleave(numels.long()).to(_index_dtype(len(numels) * slots))
+    return offsets.to(device), numels.to(device)
 
 
 def _pack_large(tensors: list[Tensor], bins: int, scratch: Scratch, device: torch.device):
@@ -140,15 +145,21 @@ def _pack_large(tensors: list[Tensor], bins: int, scratch: Scratch, device: torc
     -> headers (L, 5), slot counts (L, slots)."""
     stats, counts = [], []
     for t in tensors:
-        t = t.detach().float().reshape(-1)
+        t = t.float().reshape(-1)
         u = scratch.buffer("unit", t.numel(), torch.float32, device)
         lo, hi = torch.aminmax(t)  # one pass; the same signed zero as min()/max(), where amin() may differ
         torch.sub(t, lo, out=u).div_((hi - lo).clamp_min(_TINY))
         counts.append(_bincount(u, bins, scratch, None, _slots(bins)))
         stats += [lo, hi, t.sum(), torch.mul(t, t, out=u).sum()]
     stats = torch.stack(stats).view(len(tensors), 4)
-    sizes = torch.tensor([float(t.numel()) for t in tensors], device=device)
+    key = ("large", tuple(t.numel() for t in tensors), device)
+    sizes = scratch.constant(key, lambda: torch.tensor([float(t.numel()) for t in tensors], device=device))
     return torch.stack([stats[:, 0], stats[:, 1], sizes, stats[:, 2], stats[:, 3]], dim=1), torch.stack(counts)
+
+
+def _index_dtype(length: int) -> torch.dtype:
+    """The slot index dtype for `length` slots: bincount reads int16 ~1.4x faster than int32 on CPU."""
+    return torch.int16 if length <= 1 << 15 else torch.int32
 
 
 def _bincount(unit: Tensor, bins: int, scratch: Scratch, offsets: Tensor | None, length: int) -> Tensor:
@@ -158,8 +169,7 @@ def _bincount(unit: Tensor, bins: int, scratch: Scratch, offsets: Tensor | None,
     if unit.device.type != "cpu":  # bincount syncs with the host on CUDA (it reads the max); index_add_ does not
         index = unit.long() if offsets is None else unit.long() + offsets
         return torch.zeros(length, device=unit.device).index_add_(0, index, torch.ones_like(unit))
-    small = torch.int16 if length <= 1 << 15 else torch.int32  # bincount reads int16 ~1.4x faster than int32
-    index = scratch.buffer("index", unit.numel(), small, unit.device).copy_(unit)  # truncates: floor for u >= 0
+    index = scratch.buffer("index", unit.numel(), _index_dtype(length), unit.device).copy_(unit)  # floor for u >= 0
     if offsets is not None:
         index += offsets
     return torch.bincount(index, minlength=length)
