@@ -111,3 +111,12 @@ def test_cuda_matches_the_oracle_without_a_host_sync():
         torch.cuda.set_sync_debug_mode("default")
     for t, row in zip(tensors, packed):
         check(t, row.cpu())
+
+
+def test_shapes_that_change_every_call_keep_the_scratch_bounded():
+    scratch = Scratch()
+    for n in range(1, 60):
+        tensors = [torch.randn(n, 3), torch.randn(n, 3), torch.randn(7)]
+        for t, packed in zip(tensors, pack_many(tensors, scratch=scratch)):
+            check(t, packed)
+    assert len(scratch.constants) <= 16

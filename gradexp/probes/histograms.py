@@ -54,6 +54,8 @@ class Scratch:
 
     def constant(self, key: tuple, make: Callable[[], Any]) -> Any:
         if key not in self.constants:
+            if len(self.constants) >= 16:  # shapes that change from step to step (a variable batch): stay bounded
+                self.constants.clear()
             self.constants[key] = make()
         return self.constants[key]
 
