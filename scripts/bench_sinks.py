@@ -15,7 +15,8 @@ With --loop it times gradexp's train() instead (default probes, log.every=1, ben
   none     no sinks
   bench    bench_overhead's sinks: TensorBoard + summary (no layer names)
   run      a real run's sinks: the TensorBoard views, TensorBoard, summary (layer names, theory), terminal
-and prints each one's microseconds per step and its excess over `none`: the sinks' cost on the critical path.
+and prints each one's microseconds per step and its excess over `none` (the sinks' cost on the critical path), by the
+wall clock and by the process's CPU time.
 Usage:
   python scripts/bench_sinks.py [--only mlp,mlp20] [--steps 400] [--repeats 7] [--loop] [--override KEY=VALUE ...]"""
 from __future__ import annotations
@@ -118,33 +119,36 @@ def loop_sinks(kind: str, tmp: str, layers: list[str], baseline, steps: int) -> 
             SummarySink(tmp, [], layers, baseline), TerminalSink(steps, tmp, console=console)]
 
 
-def time_loop(kind: str, cfg, layers: list[str], baseline, steps: int, tmp: str) -> float:
-    """Microseconds per step of train() with these sinks (end-of-run work not timed)."""
+def time_loop(kind: str, cfg, layers: list[str], baseline, steps: int, tmp: str) -> tuple[float, float]:
+    """(wall, CPU) microseconds per step of train() with these sinks (end-of-run work not timed). CPU is the process's
+    (training and writer threads; one torch thread): on a loaded machine it moves far less than the wall clock."""
     sinks = loop_sinks(kind, tempfile.mkdtemp(dir=tmp), layers, baseline, steps)
     run = bench.make_run(cfg, None, probes=True, sinks=sinks)
     settings = bench.build.settings(cfg)
     settings.steps, settings.eval_every = steps, steps
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     bench.train(run, settings)
-    elapsed = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     for sink in sinks:
         sink.close(Outcome(status="completed", steps=steps))
-    return elapsed / steps * 1e6
+    return wall / steps * 1e6, cpu / steps * 1e6
 
 
 def bench_loop(cfg, name: str, layers: list[str], baseline, repeats: int, tmp: str) -> None:
     steps = bench.CONFIGS[name][1]
-    times: dict[str, list[float]] = {k: [] for k in LOOP_KINDS}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in LOOP_KINDS}
     time_loop("run", cfg, layers, baseline, 20, tmp)  # warm-up
     for r in range(repeats):
         for kind in LOOP_KINDS[r % 3:] + LOOP_KINDS[:r % 3]:
             times[kind].append(time_loop(kind, cfg, layers, baseline, steps, tmp))
-    none = statistics.median(times["none"])
-    print(f"{name}: train() with log.every=1, {steps} steps; us per step, median of {repeats} (min-max), excess over none")
-    for kind in LOOP_KINDS:
-        ts = times[kind]
-        print(f"  {kind:6s} {statistics.median(ts):9.1f}   ({min(ts):.1f}-{max(ts):.1f})   "
-              f"{statistics.median(ts) - none:+8.1f}")
+    print(f"{name}: train() with log.every=1, {steps} steps; us per step, median of {repeats} (min-max), "
+          "excess over none; wall clock, then process CPU")
+    for clock, label in ((0, "wall"), (1, "cpu")):
+        none = statistics.median(t[clock] for t in times["none"])
+        for kind in LOOP_KINDS:
+            ts = [t[clock] for t in times[kind]]
+            print(f"  {label:4s} {kind:6s} {statistics.median(ts):9.1f}   ({min(ts):.1f}-{max(ts):.1f})   "
+                  f"{statistics.median(ts) - none:+8.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
