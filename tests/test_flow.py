@@ -35,3 +35,35 @@ def test_gain_spread_matches_numpy_float64():
     assert spread["per_layer"] == pytest.approx([np.exp(logs.min()), np.exp(logs.max())], rel=1e-12)
     assert spread["interval95"] == pytest.approx([np.exp(logs.mean() - half), np.exp(logs.mean() + half)], rel=1e-12)
     assert spread["layers"] == 6 and gain_spread([1.0, 0.5]) is None
+
+
+def reference_layer_quantities(values, layer_names):
+    """layer_quantities restated plainly: per layer, the hypot of its parameters' grad norms and the copied tags."""
+    from gradexp.analysis.flow import ACT_STATS, ATTENTION_STATS
+
+    out = {}
+    for name in layer_names:
+        parts = [v for tag, v in values.items() if tag.startswith(f"grad_norm/{name}.")]
+        if parts:
+            out[f"grad_norm/{name}"] = math.hypot(*parts)
+        for quantity in ("act_grad_norm", *ACT_STATS, *ATTENTION_STATS):
+            if f"{quantity}/{name}" in values:
+                out[f"{quantity}/{name}"] = values[f"{quantity}/{name}"]
+    return out
+
+
+def test_layer_quantities_of_steps_with_the_same_and_other_tags():
+    """Worked out once per tuple of tags: later steps with those tags get their own numbers; a layer with one parameter,
+    nested watched layers (a parameter counts for both) and a layer with nothing logged."""
+    from gradexp.analysis.flow import layer_quantities
+
+    layers = ["blocks.0", "blocks.0.attn", "head", "empty"]
+    tags = ["grad_norm/blocks.0.attn.w", "grad_norm/blocks.0.attn.b", "grad_norm/blocks.0.mlp.w", "grad_norm/head.w",
+            "grad_norm/total", "act_grad_norm/head", "act_std/blocks.0", "attn_entropy/blocks.0.attn", "loss/train"]
+    for step in range(3):
+        values = {tag: (i + 1) * 10.0 ** (-150 * step) for i, tag in enumerate(tags)}  # tiny: no underflow
+        if step == 2:
+            values["act_mean/head"] = math.nan  # another tuple of tags
+        got = layer_quantities(values, layers)
+        assert got == pytest.approx(reference_layer_quantities(values, layers), rel=1e-15, nan_ok=True)
+        assert got["grad_norm/head"] == values["grad_norm/head.w"] and got["grad_norm/blocks.0"] > 0

@@ -5,7 +5,9 @@ A per-layer gain below 1 means the gradient shrinks on its way back to the input
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from functools import lru_cache
+from operator import itemgetter
+from typing import Callable, Optional, Sequence
 
 
 def per_layer_gain(norms: Sequence[float]) -> Optional[float]:
@@ -50,25 +52,37 @@ ATTENTION_STATS = ("attn_entropy",)  # layers with attention only (probes/attn_e
 
 def layer_quantities(values: dict[str, float], layer_names: list[str]) -> dict[str, float]:
     """Per hidden layer: grad_norm (L2 over all its parameters' gradients), act_grad_norm, the activation statistics
-    and the attention entropy, as logged.
-    One pass over the tags (each parameter's dotted prefixes looked up among the layers), not one per layer: this
-    runs at every logging step."""
+    and the attention entropy, as logged. This runs at every logging step, on the same tags every time: which tags
+    feed which quantity is worked out once per tuple of tags (_plan)."""
+    copied, combined = _plan(tuple(values), tuple(layer_names))
+    out = {tag: values[tag] for tag in copied}
+    for key, parts in combined:
+        out[key] = math.hypot(*parts(values))  # scaled internally: squares of tiny norms do not underflow
+    return out
+
+
+@lru_cache(maxsize=32)
+def _plan(tags: tuple[str, ...], layer_names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[tuple[str, Callable], ...]]:
+    """(the per-layer tags logged as they are, (grad_norm/<layer>, values -> its parameters' grad norms in the order
+    logged) per layer). A parameter belongs to every watched layer whose name is a dotted prefix of its own."""
     layers = set(layer_names)
-    parts: dict[str, list[float]] = {}
-    for tag, v in values.items():
+    parts: dict[str, list[str]] = {}
+    for tag in tags:
         if not tag.startswith("grad_norm/"):
             continue
         param = tag[len("grad_norm/"):]
         at = param.find(".")
-        while at > 0:  # every watched layer whose name is a dotted prefix of the parameter's
+        while at > 0:
             if param[:at] in layers:
-                parts.setdefault(param[:at], []).append(v)
+                parts.setdefault(param[:at], []).append(tag)
             at = param.find(".", at + 1)
-    out: dict[str, float] = {}
-    for name in layer_names:
-        if name in parts:
-            out[f"grad_norm/{name}"] = math.hypot(*parts[name])  # scaled internally: squares of tiny norms do not underflow
-        for quantity in ("act_grad_norm", *ACT_STATS, *ATTENTION_STATS):
-            if f"{quantity}/{name}" in values:
-                out[f"{quantity}/{name}"] = values[f"{quantity}/{name}"]
-    return out
+    present = set(tags)
+    copied = tuple(f"{quantity}/{name}" for name in layer_names for quantity in ("act_grad_norm", *ACT_STATS, *ATTENTION_STATS)
+                   if f"{quantity}/{name}" in present)
+    return copied, tuple((f"grad_norm/{name}", _getter(parts[name])) for name in layer_names if name in parts)
+
+
+def _getter(tags: list[str]) -> Callable[[dict], tuple]:
+    """values -> (values[tag] for tag in tags) as a tuple (itemgetter gives a bare value for a single tag)."""
+    get = itemgetter(*tags)
+    return get if len(tags) > 1 else lambda values: (get(values),)

@@ -6,7 +6,7 @@ import copy
 import json
 import math
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from gradexp.analysis.flow import ACT_STATS, ATTENTION_STATS, layer_quantities
 from gradexp.outcome import Outcome
@@ -21,7 +21,22 @@ FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val", "bpc/train", "bp
 SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
 UNDERFLOW_PREFIX = "amp/underflow/"
-_SETTINGS = ("path", "overrides", "layer_names", "baseline")  # given at construction; everything else is run state
+# given at construction, and caches of what a tuple of tags holds; everything else is run state
+_SETTINGS = ("path", "overrides", "layer_names", "baseline", "_routes", "_firsts")
+ROUTES = 16  # distinct tuples of tags whose routes are kept (a run has a few); beyond, start over
+
+
+class _Routes(NamedTuple):
+    """Which tags of a logging step the summary reads, for one tuple of tags (worked out once, not at every step)."""
+    final: tuple[str, ...]               # FINAL_KEYS present
+    bptt: tuple[tuple[str, str], ...]    # (tag, layer) of each per-time-step profile
+    underflow: tuple[tuple[str, str], ...]  # (tag, layer) of each amp/underflow share
+
+    @classmethod
+    def of(cls, tags: tuple[str, ...]) -> "_Routes":
+        return cls(tuple(key for key in FINAL_KEYS if key in tags),
+                   tuple((tag, tag[len(BPTT_PREFIX):]) for tag in tags if tag.startswith(BPTT_PREFIX)),
+                   tuple((tag, tag[len(UNDERFLOW_PREFIX):]) for tag in tags if tag.startswith(UNDERFLOW_PREFIX)))
 
 
 class SummarySink:
@@ -35,26 +50,35 @@ class SummarySink:
         self.profiles: dict[str, dict[str, list]] = {}  # layer -> {"first": [...], "last": [...]}
         self.theory: Optional[dict[str, Any]] = None  # the baseline beside the first complete step; null without one
         self.underflow_max: dict[str, float] = {}  # layer -> the largest amp/underflow share logged (mixed precision)
+        self._routes: dict[tuple[str, ...], _Routes] = {}
+        self._firsts: set[tuple[str, ...]] = set()  # tuples of tags whose per-layer quantities are all in `first`
 
     def log(self, step: int, values: dict) -> None:
         self.latest.update(values)
-        for key in FINAL_KEYS:
-            if key in values:
-                self.initial.setdefault(key, values[key])
-        for tag, value in values.items():
-            if tag.startswith(BPTT_PREFIX):  # full per-time-step profile at the first and last logged step
-                entry = self.profiles.setdefault(tag[len(BPTT_PREFIX):], {"first": value, "first_step": step})
-                entry.update(last=value, last_step=step)
+        tags = tuple(values)
+        routes = self._routes.get(tags) or self._route(tags)
+        for key in routes.final:
+            self.initial.setdefault(key, values[key])
+        for tag, layer in routes.bptt:  # full per-time-step profile at the first and last logged step
+            entry = self.profiles.setdefault(layer, {"first": values[tag], "first_step": step})
+            entry.update(last=values[tag], last_step=step)
         if self.baseline is not None and self.theory is None and self.baseline.complete(values):
             self.theory = self.baseline.section(step, values)
-        for tag, value in values.items():
-            if tag.startswith(UNDERFLOW_PREFIX):
-                layer = tag[len(UNDERFLOW_PREFIX):]
-                self.underflow_max[layer] = max(value, self.underflow_max.get(layer, 0.0))
+        for tag, layer in routes.underflow:
+            self.underflow_max[layer] = max(values[tag], self.underflow_max.get(layer, 0.0))
         per_layer = layer_quantities(values, self.layer_names)
-        for key, value in per_layer.items():
-            self.first.setdefault(key, value)
+        if tags not in self._firsts:  # a tuple of tags seen before brings no quantity that is not in `first` yet
+            for key, value in per_layer.items():
+                self.first.setdefault(key, value)
+            self._firsts.add(tags)
         self.last.update(per_layer)
+
+    def _route(self, tags: tuple[str, ...]) -> "_Routes":
+        if len(self._routes) >= ROUTES:  # forgetting costs only the work of finding them again
+            self._routes.clear()
+            self._firsts.clear()
+        self._routes[tags] = routes = _Routes.of(tags)
+        return routes
 
     def state_dict(self) -> dict[str, Any]:
         """Everything accumulated so far (not the settings), so a resumed run reports the same first/last/final
@@ -62,6 +86,7 @@ class SummarySink:
         return copy.deepcopy({k: v for k, v in vars(self).items() if k not in _SETTINGS})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._firsts = set()  # `first` is replaced
         for key, value in state.items():
             if key == "sections":  # checkpoints written before the theory section was the summary's own
                 self.theory = value.get("theory")

@@ -18,12 +18,12 @@ import os
 import re
 from typing import Any, Optional
 
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from gradexp.analysis.flow import first_last_ratio, layer_quantities, per_layer_gain
 from gradexp.outcome import Outcome
+from gradexp.sinks.events import ScalarEvents
 from gradexp.sinks.images import image_step
 
 # capitalised: TensorBoard's Scalars and Time Series pages sort tag groups upper case first and open only the first two,
@@ -77,6 +77,7 @@ class TensorBoardViews:
         self.writer, self.hparam_dict, self.layer_names = writer, hparam_dict, layer_names
         self.latest: dict[str, float] = {}
         self.history: dict[int, dict[str, float]] = {}  # logged step -> per-layer quantities
+        self.events = ScalarEvents()
         writer.add_custom_scalars(layout(layer_names))
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -90,8 +91,8 @@ class TensorBoardViews:
             return
         norms = [per_layer.get(f"{quantity}/{name}") for name in self.layer_names]
         scalars = flow_scalars(norms, self.layer_names)
-        summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()])
-        self.writer._get_file_writer().add_summary(summary, step)  # one event for the step's flow scalars
+        event = self.events.event(tuple(scalars), scalars.values())
+        self.writer._get_file_writer().add_event(event, step)  # one event for the step's flow scalars
 
     def state_dict(self) -> dict:
         """The per-layer history behind the heatmap, so a resumed run's images cover the whole run (checkpoint.pt)."""

@@ -1,12 +1,14 @@
 """TensorBoard event files in the run folder, written with torch.utils.tensorboard.
 
-All scalars and histograms of a logging step go out as one Summary protobuf (one event) instead of one add_* call
-each: the same records for readers, a fraction of the Python cost. 1-d values are histograms
-(hist/... tags, see probes/histograms.py) or per-time-step profiles (sinks/profiles.py)."""
+All scalars and histograms of a logging step go out as one event instead of one add_* call each: the same records
+for readers, a fraction of the Python cost. 1-d values are histograms (hist/... tags, see probes/histograms.py) or
+per-time-step profiles (sinks/profiles.py). A tag is a number at every step or a list at every step (a probe's tag
+has one kind), so where each tag goes is worked out once per distinct tuple of tags (Routes); a list where a number
+was routed fails loudly (protobuf's TypeError), it is never written as something else."""
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
@@ -15,6 +17,7 @@ from torch.utils.tensorboard.summary import histogram_raw
 from gradexp.probes import histograms
 from gradexp.sinks import profiles
 from gradexp.outcome import Outcome
+from gradexp.sinks.events import TEMPLATES, ScalarEvents
 from gradexp.sinks.images import image_step
 
 def _writer_thread_errors_go_to_the_run(args: threading.ExceptHookArgs) -> None:
@@ -72,16 +75,67 @@ class _DirectWriter:
             self._writer.close()
 
 
+class _AppendFile:
+    """The event file opened once, appended to without a buffer: each record reaches the operating system at once, as
+    with TensorBoard's local GFile (a live TensorBoard or a killed run sees every record written), which instead opens,
+    appends and closes the file for every record (~20 us a record, holding the GIL)."""
+
+    def __init__(self, path: bytes) -> None:
+        self.file = open(path, "ab", buffering=0)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # an unbuffered write may take part of the bytes (a disk filling up raises at the next one)
+            view = view[self.file.write(view):]
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+
+def _append_to_open_file(record_writer) -> None:
+    """Give the record writer _AppendFile in place of TensorBoard's GFile when that is a local file already written
+    to (the file-version record): the same bytes in the same file. Left as is for other file systems."""
+    gfile = getattr(record_writer, "_writer", None)
+    if not (type(gfile).__name__ == "GFile" and type(getattr(gfile, "fs", None)).__name__ == "LocalFileSystem"
+            and getattr(gfile, "write_started", False) and not gfile.closed):
+        return
+    record_writer._writer = _AppendFile(gfile.filename)
+    gfile.close()
+
+
 def _write_directly(writer: SummaryWriter) -> None:
-    """Swap the event file's writer thread for _DirectWriter (same record writer, same bytes). Left as is when
-    TensorBoard's internals differ from the ones this was written against."""
+    """Swap the event file's writer thread for _DirectWriter (same record writer, same bytes) and its per-record
+    open/close for one open file. Left as is when TensorBoard's internals differ from the ones this was written
+    against."""
     event_writer = getattr(writer._get_file_writer(), "event_writer", None)
     threaded = getattr(event_writer, "_async_writer", None)
     if threaded is None or not hasattr(threaded, "_writer") or not hasattr(threaded, "_worker"):
         return
     event_writer._async_writer = _DirectWriter(threaded._writer)
     threaded._closed = True
-    threaded._worker.stop()  # nothing was queued yet: the thread just ends
+    threaded._worker.stop()  # writes what was queued (the file-version and purge records), then ends
+    _append_to_open_file(threaded._writer)
+
+
+class Routes(NamedTuple):
+    """Where each tag of a logging step goes, for one tuple of tags (in the step's order)."""
+    scalars: tuple[str, ...]     # numbers: one simple value each
+    profiles: tuple[str, ...]    # 1-d lists other than histograms: a few scalars each, and the end-of-run heatmap
+    histograms: tuple[str, ...]  # hist/... packed histograms
+
+    @classmethod
+    def of(cls, values: dict) -> "Routes":
+        lists = [tag for tag, value in values.items() if isinstance(value, list)]
+        return cls(tuple(tag for tag, value in values.items() if not isinstance(value, list)),
+                   tuple(tag for tag in lists if not tag.startswith(histograms.PREFIX)),
+                   tuple(tag for tag in lists if tag.startswith(histograms.PREFIX)))
 
 
 class TensorBoardSink:
@@ -91,27 +145,37 @@ class TensorBoardSink:
         self.writer = SummaryWriter(log_dir=run_dir, purge_step=purge_step)
         _write_directly(self.writer)
         self.history: dict[str, tuple[list[int], list[list[float]]]] = {}  # profile tag -> (steps, profiles)
+        self.routes: dict[tuple[str, ...], Routes] = {}
+        self.events = ScalarEvents()
 
     def log(self, step: int, values: dict) -> None:
-        scalars, histos = {}, []
-        for tag, value in values.items():
-            if not isinstance(value, list):
-                scalars[tag] = value
-            elif tag.startswith(histograms.PREFIX):
-                histos.extend(histogram_raw(tag, **histograms.unpack(value)).value)
-            else:
-                scalars.update(profiles.profile_scalars(tag, value))
-                steps, rows = self.history.setdefault(tag, ([], []))
-                steps.append(step)
-                rows.append(value)
-        # one event per logging step, histograms included: each event is a queue hand-off to the writer thread
-        summary = Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars.items()] + histos)
+        tags = tuple(values)
+        routes = self.routes.get(tags) or self._route(tags, values)
+        # the step's numbers in the routed order; with no list among them, that is the dict's own order
+        numbers = values.values() if len(routes.scalars) == len(tags) else [values[tag] for tag in routes.scalars]
+        extra = []
+        for tag in routes.profiles:
+            profile = values[tag]
+            extra += [Summary.Value(tag=t, simple_value=v) for t, v in profiles.profile_scalars(tag, profile).items()]
+            steps, rows = self.history.setdefault(tag, ([], []))
+            steps.append(step)
+            rows.append(profile)
+        for tag in routes.histograms:
+            extra.extend(histogram_raw(tag, **histograms.unpack(values[tag])).value)
+        # one event per logging step, histograms included
+        event = self.events.event(routes.scalars, numbers, extra)
         file_writer = self.writer._get_file_writer()
         try:
-            file_writer.add_summary(summary, step)
-        except OSError as err:  # the writer thread failed (disk full): name the file it could not write
+            file_writer.add_event(event, step)
+        except OSError as err:  # the write failed (disk full): name the file it could not write
             err.filename = err.filename or file_writer.event_writer._file_name
             raise
+
+    def _route(self, tags: tuple[str, ...], values: dict) -> Routes:
+        if len(self.routes) >= TEMPLATES:
+            self.routes.clear()
+        self.routes[tags] = routes = Routes.of(values)
+        return routes
 
     def state_dict(self) -> dict:
         """The profiles behind the end-of-run heatmaps: a resumed run draws them over the whole run (checkpoint.pt)."""

@@ -1,8 +1,10 @@
 """The terminal: a rich progress bar (step, loss, global grad norm, steps/s) and the closing lines."""
 from __future__ import annotations
 
+import math
 import os
 import shlex
+import time
 from typing import Optional, Sequence
 
 from rich.console import Console, Group
@@ -12,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gradexp.outcome import Outcome
 
+SHOW_EVERY = 0.1  # seconds between the bar's updates from logged steps (its own redraw interval)
 STATUS_STYLE = {"completed": "green", "diverged": "red", "interrupted": "yellow", "failed": "red"}
 FLOW_PAGES = "  gradient flow: its Flow/ charts, Custom Scalars (one chart per layer), Images (heatmap), HParams (verdict)"
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
@@ -29,20 +32,37 @@ class TerminalSink:
             TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.task_id = self.progress.add_task("train", total=total_steps, loss="-", grad="-", speed="-")
+        self.fields: dict[str, float] = {}  # the latest loss and grad norm logged
+        self.completed, self.shown = 0, -math.inf  # steps done as last logged; when the bar last took them
         self.progress.start()
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        fields = {}
+        """Keeps the step's fields; the bar takes them at most every SHOW_EVERY seconds (it redraws 10 times a
+        second anyway). rich's speed averages over every update it was given, so updating it at every logging step
+        of a fast run cost ~50 us a step (measured at 1000 steps/s)."""
         if "loss/train" in values:
-            fields["loss"] = f"{values['loss/train']:.4g}"
+            self.fields["loss"] = values["loss/train"]
         if "grad_norm/total" in values:
-            fields["grad"] = f"{values['grad_norm/total']:.3g}"
+            self.fields["grad"] = values["grad_norm/total"]
+        self.completed = step + 1
+        now = time.monotonic()
+        if now - self.shown >= SHOW_EVERY:
+            self.shown = now
+            self._show()
+
+    def _show(self) -> None:
+        fields = {}
+        if "loss" in self.fields:
+            fields["loss"] = f"{self.fields['loss']:.4g}"
+        if "grad" in self.fields:
+            fields["grad"] = f"{self.fields['grad']:.3g}"
         task = self.progress.tasks[0]
         if task.speed:
             fields["speed"] = f"{task.speed:.0f}"
-        self.progress.update(self.task_id, completed=step + 1, **fields)
+        self.progress.update(self.task_id, completed=self.completed, **fields)
 
     def close(self, outcome: Outcome) -> None:
+        self._show()  # the last logged step's fields
         self.progress.update(self.task_id, completed=outcome.steps)
         self.progress.stop()
         style = STATUS_STYLE.get(outcome.status, "white")
