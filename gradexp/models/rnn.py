@@ -57,9 +57,9 @@ class RecurrentBlock(nn.Module):
         h = x.new_zeros(x.shape[0], r.hidden_size)  # (B, H)
         c = torch.zeros_like(h)  # LSTM cell state; unused by the others
         outputs = []
-        for t in range(x.shape[1]):
+        for t, xp in enumerate(x_proj.unbind(1)):
             h_proj = F.linear(h, r.weight_hh_l0, r.bias_hh_l0)  # (B, G*H)
-            h, c = self._step(x_proj[:, t], h_proj, h, c)
+            h, c = self._step(xp, h_proj, h, c)
             if self.on_step is not None:
                 self.on_step(t, h)
             outputs.append(h)
