@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .lstm_bptt import lstm_unrolled
 from .layers import check_positive, make_activation, make_norm, numbered_blocks
 
 _TORCH_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -38,6 +39,7 @@ class RecurrentBlock(nn.Module):
         # Called as on_step(t, h_t) with every hidden state (B, H) before step t+1 uses it,
         # so tensor hooks registered on h_t receive the total dL/dh_t.
         self.on_step: Callable[[int, Tensor], None] | None = None
+        self._workspaces: list = []  # the unrolled LSTM's (T, B, 4H) buffers, reused across steps (lstm_bptt)
 
     def activation_site(self) -> tuple[nn.Module, bool, int]:
         return self.norm, True, -1  # the norm receives the hidden states (B, T, H): read its input; units last
@@ -53,6 +55,8 @@ class RecurrentBlock(nn.Module):
 
     def _unrolled(self, x: Tensor) -> Tensor:  # (B, T, F) -> (B, T, H)
         r = self.rnn
+        if self.cell == "lstm" and not torch.is_autocast_enabled(x.device.type):  # backward written out (lstm_bptt)
+            return lstm_unrolled(x, r, self.act, self.on_step, self._workspaces)
         x_proj = F.linear(x, r.weight_ih_l0, r.bias_ih_l0)  # (B, T, G*H): all steps at once
         h = x.new_zeros(x.shape[0], r.hidden_size)  # (B, H)
         c = torch.zeros_like(h)  # LSTM cell state; unused by the others
