@@ -24,34 +24,67 @@ POOL_MAX_BYTES = 64 * 2**20  # a block keeps its buffers between steps up to thi
 def lstm_unrolled(x: Tensor, rnn: nn.LSTM, act: nn.Module, on_step: OnStep, pool: list) -> Tensor:
     """x (B, T, F) through the one-layer `rnn`'s parameters; returns the hidden states (B, T, H)."""
     batch, steps, _ = x.shape
-    hidden = rnn.hidden_size
-    ws = _take(pool, steps, batch, hidden, x)
+    ws = _take(pool, steps, batch, rnn.hidden_size, x)
     ws["owner"] = owner = object()  # a graph whose buffers a later forward took finds another owner there
-    pre, gates, cells, act_cells = ws["pre"], ws["gates"], ws["cells"], ws["act_cells"]
+    grad = torch.is_grad_enabled()
     with torch.no_grad():  # the input projections of all steps in one product, both biases folded in
         w_ih = rnn.weight_ih_l0.t().contiguous().t()  # (4H, F) column-major: BLAS's fast path for small F
         torch.addmm(rnn.bias_ih_l0 + rnn.bias_hh_l0, x.transpose(0, 1).flatten(0, 1), w_ih.t(),
-                    out=pre.view(steps * batch, -1))
-    h, c, w = x.new_zeros(batch, hidden), x.new_zeros(batch, hidden), rnn.weight_hh_l0.detach().t()
-    # per-step views made once: i, f, g, o of the activated gates and g of the pre-activations, each (B, H)
-    i_s, f_s, g_s, o_s = (part.unbind(0) for part in gates.view(steps, batch, 4, hidden).unbind(2))
-    pre_g = pre.view(steps, batch, 4, hidden)[:, :, 2].unbind(0)
-    hs, grad = [], torch.is_grad_enabled()
-    for t, (pre_t, gates_t) in enumerate(zip(pre.unbind(0), gates.unbind(0))):
-        with torch.no_grad():
-            pre_t.addmm_(h, w)                     # pre-activation gates (B, 4H)
-            torch.sigmoid(pre_t, out=gates_t)      # i, f, o (g overwritten next)
-            _apply(act, pre_g[t], out=g_s[t])
-            c = torch.addcmul(f_s[t] * c, i_s[t], g_s[t], out=cells[t])
-            h = o_s[t] * _apply(act, c, out=act_cells[t])
-        hs.append(h.requires_grad_(grad))  # a leaf: its gradient is the total dL/dh_t (_Backward.backward)
-        if on_step is not None:
+                    out=ws["pre"].view(steps * batch, -1))
+        fused = isinstance(act, nn.Tanh)
+        hs = _from_fused(x, rnn, ws) if fused else _step_by_step(rnn, act, on_step, grad, ws)
+    for t, h in enumerate(hs):
+        h.requires_grad_(grad)  # a leaf: its gradient is the total dL/dh_t (_Backward.backward)
+        if on_step is not None and fused:
             on_step(t, h)
     if not grad:
         _give_back(pool, ws)
         return torch.stack(hs, dim=1)
     return _Backward.apply(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0,
                            (ws, owner, act, pool), *hs)
+
+
+def _gate_views(ws: dict[str, Tensor]) -> tuple[Tensor, ...]:
+    """i, f, g, o of the activated gates and g of the pre-activations, each (T, B, H)."""
+    steps, batch, gates4 = ws["pre"].shape
+    return (*ws["gates"].view(steps, batch, 4, -1).unbind(2), ws["pre"].view(steps, batch, 4, -1)[:, :, 2])
+
+
+def _from_fused(x: Tensor, rnn: nn.LSTM, ws: dict[str, Tensor]) -> list[Tensor]:
+    """tanh, the fused kernel's own activation: h_t from the fused kernel (the values every other step trains
+    on), then the gates of all steps at once from them; only the cell state's scan is left step by step."""
+    hs = rnn(x)[0].unbind(1)
+    pre, gates, cells, act_cells, h_prev = ws["pre"], ws["gates"], ws["cells"], ws["act_cells"], ws["h_prev"]
+    if len(hs) > 1:  # + W_hh h_{t-1} for t >= 1, one product (h_{-1} = 0)
+        torch.stack(hs[:-1], out=h_prev[:-1])
+        pre[1:].flatten(0, 1).addmm_(h_prev[:-1].flatten(0, 1), rnn.weight_hh_l0.t())
+    i, f, g, o, pre_g = _gate_views(ws)
+    torch.sigmoid(pre, out=gates)  # i, f, o (g overwritten next)
+    torch.tanh(pre_g, out=g)
+    c = torch.mul(i[0], g[0], out=cells[0])
+    for t in range(1, len(hs)):
+        c = torch.mul(f[t], c, out=cells[t]).addcmul_(i[t], g[t])
+    torch.tanh(cells, out=act_cells)
+    return list(hs)
+
+
+def _step_by_step(rnn: nn.LSTM, act: nn.Module, on_step: OnStep, grad: bool, ws: dict[str, Tensor]) -> list[Tensor]:
+    """Any other activation: one step at a time, each h_t handed to on_step before step t+1 uses it."""
+    pre, cells, act_cells = ws["pre"], ws["cells"], ws["act_cells"]
+    i_s, f_s, g_s, o_s, pre_g = (part.unbind(0) for part in _gate_views(ws))
+    h = c = pre.new_zeros(pre.shape[1], cells.shape[-1])
+    w, hs = rnn.weight_hh_l0.t(), []
+    for t, (pre_t, gates_t) in enumerate(zip(pre.unbind(0), ws["gates"].unbind(0))):
+        pre_t.addmm_(h, w)                     # pre-activation gates (B, 4H)
+        torch.sigmoid(pre_t, out=gates_t)      # i, f, o (g overwritten next)
+        _apply(act, pre_g[t], out=g_s[t])
+        c = torch.addcmul(f_s[t] * c, i_s[t], g_s[t], out=cells[t])
+        h = o_s[t] * _apply(act, c, out=act_cells[t])
+        hs.append(h)
+        if on_step is not None:
+            with torch.set_grad_enabled(grad):
+                on_step(t, h.requires_grad_(grad))
+    return hs
 
 
 def _apply(act: nn.Module, z: Tensor, out: Tensor) -> Tensor:
@@ -102,14 +135,15 @@ class _Backward(torch.autograd.Function):
         steps, batch, gates4 = scale.shape
         d_pre = ws["d_pre"]  # dL/d(pre-activation gates) (T, B, 4H)
         d_pre4, scale4 = d_pre.view(steps, batch, 4, -1), scale.view(steps, batch, 4, -1)
-        dh_rec, dc = torch.zeros_like(hs[0]), torch.zeros_like(hs[0])
-        dhs = [None] * steps
+        dc, dhs = torch.zeros_like(hs[0]), [None] * steps
+        dh = grad_out[:, -1].clone()  # total dL/dh_{T-1}: only from the output
         for t in reversed(range(steps)):
-            dh = dhs[t] = grad_out[:, t] + dh_rec          # total dL/dh_t: from the output and from step t+1
+            dhs[t] = dh
             dc = torch.addcmul(dc, dh, c_gain[t])           # dL/dc_t
             torch.mul(torch.stack((dc, dc, dc, dh), dim=1), scale4[t], out=d_pre4[t])  # i, f, g from c; o from h
-            dc = dc * f_gate[t]                             # dL/dc_{t-1} through the forget gate
-            dh_rec = d_pre[t].mm(w_hh)                      # dL/dh_{t-1} through the recurrence
+            if t:  # total dL/dh_{t-1}: from the output and through the recurrence
+                dh = torch.addmm(grad_out[:, t - 1], d_pre[t], w_hh)
+                dc = dc * f_gate[t]                         # dL/dc_{t-1} through the forget gate
         h_prev = torch.stack(hs[:-1], out=ws["h_prev"][:-1]) if steps > 1 else None  # h_{t-1} for t >= 1
         grads = _parameter_grads(d_pre, x, w_ih, h_prev, ctx.needs_input_grad[0])
         _give_back(pool, ws)

@@ -4,7 +4,9 @@ Each block wraps a one-layer torch module (`block.rnn`) so parameter names are
 layers.<i>.rnn.weight_ih_l0 etc. When the configured activation is the one PyTorch's fused kernel
 computes (tanh; also relu for Elman) and no per-step probe is attached, the fused module runs.
 Otherwise an unrolled Python loop runs over the same parameters with the same gate order
-(LSTM i,f,g,o; GRU r,z,n), using the activation in place of tanh; gates stay sigmoid.
+(LSTM i,f,g,o; GRU r,z,n), using the activation in place of tanh; gates stay sigmoid. The LSTM's loop
+records no autograd graph and has its backward written out (lstm_bptt.py: about 3x cheaper); the Elman
+and GRU loops are plain autograd.
 """
 from __future__ import annotations
 
