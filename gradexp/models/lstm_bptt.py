@@ -174,7 +174,7 @@ def _step_factors(ws: dict[str, Tensor], act: nn.Module) -> tuple[Tensor, Tensor
     hidden = cells.shape[-1]
     i, f, g, o = gates.chunk(4, dim=-1)
     s_i, s_f, s_g, s_o = scale.chunk(4, dim=-1)
-    torch.mul(gates, gates, out=scale).neg_().add_(gates)  # sigmoid' = y - y^2 from the output, for i, f, o
+    torch.addcmul(gates, gates, gates, value=-1, out=scale)  # sigmoid' = y - y^2 from the output, for i, f, o
     _derivative(act, ws["pre"][..., 2 * hidden:3 * hidden], g, out=s_g)
     s_i.mul_(g)
     s_f[1:].mul_(cells[:-1])
@@ -189,7 +189,7 @@ def _derivative(act: nn.Module, z: Tensor, y: Tensor, out: Tensor) -> Tensor:
     """act'(z) into `out` for an element-wise activation with y = act(z): tanh (the default) from its output
     in place, any other through autograd, all steps at once."""
     if isinstance(act, nn.Tanh):
-        return torch.mul(y, y, out=out).neg_().add_(1)
+        return torch.addcmul(y.new_ones(()), y, y, value=-1, out=out)  # 1 - y^2
     with torch.enable_grad():
         z = z.detach().requires_grad_()
         value = act(z)
