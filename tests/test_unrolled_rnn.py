@@ -136,3 +136,16 @@ def test_lstm_without_grad_hands_plain_states():
         out = lstm_unrolled(x, block.rnn, block.act, lambda t, h: seen.append((t, h.requires_grad)), [])
     assert not out.requires_grad and seen == [(t, False) for t in range(T)]
     torch.testing.assert_close(out, block.rnn(x)[0], **TIGHT)
+
+
+@pytest.mark.slow
+def test_bench_unrolled_script_runs(capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_unrolled
+
+    assert bench_unrolled.main(["--repeats", "1", "--override", "data.seq_len=5"]) == 0
+    out = capsys.readouterr().out
+    assert "bptt - fused" in out and "two bptt steps in a 100-step run add" in out

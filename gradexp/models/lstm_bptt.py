@@ -1,14 +1,16 @@
 """The LSTM's unrolled pass with its backward through time written out (rnn.RecurrentBlock, the unrolled path).
 
-Autograd over a Python loop records a dozen nodes per time step, and allocates a (B, T, 4H) gradient for the
-input projections; on CPU, both cost more than the arithmetic. Here the forward records nothing: each hidden
-state h_t is handed to `on_step` as a leaf that requires grad, and one Function does the whole backward, per
-time step six small ops and the (B, 4H) x (4H, H) product the recurrence needs, the weight gradients in one
-product over all steps. Its backward returns the total dL/dh_t (through the recurrence and the output) as each
-leaf's gradient, so a hook on h_t receives what it received on the autograd loop. The (T, B, 4H) buffers come
-from a per-block pool and go back to it after the backward: a fresh 6.5 MB buffer page-faults on every step.
-Gates as in rnn.RecurrentBlock._step: i, f, g, o; i, f, o sigmoid; g and the cell state through the
-configured activation (element-wise, as every registry entry is).
+Autograd over a Python loop records a dozen nodes per time step; on CPU their bookkeeping cost more than the
+arithmetic. Here the forward records nothing. With tanh, the fused kernel gives every h_t and the gates of all
+steps are recomputed at once from them (one product, one sigmoid, one tanh); only the cell state's scan runs
+step by step. Any other activation runs the same arithmetic one step at a time. Each h_t is handed to `on_step`
+as a leaf that requires grad, and one Function does the whole backward: per time step one addmm (the output's
+gradient + the recurrence) and four element-wise ops; dL/dx, the weight and bias gradients in one product each
+over all steps. It returns the total dL/dh_t (through the recurrence and the output) as each leaf's gradient, so
+a hook on h_t receives what it received on the autograd loop. The (T, B, 4H) buffers come from a per-block pool
+and go back to it after the backward: a fresh 6.5 MB buffer page-faults in on every step.
+Gates as in rnn.RecurrentBlock._step: i, f, g, o; i, f, o sigmoid; g and the cell state through the configured
+activation (element-wise, as every registry entry is).
 """
 from __future__ import annotations
 
