@@ -5,7 +5,7 @@ layers.<i>.rnn.weight_ih_l0 etc. When the configured activation is the one PyTor
 computes (tanh; also relu for Elman) and no per-step probe is attached, the fused module runs.
 Otherwise an unrolled Python loop runs over the same parameters with the same gate order
 (LSTM i,f,g,o; GRU r,z,n), using the activation in place of tanh; gates stay sigmoid. The LSTM's loop
-records no autograd graph and has its backward written out (lstm_bptt.py: about 3x cheaper); the Elman
+records no autograd graph and has its backward written out (lstm_bptt.py: a bptt step ~4x cheaper); the Elman
 and GRU loops are plain autograd.
 """
 from __future__ import annotations
@@ -38,8 +38,9 @@ class RecurrentBlock(nn.Module):
             kwargs["nonlinearity"] = "relu" if activation == "relu" else "tanh"
         self.rnn = _TORCH_CELLS[cell](d_in, width, **kwargs)
         self.norm = make_norm(norm, width, "sequence")
-        # Called as on_step(t, h_t) with every hidden state (B, H) before step t+1 uses it,
-        # so tensor hooks registered on h_t receive the total dL/dh_t.
+        # Called as on_step(t, h_t) with every hidden state (B, H) in time order during the forward; tensor hooks
+        # registered on h_t receive the total dL/dh_t (the autograd loops call it before step t+1 uses h_t; the
+        # LSTM hands over leaves whose gradient is that total, lstm_bptt.py).
         self.on_step: Callable[[int, Tensor], None] | None = None
         self._workspaces: list = []  # the unrolled LSTM's (T, B, 4H) buffers, reused across steps (lstm_bptt)
 
