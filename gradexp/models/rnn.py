@@ -4,7 +4,9 @@ Each block wraps a one-layer torch module (`block.rnn`) so parameter names are
 layers.<i>.rnn.weight_ih_l0 etc. When the configured activation is the one PyTorch's fused kernel
 computes (tanh; also relu for Elman) and no per-step probe is attached, the fused module runs.
 Otherwise an unrolled Python loop runs over the same parameters with the same gate order
-(LSTM i,f,g,o; GRU r,z,n), using the activation in place of tanh; gates stay sigmoid.
+(LSTM i,f,g,o; GRU r,z,n), using the activation in place of tanh; gates stay sigmoid. The LSTM's loop
+records no autograd graph and has its backward written out (lstm_bptt.py: a bptt step ~4x cheaper); the Elman
+and GRU loops are plain autograd.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .lstm_bptt import lstm_unrolled
 from .layers import check_positive, make_activation, make_norm, numbered_blocks
 
 _TORCH_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -35,9 +38,11 @@ class RecurrentBlock(nn.Module):
             kwargs["nonlinearity"] = "relu" if activation == "relu" else "tanh"
         self.rnn = _TORCH_CELLS[cell](d_in, width, **kwargs)
         self.norm = make_norm(norm, width, "sequence")
-        # Called as on_step(t, h_t) with every hidden state (B, H) before step t+1 uses it,
-        # so tensor hooks registered on h_t receive the total dL/dh_t.
+        # Called as on_step(t, h_t) with every hidden state (B, H) in time order during the forward; tensor hooks
+        # registered on h_t receive the total dL/dh_t (the autograd loops call it before step t+1 uses h_t; the
+        # LSTM hands over leaves whose gradient is that total, lstm_bptt.py).
         self.on_step: Callable[[int, Tensor], None] | None = None
+        self._workspaces: list = []  # the unrolled LSTM's (T, B, 4H) buffers, reused across steps (lstm_bptt)
 
     def activation_site(self) -> tuple[nn.Module, bool, int]:
         return self.norm, True, -1  # the norm receives the hidden states (B, T, H): read its input; units last
@@ -53,13 +58,15 @@ class RecurrentBlock(nn.Module):
 
     def _unrolled(self, x: Tensor) -> Tensor:  # (B, T, F) -> (B, T, H)
         r = self.rnn
+        if self.cell == "lstm" and not torch.is_autocast_enabled(x.device.type):  # backward written out (lstm_bptt)
+            return lstm_unrolled(x, r, self.act, self.on_step, self._workspaces)
         x_proj = F.linear(x, r.weight_ih_l0, r.bias_ih_l0)  # (B, T, G*H): all steps at once
         h = x.new_zeros(x.shape[0], r.hidden_size)  # (B, H)
         c = torch.zeros_like(h)  # LSTM cell state; unused by the others
         outputs = []
-        for t in range(x.shape[1]):
+        for t, xp in enumerate(x_proj.unbind(1)):
             h_proj = F.linear(h, r.weight_hh_l0, r.bias_hh_l0)  # (B, G*H)
-            h, c = self._step(x_proj[:, t], h_proj, h, c)
+            h, c = self._step(xp, h_proj, h, c)
             if self.on_step is not None:
                 self.on_step(t, h)
             outputs.append(h)

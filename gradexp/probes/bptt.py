@@ -4,7 +4,9 @@ of every stacked recurrent layer, as a 1-d tensor (T,) in time order.
 On its own interval (log.bptt_every, a multiple of log.every; 0 = off) because it needs the unrolled
 loop: each block's `on_step(t, h_t)` callback receives every hidden state before step t+1 uses it, and
 a tensor hook on h_t then receives the total gradient (through the recurrence and the layer above).
-While no callback is set the blocks run PyTorch's fused kernels, so other steps pay nothing."""
+While no callback is set the blocks run PyTorch's fused kernels, so other steps pay nothing. On an LSTM the
+unrolled pass records no per-step graph and has its backward written out (models/lstm_bptt.py); the h_t it
+hands over are leaves whose gradient is that total, so the hooks here read the same dLoss/dh_t either way."""
 from __future__ import annotations
 
 import contextlib

@@ -20,8 +20,9 @@ from gradexp.config.schema import ConfigError
 
 Layers = list[tuple[str, nn.Module]]
 
-# A layer with this capability calls `self.on_step(t, h_t)` with every hidden state h_t (B, H) before step t+1
-# uses it, whenever `on_step` is set, and runs its fused kernel while it is None (probes/bptt.py).
+# A layer with this capability calls `self.on_step(t, h_t)` with every hidden state h_t (B, H), as a tensor whose gradient
+# is the total dLoss/dh_t (through the recurrence and the layer above), whenever `on_step` is set, and runs its fused
+# kernel while it is None (probes/bptt.py).
 TIME_STEPS = "time_steps"
 # A layer with this capability says where its activation function's output can be seen:
 # `activation_site() -> (module, read_its_input, unit_dim)` (probes/act_stats.py: saturation, dead units).
