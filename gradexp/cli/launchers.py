@@ -6,6 +6,7 @@ the sweep folder is never created."""
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
 from typing import Any, Callable, Optional
 
@@ -61,13 +62,34 @@ class WarmWorkers(Callback):
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         if is_joblib(config):
-            start_loky_workers(config.hydra.launcher)
+            start_loky_workers(config.hydra.launcher, sweep_size(config))
 
 
-def start_loky_workers(launcher: Any) -> threading.Thread:
-    """Run warm_up once on each of the launcher's workers, in a background thread (joblib.Parallel waits for its
-    results; the parent goes on composing). The options are the ones hydra-joblib-launcher hands to Parallel: loky
-    reuses its pool only for a call with the same ones, and otherwise would start a second pool."""
+def sweep_size(config: Any) -> Optional[int]:
+    """How many jobs the basic sweeper's first batch holds (the product of the swept values), or None when that is
+    not known here (another sweeper, a sweep Hydra must expand itself such as glob(), or one it will refuse)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith("BasicSweeper"):
+        return None
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    arguments = [*(f"{key}={value}" for key, value in params.items()), *config.hydra.overrides.task]
+    size = 1
+    try:
+        for override in OverridesParser.create().parse_overrides(arguments):
+            if override.is_sweep_override():
+                size *= len(list(override.sweep_string_iterator()))
+    except Exception:  # noqa: BLE001  Hydra's sweeper reports a bad sweep itself, in one line (cli/app.py)
+        return None
+    batch = OmegaConf.select(config, "hydra.sweeper.max_batch_size", default=None)
+    return min(size, batch) if batch else size
+
+
+def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> threading.Thread:
+    """Run warm_up once on each of the launcher's workers that will get a job, in a background thread
+    (joblib.Parallel waits for its results; the parent goes on composing). The options are the ones
+    hydra-joblib-launcher hands to Parallel: loky reuses its pool only for a call with the same ones, and would
+    otherwise start a second pool."""
     from joblib import Parallel, delayed, effective_n_jobs, parallel_config
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 
@@ -76,6 +98,7 @@ def start_loky_workers(launcher: Any) -> threading.Thread:
     process_joblib_cfg(options)
     with parallel_config(backend="loky"):
         workers = effective_n_jobs(options.get("n_jobs", -1))
+    workers = workers if jobs is None else min(workers, jobs)  # 16 cores, 4 jobs: 4 workers import torch, not 16
 
     def warm() -> None:
         try:
@@ -108,8 +131,9 @@ class ReleaseWorkers(Callback):
 
 
 def release_loky_workers() -> None:
-    from joblib.externals.loky import reusable_executor  # joblib: imported only after a joblib sweep
-
-    executor = getattr(reusable_executor, "_executor", None)  # the process-wide pool joblib's loky backend reuses
+    """End the process-wide pool joblib's loky backend reuses, if this process started one (run_app also calls
+    this when a sweep stops early: a typo in its overrides must not wait for WarmWorkers' imports to finish)."""
+    reusable_executor = sys.modules.get("joblib.externals.loky.reusable_executor")  # no joblib import otherwise
+    executor = getattr(reusable_executor, "_executor", None)
     if executor is not None:
         executor.shutdown(wait=False, kill_workers=True)
