@@ -107,3 +107,85 @@ def test_train_threads_must_be_positive():
 
     with pytest.raises(ConfigError, match="train.threads"):
         validate(compose_config(["train.threads=0"]))
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@pytest.mark.parametrize("task, params, batch, expected", [
+    (["activation=relu,tanh,sigmoid,gelu", "init=xavier_normal,kaiming_normal", "device=cpu"], None, None, 8),
+    (["model.depth=range(2,8)"], {"init": "xavier_normal,kaiming_normal"}, None, 12),  # a preset's declared sweep
+    (["model.depth=2,3,4"], None, 2, 2),  # hydra.sweeper.max_batch_size: the first batch
+    (["activation=glob(*)"], None, None, None),  # only Hydra's config loader can expand it
+])
+def test_warm_workers_count_the_jobs_of_the_first_batch(task, params, batch, expected):
+    from gradexp.cli.launchers import sweep_size
+
+    config = OmegaConf.create({"hydra": {"sweeper": {"_target_": BASIC_SWEEPER, "params": params, "max_batch_size": batch},
+                                         "overrides": {"task": task}}})
+    assert sweep_size(config) == expected
+
+
+def test_warm_workers_do_not_guess_another_sweepers_size():
+    from gradexp.cli.launchers import sweep_size
+
+    optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"},
+                                         "overrides": {"task": ["optimizer.lr=interval(0.001,0.1)"]}}})
+    assert sweep_size(optuna) is None
+
+
+def _worker_state() -> tuple:
+    import os
+
+    return os.getpid(), all(m in sys.modules for m in ("gradexp.training.run", "torch._dynamo", "matplotlib"))
+
+
+@pytest.mark.slow
+def test_warm_workers_are_the_pool_the_launchers_parallel_reuses():
+    """The pool WarmWorkers starts is the one hydra-joblib-launcher's Parallel (same options) then runs jobs on: its
+    workers already hold the imports. Ended as a stopped sweep ends it, the pool's processes exit."""
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import reusable_executor
+
+    from gradexp.cli.launchers import release_loky_workers, start_loky_workers
+
+    launcher = OmegaConf.create({"_target_": JOBLIB, "n_jobs": 2, "backend": None, "prefer": "processes",
+                                 "require": None, "verbose": 0, "timeout": None, "pre_dispatch": "2*n_jobs",
+                                 "batch_size": "auto", "temp_folder": None, "max_nbytes": None, "mmap_mode": "r"})
+    start_loky_workers(launcher, jobs=8).join(timeout=120)
+    warm = set(reusable_executor._executor._processes)
+    options = {k: v for k, v in OmegaConf.to_container(launcher).items() if k != "_target_"}
+    states = Parallel(**{**options, "backend": "loky"})(delayed(_worker_state)() for _ in range(4))
+    assert {pid for pid, _ in states} <= warm and len(warm) == 2
+    assert all(imported for _, imported in states)
+    workers = list(reusable_executor._executor._processes.values())
+    release_loky_workers()
+    for worker in workers:
+        worker.join(timeout=10)
+    assert not any(w.is_alive() for w in workers)
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_ends_the_workers_still_warming_up():
+    from joblib.externals.loky import reusable_executor
+
+    from gradexp.cli.launchers import release_loky_workers, start_loky_workers
+
+    thread = start_loky_workers(OmegaConf.create({"_target_": JOBLIB, "n_jobs": 2}), jobs=2)
+    while reusable_executor._executor is None or len(reusable_executor._executor._processes) < 2:
+        thread.join(timeout=0.05)
+    workers = list(reusable_executor._executor._processes.values())
+    release_loky_workers()  # what run_app does when Hydra refuses the sweep while the workers import
+    thread.join(timeout=60)
+    for worker in workers:
+        worker.join(timeout=10)
+    assert not thread.is_alive() and not any(w.is_alive() for w in workers)
+
+
+@pytest.mark.slow
+def test_warmed_joblib_workers_give_the_basic_launchers_results(tmp_path):
+    """WarmWorkers only imports: each job's summary is the basic launcher's (one torch thread in both)."""
+    (tmp_path / "basic").mkdir(), (tmp_path / "joblib").mkdir()
+    basic = sweep(tmp_path / "basic", ["train.threads=1"])
+    joblib = sweep(tmp_path / "joblib", ["train.threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
+    assert [s["final"] for s in joblib] == [s["final"] for s in basic] and basic[0]["final"]

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradexp.cli import jobs
 from gradexp.cli import folders
+from gradexp.cli import launchers
 from gradexp.config.schema import ConfigError, check_overrides, register_schema
 from gradexp.training.interrupt import Interrupts
 
@@ -131,6 +132,7 @@ def run_app() -> int:
             code = _run_task(user_wants_traces)
         finally:
             _app_pid = None
+            launchers.release_loky_workers()  # a joblib sweep that stopped early (ReleaseWorkers ends a finished one)
     if code == EXIT_BAD_INPUT:
         folders.undo()  # a refused run or sweep leaves nothing behind (not even a lone multirun.yaml)
     return code

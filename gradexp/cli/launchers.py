@@ -6,6 +6,8 @@ the sweep folder is never created."""
 from __future__ import annotations
 
 import shutil
+import sys
+import threading
 from typing import Any, Callable, Optional
 
 from hydra.experimental.callback import Callback
@@ -48,6 +50,75 @@ def _ok(ok: Callable[[Any], bool], value: Any) -> bool:
         return False
 
 
+def is_joblib(config: Any) -> bool:
+    return str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith("JoblibLauncher")
+
+
+class WarmWorkers(Callback):
+    """hydra/launcher=joblib: start loky's worker processes when the sweep starts, each importing what every job
+    imports (warm_up), while the parent composes every job's config to validate the sweep (~0.2 s a job, one after
+    the other). Without it the workers start only after that, and each first job pays ~3.5 s of imports on top.
+    The workers are the ones the launcher's own joblib.Parallel then reuses: same options, same process-wide pool."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        if is_joblib(config):
+            start_loky_workers(config.hydra.launcher, sweep_size(config))
+
+
+def sweep_size(config: Any) -> Optional[int]:
+    """How many jobs the basic sweeper's first batch holds (the product of the swept values), or None when that is
+    not known here (another sweeper, a sweep Hydra must expand itself such as glob(), or one it will refuse)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith("BasicSweeper"):
+        return None
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    arguments = [*(f"{key}={value}" for key, value in params.items()), *config.hydra.overrides.task]
+    size = 1
+    try:
+        for override in OverridesParser.create().parse_overrides(arguments):
+            if override.is_sweep_override():
+                size *= len(list(override.sweep_string_iterator()))
+    except Exception:  # noqa: BLE001  Hydra's sweeper reports a bad sweep itself, in one line (cli/app.py)
+        return None
+    batch = OmegaConf.select(config, "hydra.sweeper.max_batch_size", default=None)
+    return min(size, batch) if batch else size
+
+
+def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> threading.Thread:
+    """Run warm_up once on each of the launcher's workers that will get a job, in a background thread
+    (joblib.Parallel waits for its results; the parent goes on composing). The options are the ones
+    hydra-joblib-launcher hands to Parallel: loky reuses its pool only for a call with the same ones, and would
+    otherwise start a second pool."""
+    from joblib import Parallel, delayed, effective_n_jobs, parallel_config
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+
+    options = {key: value for key, value in OmegaConf.to_container(launcher, resolve=True).items() if key != "_target_"}
+    options["backend"] = "loky"  # hard-coded by the launcher too
+    process_joblib_cfg(options)
+    with parallel_config(backend="loky"):
+        workers = effective_n_jobs(options.get("n_jobs", -1))
+    workers = workers if jobs is None else min(workers, jobs)  # 16 cores, 4 jobs: 4 workers import torch, not 16
+
+    def warm() -> None:
+        try:
+            Parallel(**options)(delayed(warm_up)() for _ in range(workers))
+        except Exception:  # noqa: BLE001  only a head start: the sweep's own Parallel reports a broken pool (and a
+            pass           # sweep that stops early ends the pool under this call)
+
+    thread = threading.Thread(target=warm, name="gradexp-warm-workers", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_up() -> None:
+    """In a worker: the imports a job would pay in its first job. Only imports, nothing a run's results depend on."""
+    import gradexp.cli.app  # noqa: F401  what unpickling the task imports (Hydra, the config schema)
+    import gradexp.training.run  # noqa: F401  torch and the training stack
+    import torch._dynamo  # noqa: F401  torch.optim imports it in every optimizer's first step (~1.4 s)
+    import gradexp.sinks.flow_images  # noqa: F401  matplotlib: a run that logs layers draws its heatmap when it ends
+
+
 class ReleaseWorkers(Callback):
     """hydra/launcher=joblib: when the sweep is over, end loky's idle worker processes instead of letting the exiting
     parent wait for each to shut down by itself. Every job has returned by then (its run folder closed, summary.json
@@ -55,13 +126,14 @@ class ReleaseWorkers(Callback):
     tearing down an interpreter that holds torch (README, "Measured: joblib against the basic launcher")."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        if str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith("JoblibLauncher"):
+        if is_joblib(config):
             release_loky_workers()
 
 
 def release_loky_workers() -> None:
-    from joblib.externals.loky import reusable_executor  # joblib: imported only after a joblib sweep
-
-    executor = getattr(reusable_executor, "_executor", None)  # the process-wide pool joblib's loky backend reuses
+    """End the process-wide pool joblib's loky backend reuses, if this process started one (run_app also calls
+    this when a sweep stops early: a typo in its overrides must not wait for WarmWorkers' imports to finish)."""
+    reusable_executor = sys.modules.get("joblib.externals.loky.reusable_executor")  # no joblib import otherwise
+    executor = getattr(reusable_executor, "_executor", None)
     if executor is not None:
         executor.shutdown(wait=False, kill_workers=True)
