@@ -12,7 +12,6 @@ from typing import NamedTuple, Optional
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import histogram_raw
 
 from gradexp.probes import histograms
 from gradexp.sinks import profiles
@@ -160,10 +159,9 @@ class TensorBoardSink:
             steps, rows = self.history.setdefault(tag, ([], []))
             steps.append(step)
             rows.append(profile)
-        for tag in routes.histograms:
-            extra.extend(histogram_raw(tag, **histograms.unpack(values[tag])).value)
         # one event per logging step, histograms included
-        event = self.events.event(routes.scalars, numbers, extra)
+        event = self.events.event(routes.scalars, numbers, extra, routes.histograms,
+                                  [histograms.unpack(values[tag]) for tag in routes.histograms])
         file_writer = self.writer._get_file_writer()
         try:
             file_writer.add_event(event, step)
