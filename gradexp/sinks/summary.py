@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from gradexp.analysis.flow import ACT_STATS, ATTENTION_STATS, layer_quantities
@@ -21,9 +22,9 @@ FINAL_KEYS = ("loss/train", "acc/train", "loss/val", "acc/val", "bpc/train", "bp
 SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
 UNDERFLOW_PREFIX = "amp/underflow/"
-# given at construction, and caches of what a tuple of tags holds; everything else is run state
-_SETTINGS = ("path", "overrides", "layer_names", "baseline", "_routes", "_firsts")
-ROUTES = 16  # distinct tuples of tags whose routes are kept (a run has a few); beyond, start over
+# given at construction, and what tuples of tags were seen (a cache); everything else is run state
+_SETTINGS = ("path", "overrides", "layer_names", "baseline", "_firsts")
+FIRSTS = 16  # distinct tuples of tags remembered as seen (a run has a few); beyond, start over
 
 
 class _Routes(NamedTuple):
@@ -33,6 +34,7 @@ class _Routes(NamedTuple):
     underflow: tuple[tuple[str, str], ...]  # (tag, layer) of each amp/underflow share
 
     @classmethod
+    @lru_cache(maxsize=16)  # a run logs a few distinct tuples of tags (ordinary, evaluation and first steps)
     def of(cls, tags: tuple[str, ...]) -> "_Routes":
         return cls(tuple(key for key in FINAL_KEYS if key in tags),
                    tuple((tag, tag[len(BPTT_PREFIX):]) for tag in tags if tag.startswith(BPTT_PREFIX)),
@@ -50,13 +52,12 @@ class SummarySink:
         self.profiles: dict[str, dict[str, list]] = {}  # layer -> {"first": [...], "last": [...]}
         self.theory: Optional[dict[str, Any]] = None  # the baseline beside the first complete step; null without one
         self.underflow_max: dict[str, float] = {}  # layer -> the largest amp/underflow share logged (mixed precision)
-        self._routes: dict[tuple[str, ...], _Routes] = {}
         self._firsts: set[tuple[str, ...]] = set()  # tuples of tags whose per-layer quantities are all in `first`
 
     def log(self, step: int, values: dict) -> None:
         self.latest.update(values)
         tags = tuple(values)
-        routes = self._routes.get(tags) or self._route(tags)
+        routes = _Routes.of(tags)
         for key in routes.final:
             self.initial.setdefault(key, values[key])
         for tag, layer in routes.bptt:  # full per-time-step profile at the first and last logged step
@@ -70,15 +71,10 @@ class SummarySink:
         if tags not in self._firsts:  # a tuple of tags seen before brings no quantity that is not in `first` yet
             for key, value in per_layer.items():
                 self.first.setdefault(key, value)
+            if len(self._firsts) >= FIRSTS:  # forgetting costs only the setdefaults above, once more
+                self._firsts.clear()
             self._firsts.add(tags)
         self.last.update(per_layer)
-
-    def _route(self, tags: tuple[str, ...]) -> "_Routes":
-        if len(self._routes) >= ROUTES:  # forgetting costs only the work of finding them again
-            self._routes.clear()
-            self._firsts.clear()
-        self._routes[tags] = routes = _Routes.of(tags)
-        return routes
 
     def state_dict(self) -> dict[str, Any]:
         """Everything accumulated so far (not the settings), so a resumed run reports the same first/last/final

@@ -1,9 +1,10 @@
 """First non-finite localisation without anomaly mode.
 
 Every step keeps its loss (a 0-d device tensor) in a list: no device op, no sync. At each check point (the
-steps that already synchronise: logging and evaluation steps) the losses are summed in float64 and read once, together with the
-norms of every parameter and gradient when a snapshot is due (every SNAPSHOT_EVERY steps, or more where a
-refresh would cost over SNAPSHOT_SHARE of the training time; it must be clean) and at the last step. While finite, the Snapshot of the training state is refreshed when due.
+steps that already synchronise: logging and evaluation steps) the losses are summed in float64 and read once,
+together with the norms of every parameter and gradient when a snapshot is due (every SNAPSHOT_EVERY steps, or more
+where a refresh would cost over SNAPSHOT_SHARE of the training time; it must be clean) and at the last step. While
+finite, the Snapshot of the training state is refreshed when due.
 When not, the snapshot is restored and the steps since it are replayed with checking hooks on every
 module until the first step where something is NaN/Inf. Reported, in order of precedence within that step:
 - phase "forward": the first module (in execution order, innermost first) whose output is non-finite,
