@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
+from gradexp.probes.scratch import Scratch
 from gradexp.config.registry import ACTIVATIONS
 
 SATURATION_FRACTION = 0.05
@@ -51,22 +52,14 @@ def std_mean_(flat: Tensor) -> tuple[Tensor, Tensor]:
     return torch.linalg.vector_norm(flat, dim=1) / math.sqrt(flat.shape[1]), mean
 
 
-class Scratch:
-    """Working buffers kept between logging steps, one per (dtype, device), grown when too small: the stacked layer
-    outputs of a wide model are megabytes, and on CPU a fresh allocation of that size faults in every page (the
-    stack and the centring then cost several times their arithmetic)."""
-
-    def __init__(self) -> None:
-        self.flat: dict[tuple, Tensor] = {}
-
-    def stacked(self, tensors: list[Tensor], at: int) -> Tensor:
-        """The tensors stacked into (L, ...) at offset `at` of the buffer of their dtype and device."""
-        first = tensors[0]
-        key, size = (first.dtype, first.device), at + len(tensors) * first.numel()
-        if key not in self.flat or self.flat[key].numel() < size:
-            self.flat[key] = torch.empty(size, dtype=first.dtype, device=first.device)
-        out = self.flat[key][at:size].view(len(tensors), *first.shape)
-        return torch.stack(tensors, out=out)
+def stacked(scratch: Scratch, tensors: list[Tensor], at: int) -> Tensor:
+    """The tensors stacked into (L, ...) at offset `at` of the scratch buffer of their dtype and device: the stacked
+    layer outputs of a wide model are megabytes, and the stack and the centring of a fresh allocation that size would
+    cost several times their arithmetic (probes/scratch.py)."""
+    first = tensors[0]
+    size = at + len(tensors) * first.numel()
+    out = scratch.flat(size, first.dtype, first.device)[at:].view(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
 
 
 def by_shape(tensors: dict[str, Tensor]) -> list[list[str]]:
@@ -142,11 +135,11 @@ class ActStats(Probe):
         for names in by_shape(activated):
             if all(n in shared for n in names):
                 continue  # measured on the outputs' own stack below, before it is centred
-            y = self.scratch.stacked([activated[n] for n in names], at)
+            y = stacked(self.scratch, [activated[n] for n in names], at)
             at += y.numel()
             values[tags("act_saturation/", names)] = saturation(y, self.activation, self.unit_dim)
         for names in by_shape(outputs):
-            y = self.scratch.stacked([outputs[n] for n in names], at)  # (L, ...)
+            y = stacked(self.scratch, [outputs[n] for n in names], at)  # (L, ...)
             at += y.numel()
             if all(n in shared for n in names):
                 values[tags("act_saturation/", names)] = saturation(y, self.activation, self.unit_dim)

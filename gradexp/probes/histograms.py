@@ -24,6 +24,7 @@ from torch._utils import _flatten_dense_tensors
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, named_parameters
 from gradexp.probes.layers import Layers
+from gradexp.probes.scratch import Scratch as Buffers
 
 PREFIX = "hist/"
 BINS = 30
@@ -37,20 +38,13 @@ def pack(t: Tensor, bins: int = BINS) -> Tensor:
     return pack_many([t], bins)[0]
 
 
-class Scratch:
-    """What pack_many reuses from one logging step to the next: buffers, grown on demand (a fresh multi-MB tensor on
-    CPU faults its pages in on every step), and constants of a step's layout (slot offsets, entry counts), which are
-    the same each time."""
+class Scratch(Buffers):
+    """What pack_many reuses from one logging step to the next: its buffers (probes/scratch.py) and the constants of a
+    step's layout (slot offsets, entry counts), which are the same each time."""
 
     def __init__(self) -> None:
-        self.buffers: dict[tuple, Tensor] = {}
+        super().__init__()
         self.constants: dict[tuple, Any] = {}
-
-    def buffer(self, name: str, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        key = (name, dtype, device)
-        if key not in self.buffers or self.buffers[key].numel() < n:
-            self.buffers[key] = torch.empty(n, dtype=dtype, device=device)
-        return self.buffers[key][:n]
 
     def constant(self, key: tuple, make: Callable[[], Any]) -> Any:
         if key not in self.constants:
@@ -119,7 +113,7 @@ def _pack_small(tensors: list[Tensor], sizes: tuple, bins: int, scratch: Scratch
     row reductions of the same layout a stack of the group would have."""
     lengths = [rows * n for rows, n in sizes]
     flat = _flatten_dense_tensors(tensors).float()  # one call for all (a reshape per tensor from Python costs 2x)
-    unit = scratch.buffer("unit", sum(lengths), torch.float32, device)
+    unit = scratch.flat(sum(lengths), torch.float32, device, "unit")
     blocks = [(y.view(shape), u.view(shape)) for shape, y, u in zip(sizes, flat.split(lengths), unit.split(lengths))]
     lows = [y.amin(dim=1) for y, _ in blocks]  # NaN propagates; aminmax(dim=1) is ~30x slower on CPU
     highs = [y.amax(dim=1) for y, _ in blocks]
@@ -150,7 +144,7 @@ def _pack_large(tensors: list[Tensor], bins: int, scratch: Scratch, device: torc
     stats, counts = [], []
     for t in tensors:
         t = t.float().reshape(-1)
-        u = scratch.buffer("unit", t.numel(), torch.float32, device)
+        u = scratch.flat(t.numel(), torch.float32, device, "unit")
         lo, hi = torch.aminmax(t)  # one pass; the same signed zero as min()/max(), where amin() may differ
         torch.sub(t, lo, out=u).div_((hi - lo).clamp_min(_TINY))
         counts.append(_bincount(u, bins, scratch, None, _slots(bins)))
@@ -173,7 +167,7 @@ def _bincount(unit: Tensor, bins: int, scratch: Scratch, offsets: Tensor | None,
     if unit.device.type != "cpu":  # bincount syncs with the host on CUDA (it reads the max); index_add_ does not
         index = unit.long() if offsets is None else unit.long() + offsets
         return torch.zeros(length, device=unit.device).index_add_(0, index, torch.ones_like(unit))
-    index = scratch.buffer("index", unit.numel(), _index_dtype(length), unit.device).copy_(unit)  # floor for u >= 0
+    index = scratch.flat(unit.numel(), _index_dtype(length), unit.device, "index").copy_(unit)  # floor for u >= 0
     if offsets is not None:
         index += offsets
     return torch.bincount(index, minlength=length)

@@ -21,7 +21,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-_SCRATCH: dict[tuple, Tensor] = {}  # (dtype, device) -> flat working buffer of the scaled path
+from gradexp.probes.scratch import Scratch
+
+_SCRATCH = Scratch()  # the scaled path's working copies
 # accumulation dtype -> the norm below which its sum of squares may have lost 1e-10 of itself (per sqrt(numel)):
 # each entry's square loses at most finfo.tiny (flushed to zero) there
 LOW = {dt: math.sqrt(torch.finfo(dt).tiny * 1e10) for dt in (torch.float32, torch.float64)}
@@ -94,7 +96,7 @@ def _checked(xs: list[Tensor], acc: torch.dtype) -> Tensor:
 
 def _scaled_norms(xs: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
     """xs: non-empty tensors to be normed in `dtype` on `device`. (L,) float64 norms, each scaled by its max|x|."""
-    work = _views(xs, dtype, device)
+    work = _SCRATCH.views(xs, dtype, device)
     torch._foreach_copy_(work, xs)
     torch._foreach_abs_(work)       # |x|: same norm, and its max is the scale
     peak = torch.stack(_maxima(work))  # (L,) max|x|; NaN/inf propagate
@@ -111,16 +113,3 @@ def _maxima(work: list[Tensor]) -> list[Tensor]:
     if work[0].device.type == "cpu":
         return [w.amax() for w in work]
     return list(torch._foreach_max(work))
-
-
-def _views(xs: list[Tensor], dtype: torch.dtype, device: torch.device) -> list[Tensor]:
-    """Views shaped like xs into the flat scratch buffer of (dtype, device), grown when too small."""
-    total = sum(x.numel() for x in xs)
-    flat = _SCRATCH.get((dtype, device))
-    if flat is None or flat.numel() < total:
-        flat = _SCRATCH[(dtype, device)] = torch.empty(total, dtype=dtype, device=device)
-    views, at = [], 0
-    for x in xs:
-        views.append(flat[at:at + x.numel()].view(x.shape))
-        at += x.numel()
-    return views

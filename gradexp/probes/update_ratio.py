@@ -16,15 +16,16 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, Scalars, named_parameters, tags
 from gradexp.probes.norms import norm_vector
+from gradexp.probes.scratch import Scratch
 
 
 class UpdateRatio(Probe):
     def __init__(self) -> None:
         self.names: list[str] = []
         self.params: list[Tensor] = []
-        self.before: list[Tensor] = []   # views into self.buffer, shaped like self.params
+        self.before: list[Tensor] = []   # views into self.scratch, shaped like self.params
         self.size: Optional[Tensor] = None  # (P,) ||theta_before||
-        self.buffer: Optional[Tensor] = None
+        self.scratch = Scratch()  # theta_before, kept between logging steps
         self.cached: tuple = ([], [], [], [])  # (parameters, names, detached, buffer views) of the last logging step
 
     def after_clip(self, model: nn.Module, clip_norm: Optional[Tensor]) -> Scalars:
@@ -44,15 +45,7 @@ class UpdateRatio(Probe):
         first = params[0]
         if any(p.dtype != first.dtype or p.device != first.device for p in params):
             return [torch.empty_like(p) for p in params]
-        total = sum(p.numel() for p in params)
-        if self.buffer is None or self.buffer.numel() < total or self.buffer.dtype != first.dtype \
-                or self.buffer.device != first.device:
-            self.buffer = torch.empty(total, dtype=first.dtype, device=first.device)
-        views, at = [], 0
-        for p in params:
-            views.append(self.buffer[at:at + p.numel()].view(p.shape))
-            at += p.numel()
-        return views
+        return self.scratch.views(params, first.dtype, first.device)
 
     def after_step(self, model: nn.Module) -> Scalars:
         if not self.params:
