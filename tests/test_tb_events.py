@@ -122,3 +122,34 @@ def test_append_file_writes_every_byte(tmp_path, chunks):
     assert path.read_bytes() == b"head" + b"".join(chunks)  # before close: nothing waits in a buffer
     f.close()
     assert f.closed
+
+
+def edge_rows(bins: int) -> list[list[float]]:
+    """Packed histogram rows (min, max, count, sum, sum of squares, bin counts) with the headers that break naive
+    encoders: signed zeros, NaN and infinite ends, a range that overflows float64, subnormals, empty bins."""
+    counts = [float(k % 3) for k in range(bins)]
+    ends = [(0.0, 0.0), (-0.0, 0.0), (-1.5, 2.25), (math.nan, math.nan), (-math.inf, math.inf), (-math.inf, 1.0),
+            (-1.7e308, 1.7e308), (5e-324, 1e-320), (1 / 3, 123456789.123), (3.0, 3.0)]
+    return [[lo, hi, float(sum(counts)), lo + hi, hi * hi, *counts] for lo, hi in ends] + \
+        [histograms.pack(torch.randn(50), bins).tolist(), histograms.pack(torch.randn(9) * 1e-40, bins).tolist()]
+
+
+@pytest.mark.parametrize("bins", [1, 15, 16, 30, 200])  # the packed arrays' length takes 1 or 2 bytes
+def test_histograms_encoded_with_numpy_are_the_records_histogram_raw_makes(bins):
+    rows = edge_rows(bins)
+    tags = tuple(f"hist/grad/p{i}" for i in range(len(rows)))
+    event = ScalarEvents().event(("loss/train",), [2.0], [], tags, rows)
+    reference = [histogram_raw(tag, **histograms.unpack(row)).value[0] for tag, row in zip(tags, rows)]
+    fresh = Event(summary=Summary(value=[Summary.Value(tag="loss/train", simple_value=2.0), *reference]))
+    assert event.SerializeToString() == fresh.SerializeToString()
+
+
+def test_a_reused_event_keeps_no_histogram_of_the_previous_step():
+    events = ScalarEvents()
+    tags = ("hist/act/a", "hist/act/b")
+    first = events.event((), [], [], tags, edge_rows(30)[:2]).SerializeToString()
+    rows = edge_rows(30)[2:4]
+    second = events.event((), [], [Summary.Value(tag="x", simple_value=1.0)], tags, rows)
+    want = Event(summary=Summary(value=[*(histogram_raw(t, **histograms.unpack(r)).value[0] for t, r in zip(tags, rows)),
+                                        Summary.Value(tag="x", simple_value=1.0)]))
+    assert second.SerializeToString() == want.SerializeToString() != first

@@ -3,7 +3,8 @@ a multiple of log.every; 0 = off). Tags: hist/grad/<param>, hist/weight/<param>,
 
 Each histogram is computed on the device without a host sync and packed into one 1-d tensor
 (min, max, count, sum, sum of squares, BINS bin counts) so it rides along with the logging step's single
-host transfer; `unpack` gives the sinks what tensorboard's add_histogram_raw wants. Bins split [min, max]
+host transfer; `unpack` reads one as the keyword arguments of tensorboard's add_histogram_raw (the TensorBoard sink
+encodes a step's rows with numpy to the same records, sinks/events.py). Bins split [min, max]
 evenly: an entry's bin is floor(u * BINS) of u = (t - min) / (max - min) in float32, the top edge (u = 1) in the last
 bin, which is torch.histc(u, BINS, 0, 1) exactly; NaN/Inf entries are left out of the bins (they still make
 min/max/sum non-finite).
@@ -28,7 +29,7 @@ from gradexp.probes.scratch import Scratch as Buffers
 
 PREFIX = "hist/"
 BINS = 30
-_HEADER = 5  # min, max, count, sum, sum of squares
+HEADER = 5  # min, max, count, sum, sum of squares
 SMALL = 1 << 14  # entries: tensors up to this size are stacked with the others of their size (one copy)
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -175,8 +176,8 @@ def _bincount(unit: Tensor, bins: int, scratch: Scratch, offsets: Tensor | None,
 
 def unpack(values: list[float]) -> dict:
     """The host-side list from `pack` -> keyword arguments of SummaryWriter.add_histogram_raw."""
-    lo, hi, num, total, squares = values[:_HEADER]
-    counts = values[_HEADER:]
+    lo, hi, num, total, squares = values[:HEADER]
+    counts = values[HEADER:]
     width = (hi - lo) / len(counts)
     limits = [lo + width * (i + 1) for i in range(len(counts))]  # right edge of each bin
     return dict(min=lo, max=hi, num=num, sum=total, sum_squares=squares, bucket_limits=limits, bucket_counts=counts)

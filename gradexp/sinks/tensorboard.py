@@ -161,7 +161,7 @@ class TensorBoardSink:
             rows.append(profile)
         # one event per logging step, histograms included
         event = self.events.event(routes.scalars, numbers, extra, routes.histograms,
-                                  [histograms.unpack(values[tag]) for tag in routes.histograms])
+                                  [values[tag] for tag in routes.histograms])
         file_writer = self.writer._get_file_writer()
         try:
             file_writer.add_event(event, step)
