@@ -112,9 +112,11 @@ def _keys_only(bins: int) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def _layout(bins: int) -> np.dtype:
-    """One HistogramProto's bytes as a packed numpy record: each field's key, then its value."""
+    """One HistogramProto's bytes as a packed numpy record: each field's key (for the packed fields 6 and 7, the key
+    and the byte length), then its value."""
     lengths = len(_key(6, 2) + _varint(8 * bins))
-    fields = [item for number, name in enumerate(_HEADER_FIELDS, start=1) for item in ((f"key{number}", "u1"), (name, "<f8"))]
+    fields = [item for number, name in enumerate(_HEADER_FIELDS, start=1)
+              for item in ((f"key{number}", "u1"), (name, "<f8"))]
     fields += [("key6", "u1", (lengths,)), ("bucket_limit", "<f8", (bins,)),
                ("key7", "u1", (lengths,)), ("bucket", "<f8", (bins,))]
     return np.dtype(fields)
