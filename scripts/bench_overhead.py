@@ -92,6 +92,7 @@ def time_gradexp(cfg, task, steps: int, variant: str, tmp: str) -> float:
     instrumented = variant != "off"
     sinks = [TensorBoardSink(tmp), SummarySink(tmp, [], [])] if instrumented else []
     run = make_run(cfg, task, probes=instrumented, sinks=sinks)
+    run.instruments.last_step = steps - 1  # as in a run of `steps` steps: the interval probes (bptt) run at its end too
     settings = build.settings(cfg)
     settings.steps, settings.eval_every = steps, steps  # evaluate once, at the end, like the plain loop
     if variant == "off":
