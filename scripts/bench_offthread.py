@@ -1,17 +1,21 @@
 """Would instruments computed on a second thread make a logging step cheaper? Measures the exchange rate: the
-default MLP's plain training step alone, and again while another thread of the same process runs instrument-like
-work without pause (batched norms of every parameter and of a buffer the same size, read to the host, and a min, max
-and sum of each weight matrix: a few dozen small torch operators, as a logging step's probes do), interleaved,
-medians. Prints how much longer each training step got and how much of that work the other thread got done in the
-same time (each unit timed alone first). With a second idle core, a cost on the training thread below the work done
-would make moving the instruments off it worth building; above it, Python's GIL (each operator's Python part holds
-it) makes the move a loss.
+default MLP's plain training step alone, beside another thread of the same process that runs instrument-like work
+without pause (batched norms of every parameter and of a buffer the same size, read to the host, and a min, max and
+sum of each weight matrix: a few dozen small torch operators, as a logging step's probes do), and, as the control,
+beside another process running the same work (its own Python, so no shared GIL, but the same cores and memory).
+Rotating order, medians. Prints how much longer a training step got, how much of that work the other thread got
+done meanwhile (each unit timed alone first), and how many cores the process used in that time. A thread that costs
+the training thread more than the work it does is a loss; if the control process costs it as much, the cause is the
+machine (cores, memory), not the GIL.
 
-    python scripts/bench_offthread.py              # 5 interleaved repeats, one torch thread per Python thread
+    python scripts/bench_offthread.py              # 5 repeats, one torch thread per thread and process
     python scripts/bench_offthread.py --repeats 9"""
 from __future__ import annotations
 
 import argparse
+import math
+import multiprocessing
+import os
 import statistics
 import sys
 import threading
@@ -21,6 +25,31 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])  # scripts/ itself: reuse the benchmark's configurations
 import bench_overhead as bench  # noqa: E402
+
+
+def work(tensors: list[torch.Tensor]):
+    """A unit of a logging step's kind of work on these tensors (parameters and a buffer of their shapes)."""
+    half = len(tensors) // 2
+
+    def unit() -> None:
+        torch.stack(torch._foreach_norm(tensors[:half])).tolist()
+        torch.stack(torch._foreach_norm(tensors[half:])).tolist()
+        for m in tensors[:half]:
+            if m.dim() > 1:
+                m.amin(), m.amax(), m.sum()
+
+    return unit
+
+
+def busy_process(shapes: list[tuple], go, quit, done) -> None:
+    """The control: the same work in a process of its own, whenever `go` is set, counting units in `done`."""
+    torch.set_num_threads(1)
+    unit = work([torch.randn(shape) for shape in shapes] * 2)
+    while not quit.is_set():
+        if go.wait(0.01):
+            unit()
+            with done.get_lock():
+                done.value += 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     task = bench.build.task(cfg, bench.build.device(cfg))
     run = bench.make_run(cfg, task, probes=False, sinks=[])
     params = [p.detach() for p in run.model.parameters()]
-    scratch = [torch.randn_like(p) for p in params]
-    matrices = [p for p in params if p.dim() > 1]
+    unit = work(params + [torch.randn_like(p) for p in params])
 
     def step() -> None:
         x, y = run.batches.next()
@@ -43,20 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         run.optimizer.step()
 
-    def unit() -> None:  # a logging step's kind of work
-        torch.stack(torch._foreach_norm(params)).tolist()
-        torch.stack(torch._foreach_norm(scratch)).tolist()
-        for m in matrices:
-            m.amin(), m.amax(), m.sum()
-
-    def per_call(f, n: int) -> float:
-        started = time.perf_counter()
+    def timed(n: int) -> tuple[float, float]:
+        """Wall seconds per training step, and this process's CPU seconds per wall second meanwhile (cores used)."""
+        wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(n):
-            f()
-        return (time.perf_counter() - started) / n
+            step()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return wall / n, cpu / wall
 
-    def beside(f, n: int) -> tuple[float, int]:
-        """Seconds per call of f while another thread runs unit() without pause; units it finished meanwhile."""
+    def beside_thread(n: int) -> tuple[float, float, int]:
         stop, done = threading.Event(), [0]
 
         def other() -> None:
@@ -68,30 +91,61 @@ def main(argv: list[str] | None = None) -> int:
         thread.start()
         time.sleep(0.05)  # the other thread is running
         before = done[0]
-        seconds = per_call(f, n)
+        seconds, cores = timed(n)
         units = done[0] - before
         stop.set()
         thread.join()
-        return seconds, units
+        return seconds, cores, units
+
+    context = multiprocessing.get_context("spawn")
+    go, quit, done = context.Event(), context.Event(), context.Value("l", 0)
+    control = context.Process(target=busy_process, args=([tuple(p.shape) for p in params], go, quit, done), daemon=True)
+    control.start()
+
+    def beside_process(n: int) -> tuple[float, float, int]:
+        go.set()
+        time.sleep(0.05)
+        before = done.value
+        seconds, cores = timed(n)
+        units = done.value - before
+        go.clear()
+        return seconds, cores, units
+
+    def unit_alone(n: int = 500) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            unit()
+        return (time.perf_counter() - started) / n
 
     for _ in range(3):  # warm-up: Adam's state, the allocator, the first kernels
-        per_call(step, 20), per_call(unit, 20)
-    alone, with_other, unit_cost, units_per_step = [], [], [], []
-    for _ in range(args.repeats):
-        unit_cost.append(per_call(unit, 500))
-        alone.append(per_call(step, args.steps))
-        seconds, units = beside(step, args.steps)
-        with_other.append(seconds)
-        units_per_step.append(units / args.steps)
-    step_alone, step_beside = statistics.median(alone), statistics.median(with_other)
-    work = statistics.median(unit_cost) * statistics.median(units_per_step)
-    print(f"default MLP, {args.steps} steps, median of {args.repeats} interleaved repeats, 1 torch thread")
-    print(f"one unit of instrument-like work alone: {statistics.median(unit_cost) * 1e6:.0f} us")
-    print(f"training step alone: {step_alone * 1e6:.0f} us; beside the other thread: {step_beside * 1e6:.0f} us "
-          f"(+{(step_beside - step_alone) * 1e6:.0f} us)")
-    print(f"work the other thread finished per training step: {work * 1e6:.0f} us of single-thread time")
-    print(f"cost on the training thread per us of work moved off it: {(step_beside - step_alone) / work:.2f} "
-          "(below 1: a second thread would help; above 1: it costs more than doing the work inline)")
+        timed(20), unit_alone(20)
+    beside_process(20)  # and the control process has started (its imports) and run
+    results: dict[str, list[tuple]] = {"alone": [], "thread": [], "process": []}
+    variants = {"alone": lambda: (*timed(args.steps), 0), "thread": lambda: beside_thread(args.steps),
+                "process": lambda: beside_process(args.steps)}
+    unit_cost = []
+    for repeat in range(args.repeats):
+        unit_cost.append(unit_alone())
+        names = list(variants)
+        for name in names[repeat % 3:] + names[:repeat % 3]:
+            results[name].append(variants[name]())
+    quit.set()
+    control.join(timeout=10)
+    cost = statistics.median(unit_cost)
+    step_alone = statistics.median(r[0] for r in results["alone"])
+    print(f"default MLP, {args.steps} steps, median of {args.repeats} repeats in rotating order, 1 torch thread; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"one unit of instrument-like work alone: {cost * 1e6:.0f} us; training step alone: {step_alone * 1e6:.0f} us")
+    for name in ("thread", "process"):
+        seconds = statistics.median(r[0] for r in results[name])
+        cores = statistics.median(r[1] for r in results[name])
+        moved = cost * statistics.median(r[2] / args.steps for r in results[name])
+        print(f"beside another {name}: training step {seconds * 1e6:.0f} us (+{(seconds - step_alone) * 1e6:.0f} us), "
+              f"the {name} did {moved * 1e6:.0f} us of work per step, this process used {cores:.2f} cores")
+        rate = (seconds - step_alone) / moved if moved else math.nan  # nan: no unit finished (a very short run)
+        print(f"  cost on the training thread per us of work beside it ({name}): {rate:.2f}"
+              + (" (below 1: a second thread would help; above 1: it costs more than doing the work inline)"
+                 if name == "thread" else " (the control: the machine's share of the cost)"))
     return 0
 
 

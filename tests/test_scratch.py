@@ -52,3 +52,23 @@ def test_update_ratio_copies_theta_into_the_same_memory_every_logging_step():
         want = [0.1 * p.grad.norm() / (p + 0.1 * p.grad).norm() for p in model.parameters()]
         assert torch.allclose(ratios, torch.stack(want).double(), rtol=1e-6)
     assert pointers[0] == pointers[1]
+
+
+def test_update_ratio_follows_a_model_cast_between_logging_steps():
+    """model.double() keeps each Parameter object but gives it new float64 data: the ratio must be read from that, and
+    the float32 copy of theta let go."""
+    model = torch.nn.Linear(3, 2)
+    probe = UpdateRatio()
+    for dtype in (torch.float32, torch.float64):
+        model.to(dtype)
+        model(torch.randn(4, 3, dtype=dtype)).sum().backward()
+        probe.after_clip(model, None)
+        before = [p.detach().clone() for p in model.parameters()]
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + 1e-9)  # an update float32 cannot hold
+        (ratios,) = probe.after_step(model).values()
+        want = torch.stack([(p.detach() - b).norm() / b.norm() for p, b in zip(model.parameters(), before)]).double()
+        assert torch.allclose(ratios, want, rtol=1e-6) and (dtype == torch.float32 or (ratios > 0).all())
+        model.zero_grad(set_to_none=True)
+    assert {key[1] for key in probe.scratch.buffers} == {torch.float64}

@@ -129,14 +129,16 @@ def edge_rows(bins: int) -> list[list[float]]:
     encoders: signed zeros, NaN and infinite ends, a range that overflows float64, subnormals, empty bins."""
     counts = [float(k % 3) for k in range(bins)]
     ends = [(0.0, 0.0), (-0.0, 0.0), (-1.5, 2.25), (math.nan, math.nan), (-math.inf, math.inf), (-math.inf, 1.0),
-            (-1.7e308, 1.7e308), (5e-324, 1e-320), (1 / 3, 123456789.123), (3.0, 3.0)]
+            (-1.7e308, 1.7e308), (5e-324, 1e-320), (1 / 3, 123456789.123), (3.0, 3.0), (math.nan, -math.nan),
+            (-math.nan, math.nan), (1.0, -math.nan)]  # NaNs of either sign: the limits keep the min's own bits
     return [[lo, hi, float(sum(counts)), lo + hi, hi * hi, *counts] for lo, hi in ends] + \
         [histograms.pack(torch.randn(50), bins).tolist(), histograms.pack(torch.randn(9) * 1e-40, bins).tolist()]
 
 
-@pytest.mark.parametrize("bins", [1, 15, 16, 30, 200])  # the packed arrays' length takes 1 or 2 bytes
-def test_histograms_encoded_with_numpy_are_the_records_histogram_raw_makes(bins):
-    rows = edge_rows(bins)
+@pytest.mark.parametrize("bins", [1, 2, 3, 15, 16, 30, 200])  # the packed arrays' length takes 1 or 2 bytes
+@pytest.mark.parametrize("copies", [1, 5])  # where numpy's arrays land decides which NaN it keeps when both are
+def test_histograms_encoded_with_numpy_are_the_records_histogram_raw_makes(bins, copies):
+    rows = edge_rows(bins) * copies
     tags = tuple(f"hist/grad/p{i}" for i in range(len(rows)))
     event = ScalarEvents().event(("loss/train",), [2.0], [], tags, rows)
     reference = [histogram_raw(tag, **histograms.unpack(row)).value[0] for tag, row in zip(tags, rows)]
@@ -153,3 +155,18 @@ def test_a_reused_event_keeps_no_histogram_of_the_previous_step():
     want = Event(summary=Summary(value=[*(histogram_raw(t, **histograms.unpack(r)).value[0] for t, r in zip(tags, rows)),
                                         Summary.Value(tag="x", simple_value=1.0)]))
     assert second.SerializeToString() == want.SerializeToString() != first
+
+
+def test_a_row_too_short_to_be_a_histogram_is_refused_in_words():
+    with pytest.raises(ValueError, match="5 header values and at least one bin, not 5"):
+        ScalarEvents().event((), [], [], ("hist/act/a",), [[0.0, 1.0, 2.0, 1.0, 1.0]])
+
+
+def test_a_nan_minimum_keeps_its_own_bits_in_every_limit_wherever_numpy_puts_the_arrays():
+    """numpy may swap the operands of lo + x (which NaN comes out then depends on alignment); Python keeps lo's."""
+    rows = [[math.nan, -math.nan, 1.0, 1.0, 1.0, 1.0]]
+    want = Event(summary=Summary(value=[histogram_raw("hist/a", **histograms.unpack(rows[0])).value[0]]))
+    padding = []
+    for i in range(200):
+        padding.append(bytearray(8 * i + 1))  # moves where the next arrays are allocated
+        assert ScalarEvents().event((), [], [], ("hist/a",), rows).SerializeToString() == want.SerializeToString()

@@ -32,7 +32,7 @@ class UpdateRatio(Probe):
         pairs = [(n, p) for n, p in named_parameters(model) if p.grad is not None]  # what the optimizer updates
         if not pairs:
             return {}
-        if len(pairs) != len(self.cached[0]) or any(p is not q for (_, p), q in zip(pairs, self.cached[0])):
+        if self._changed(pairs):
             params = [p.detach() for _, p in pairs]  # views sharing storage: they see the optimizer's in-place update
             self.cached = ([p for _, p in pairs], [n for n, _ in pairs], params, self._views(params))
         _, self.names, self.params, self.before = self.cached  # the same parameters as last time: the same views
@@ -40,9 +40,19 @@ class UpdateRatio(Probe):
         self.size = norm_vector(self.params)
         return {}
 
+    def _changed(self, pairs: list[tuple[str, nn.Parameter]]) -> bool:
+        """Other parameters than last time, or the same ones with new data: model.double() or .to(device) keep each
+        Parameter object but give it a new tensor, which the cached detached views would not see."""
+        cached, _, detached, _ = self.cached
+        return len(pairs) != len(cached) or any(p is not q or p.data_ptr() != d.data_ptr() or p.dtype != d.dtype
+                                                for (_, p), q, d in zip(pairs, cached, detached))
+
     def _views(self, params: list[Tensor]) -> list[Tensor]:
-        """Views into one flat buffer of the parameters' dtype and device (a fresh copy where they differ)."""
+        """Views into one flat buffer of the parameters' dtype and device (a fresh copy where they differ). A buffer
+        of another dtype or device (the model was moved or cast) is let go, not kept beside the new one."""
         first = params[0]
+        if any(key[1:] != (first.dtype, first.device) for key in self.scratch.buffers):
+            self.scratch = Scratch()
         if any(p.dtype != first.dtype or p.device != first.device for p in params):
             return [torch.empty_like(p) for p in params]
         return self.scratch.views(params, first.dtype, first.device)

@@ -7,7 +7,7 @@ The event is the one Event(summary=Summary(value=[Summary.Value(tag=t, simple_va
 byte (tests/test_tb_events.py). Histograms come as the probe's packed rows (probes/histograms.py) and are encoded
 with numpy, all of a step's at once, straight into protobuf's wire format, which the event then parses in one call:
 each is the record torch's histogram_raw makes of `histograms.unpack(row)`, bit for bit (the same float64 operations
-for the bucket limits). Refilling a HistogramProto field by field from Python cost ~4 us a 30-bin histogram,
+for the bucket limits; with protobuf's C implementation, upb, the default: its pure-Python one canonicalises NaNs). Refilling a HistogramProto field by field from Python cost ~4 us a 30-bin histogram,
 ~140 us a step for the default MLP's 34 under "everything every step", on the writer thread, whose Python holds the
 GIL the training thread needs (scripts/bench_offthread.py); encoding them costs ~1 us each."""
 from __future__ import annotations
@@ -63,6 +63,10 @@ def encoded_histograms(tag_fields: tuple[bytes, ...], rows: Sequence[Sequence[fl
     packed row; tag_fields: each tag's encoded field (_field(1, tag)). Every field is written, zeros too: parsing
     them back gives the message that setting them would (the event is serialised from the parsed message)."""
     lengths = {len(row) for row in rows}
+    if not lengths:
+        return b""
+    if min(lengths) <= HEADER:
+        raise ValueError(f"a packed histogram row holds {HEADER} header values and at least one bin, not {min(lengths)}")
     if len(lengths) > 1:  # rows of different bin counts (gradexp's probe makes one): a group of one each
         return b"".join(encoded_histograms(tag_fields[i:i + 1], rows[i:i + 1]) for i in range(len(rows)))
     protos = _histo_protos(rows, lengths.pop() - HEADER)
@@ -89,7 +93,11 @@ def _histo_protos(rows: Sequence[Sequence[float]], bins: int) -> list[bytes]:
         record[name] = table[:, column]
     lo = table[:, :1]
     with np.errstate(all="ignore"):
-        record["bucket_limit"] = lo + (table[:, 1:2] - lo) / bins * np.arange(1, bins + 1, dtype=np.float64)
+        limits = lo + (table[:, 1:2] - lo) / bins * np.arange(1, bins + 1, dtype=np.float64)
+    # a NaN min makes every limit NaN; Python's lo + x gives lo's own NaN bits, numpy either operand's (it may swap
+    # them), so those rows take lo as it is
+    np.copyto(limits, lo, where=np.isnan(lo))
+    record["bucket_limit"] = limits
     record["bucket"] = table[:, HEADER:]
     raw, size = record.tobytes(), record.itemsize
     return [raw[at:at + size] for at in range(0, len(raw), size)]
