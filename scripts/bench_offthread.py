@@ -22,6 +22,7 @@ import threading
 import time
 
 import torch
+import torch.multiprocessing
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])  # scripts/ itself: reuse the benchmark's configurations
 import bench_overhead as bench  # noqa: E402
@@ -50,6 +51,22 @@ def busy_process(shapes: list[tuple], go, quit, done) -> None:
             unit()
             with done.get_lock():
                 done.value += 1
+
+
+def handoff_worker(shared: list[torch.Tensor], ready, idle, quit, done) -> None:
+    """The design a worker process would have: each logging step the training process copies what the probes read
+    into shared memory (`shared`) and sets `ready`; this process computes on those copies and sets `idle` when the
+    training process may overwrite them."""
+    torch.set_num_threads(1)
+    unit = work(shared)
+    idle.set()
+    while not quit.is_set():
+        if ready.wait(0.01):
+            ready.clear()
+            unit()
+            with done.get_lock():
+                done.value += 1
+            idle.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +128,31 @@ def main(argv: list[str] | None = None) -> int:
         go.clear()
         return seconds, cores, units
 
+    shared = [torch.zeros_like(p).share_memory_() for p in params + params]  # gradients, then parameters
+    handoff_context = torch.multiprocessing.get_context("spawn")
+    ready, idle, stop_worker = handoff_context.Event(), handoff_context.Event(), handoff_context.Event()
+    handed = handoff_context.Value("l", 0)
+    worker = handoff_context.Process(target=handoff_worker, args=(shared, ready, idle, stop_worker, handed), daemon=True)
+    worker.start()
+    grads_to, params_to = shared[:len(params)], shared[len(params):]
+
+    def step_and_hand_off() -> None:
+        step()
+        idle.wait()  # the worker is done with the previous step's copies
+        idle.clear()
+        torch._foreach_copy_(grads_to, [p.grad for p in run.model.parameters()])
+        torch._foreach_copy_(params_to, params)
+        ready.set()
+
+    def handed_off(n: int) -> tuple[float, float, int]:
+        before = handed.value
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            step_and_hand_off()
+        idle.wait()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return wall / n, cpu / wall, handed.value - before
+
     def unit_alone(n: int = 500) -> float:
         started = time.perf_counter()
         for _ in range(n):
@@ -120,17 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(3):  # warm-up: Adam's state, the allocator, the first kernels
         timed(20), unit_alone(20)
     beside_process(20)  # and the control process has started (its imports) and run
-    results: dict[str, list[tuple]] = {"alone": [], "thread": [], "process": []}
+    handed_off(20)
+    results: dict[str, list[tuple]] = {"alone": [], "thread": [], "process": [], "handoff": []}
     variants = {"alone": lambda: (*timed(args.steps), 0), "thread": lambda: beside_thread(args.steps),
-                "process": lambda: beside_process(args.steps)}
+                "process": lambda: beside_process(args.steps), "handoff": lambda: handed_off(args.steps)}
     unit_cost = []
     for repeat in range(args.repeats):
         unit_cost.append(unit_alone())
         names = list(variants)
-        for name in names[repeat % 3:] + names[:repeat % 3]:
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
             results[name].append(variants[name]())
     quit.set()
+    stop_worker.set()
     control.join(timeout=10)
+    worker.join(timeout=10)
     cost = statistics.median(unit_cost)
     step_alone = statistics.median(r[0] for r in results["alone"])
     print(f"default MLP, {args.steps} steps, median of {args.repeats} repeats in rotating order, 1 torch thread; "
@@ -146,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  cost on the training thread per us of work beside it ({name}): {rate:.2f}"
               + (" (below 1: a second thread would help; above 1: it costs more than doing the work inline)"
                  if name == "thread" else " (the control: the machine's share of the cost)"))
+    seconds = statistics.median(r[0] for r in results["handoff"])
+    moved = cost * statistics.median(r[2] / args.steps for r in results["handoff"])
+    print(f"every step handed to a worker process (two batched copies into shared memory, two events): training step "
+          f"{seconds * 1e6:.0f} us (+{(seconds - step_alone) * 1e6:.0f} us), the worker did {moved * 1e6:.0f} us of "
+          f"work per step")
     return 0
 
 
