@@ -136,4 +136,4 @@ def release_loky_workers() -> None:
     reusable_executor = sys.modules.get("joblib.externals.loky.reusable_executor")  # no joblib import otherwise
     executor = getattr(reusable_executor, "_executor", None)
     if executor is not None:
-        executor.shutdown(wait=False, kill_workers=True)
+        executor.shutdown(wait=True, kill_workers=True)  # SIGKILL, then joined: no worker outlives the sweep
