@@ -2,6 +2,8 @@
 a step needs more, one per (name, dtype, device), and the views the probes compute in lie side by side in them."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from gradexp.probes.scratch import Scratch
@@ -59,10 +61,12 @@ def test_update_ratio_follows_a_model_cast_between_logging_steps():
     the float32 copy of theta let go."""
     model = torch.nn.Linear(3, 2)
     probe = UpdateRatio()
+    copies = []  # the probe's copy of theta at each dtype, by weak reference
     for dtype in (torch.float32, torch.float64):
         model.to(dtype)
         model(torch.randn(4, 3, dtype=dtype)).sum().backward()
         probe.after_clip(model, None)
+        copies.append(weakref.ref(probe.before[0]))
         before = [p.detach().clone() for p in model.parameters()]
         with torch.no_grad():
             for p in model.parameters():
@@ -71,4 +75,4 @@ def test_update_ratio_follows_a_model_cast_between_logging_steps():
         want = torch.stack([(p.detach() - b).norm() / b.norm() for p, b in zip(model.parameters(), before)]).double()
         assert torch.allclose(ratios, want, rtol=1e-6) and (dtype == torch.float32 or (ratios > 0).all())
         model.zero_grad(set_to_none=True)
-    assert {key[1] for key in probe.scratch.buffers} == {torch.float64}
+    assert copies[0]() is None and copies[1]().dtype == torch.float64  # the float32 copy is gone, the float64 one kept

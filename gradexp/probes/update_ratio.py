@@ -23,9 +23,8 @@ class UpdateRatio(Probe):
     def __init__(self) -> None:
         self.names: list[str] = []
         self.params: list[Tensor] = []
-        self.before: list[Tensor] = []   # views into self.scratch, shaped like self.params
+        self.before: list[Tensor] = []   # views into one flat buffer, shaped like self.params
         self.size: Optional[Tensor] = None  # (P,) ||theta_before||
-        self.scratch = Scratch()  # theta_before, kept between logging steps
         self.cached: tuple = ([], [], [], [])  # (parameters, names, detached, buffer views) of the last logging step
 
     def after_clip(self, model: nn.Module, clip_norm: Optional[Tensor]) -> Scalars:
@@ -48,14 +47,13 @@ class UpdateRatio(Probe):
                                                 for (_, p), q, d in zip(pairs, cached, detached))
 
     def _views(self, params: list[Tensor]) -> list[Tensor]:
-        """Views into one flat buffer of the parameters' dtype and device (a fresh copy where they differ). A buffer
-        of another dtype or device (the model was moved or cast) is let go, not kept beside the new one."""
+        """Views into one new flat buffer of the parameters' dtype and device (a fresh copy where they differ). The
+        views are cached with the parameters and reused at every logging step; when the parameters change (other
+        ones, or the model cast or moved) new ones replace them and the old buffer is let go."""
         first = params[0]
-        if any(key[1:] != (first.dtype, first.device) for key in self.scratch.buffers):
-            self.scratch = Scratch()
         if any(p.dtype != first.dtype or p.device != first.device for p in params):
             return [torch.empty_like(p) for p in params]
-        return self.scratch.views(params, first.dtype, first.device)
+        return Scratch().views(params, first.dtype, first.device)
 
     def after_step(self, model: nn.Module) -> Scalars:
         if not self.params:
