@@ -7,8 +7,8 @@ The event is the one Event(summary=Summary(value=[Summary.Value(tag=t, simple_va
 byte (tests/test_tb_events.py). Histograms come as the probe's packed rows (probes/histograms.py) and are encoded
 with numpy, all of a step's at once, straight into protobuf's wire format, which the event then parses in one call:
 each is the record torch's histogram_raw makes of `histograms.unpack(row)`, bit for bit (the same float64 operations
-for the bucket limits; with protobuf's C implementation, upb, the default: its pure-Python one canonicalises NaNs). Refilling a HistogramProto field by field from Python cost ~4 us a 30-bin histogram,
-~140 us a step for the default MLP's 34 under "everything every step", on the writer thread, whose Python holds the
+for the bucket limits; with protobuf's C implementation, upb, the default: its pure-Python one canonicalises NaNs).
+Refilling a HistogramProto field by field from Python cost ~4 us a 30-bin histogram, ~140 us a step for the default MLP's 34 under "everything every step", on the writer thread, whose Python holds the
 GIL the training thread needs (scripts/bench_offthread.py); encoding them costs ~1 us each."""
 from __future__ import annotations
 
