@@ -8,8 +8,9 @@ byte (tests/test_tb_events.py). Histograms come as the probe's packed rows (prob
 with numpy, all of a step's at once, straight into protobuf's wire format, which the event then parses in one call:
 each is the record torch's histogram_raw makes of `histograms.unpack(row)`, bit for bit (the same float64 operations
 for the bucket limits; with protobuf's C implementation, upb, the default: its pure-Python one canonicalises NaNs).
-Refilling a HistogramProto field by field from Python cost ~4 us a 30-bin histogram, ~140 us a step for the default MLP's 34 under "everything every step", on the writer thread, whose Python holds the
-GIL the training thread needs (scripts/bench_offthread.py); encoding them costs ~1 us each."""
+Refilling a HistogramProto field by field from Python cost ~4 us a 30-bin histogram, ~140 us a step for the default
+MLP's 34 under "everything every step", on the writer thread, whose Python holds the GIL the training thread needs
+(scripts/bench_offthread.py); encoding them costs ~1 us each."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -66,7 +67,8 @@ def encoded_histograms(tag_fields: tuple[bytes, ...], rows: Sequence[Sequence[fl
     if not lengths:
         return b""
     if min(lengths) <= HEADER:
-        raise ValueError(f"a packed histogram row holds {HEADER} header values and at least one bin, not {min(lengths)}")
+        raise ValueError(f"a packed histogram row holds {HEADER} header values and at least one bin, "
+                         f"not {min(lengths)}")
     if len(lengths) > 1:  # rows of different bin counts (gradexp's probe makes one): a group of one each
         return b"".join(encoded_histograms(tag_fields[i:i + 1], rows[i:i + 1]) for i in range(len(rows)))
     protos = _histo_protos(rows, lengths.pop() - HEADER)
