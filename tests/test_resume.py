@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 
 import pytest
 import torch
@@ -183,3 +185,14 @@ def test_fp16_run_resumes_exactly_with_its_loss_scale(tmp_path, quiet_console):
     spelled = [{tag: [(s, repr(v)) for s, v in series] for tag, series in scalars(str(tmp_path / d)).items()}
                for d in ("run", "ref")]
     assert spelled[0] == spelled[1]
+
+
+def test_a_session_resumed_in_the_second_its_predecessor_began_writes_a_file_that_sorts_after(tmp_path):
+    from gradexp.outcome import Outcome
+    from gradexp.sinks.tensorboard import TensorBoardSink
+    earlier = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.9"
+    (tmp_path / earlier).write_bytes(b"")  # counter 9: this process's next writer is 10 or more, which sorts first
+    sink = TensorBoardSink(str(tmp_path), purge_step=3)
+    sink.close(Outcome(status="completed"))
+    events = sorted(name for name in os.listdir(tmp_path) if name.startswith("events."))
+    assert len(events) == 2 and events[0] == earlier

@@ -7,7 +7,10 @@ has one kind), so where each tag goes is worked out once per distinct tuple of t
 was routed fails loudly (protobuf's TypeError), it is never written as something else."""
 from __future__ import annotations
 
+import os
+import re
 import threading
+import time
 from typing import NamedTuple, Optional
 
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -123,6 +126,23 @@ def _write_directly(writer: SummaryWriter) -> None:
     _append_to_open_file(threaded._writer)
 
 
+_EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+
+
+def _wait_to_sort_last(run_dir: str) -> None:
+    """A resumed run's event file must sort after the files it continues: readers take a folder's event files in name
+    order, and the purge record drops only the points read before it. The name starts with the second it was made;
+    then host, pid and a per-process counter compare as text (counter 10 sorts before 9), so a session resumed in the
+    second its predecessor's file was made (from Python, or a quick requeue) could sort first and lose its points.
+    Then this waits for the next second: at most one. A file dated later still (a clock set back) is left to sort
+    as it does."""
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    stamps = [int(match.group(1)) for name in names if (match := _EVENT_FILE.match(name))]
+    wait = max(stamps, default=0) + 1 - time.time()
+    if 0 < wait <= 1:
+        time.sleep(wait)
+
+
 class Routes(NamedTuple):
     """Where each tag of a logging step goes, for one tuple of tags (in the step's order)."""
     scalars: tuple[str, ...]     # numbers: one simple value each
@@ -141,6 +161,8 @@ class TensorBoardSink:
     def __init__(self, run_dir: str, purge_step: Optional[int] = None):
         threading.excepthook = _writer_thread_errors_go_to_the_run
         # purge_step (resume): readers drop the earlier files' points at steps >= it, so one clean curve remains
+        if purge_step is not None:
+            _wait_to_sort_last(run_dir)
         self.writer = SummaryWriter(log_dir=run_dir, purge_step=purge_step)
         _write_directly(self.writer)
         self.history: dict[str, tuple[list[int], list[list[float]]]] = {}  # profile tag -> (steps, profiles)
