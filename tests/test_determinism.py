@@ -37,3 +37,28 @@ def test_deterministic_switch_turns_on_deterministic_algorithms(run_tiny):
         torch.use_deterministic_algorithms = original
     assert seen == [True, False]
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("overrides", [[], ["schedule=step", "schedule.step_size=2"], ["model=gru", "data.seq_len=6"]],
+                         ids=["mlp", "scheduler", "gru"])
+def test_bare_steps_give_the_full_steps_numbers_bit_for_bit(run_tiny, monkeypatch, overrides):
+    from gradexp.training import loop
+    taken = []
+    bare_step = loop.bare_step
+    monkeypatch.setattr(loop, "bare_step", lambda run: (taken.append(1), bare_step(run))[1])
+    overrides = [*overrides, "device=cpu", "train.steps=8", "log.every=2"]
+    _, bare = run_tiny(overrides, name="bare")
+    assert len(taken) == 3  # steps 1, 3 and 5; 0, 2, 4, 6 and the last, 7, are logging steps
+    monkeypatch.setattr(loop, "is_bare", lambda run, settings: False)
+    _, full = run_tiny(overrides, name="full")
+    assert summary(bare) == summary(full)
+    assert scalars(bare) == scalars(full) and scalars(bare)["loss/train"]
+
+
+@pytest.mark.parametrize("overrides", [["clip=norm_1.0"], ["train.precision=bf16"], ["reg.l2=0.01"],
+                                       ["train.loss_scale=dynamic"]])
+def test_a_run_with_something_between_backward_and_step_never_steps_bare(run_tiny, monkeypatch, overrides):
+    from gradexp.training import loop
+    monkeypatch.setattr(loop, "bare_step", lambda run: pytest.fail("a bare step"))
+    outcome, _ = run_tiny([*overrides, "device=cpu", "train.steps=5", "log.every=2"])
+    assert outcome.status == "completed"
