@@ -181,31 +181,59 @@ class Instruments:
         for probe in self.probes:
             self.pending.update(probe.after_step(self.model))
 
-    def collect(self, extra: dict) -> dict[str, float]:
-        """The one host transfer of a logging step: every pending value (and `extra`) to Python floats."""
+    def collect(self, extra: dict, defer: bool = False) -> dict[str, Any]:
+        """The one host transfer of a logging step: every pending value (and `extra`) to Python floats. `defer`: values
+        still computed on a helper thread stay Deferred, for the sinks' writer thread to wait for (`resolved`)."""
         values = {**extra, **self.pending}
         self.pending = {}
-        return to_host(values)
+        return to_host(values, defer)
 
 
-def to_host(values: dict) -> dict[str, float | list[float]]:
+class Deferred:
+    """A probe's values still being computed on a helper thread (probes/aside.py): `result()` waits for them, {tag:
+    tensor} as a probe returns them. to_host resolves it where it stands; Instruments.collect(defer=True) leaves it to
+    the sinks' writer thread (sinks/writer.py), so the training thread does not wait for it."""
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    def result(self) -> Scalars:
+        return self.future.result()
+
+
+def resolved(values: dict) -> dict:
+    """`values` with each Deferred replaced, where it stands, by its host numbers (to_host of its result)."""
+    if not any(isinstance(v, Deferred) for v in values.values()):
+        return values
+    out: dict = {}
+    for key, v in values.items():
+        if isinstance(v, Deferred):
+            out.update(to_host(v.result()))
+        else:
+            out[key] = v
+    return out
+
+
+def to_host(values: dict, defer: bool = False) -> dict[str, float | list[float]]:
     """One device->host copy per device for everything: 0-d tensors become floats, 1-d profiles lists of floats, a
     tuple of tags with its 1-d tensor one float per tag; Python numbers pass through. A device's 0-d values go in one
     stack and join the 1-d ones in one cat; mixed dtypes promote (to float64 when a norm is there, probes/norms.py),
     and float32 values become Python floats exactly, so a norm below float32's normal range reaches summary.json
-    exactly."""
+    exactly. A Deferred is waited for and read where it stands, or with `defer` left as it is (for `resolved`)."""
     by_device: dict[torch.device, list] = {}
     out: dict = {}
     for key, v in values.items():
         if isinstance(v, Tensor):
             by_device.setdefault(v.device, []).append(key)
+        elif isinstance(v, Deferred):
+            out[key] = v if defer else to_host(v.result())
         else:
             out[key] = float(v)
     for keys in by_device.values():
         out.update(_read(keys, [values[k] for k in keys]))
     ordered: dict[str, float | list[float]] = {}
     for key in values:  # the caller's order
-        if isinstance(key, tuple):
+        if isinstance(key, tuple) and not isinstance(out[key], Deferred):
             ordered.update(out[key])
         else:
             ordered[key] = out[key]

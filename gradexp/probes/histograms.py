@@ -13,16 +13,21 @@ u in place in a buffer kept between logging steps, then a 2-byte slot index per 
 tensors (row offsets keep their histograms apart) or one per large tensor. This replaced histc (~3.4 ns an entry on
 one CPU thread, against ~0.7 ns for an int16 bincount) and an isfinite/where pass (~1.5 ns an entry) that histc's
 own range check made redundant; the values are bit-identical to that version's (docs/profile.md, "Everything every
-step"; tests/test_histograms.py checks them against a float64 oracle)."""
+step"; tests/test_histograms.py checks them against a float64 oracle).
+On CPU the probe packs tensors above SMALL entries on a helper thread, from copies (probes/aside.py): their passes are
+nearly all kernel time, which releases the GIL, so they run beside the training thread; the same values, bit for bit
+(tests/test_aside.py)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 from typing import Any, Callable, ContextManager
 
 import torch
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors
 
+from gradexp.probes.aside import Aside
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, named_parameters
 from gradexp.probes.layers import Layers
 from gradexp.probes.scratch import Scratch as Buffers
@@ -189,6 +194,9 @@ class Histograms(Probe):
         self.outputs: dict[str, Tensor] = {}  # layer -> its output this step, packed with the gradients
         self.hooks = Hooks()
         self.scratch = Scratch()  # pack_many's buffers, kept between logging steps
+        # large CPU tensors are packed beside the training thread, from copies (one buffer per phase, both may be in
+        # flight) in buffers of their own (the helper thread runs one hand-over at a time)
+        self.aside_backward, self.aside_step, self.aside_scratch = Aside(), Aside(), Scratch()
         for name, layer in layers:
             self.hooks.forward(layer, self._act_hook(name))
 
@@ -209,12 +217,26 @@ class Histograms(Probe):
         tensors = {f"{PREFIX}act/{name}": t for name, t in self.outputs.items() if t.numel()}
         self.outputs = {}
         tensors.update({f"{PREFIX}grad/{n}": p.grad for n, p in named_parameters(model) if p.grad is not None})
-        return _packed(tensors, self.scratch)
+        return self._packed(tensors, self.aside_backward)
 
     def after_step(self, model: nn.Module) -> Scalars:
-        return _packed({f"{PREFIX}weight/{n}": p for n, p in named_parameters(model)}, self.scratch)
+        return self._packed({f"{PREFIX}weight/{n}": p for n, p in named_parameters(model)}, self.aside_step)
+
+    def _packed(self, tensors: dict[str, Tensor], aside: Aside) -> Scalars:
+        """Large CPU tensors go to the helper thread (probes/aside.py), the rest are packed here."""
+        tensors = {tag: t for tag, t in tensors.items() if t.numel()}
+        large = tuple(tag for tag, t in tensors.items() if t.numel() > SMALL and t.device.type == "cpu")
+        values = _packed({tag: t for tag, t in tensors.items() if tag not in large}, self.scratch)
+        if large:
+            work = partial(_packed_copies, large, self.aside_scratch)
+            values[large] = aside.submit([tensors[tag] for tag in large], work)
+        return values
 
 
 def _packed(tensors: dict[str, Tensor], scratch: Scratch) -> Scalars:
-    tensors = {tag: t for tag, t in tensors.items() if t.numel()}
     return dict(zip(tensors, pack_many(list(tensors.values()), scratch=scratch))) if tensors else {}
+
+
+def _packed_copies(tags: tuple[str, ...], scratch: Scratch, copies: list[Tensor]) -> Scalars:
+    """On the helper thread: the copies' histograms, under their tags."""
+    return dict(zip(tags, pack_many(copies, scratch=scratch)))

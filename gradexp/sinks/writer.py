@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
+from gradexp.probes.base import resolved
+
 _STOP = object()
 BATCH = 32       # logging steps per hand-over at most
 LATENCY = 0.25   # seconds a logged step may wait for its hand-over (a live progress bar or TensorBoard lags this much)
@@ -90,6 +92,7 @@ class SinkWriter:
             elif self.error is None and self.sinks:
                 try:
                     for step, values in item:
+                        values = resolved(values)  # values a probe computes on its helper thread (probes/aside.py)
                         for sink in self.sinks:
                             sink.log(step, values)
                 except BaseException as err:  # handed to the training thread (_raise)

@@ -202,7 +202,7 @@ def _loop(run: Run, settings: Settings, start_step: int, outcome: Outcome, guard
             scalars.update(evaluate(run))
         if logging or evaluating:
             t0 = clock()
-            writer.log(step, run.instruments.collect(scalars if logging else evaluate_only(scalars)))
+            writer.log(step, run.instruments.collect(scalars if logging else evaluate_only(scalars), defer=True))
             found = guard.check(step, train_step)
             meter.instrumenting(clock() - t0)
             if found is not None:
