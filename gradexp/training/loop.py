@@ -168,7 +168,7 @@ def train(run: Run, settings: Settings, start_step: int = 0, outcome: Optional[O
     run with status 'diverged' (a result, not a crash); with stop_on_nonfinite false training goes on.
     `outcome` (optional) is updated in place, so the caller knows the steps done even when an exception escapes."""
     outcome = Outcome(steps=start_step) if outcome is None else outcome
-    guard = NonfiniteGuard(run, settings, start_step)  # per step: one add on the device, no sync
+    guard = NonfiniteGuard(run, settings, start_step)  # per step: a list append, no device op, no sync
     meter = PerfMeter()
     run.writer = SinkWriter(run.sinks)  # sinks write on their own thread; drained at checkpoints and at the end
     try:

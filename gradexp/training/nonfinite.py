@@ -1,7 +1,7 @@
 """First non-finite localisation without anomaly mode.
 
-Every step adds its loss (a 0-d device tensor) to a float64 sum on the device: no sync. At each check point (the
-steps that already synchronise: logging and evaluation steps) the sum is read once,
+Every step keeps its loss (a 0-d device tensor) in a list: no device op, no sync. At each check point (the
+steps that already synchronise: logging and evaluation steps) the losses are summed in float64 and read once,
 together with the norms of every parameter and gradient when a snapshot is due (every SNAPSHOT_EVERY steps, or more
 where a refresh would cost over SNAPSHOT_SHARE of the training time; it must be clean) and at the last step. While
 finite, the Snapshot of the training state is refreshed when due.
@@ -32,6 +32,7 @@ SNAPSHOT_EVERY = 100
 # and at most this share of the training time: on a small model one refresh (the state check and the copy) costs
 # about one training step, so it is refreshed every few hundred steps instead (a replay stays well under a second)
 SNAPSHOT_SHARE = 0.002
+FOLD_EVERY = 256  # losses kept before they are summed without a check point
 
 
 def _all_finite(value: Any) -> bool:
@@ -102,21 +103,29 @@ def localise(run: Any, settings: Any, step_fn, first: int, last: int) -> dict:
 class NonfiniteGuard:
     def __init__(self, run: Any, settings: Any, start_step: int) -> None:
         self.run, self.settings = run, settings
-        # the losses since the last check, summed in place on their device: NaN/Inf stick in a sum (losses are >= 0,
-        # so no inf - inf), and float64 cannot overflow on finite float32 losses. One add a step (~1 us on CPU); a list
-        # of the step's loss tensors, summed at the check, cost ~4 us, nearly all of it in the garbage collector,
-        # which walks every kept tensor at each collection (scripts/bench_overhead.py, instruments off)
-        self.total: Optional[Tensor] = None
+        # the losses since the last check, summed there: NaN/Inf stick in a sum (losses are >= 0, so no
+        # inf - inf), and float64 cannot overflow on finite float32 losses. A list append per step costs a fraction of
+        # the in-place add it replaces (a visible share of a small model's step); folded every FOLD_EVERY steps so
+        # that long check intervals keep no long lists. On x_val's device: the val split lives there even when train
+        # batches stream from host memory
+        self.losses: list[Tensor] = []
+        self.folded: Optional[Tensor] = None  # the sum of losses folded before this check interval ended
         self.snapshot = Snapshot(run)
         self.snapshot_step = start_step  # the state in the snapshot is the one before this step
         self.snapshot_every = SNAPSHOT_EVERY  # steps between refreshes, grown by what a refresh costs (_refreshed)
         self.snapshot_clock = time.perf_counter()  # when the snapshot was refreshed
         self.found: Optional[dict] = None
 
-    def observe(self, loss: Tensor) -> None:  # every step: no sync
-        if self.total is None:
-            self.total = torch.zeros((), dtype=torch.float64, device=loss.device)
-        self.total.add_(loss)
+    def observe(self, loss: Tensor) -> None:  # every step: no device op, no sync
+        self.losses.append(loss)
+        if len(self.losses) >= FOLD_EVERY:
+            self.folded = self._sum()
+            self.losses = []
+
+    def _sum(self) -> Tensor:
+        """0-d float64: the losses since the last check."""
+        total = self.losses[0].double() if len(self.losses) == 1 else torch.stack(self.losses).sum(dtype=torch.float64)
+        return total if self.folded is None else self.folded + total.to(self.folded.device)
 
     def check(self, step: int, step_fn) -> Optional[dict]:
         """At a check point (host sync allowed): None while everything is finite, else the localisation
@@ -127,9 +136,10 @@ class NonfiniteGuard:
         # clean) and at the last step. Elsewhere a non-finite gradient shows in the next step's loss.
         snapshot_due = step + 1 - self.snapshot_step >= self.snapshot_every
         started = time.perf_counter()
-        total, self.total = self.total, None  # a fresh sum for the next interval
+        total = self._sum() if self.losses else self.folded
         if snapshot_due or step == self.settings.steps - 1:
             total = self._state_norm() if total is None else total + self._state_norm().to(total.device)
+        self.losses, self.folded = [], None
         if total is None or math.isfinite(total.item()):  # the host read of the check point
             if snapshot_due:
                 self.snapshot.take()
