@@ -81,17 +81,18 @@ def _histograms(run_dir: str) -> dict:
     return {tag: [(e.step, e.histogram_value) for e in acc.Histograms(tag)] for tag in acc.Tags()["histograms"]}
 
 
-def test_a_run_packs_its_large_tensors_aside_and_logs_exactly_what_inline_packing_logs(run_tiny, monkeypatch):
+@pytest.mark.parametrize("clip", [[], ["clip=norm_0.5", "clip.max_norm=0.001"]], ids=["no clip", "clipped in place after the hand-over"])
+def test_a_run_packs_its_large_tensors_aside_and_logs_exactly_what_inline_packing_logs(run_tiny, monkeypatch, clip):
     handed = []
     submit = Aside.submit
     monkeypatch.setattr(Aside, "submit", lambda self, tensors, work: (handed.append(len(tensors)),
                                                                     submit(self, tensors, work))[1])
-    _, aside_dir = run_tiny(WIDE, name="aside")
+    _, aside_dir = run_tiny(WIDE + clip, name="aside")
     assert handed and all(handed)  # the 256x256 weights and gradients and the 128x256 outputs went aside
     monkeypatch.setattr(histograms.Histograms, "_packed",
                         lambda self, tensors, aside: histograms._packed({k: t for k, t in tensors.items() if t.numel()},
                                                                         self.scratch))
-    _, inline_dir = run_tiny(WIDE, name="inline")
+    _, inline_dir = run_tiny(WIDE + clip, name="inline")
     aside, inline = _histograms(aside_dir), _histograms(inline_dir)
     assert "hist/act/layers.0" in aside and "hist/weight/layers.1.linear.weight" in aside
     assert aside == inline
@@ -122,3 +123,50 @@ def test_a_forked_child_makes_its_own_helper_thread():
             os._exit(1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_child_forked_while_work_is_in_flight_does_not_wait_for_it():
+    aside, gate = Aside(), threading.Event()
+    aside.submit([torch.randn(SMALL + 1)], lambda copies: (gate.wait(10), {})[1])  # in flight at the fork
+    pid = os.fork()
+    if pid == 0:
+        threading.Timer(10, lambda: os._exit(3)).start()  # hung: exit 3
+        try:
+            done = aside.submit([torch.randn(SMALL + 1)], lambda copies: {"n": len(copies)}).future.result(timeout=10)
+            os._exit(0 if done == {"n": 1} else 1)
+        except BaseException:
+            os._exit(1)
+    gate.set()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_helper_packs_with_the_thread_count_of_the_hand_over():
+    """A float32 sum's rounding depends on how many threads split it: a second run in the process with another
+    train.threads must pack as its own training thread would."""
+    t = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1, 2):
+            torch.set_num_threads(threads)
+            aside = Aside().submit([t], lambda copies: {"t": pack_many(copies)[0]}).result()["t"]
+            assert torch.equal(aside, pack_many([t])[0]), threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_monitor_under_ddp_reads_the_histograms_packed_aside(tmp_path, monkeypatch):
+    import gradexp.monitor as monitor
+    monkeypatch.setattr(monitor, "_world", lambda: 2)  # global_values splits the values per tag first
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: None)  # one rank's sums stand for both
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = monitor.Monitor(model, run_dir=str(tmp_path / "run"), optimizers=[opt], probes=("grad_norm", "histograms"))
+    with mon.step():
+        loss = model(torch.randn(8, 256)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        mon.record(loss=loss)
+    assert mon.close().status == "completed"
+    assert "hist/weight/0.weight" in _histograms(str(tmp_path / "run"))  # 65,536 entries: packed aside

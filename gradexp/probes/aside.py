@@ -50,17 +50,29 @@ class Aside:
     def __init__(self) -> None:
         self.copies = Scratch()
         self.previous: Optional[Deferred] = None
+        self.pid = os.getpid()  # the process whose helper thread runs `previous`
 
     def submit(self, tensors: list[Tensor], work: Callable[[list[Tensor]], Scalars]) -> Deferred:
         """work(float32 copies of `tensors`, taken now), on the helper thread. The tensors share a device."""
         self.wait()  # the copies of the previous hand-over are still being read until it is done
         copies = self.copies.views(tensors, torch.float32, tensors[0].device)
         torch._foreach_copy_(copies, [t.detach() for t in tensors])  # converts other float dtypes to float32
-        self.previous = Deferred(_pool().submit(work, copies))
+        self.previous = Deferred(_pool().submit(_with_threads, torch.get_num_threads(), work, copies))
+        self.pid = os.getpid()
         return self.previous
 
     def wait(self) -> None:
-        """Until the previous hand-over's work is done (its errors are for whoever reads its Deferred)."""
-        if self.previous is not None:
+        """Until the previous hand-over's work is done (its errors are for whoever reads its Deferred). In a forked
+        child the parent's work is not waited for: no thread of this process runs it."""
+        if self.previous is not None and self.pid == os.getpid():
             concurrent.futures.wait([self.previous.future])
-            self.previous = None
+        self.previous = None
+
+
+def _with_threads(threads: int, work: Callable[[list[Tensor]], Scalars], copies: list[Tensor]) -> Scalars:
+    """work(copies) with the torch thread count the training thread had at the hand-over: a thread keeps the count it
+    first ran with, and a float32 sum's rounding depends on how many threads split it (a second run in the same
+    process, `train.threads` changed by a sweep, would otherwise pack with the first one's)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return work(copies)

@@ -274,10 +274,13 @@ def _read_host(keys: list, tensors: list[Tensor]) -> dict:
 
 
 def per_tag(values: dict) -> dict:
-    """The values with every tuple-keyed vector split into one 0-d tensor per tag (for code that reads tags)."""
+    """The values with every tuple-keyed vector split into one 0-d tensor per tag, and every Deferred waited for (its
+    tensors, one per tag), for code that reads tags."""
     out: dict = {}
     for key, v in values.items():
-        if isinstance(key, tuple):
+        if isinstance(v, Deferred):
+            out.update(v.result())
+        elif isinstance(key, tuple):
             out.update(zip(key, v.unbind()))
         else:
             out[key] = v

@@ -137,10 +137,10 @@ def _wait_to_sort_last(run_dir: str) -> None:
     Then this waits for the next second: at most one. A file dated later still (a clock set back) is left to sort
     as it does."""
     names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
-    stamps = [int(match.group(1)) for name in names if (match := _EVENT_FILE.match(name))]
-    wait = max(stamps, default=0) + 1 - time.time()
-    if 0 < wait <= 1:
-        time.sleep(wait)
+    newest = max((int(match.group(1)) for name in names if (match := _EVENT_FILE.match(name))), default=0)
+    deadline = time.monotonic() + 1.1  # about a second at most, whatever the clocks do
+    while newest <= time.time() < newest + 1 and time.monotonic() < deadline:  # still in the newest file's second
+        time.sleep(newest + 1 - time.time() + 1e-3)  # sleep counts on the monotonic clock, the name on time()'s
 
 
 class Routes(NamedTuple):

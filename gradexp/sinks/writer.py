@@ -39,7 +39,7 @@ class SinkWriter:
     def log(self, step: int, values: dict) -> None:
         """Hand one logging step's values over (the caller must not change `values` afterwards)."""
         self._raise()
-        if not self.sinks:
+        if not self.sinks:  # nothing to write: a Deferred among the values is not waited for, nor its errors read
             return
         if self.thread is None:
             self.thread = threading.Thread(target=self._work, name="gradexp-sinks", daemon=True)
