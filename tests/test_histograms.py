@@ -120,3 +120,18 @@ def test_shapes_that_change_every_call_keep_the_scratch_bounded():
         for t, packed in zip(tensors, pack_many(tensors, scratch=scratch)):
             check(t, packed)
     assert len(scratch.constants) <= 16
+
+
+def test_packed_rows_are_pack_manys_rows_under_their_tags_and_reach_the_host_one_list_per_tag():
+    from gradexp.probes import base
+    from gradexp.probes.histograms import packed_rows
+    tensors = {f"hist/{i}": t for i, t in enumerate(hard_cases(64) + hard_cases(SMALL + 1)[:3])}
+    (tags, matrix), = packed_rows(tensors).items()
+    assert sorted(tags) == sorted(tensors) and matrix.shape == (len(tensors), 5 + BINS)
+    for tag, row in zip(tags, matrix.unbind()):
+        torch.testing.assert_close(row, pack_many([tensors[tag]])[0], rtol=0, atol=0, equal_nan=True)
+    for read in (base._read_host, base._read_device):  # on the host, and the one-copy path off it
+        got = read(["loss", tags], [torch.tensor(1.0), matrix])
+        assert got["loss"] == 1.0 and list(got[tags]) == list(tags)
+        for tag, row in zip(tags, matrix.unbind()):
+            torch.testing.assert_close(torch.tensor(got[tags][tag]), row, rtol=0, atol=0, equal_nan=True)

@@ -6,7 +6,8 @@ left on the model's device, so nothing synchronises with the host until Instrume
 A value is usually 0-d (one scalar per tag); a probe may return a 1-d tensor for a profile (e.g. one norm per
 time step), which reaches the sinks as a list of floats. Several tags measured together (one norm per parameter)
 may come as one 1-d tensor under a tuple of tags, one entry each: handed on whole, it costs no unbind and no
-re-stacking (each a visible share of a small model's logging step); the sinks see one float per tag.
+re-stacking (each a visible share of a small model's logging step); the sinks see one float per tag. A 2-d tensor
+under a tuple of tags is one row per tag (histograms), which the sinks see as a list of floats each.
 
 Hooks are made once (`Hooks`) and attached to their modules only for the forward and backward of a logging step:
 outside it a module holds none of them, so ordinary steps take PyTorch's hook-free fast path, do no work, cause no
@@ -216,7 +217,7 @@ def resolved(values: dict) -> dict:
 
 def to_host(values: dict, defer: bool = False) -> dict[str, float | list[float]]:
     """One device->host copy per device for everything: 0-d tensors become floats, 1-d profiles lists of floats, a
-    tuple of tags with its 1-d tensor one float per tag; Python numbers pass through. A device's 0-d values go in one
+    tuple of tags with its 1-d tensor one float per tag (with its 2-d one, one row per tag); Python numbers pass through. A device's 0-d values go in one
     stack and join the 1-d ones in one cat; mixed dtypes promote (to float64 when a norm is there, probes/norms.py),
     and float32 values become Python floats exactly, so a norm below float32's normal range reaches summary.json
     exactly. A Deferred is waited for and read where it stands, or with `defer` left as it is (for `resolved`)."""
@@ -244,6 +245,11 @@ def _read(keys: list, tensors: list[Tensor]) -> dict:
     """Tensors of one device -> host numbers, in one copy. A tuple key maps to {tag: float}."""
     if tensors[0].device.type == "cpu":
         return _read_host(keys, tensors)
+    return _read_device(keys, tensors)
+
+
+def _read_device(keys: list, tensors: list[Tensor]) -> dict:
+    """_read off the host: everything in one flat tensor, copied to the host once."""
     scalars = [i for i, t in enumerate(tensors) if t.dim() == 0]
     rest = [i for i, t in enumerate(tensors) if t.dim() != 0]
     parts = ([torch.stack([tensors[i] for i in scalars])] if scalars else []) + [tensors[i].reshape(-1) for i in rest]
@@ -252,9 +258,14 @@ def _read(keys: list, tensors: list[Tensor]) -> dict:
     out = dict(zip((keys[i] for i in scalars), flat))
     at = len(scalars)
     for i in rest:
-        n = tensors[i].numel()
-        key = keys[i]
-        out[key] = dict(zip(key, flat[at:at + n])) if isinstance(key, tuple) else flat[at:at + n]
+        n, key = tensors[i].numel(), keys[i]
+        if not isinstance(key, tuple):
+            out[key] = flat[at:at + n]
+        elif tensors[i].dim() == 2:  # one row per tag
+            width = tensors[i].shape[1]
+            out[key] = {tag: flat[at + r * width:at + (r + 1) * width] for r, tag in enumerate(key)}
+        else:
+            out[key] = dict(zip(key, flat[at:at + n]))
         at += n
     return out
 
@@ -279,7 +290,7 @@ def per_tag(values: dict) -> dict:
     out: dict = {}
     for key, v in values.items():
         if isinstance(v, Deferred):
-            out.update(v.result())
+            out.update(per_tag(v.result()))
         elif isinstance(key, tuple):
             out.update(zip(key, v.unbind()))
         else:

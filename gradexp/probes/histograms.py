@@ -72,14 +72,28 @@ def pack_many(tensors: list[Tensor], bins: int = BINS, scratch: Scratch | None =
 
 def _pack_many(tensors: list[Tensor], bins: int, scratch: Scratch) -> list[Tensor]:
     out: list = [None] * len(tensors)
-    by_device: dict[torch.device, list[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        by_device[t.device].append(i)
-    for device, indices in by_device.items():
-        order, packed = _pack_device([tensors[i] for i in indices], bins, scratch, device)
+    for indices, order, packed in _pack_by_device(tensors, bins, scratch):
         for j, row in zip(order, packed.unbind()):
             out[indices[j]] = row
     return out
+
+
+def packed_rows(tensors: dict[str, Tensor], bins: int = BINS, scratch: Scratch | None = None) -> Scalars:
+    """{tag: tensor} -> {(tags, in row order): (rows, 5 + bins)}, one matrix per device: what pack_many computes, handed
+    on whole (probes/base.py to_host gives each tag its row), which saves a 1-d view and a host read per histogram."""
+    tags = list(tensors)
+    with torch.no_grad():
+        parts = _pack_by_device(list(tensors.values()), bins, scratch if scratch is not None else Scratch())
+    return {tuple(tags[indices[j]] for j in order): packed for indices, order, packed in parts}
+
+
+def _pack_by_device(tensors: list[Tensor], bins: int, scratch: Scratch) -> list[tuple[list[int], list[int], Tensor]]:
+    """Per device: (its tensors' positions, their order in the matrix's rows, the matrix)."""
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        by_device[t.device].append(i)
+    return [(indices, *_pack_device([tensors[i] for i in indices], bins, scratch, device))
+            for device, indices in by_device.items()]
 
 
 def _pack_device(tensors: list[Tensor], bins: int, scratch: Scratch, device: torch.device) -> tuple[list[int], Tensor]:
@@ -234,9 +248,9 @@ class Histograms(Probe):
 
 
 def _packed(tensors: dict[str, Tensor], scratch: Scratch) -> Scalars:
-    return dict(zip(tensors, pack_many(list(tensors.values()), scratch=scratch))) if tensors else {}
+    return packed_rows(tensors, scratch=scratch) if tensors else {}
 
 
 def _packed_copies(tags: tuple[str, ...], scratch: Scratch, copies: list[Tensor]) -> Scalars:
     """On the helper thread: the copies' histograms, under their tags."""
-    return dict(zip(tags, pack_many(copies, scratch=scratch)))
+    return packed_rows(dict(zip(tags, copies)), scratch=scratch)
