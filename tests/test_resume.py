@@ -196,3 +196,16 @@ def test_a_session_resumed_in_the_second_its_predecessor_began_writes_a_file_tha
     sink.close(Outcome(status="completed"))
     events = sorted(name for name in os.listdir(tmp_path) if name.startswith("events."))
     assert len(events) == 2 and events[0] == earlier
+
+
+def test_a_resumed_session_whose_file_already_sorts_last_does_not_wait(tmp_path):
+    from gradexp.outcome import Outcome
+    from gradexp.sinks.tensorboard import TensorBoardSink
+    earlier = f"events.out.tfevents.{int(time.time()) - 5:010d}.{socket.gethostname()}.{os.getpid()}.9"
+    (tmp_path / earlier).write_bytes(b"")
+    started = time.monotonic()
+    sink = TensorBoardSink(str(tmp_path), purge_step=3)
+    assert time.monotonic() - started < 0.5
+    sink.close(Outcome(status="completed"))
+    events = sorted(name for name in os.listdir(tmp_path) if name.startswith("events."))
+    assert len(events) == 2 and events[0] == earlier

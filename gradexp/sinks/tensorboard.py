@@ -129,18 +129,32 @@ def _write_directly(writer: SummaryWriter) -> None:
 _EVENT_FILE = re.compile(r"events\.out\.tfevents\.(\d+)\.")
 
 
-def _wait_to_sort_last(run_dir: str) -> None:
-    """A resumed run's event file must sort after the files it continues: readers take a folder's event files in name
-    order, and the purge record drops only the points read before it. The name starts with the second it was made;
-    then host, pid and a per-process counter compare as text (counter 10 sorts before 9), so a session resumed in the
-    second its predecessor's file was made (from Python, or a quick requeue) could sort first and lose its points.
-    Then this waits for the next second: at most one. A file dated later still (a clock set back) is left to sort
-    as it does."""
-    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
-    newest = max((int(match.group(1)) for name in names if (match := _EVENT_FILE.match(name))), default=0)
-    deadline = time.monotonic() + 1.1  # about a second at most, whatever the clocks do
-    while newest <= time.time() < newest + 1 and time.monotonic() < deadline:  # still in the newest file's second
-        time.sleep(newest + 1 - time.time() + 1e-3)  # sleep counts on the monotonic clock, the name on time()'s
+def _opened(run_dir: str, purge_step: Optional[int]) -> SummaryWriter:
+    """The run's SummaryWriter. A resumed run's event file must sort after the files it continues: readers take a
+    folder's event files in name order, and the purge record drops only the points read before it. The name starts
+    with the second it was made; then host, pid and a per-process counter compare as text (counter 10 sorts before
+    9), so a session resumed in the second its predecessor's file was made (from Python, or a quick requeue) can sort
+    first and lose its points. Then its file, just made and empty of points, is removed and made again in the next
+    second: a wait of at most one, only where the names would sort wrong."""
+    writer = SummaryWriter(log_dir=run_dir, purge_step=purge_step)
+    if purge_step is None:
+        return writer
+    mine = writer._get_file_writer().event_writer._file_name
+    others = [name for name in os.listdir(run_dir) if _EVENT_FILE.match(name) and name != os.path.basename(mine)]
+    if all(name < os.path.basename(mine) for name in others):
+        return writer
+    writer.close()
+    os.remove(mine)  # made by this call, holding only its header records
+    _wait_past(max(int(_EVENT_FILE.match(name).group(1)) for name in others))
+    return SummaryWriter(log_dir=run_dir, purge_step=purge_step)
+
+
+def _wait_past(second: int) -> None:
+    """Until time.time() is past `second`, or about a second at most (a file dated later still, a clock set back,
+    is left to sort as it does)."""
+    deadline = time.monotonic() + 1.1
+    while second <= time.time() < second + 1 and time.monotonic() < deadline:
+        time.sleep(second + 1 - time.time() + 1e-3)  # sleep counts on the monotonic clock, the name on time()'s
 
 
 class Routes(NamedTuple):
@@ -161,9 +175,7 @@ class TensorBoardSink:
     def __init__(self, run_dir: str, purge_step: Optional[int] = None):
         threading.excepthook = _writer_thread_errors_go_to_the_run
         # purge_step (resume): readers drop the earlier files' points at steps >= it, so one clean curve remains
-        if purge_step is not None:
-            _wait_to_sort_last(run_dir)
-        self.writer = SummaryWriter(log_dir=run_dir, purge_step=purge_step)
+        self.writer = _opened(run_dir, purge_step)
         _write_directly(self.writer)
         self.history: dict[str, tuple[list[int], list[list[float]]]] = {}  # profile tag -> (steps, profiles)
         self.routes: dict[tuple[str, ...], Routes] = {}
