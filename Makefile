@@ -23,9 +23,12 @@ install: $(BIN)/gradexp
 demo: install
 	$(BIN)/gradexp run
 
-# every tier CI runs: the fast tier, then the slow one (subprocesses, sweeps, wheel); gpu tests skip without CUDA
+# every tier CI runs: the fast tier on every core (pytest-xdist, as `check`), then the slow and gpu tiers in one process
+# (subprocesses, sweeps, wheel, SLURM: they time and start processes of their own); gpu tests skip without CUDA.
+# Between them every test runs once; the first failing tier stops make (exit 2)
 test: install
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -n auto -m "not slow and not gpu"
+	$(BIN)/python -m pytest -q -rs -m "slow or gpu"
 
 # the fast tier to run constantly: oracles, registries, in-process runs; one worker process per core (pytest-xdist):
 # 63 s on 2 idle cores (100 s in one process)
