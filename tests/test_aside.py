@@ -81,7 +81,8 @@ def _histograms(run_dir: str) -> dict:
     return {tag: [(e.step, e.histogram_value) for e in acc.Histograms(tag)] for tag in acc.Tags()["histograms"]}
 
 
-@pytest.mark.parametrize("clip", [[], ["clip=norm_0.5", "clip.max_norm=0.001"]], ids=["no clip", "clipped in place after the hand-over"])
+@pytest.mark.parametrize("clip", [[], ["clip=norm_0.5", "clip.max_norm=0.001"]],
+                         ids=["no clip", "clipped in place after the hand-over"])
 def test_a_run_packs_its_large_tensors_aside_and_logs_exactly_what_inline_packing_logs(run_tiny, monkeypatch, clip):
     handed = []
     submit = Aside.submit

@@ -217,10 +217,11 @@ def resolved(values: dict) -> dict:
 
 def to_host(values: dict, defer: bool = False) -> dict[str, float | list[float]]:
     """One device->host copy per device for everything: 0-d tensors become floats, 1-d profiles lists of floats, a
-    tuple of tags with its 1-d tensor one float per tag (with its 2-d one, one row per tag); Python numbers pass through. A device's 0-d values go in one
-    stack and join the 1-d ones in one cat; mixed dtypes promote (to float64 when a norm is there, probes/norms.py),
-    and float32 values become Python floats exactly, so a norm below float32's normal range reaches summary.json
-    exactly. A Deferred is waited for and read where it stands, or with `defer` left as it is (for `resolved`)."""
+    tuple of tags with its 1-d tensor one float per tag (with its 2-d one, one row per tag); Python numbers pass
+    through. A device's 0-d values go in one stack and join the 1-d ones in one cat; mixed dtypes promote (to float64
+    when a norm is there, probes/norms.py), and float32 values become Python floats exactly, so a norm below
+    float32's normal range reaches summary.json exactly. A Deferred is waited for and read where it stands, or with
+    `defer` left as it is (for `resolved`)."""
     by_device: dict[torch.device, list] = {}
     out: dict = {}
     for key, v in values.items():

@@ -135,11 +135,12 @@ def _opened(run_dir: str, purge_step: Optional[int]) -> SummaryWriter:
     with the second it was made; then host, pid and a per-process counter compare as text (counter 10 sorts before
     9), so a session resumed in the second its predecessor's file was made (from Python, or a quick requeue) can sort
     first and lose its points. Then its file, just made and empty of points, is removed and made again in the next
-    second: a wait of at most one, only where the names would sort wrong."""
+    second: a wait of at most one, only where the names would sort wrong. Left as is when TensorBoard's internals
+    differ from the ones this was written against (the file's name is not public)."""
     writer = SummaryWriter(log_dir=run_dir, purge_step=purge_step)
-    if purge_step is None:
+    mine = getattr(getattr(writer._get_file_writer(), "event_writer", None), "_file_name", None)
+    if purge_step is None or not isinstance(mine, str):
         return writer
-    mine = writer._get_file_writer().event_writer._file_name
     others = [name for name in os.listdir(run_dir) if _EVENT_FILE.match(name) and name != os.path.basename(mine)]
     if all(name < os.path.basename(mine) for name in others):
         return writer
