@@ -149,3 +149,20 @@ def test_bench_unrolled_script_runs(capsys):
     assert bench_unrolled.main(["--repeats", "1", "--override", "data.seq_len=5"]) == 0
     out = capsys.readouterr().out
     assert "bptt - fused" in out and "two bptt steps in a 100-step run add" in out
+
+
+def test_lstm_block_keeps_its_buffers_between_unrolled_steps_only():
+    """Consecutive unrolled steps (log.bptt_every=1) reuse one set of buffers; the first fused step lets them go
+    (held through fused steps they slowed those down, models/rnn.py)."""
+    block = build("lstm").layers[0]
+    x = torch.randn(B, T, FEAT, dtype=torch.float64)
+    block.on_step = lambda t, h: None
+    block(x).sum().backward()
+    assert len(block._workspaces) == 1
+    buffers = block._workspaces[0]
+    block(x).sum().backward()
+    assert block._workspaces == [buffers]  # the same buffers again
+    block.on_step = None
+    fused = block(x)
+    assert block._workspaces == []
+    torch.testing.assert_close(fused, block.norm(block.rnn(x)[0]), **TIGHT)
