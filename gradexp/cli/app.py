@@ -44,6 +44,9 @@ def _task(cfg: DictConfig) -> Optional[float]:
 
 
 def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
+    from gradexp.cli.stack import import_training_stack
+
+    import_training_stack()  # once per process, without the garbage collector's passes over torch's objects
     from gradexp.training.run import WriteFailed, run_experiment
     from gradexp.training.threads import configure_threads
     from gradexp.cli.presets import refuse_unswept

@@ -114,9 +114,11 @@ def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> threading.T
 def warm_up() -> None:
     """In a worker: the imports a job would pay in its first job. Only imports, nothing a run's results depend on."""
     import gradexp.cli.app  # noqa: F401  what unpickling the task imports (Hydra, the config schema)
-    import gradexp.training.run  # noqa: F401  torch and the training stack
-    import torch._dynamo  # noqa: F401  torch.optim imports it in every optimizer's first step (~1.4 s)
-    import gradexp.sinks.flow_images  # noqa: F401  matplotlib: a run that logs layers draws its heatmap when it ends
+    from gradexp.cli.stack import import_training_stack
+
+    # torch and the training stack; torch._dynamo, which torch.optim imports in every optimizer's first step (~1 s);
+    # matplotlib, for the heatmap a run that logs layers draws when it ends. Without the collector's passes over them.
+    import_training_stack("torch._dynamo", "gradexp.sinks.flow_images")
 
 
 class ReleaseWorkers(Callback):

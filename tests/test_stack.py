@@ -1,0 +1,54 @@
+"""gradexp/cli/stack.py: the training stack is imported with the garbage collector paused, then frozen, once."""
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+
+import pytest
+
+from gradexp.cli import stack
+
+
+@pytest.fixture
+def probe_module(tmp_path, monkeypatch):
+    """A module that records, as it is imported, whether the collector runs; stands in for the training stack."""
+    (tmp_path / "stack_probe.py").write_text("import gc\nCOLLECTOR_ON = gc.isenabled()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(stack, "TRAINING_STACK", ("stack_probe",))
+    frozen: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(1))
+    yield frozen
+    sys.modules.pop("stack_probe", None)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_imported_with_the_collector_paused_then_frozen_once(probe_module, enabled):
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        stack.import_training_stack()
+        assert sys.modules["stack_probe"].COLLECTOR_ON is False
+        assert gc.isenabled() is enabled  # as it was before: a collector the caller turned off stays off
+        stack.import_training_stack()  # imported already: nothing to pause, nothing new to freeze
+        assert probe_module == [1]
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_a_failing_import_turns_the_collector_back_on(probe_module, monkeypatch):
+    monkeypatch.setattr(stack, "TRAINING_STACK", ("stack_probe", "no_such_module_here"))
+    with pytest.raises(ModuleNotFoundError):
+        stack.import_training_stack()
+    assert gc.isenabled() and probe_module == []
+
+
+@pytest.mark.slow
+def test_no_full_collection_while_torch_is_imported():
+    """The real stack, in a fresh interpreter: before, six full collections ran over torch's objects in a default run."""
+    code = ("import gc, sys\nfull = []\ngc.callbacks.append(lambda phase, info: full.append(1) "
+            "if phase == 'start' and info['generation'] == 2 else None)\n"
+            "from gradexp.cli.stack import import_training_stack\nimport_training_stack()\n"
+            "print(len(full), 'torch' in sys.modules, gc.isenabled(), gc.get_freeze_count() > 100000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "True", "True", "True"]
