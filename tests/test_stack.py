@@ -52,3 +52,18 @@ def test_no_full_collection_while_torch_is_imported():
             "print(len(full), 'torch' in sys.modules, gc.isenabled(), gc.get_freeze_count() > 100000)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "True", "True", "True"]
+
+
+@pytest.mark.slow
+def test_bench_startup_script_times_every_command():
+    """scripts/bench_startup.py runs each command as a user does: the helps, a refusal (exit 2), a default run."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_startup.py"
+    out = subprocess.run([sys.executable, str(script), "--repeats", "1"], capture_output=True, text=True, check=True,
+                         timeout=300).stdout
+    lines = {line.split(":")[0]: line for line in out.splitlines()[1:]}
+    assert lines["gradexp --help"].endswith("imports torch: False")
+    assert lines["gradexp run --help"].endswith("imports torch: False")
+    assert lines["gradexp run train.steps=-3 (refused, exit 2)"].endswith("imports torch: True")
+    assert lines["gradexp run (the default experiment)"].endswith("imports torch: True")
