@@ -146,3 +146,16 @@ def test_sweep_hparams_are_the_factors_it_varies(tmp_path):
         start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
         # model.depth=3 is constant; the thread count is recorded in every run (issue 10: it changes results)
         assert set(start.hparams) == {"model", "activation", "verdict", "status", "perf.torch_threads"}
+
+
+def test_profile_ticks_read_as_plain_text_powers_of_ten():
+    """The profile's log axis is labelled 10⁻³ in plain text (matplotlib's math typesetting cost a third of the
+    figure), decades only, from the smallest float's range to an explosion's."""
+    assert [flow_images.decade(v) for v in (1e-3, 1.0, 1e28, 1e-45, 10.0)] == ["10⁻³", "10⁰", "10²⁸", "10⁻⁴⁵", "10¹"]
+    assert [flow_images.decade(v) for v in (2e-3, 0.0, -1.0, float("nan"), float("inf"))] == [""] * 5
+    fig = flow_images.profile([1e-30, 1e-12, 3.0], "act_grad_norm", 9)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    assert labels and all(label.startswith("10") and "$" not in label for label in labels)
+    assert not [t.get_text() for t in fig.axes[0].yaxis.get_minorticklabels() if t.get_text()]
+    flow_images.plt.close(fig)

@@ -4,9 +4,11 @@ colour scale (white = level, blue = vanished toward the input, red = exploded), 
 RANGE_DECADES decades (a healthy run looks flat instead of being stretched over its own small range)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from gradexp.sinks.figures import LABEL, MaxNLocator, _positive, plt
 
@@ -38,6 +40,19 @@ def heatmap(grid: Sequence[Sequence[float]], steps: Sequence[int], quantity: str
     return fig
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def decade(value: float, _position: int = 0) -> str:
+    """A log axis's tick label, 10⁻³, as plain text. matplotlib's own is typeset as math: parsing it cost a third of
+    this figure's time (~35 ms, and ~50 ms more for the parser's set-up in a fresh process), a share of every short
+    run and sweep job, which draws it when it ends. Ticks between decades are left unlabelled."""
+    exponent = math.log10(value) if value > 0 else math.nan
+    if not math.isfinite(exponent) or abs(exponent - round(exponent)) > 1e-6:
+        return ""
+    return "10" + str(round(exponent)).translate(_SUPERSCRIPT)
+
+
 def profile(norms: Sequence[float], quantity: str, step: int):
     """Norm per hidden layer at one step, log y axis spanning at least RANGE_DECADES decades."""
     values = _positive(norms)
@@ -48,6 +63,8 @@ def profile(norms: Sequence[float], quantity: str, step: int):
         low, high = np.log10(finite.min()), np.log10(finite.max())
         pad = max(0.0, RANGE_DECADES - (high - low)) / 2
         ax.set_ylim(10 ** (low - pad - 0.1), 10 ** (high + pad + 0.1))
+    ax.yaxis.set_major_formatter(FuncFormatter(decade))
+    ax.yaxis.set_minor_formatter(NullFormatter())  # >= RANGE_DECADES decades: matplotlib labels no minor tick either
     ax.set_xlabel("hidden layer (forward order)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(LABEL.get(quantity, quantity))
