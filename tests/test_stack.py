@@ -67,3 +67,27 @@ def test_bench_startup_script_times_every_command():
     assert lines["gradexp run --help"].endswith("imports torch: False")
     assert lines["gradexp run train.steps=-3 (refused, exit 2)"].endswith("imports torch: True")
     assert lines["gradexp run (the default experiment)"].endswith("imports torch: True")
+
+
+def test_someone_elses_process_imports_plainly(probe_module):
+    """freeze=False (main(argv) called in a user's process): a plain import, nothing paused, nothing frozen."""
+    stack.import_training_stack(freeze=False)
+    assert sys.modules["stack_probe"].COLLECTOR_ON is True and probe_module == []
+
+
+def test_main_with_argv_runs_in_the_callers_process_without_freezing(tmp_path, monkeypatch, capsys):
+    """`main(["run", ...])` in a caller's process trains as `gradexp run` does but freezes nothing of the caller's;
+    the console script (main() without argv) and a launcher's worker process own theirs."""
+    from gradexp.cli import app, main as cli
+
+    asked: list[bool] = []
+    monkeypatch.setattr(stack, "import_training_stack", lambda *more, freeze=True: asked.append(freeze))
+    monkeypatch.setattr(cli, "owns_process", False)
+    args = ["run", "train.steps=2", "model.width=8", "log.every=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    assert cli.main(args) == 0
+    assert asked == [False] and (tmp_path / "run" / "summary.json").is_file()
+    monkeypatch.setattr(cli, "owns_process", True)
+    assert app._owns_process()
+    monkeypatch.setattr(cli, "owns_process", False)
+    monkeypatch.setattr(app, "_app_pid", -1)  # a worker: the task runs in a process run_app did not start
+    assert app._owns_process()

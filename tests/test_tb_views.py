@@ -159,3 +159,16 @@ def test_profile_ticks_read_as_plain_text_powers_of_ten():
     assert labels and all(label.startswith("10") and "$" not in label for label in labels)
     assert not [t.get_text() for t in fig.axes[0].yaxis.get_minorticklabels() if t.get_text()]
     flow_images.plt.close(fig)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # matplotlib's own margins near 1.8e308
+def test_profile_draws_norms_at_the_ends_of_float64():
+    """A float64 model's norms may reach float64's largest value or its subnormals: the y limits stay finite and
+    positive (10 ** 308.4 was inf, which matplotlib refused, and the run's end-of-run images with it)."""
+    from torch.utils.tensorboard._utils import figure_to_image
+
+    for norms in ([1e307, 1.7e308], [1e-320, 1.7e308], [5e-324, 1e-300]):
+        fig = flow_images.profile(norms, "grad_norm", 1)
+        low, high = fig.axes[0].get_ylim()
+        assert 0 < low < high < float("inf")
+        assert figure_to_image(fig).shape[0] == 3  # drawn (and closed)

@@ -46,7 +46,7 @@ def _task(cfg: DictConfig) -> Optional[float]:
 def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
     from gradexp.cli.stack import import_training_stack
 
-    import_training_stack()  # once per process, without the garbage collector's passes over torch's objects
+    import_training_stack(freeze=_owns_process())  # without the garbage collector's passes, where the process is ours
     from gradexp.training.run import WriteFailed, run_experiment
     from gradexp.training.threads import configure_threads
     from gradexp.cli.presets import refuse_unswept
@@ -93,6 +93,14 @@ def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
         interrupts.hand_over()  # submitit's timeout signal: its own handler requeues the job, which then resumes
         sys.exit(interrupts.exit_code)  # also stops a sweep: SystemExit is not a job failure Hydra would swallow
     return _objective(cfg, run_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def _owns_process() -> bool:
+    """This process is gradexp's own: `gradexp run` itself (the console script), or a launcher's worker (joblib,
+    submitit), which runs the task without run_app. Not a caller's process that called main(argv) or run_app."""
+    from gradexp.cli import main as cli
+
+    return cli.owns_process or _app_pid != os.getpid()
 
 
 def _objective(cfg: DictConfig, run_dir: str) -> float:

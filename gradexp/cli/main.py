@@ -23,11 +23,18 @@ examples:
 EXIT_BAD_INPUT = 2
 
 
+# True once main() runs as the process's own command line: the process is gradexp's, which may freeze the garbage
+# collector's objects (cli/stack.py, skip_final_collections). main(argv), called in someone else's process, leaves it.
+owns_process = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `gradexp` command. Without `argv` it is the process's own command line (the console script,
     python -m gradexp), which exits right after it returns."""
+    global owns_process
     if argv is not None:
         return _dispatch(argv)
+    owns_process = True
     code = _dispatch(sys.argv[1:])
     skip_final_collections()
     return code
@@ -37,8 +44,9 @@ def skip_final_collections() -> None:
     """While the interpreter shuts down it runs the cyclic garbage collector several times over every object still
     alive: ~360,000 once torch (with torch._dynamo, which every optimizer's first step imports), matplotlib and
     TensorBoard are loaded, 0.16 s a collection, 0.8 s of a 4 s default run after its last line is printed. Frozen
-    objects are left out of those collections. Only for a process that is about to exit: everything the command wrote is closed by then, and
-    a finalizer on a reference cycle is all that is skipped (Python does not promise to run those at exit either)."""
+    objects are left out of those collections. Only for a process that is about to exit: everything the command wrote
+    is closed by then, and a finalizer on a reference cycle is all that is skipped (Python does not promise to run
+    those at exit either)."""
     gc.freeze()
 
 

@@ -14,6 +14,7 @@ from gradexp.sinks.figures import LABEL, MaxNLocator, _positive, plt
 
 LIMIT = 8.0          # colour scale: log10 ratios from -8 to +8 (beyond: the end colours)
 RANGE_DECADES = 4.0  # the profile's y axis spans at least this many decades
+LOG10_SMALLEST, LOG10_LARGEST = -323.3, 308.25  # log10 of float64's smallest subnormal (4.9e-324) and largest value
 
 
 def relative_log10(grid: Sequence[Sequence[float]]) -> np.ndarray:
@@ -62,7 +63,9 @@ def profile(norms: Sequence[float], quantity: str, step: int):
     if finite.size:
         low, high = np.log10(finite.min()), np.log10(finite.max())
         pad = max(0.0, RANGE_DECADES - (high - low)) / 2
-        ax.set_ylim(10 ** (low - pad - 0.1), 10 ** (high + pad + 0.1))
+        # within float64's range: a norm near its largest value (or its smallest subnormal) would otherwise make
+        # limits of inf (or 0), which matplotlib refuses, and the run's end-of-run images with them
+        ax.set_ylim(10 ** max(low - pad - 0.1, LOG10_SMALLEST), 10 ** min(high + pad + 0.1, LOG10_LARGEST))
     ax.yaxis.set_major_formatter(FuncFormatter(decade))
     ax.yaxis.set_minor_formatter(NullFormatter())  # >= RANGE_DECADES decades: matplotlib labels no minor tick either
     ax.set_xlabel("hidden layer (forward order)")
