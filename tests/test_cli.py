@@ -160,3 +160,18 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def test_main_with_argv_leaves_the_callers_environment_as_it_was(tmp_path, monkeypatch):
+    """run_app sets HYDRA_FULL_ERROR for Hydra while it runs; a caller's later `gradexp` subprocesses inherited it and
+    printed full tracebacks (exit 1) instead of gradexp's one line (exit 2)."""
+    import os
+
+    from gradexp.cli import main as cli
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert cli.main(["run", "train.steps=-3", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert "HYDRA_FULL_ERROR" not in os.environ
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    assert cli.main(["run", "train.steps=-3", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert os.environ["HYDRA_FULL_ERROR"] == "0"

@@ -133,17 +133,24 @@ def run_app() -> int:
     except ConfigError as err:
         print(f"gradexp: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    user_wants_traces = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    users = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; gradexp reports below
     global _interrupts, _app_pid
-    # from the first moment: a signal during start-up is a request the run honours once its folder exists
-    with Interrupts() as _interrupts:
-        _app_pid = os.getpid()
-        try:
-            code = _run_task(user_wants_traces)
-        finally:
-            _app_pid = None
-            launchers.release_loky_workers()  # a joblib sweep that stopped early (ReleaseWorkers ends a finished one)
+    try:
+        # from the first moment: a signal during start-up is a request the run honours once its folder exists
+        with Interrupts() as _interrupts:
+            _app_pid = os.getpid()
+            try:
+                code = _run_task(users == "1")
+            finally:
+                _app_pid = None
+                # a joblib sweep that stopped early (ReleaseWorkers ends a finished one)
+                launchers.release_loky_workers()
+    finally:  # as the caller had it: main(argv) in a caller's process must not leave its later commands showing traces
+        if users is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = users
     if code == EXIT_BAD_INPUT:
         folders.undo()  # a refused run or sweep leaves nothing behind (not even a lone multirun.yaml)
     return code
