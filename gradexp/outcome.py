@@ -15,3 +15,7 @@ class Outcome:
     error: Optional[str] = None
     perf: dict = field(default_factory=dict)
     verdict: Optional[dict] = None   # set by gradexp.analysis.diagnose once training ends, before the sinks close
+
+
+class WriteFailed(Exception):
+    """A write into the run folder failed (disk full, folder gone): the run ended 'failed'; str() is one line."""

@@ -56,6 +56,19 @@ def test_run_help_lists_the_groups_without_torch(tmp_path):
     assert "activation: " in out and out.strip().endswith("False")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("value", ["train.steps=-3", "optimizer.lr=0", "log.histograms_every=-3"])
+def test_a_bad_value_is_refused_before_torch_is_imported(tmp_path, value):
+    """The config's values are checked before the training stack's imports (~0.8 s, torch among them): a typo is
+    refused in one line in ~0.3 s, and nothing is left behind."""
+    code = (f"import sys; from gradexp.cli.main import main\ncode = main(['run', {value!r}, 'hydra.run.dir=run'])\n"
+            "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert done.stdout.split() == ["2", "False"]
+    assert done.stderr.count("\n") == 1 and value.split("=")[0] in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("status, resume", [("completed", False), ("interrupted", True)])
 def test_closing_lines_keep_long_paths_whole_at_80_columns(tmp_path, monkeypatch, status, resume):
     """Piped output is 80 columns wide; the run folder, the tensorboard and the resume command stay one line each."""

@@ -65,7 +65,7 @@ def test_bench_startup_script_times_every_command():
     lines = {line.split(":")[0]: line for line in out.splitlines()[1:]}
     assert lines["gradexp --help"].endswith("imports torch: False")
     assert lines["gradexp run --help"].endswith("imports torch: False")
-    assert lines["gradexp run train.steps=-3 (refused, exit 2)"].endswith("imports torch: True")
+    assert lines["gradexp run train.steps=-3 (refused, exit 2)"].endswith("imports torch: False")
     assert lines["gradexp run (the default experiment)"].endswith("imports torch: True")
 
 

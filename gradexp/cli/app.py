@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from gradexp.cli import jobs
 from gradexp.cli import folders
 from gradexp.cli import launchers
-from gradexp.config.schema import ConfigError, check_overrides, register_schema
+from gradexp.config.schema import ConfigError, check_overrides, register_schema, validate
+from gradexp.outcome import WriteFailed
 from gradexp.training.interrupt import Interrupts
 
 EXIT_BAD_INPUT = 2
@@ -45,9 +46,6 @@ def _task(cfg: DictConfig) -> Optional[float]:
 
 def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
     from gradexp.cli.stack import import_training_stack
-
-    import_training_stack(freeze=_owns_process())  # without the garbage collector's passes, where the process is ours
-    from gradexp.training.run import WriteFailed, run_experiment
     from gradexp.training.threads import configure_threads
     from gradexp.cli.presets import refuse_unswept
     from gradexp.training.resume import PREFIX
@@ -72,6 +70,10 @@ def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
     try:
         refuse_unswept(hydra_cfg, overrides, resuming=cfg.resume is not None)
         check_overrides(overrides)
+        validate(cfg)  # torch-free: a bad value is refused before the training stack's imports (~0.8 s)
+        import_training_stack(freeze=_owns_process())  # paused collector and frozen, where the process is ours
+        from gradexp.training.run import run_experiment
+
         outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts)
     except ConfigError as err:
         print(f"gradexp: {err}", file=sys.stderr)

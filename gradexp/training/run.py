@@ -25,16 +25,12 @@ from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews, run_hparams
 from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.sinks.terminal import TerminalSink
-from gradexp.outcome import Outcome
+from gradexp.outcome import Outcome, WriteFailed  # WriteFailed: importable from here too
 from gradexp.training.loop import Run, train
 
 
 class _NoStop:
     requested = False
-
-
-class WriteFailed(Exception):
-    """A write into the run folder failed (disk full, folder gone): the run ended 'failed'; str() is one line."""
 
 
 def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None, console: Optional[Console] = None,
