@@ -91,3 +91,39 @@ def test_main_with_argv_runs_in_the_callers_process_without_freezing(tmp_path, m
     monkeypatch.setattr(cli, "owns_process", False)
     monkeypatch.setattr(app, "_app_pid", -1)  # a worker: the task runs in a process run_app did not start
     assert app._owns_process()
+
+
+def test_a_signal_during_the_stack_import_stops_before_the_run(tmp_path, monkeypatch):
+    """The stack's import is most of start-up (~0.8 s): a Ctrl-C or SIGTERM meanwhile stops the run before it builds,
+    loads data or writes anything but the summary that says so (status interrupted, 0 steps)."""
+    import json
+    import os
+    import signal
+
+    from gradexp.cli import main as cli
+
+    monkeypatch.setattr(stack, "import_training_stack", lambda *more, freeze=True: os.kill(os.getpid(), signal.SIGTERM))
+    run = tmp_path / "run"
+    assert cli.main(["run", "train.steps=50", f"hydra.run.dir={run}"]) == 143
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("interrupted", 0)
+    assert not list(run.glob("events.out.tfevents.*")) and not (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("model, stack_first", [([], False), (["model=custom", "model._target_=torch.nn.Linear"], True)])
+def test_the_stack_comes_first_only_where_checking_imports_torch_anyway(tmp_path, monkeypatch, model, stack_first):
+    """A bad value of gradexp's own models is refused before the stack's import; checking a custom model imports the
+    user's class (torch with it), so there the stack comes first, with the collector paused."""
+    from gradexp.cli import app, main as cli
+    from gradexp.config.schema import ConfigError
+
+    order: list[str] = []
+    monkeypatch.setattr(stack, "import_training_stack", lambda *more, freeze=True: order.append("stack"))
+
+    def refuse(cfg):
+        order.append("validate")
+        raise ConfigError("train.steps", -3, "an integer >= 1")
+
+    monkeypatch.setattr(app, "validate", refuse)
+    assert cli.main(["run", *model, "train.steps=-3", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
+    assert order == (["stack", "validate"] if stack_first else ["validate"])

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradexp.cli import jobs
 from gradexp.cli import folders
 from gradexp.cli import launchers
-from gradexp.config.schema import ConfigError, check_overrides, register_schema, validate
+from gradexp.config.schema import CUSTOM, ConfigError, check_overrides, model_family, register_schema, validate
 from gradexp.outcome import WriteFailed
 from gradexp.training.interrupt import Interrupts
 
@@ -45,7 +45,6 @@ def _task(cfg: DictConfig) -> Optional[float]:
 
 
 def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
-    from gradexp.cli.stack import import_training_stack
     from gradexp.training.threads import configure_threads
     from gradexp.cli.presets import refuse_unswept
     from gradexp.training.resume import PREFIX
@@ -56,9 +55,7 @@ def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
     # the run's own, as first started; unresolved, so an interpolation shows as typed, not as its value
     task_overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
     overrides = [o for o in task_overrides if not o.startswith(PREFIX)]
-    if interrupts.requested:  # a signal while Hydra started up: the folder exists, so it says what happened
-        _record_outcome(run_dir, overrides, "interrupted")
-        sys.exit(interrupts.exit_code)
+    _stop_if_requested(interrupts, run_dir, overrides)  # a signal while Hydra started up
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a re-run sweep or a requeued job: continue what the folder holds
         action = jobs.decide(run_dir)
         if action == jobs.SKIP:
@@ -70,8 +67,10 @@ def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
     try:
         refuse_unswept(hydra_cfg, overrides, resuming=cfg.resume is not None)
         check_overrides(overrides)
-        validate(cfg)  # torch-free: a bad value is refused before the training stack's imports (~0.8 s)
-        import_training_stack(freeze=_owns_process())  # paused collector and frozen, where the process is ours
+        if model_family(cfg) == CUSTOM:  # validate imports the user's class, and torch with it: the stack first
+            _import_stack(interrupts, run_dir, overrides)
+        validate(cfg)  # torch-free otherwise: a bad value is refused before the training stack's imports (~0.8 s)
+        _import_stack(interrupts, run_dir, overrides)
         from gradexp.training.run import run_experiment
 
         outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts)
@@ -95,6 +94,21 @@ def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
         interrupts.hand_over()  # submitit's timeout signal: its own handler requeues the job, which then resumes
         sys.exit(interrupts.exit_code)  # also stops a sweep: SystemExit is not a job failure Hydra would swallow
     return _objective(cfg, run_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str]) -> None:
+    """A signal before the run started: the folder exists, so it says what happened (status interrupted, 0 steps)."""
+    if interrupts.requested:
+        _record_outcome(run_dir, overrides, "interrupted")
+        sys.exit(interrupts.exit_code)
+
+
+def _import_stack(interrupts: Interrupts, run_dir: str, overrides: list[str]) -> None:
+    """The training stack (~0.8 s, most of start-up), then a stop a signal asked for meanwhile."""
+    from gradexp.cli.stack import import_training_stack
+
+    import_training_stack(freeze=_owns_process())  # paused collector and frozen, where the process is ours
+    _stop_if_requested(interrupts, run_dir, overrides)
 
 
 def _owns_process() -> bool:
