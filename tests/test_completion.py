@@ -33,6 +33,16 @@ def test_run_completes_groups_options_and_keys():
     assert candidates("gradexp run --cfg ") == ["job", "hydra", "all"]
 
 
+def test_completing_overrides_leaves_the_environment_as_it_was(monkeypatch):
+    """Hydra's completion reads COMP_LINE, set for it and then restored: unset again where the caller had none."""
+    monkeypatch.delenv("COMP_LINE", raising=False)
+    assert candidates("gradexp run activation=si") == ["activation=sigmoid"]
+    assert "COMP_LINE" not in os.environ
+    monkeypatch.setenv("COMP_LINE", "gradexp re")
+    assert candidates("gradexp run activation=si") == ["activation=sigmoid"]
+    assert os.environ["COMP_LINE"] == "gradexp re"
+
+
 def test_completing_overrides_does_not_import_torch(tmp_path):
     """Every Tab starts gradexp: importing torch would cost a second or more each time."""
     code = ("import sys; from gradexp.cli.completion import candidates; "

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradexp.cli import jobs
 from gradexp.cli import folders
 from gradexp.cli import launchers
+from gradexp.cli.environ import environment_variable
 from gradexp.config.schema import CUSTOM, ConfigError, check_overrides, model_family, register_schema, validate
 from gradexp.outcome import WriteFailed
 from gradexp.training.interrupt import Interrupts
@@ -149,24 +150,17 @@ def run_app() -> int:
     except ConfigError as err:
         print(f"gradexp: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    users = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; gradexp reports below
     global _interrupts, _app_pid
-    try:
-        # from the first moment: a signal during start-up is a request the run honours once its folder exists
-        with Interrupts() as _interrupts:
-            _app_pid = os.getpid()
-            try:
-                code = _run_task(users == "1")
-            finally:
-                _app_pid = None
-                # a joblib sweep that stopped early (ReleaseWorkers ends a finished one)
-                launchers.release_loky_workers()
-    finally:  # as the caller had it: main(argv) in a caller's process must not leave its later commands showing traces
-        if users is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = users
+    # HYDRA_FULL_ERROR: Hydra re-raises instead of printing, and gradexp reports below (full traces where the user set
+    # it). Interrupts from the first moment: a signal during start-up is a request the run honours once its folder
+    # exists
+    with environment_variable("HYDRA_FULL_ERROR", "1") as users, Interrupts() as _interrupts:
+        _app_pid = os.getpid()
+        try:
+            code = _run_task(users == "1")
+        finally:
+            _app_pid = None
+            launchers.release_loky_workers()  # a joblib sweep that stopped early (ReleaseWorkers ends a finished one)
     if code == EXIT_BAD_INPUT:
         folders.undo()  # a refused run or sweep leaves nothing behind (not even a lone multirun.yaml)
     return code

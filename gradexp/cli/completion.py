@@ -9,6 +9,8 @@ import io
 import os
 import sys
 
+from gradexp.cli.environ import environment_variable
+
 SHELLS = ("bash", "zsh", "fish")
 TOP = ("run", "report", "--help", "--version")
 RUN_FLAGS = ("--multirun", "-m", "--cfg", "--help", "--hydra-help", "--info", "--config-dir", "--config-name",
@@ -80,17 +82,15 @@ def _hydra(args: list[str], current: str) -> list[str]:
     from gradexp.cli.app import _task as hydra_main  # the @hydra.main itself: run_app's resume path imports torch
 
     config_dir = _config_dir(args)
-    argv, env = sys.argv, os.environ.get("COMP_LINE")
+    argv = sys.argv
     sys.argv = ["gradexp", *(["--config-dir", config_dir] if config_dir else []), "-sc", "query=bash"]
-    os.environ["COMP_LINE"] = " ".join(["gradexp", *_overrides(args), current])
     out = io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        with environment_variable("COMP_LINE", " ".join(["gradexp", *_overrides(args), current])), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
             hydra_main()
     finally:
         sys.argv = argv
-        if env is not None:
-            os.environ["COMP_LINE"] = env
     return _starting(out.getvalue().split(), current)
 
 
