@@ -15,9 +15,11 @@ job's config (~19,000 objects, ~2 MB): once per process, not per job; a full col
 torch._dynamo stays where it is imported (after the config is checked), so bad input is refused without waiting for it."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import sys
+from typing import Iterator
 
 TRAINING_STACK = ("gradexp.training.run",)  # torch, numpy, TensorBoard and gradexp's training modules
 
@@ -28,16 +30,20 @@ def import_training_stack(*more: str, freeze: bool = True) -> None:
     names = (*TRAINING_STACK, *more)
     if all(name in sys.modules for name in names):
         return
-    if not freeze:
+    with _collector_paused() if freeze else contextlib.nullcontext():
         for name in names:
             importlib.import_module(name)
-        return
+    if freeze:
+        gc.freeze()
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off inside the `with`, back as it was after it (off where the caller had it off)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        for name in names:
-            importlib.import_module(name)
+        yield
     finally:
         if enabled:
             gc.enable()
-    gc.freeze()
