@@ -51,6 +51,24 @@ def test_combined_norm_and_non_finite_entries():
     assert inf.item() == math.inf and math.isnan(nan.item()) and empty.item() == 0.0
 
 
+def test_host_vector_holds_the_floats_and_keeps_its_memory():
+    """The CPU norms are built over an array's memory (norms.host_vector): the same float64 numbers as torch.tensor,
+    still there after the array's last Python reference is gone, and writable like any tensor."""
+    import gc
+
+    from gradexp.probes.norms import host_vector
+
+    values = [0.0, 5e-324, 1.5, math.inf, 1.7976931348623157e308]
+    vector = host_vector(list(values))
+    gc.collect()
+    torch.zeros(1 << 16).add_(1.0)  # reuse freed memory, were the array's let go
+    assert vector.dtype == torch.float64 and vector.tolist() == values
+    assert torch.equal(vector, torch.tensor(values, dtype=torch.float64))
+    vector.mul_(2.0)
+    assert vector[2].item() == 3.0
+    assert host_vector([]).shape == (0,) and host_vector([]).dtype == torch.float64
+
+
 def test_zero_denominators_are_inf_not_nan():
     assert profile_scalars("bptt_grad_norm/layers.0", [0.5, 0.0])["bptt_grad_norm/layers.0/first_over_last"] == math.inf
     from gradexp.analysis.flow import first_last_ratio
