@@ -110,9 +110,9 @@ def test_disk_full_ends_failed_keeps_the_last_checkpoint_and_no_temp_files(tmp_p
     monkeypatch.setattr(checkpoint.torch, "save", save_until_full)
     with pytest.raises(WriteFailed) as err:
         start(run_dir, LONG, quiet_console)
-    assert str(err.value) == f"cannot write {run_dir}/checkpoint.pt.tmp: No space left on device"
+    assert str(err.value) == f"cannot write {run_dir}/checkpoint.pt: No space left on device"
     assert checkpoint.load(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))["step"] == 5
-    assert not glob.glob(os.path.join(run_dir, "*.tmp"))
+    assert not glob.glob(os.path.join(run_dir, "*tmp*")) and not glob.glob(os.path.join(run_dir, ".*tmp*"))
     result = summary(run_dir)
     assert result["status"] == "failed" and result["steps"] == 10 and "No space left" in result["error"]
     monkeypatch.setattr(checkpoint.torch, "save", real_save)  # space freed

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from gradexp.analysis.flow import ACT_STATS, ATTENTION_STATS, layer_quantities
 from gradexp.outcome import Outcome
+from gradexp.sinks.files import write_atomically
 
 if TYPE_CHECKING:  # an annotation only: theory imports torch, which `gradexp run --help` (via resume) needs not
     from gradexp.analysis.theory import Baseline
@@ -139,13 +140,7 @@ def _finite_list(value: Any) -> Any:
 
 
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:  # disk full: no half-written temp file of ours stays behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def write(f) -> None:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    write_atomically(path, write)

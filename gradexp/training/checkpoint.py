@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from gradexp.sinks.files import write_atomically
 from gradexp.training.reproducible import rng_state, set_rng_state
 from gradexp.training.loop import Run
 
@@ -43,25 +44,12 @@ def capture(run: Run, step: int, sink_states: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(path: str, state: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:  # disk full, or a second Ctrl-C: our partial file goes, the previous one stays
-        _remove_quietly(tmp)
-        if isinstance(err, RuntimeError) and isinstance(err.__context__, OSError):
+        write_atomically(path, lambda f: torch.save(state, f), binary=True)  # the previous checkpoint stays on error
+    except RuntimeError as err:
+        if isinstance(err.__context__, OSError):
             raise err.__context__ from None  # torch's zip writer wraps the OSError (e.g. ENOSPC) of the write
         raise
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def load(path: str) -> dict[str, Any]:
