@@ -61,6 +61,23 @@ def test_a_fresh_job_folder_is_left_as_hydra_made_it(tmp_path):
     assert os.listdir(run_dir) == [".hydra"]
 
 
+def test_a_users_own_files_in_a_job_folder_stay_where_they_are(tmp_path):
+    """Only what a run writes moves into attempt-N/: a user's notes (and Hydra's multirun.yaml, where the job folder
+    is the sweep folder) are not an earlier attempt, with or without one beside them."""
+    run_dir = job_folder(tmp_path)
+    for name in ("notes.txt", "multirun.yaml", "summary.json.tmp"):
+        (tmp_path / "0_job" / name).write_text("the user's")
+    assert jobs.decide(run_dir) == jobs.FRESH
+    assert not os.path.exists(os.path.join(run_dir, "attempt-1"))
+    for name in ("events.out.tfevents.1", "checkpoint.pt", ".summary.json.gradexp-tmp-0123abcd"):
+        (tmp_path / "0_job" / name).write_bytes(b"old")
+    (tmp_path / "0_job" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    assert jobs.decide(run_dir) == jobs.FRESH
+    assert sorted(os.listdir(os.path.join(run_dir, "attempt-1"))) == [
+        ".summary.json.gradexp-tmp-0123abcd", "checkpoint.pt", "events.out.tfevents.1", "summary.json"]
+    assert sorted(os.listdir(run_dir)) == [".hydra", "attempt-1", "multirun.yaml", "notes.txt", "summary.json.tmp"]
+
+
 def test_requeued_job_resumes_bit_identical_to_an_uninterrupted_one(tmp_path, quiet_console):
     """What a requeued SLURM job does: decide() finds the checkpoint, the run continues it (as _task sets resume)."""
     ref, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")

@@ -8,8 +8,8 @@ writes there only to continue that same run. FolderGuard has already checked tha
   completed, diverged          -> skip (nothing left to do; its summary.json stands)
   a checkpoint, not failed     -> resume from it (interrupted, requeued, or killed after a periodic checkpoint)
   failed                       -> rerun, the old files moved aside into attempt-N/
-  other files, no checkpoint   -> start over (killed before its first checkpoint), old files in attempt-N/
-  nothing but Hydra's .hydra/  -> a fresh job"""
+  a run's files, no checkpoint -> start over (killed before its first checkpoint), old files in attempt-N/
+  none of a run's files        -> a fresh job (Hydra's .hydra/ and a user's own files stay where they are)"""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,6 @@ import os
 from typing import Any, Optional
 
 SKIP, RESUME, FRESH = "skip", "resume", "fresh"
-_HYDRA_OWN = {".hydra", "gradexp.log"}
 
 
 def decide(run_dir: str) -> str:
@@ -49,10 +48,10 @@ def read_summary(run_dir: str) -> Optional[dict[str, Any]]:
 
 
 def _left_files(run_dir: str) -> bool:
-    """Files of an earlier attempt (anything besides Hydra's record and earlier attempt-N/ folders)."""
-    if not os.path.isdir(run_dir):
-        return False
-    return any(name not in _HYDRA_OWN and not name.startswith("attempt-") for name in os.listdir(run_dir))
+    """Files of an earlier attempt: what a run writes (a user's own files in the folder are not an attempt's)."""
+    from gradexp.training.resume import run_artefacts
+
+    return os.path.isdir(run_dir) and bool(run_artefacts(run_dir))
 
 
 def objective(summary: Optional[dict[str, Any]], metric: str, direction: str) -> float:
