@@ -35,6 +35,17 @@ def test_merged_command_line_replaces_the_keys_a_suggestion_sets():
     assert command_line(["data.path=my file"], "init=xavier_normal") == "gradexp run 'data.path=my file' init=xavier_normal"
 
 
+def test_printed_commands_repeat_the_runs_config_dir():
+    """A run composed from the user's --config-dir (model=deep_mlp defined there) is resumed and re-run with it."""
+    from gradexp.sinks.terminal import closing_lines
+
+    options = ["--config-dir", "/my configs"]
+    assert command_line(["model=deep_mlp"], "init=xavier_normal", options) == \
+        "gradexp run --config-dir '/my configs' model=deep_mlp init=xavier_normal"
+    assert closing_lines("interrupted", "/r", options)[-1] == "resume with: gradexp run --config-dir '/my configs' resume=/r"
+    assert closing_lines("interrupted", "/r")[-1] == "resume with: gradexp run resume=/r"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", RUNS, ids=lambda o: " ".join(o))
 def test_every_suggestion_changes_the_run_and_runs(run_tiny, overrides):

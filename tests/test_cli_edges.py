@@ -99,3 +99,22 @@ def test_sweep_keeps_every_result_when_jobs_fail_or_diverge(tmp_path):
     assert by_job == {"0": "completed", "1": "failed", "2": "diverged", "3": "failed", "4": "failed", "5": "failed"}
     failed = [s for s in summaries(tmp_path).values() if s["status"] == "failed"]
     assert all(s["error"] for s in failed)
+
+
+def test_a_run_from_the_users_config_dir_resumes_with_the_command_it_prints(tmp_path):
+    """--config-dir X holds model=deep_mlp: the printed `resume with:` line repeats X, and runs as printed."""
+    import shlex
+
+    (tmp_path / "my configs" / "model").mkdir(parents=True)
+    (tmp_path / "my configs" / "model" / "deep_mlp.yaml").write_text("defaults:\n  - mlp\ndepth: 3\nwidth: 8\n")
+    args = ["--config-dir", str(tmp_path / "my configs"), "model=deep_mlp", "train.steps=100000",
+            "train.checkpoint_every=40", "device=cpu", "hydra.run.dir=run"]
+    stopped = interrupt(tmp_path, args, after=0.3)
+    assert stopped.returncode == 130, stopped.stderr
+    first = summaries(tmp_path)["run"]["steps"]
+    printed = next(line for line in stopped.stderr.splitlines() if line.startswith("resume with: gradexp run "))
+    command = shlex.split(printed[len("resume with: gradexp run "):])
+    assert command[:2] == ["--config-dir", str(tmp_path / "my configs")]
+    again = interrupt(tmp_path, [*command, "train.steps=100000"], after=0.3)
+    assert again.returncode == 130 and "Traceback" not in again.stderr, again.stderr
+    assert summaries(tmp_path)["run"]["steps"] > first  # continued the same run, from its own config dir

@@ -63,6 +63,31 @@ def test_resume_refuses_a_tampered_run_folder(tmp_path, tampered, reason):
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
+def saved_run(tmp_path):
+    hydra_dir = tmp_path / "run" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "overrides.yaml").write_text("- train.steps=3\n")
+    return str(tmp_path / "run")
+
+
+def test_resume_keeps_hydras_options_in_front_of_the_overrides(tmp_path):
+    """`gradexp run --config-dir X resume=R`: Hydra's parser takes options only before the overrides."""
+    run = saved_run(tmp_path)
+    tail = [f"resume='{run}'", f"hydra.run.dir='{run}'", "hydra.output_subdir=null"]
+    assert hydra_args(["--config-dir", "/cfg", f"resume={run}"]) == ["--config-dir", "/cfg", "train.steps=3", *tail]
+    assert hydra_args([f"resume={run}", "-cd", "/cfg", "--info", "seed=1"]) == [
+        "-cd", "/cfg", "--info", "train.steps=3", "seed=1", *tail]
+    assert hydra_args(["--config-dir=/cfg", f"resume={run}"])[0] == "--config-dir=/cfg"
+
+
+@pytest.mark.parametrize("spelling", ["+resume", "++resume"])
+def test_every_spelling_of_resume_resumes_and_never_rewrites_the_runs_record(tmp_path, spelling):
+    run = saved_run(tmp_path)
+    assert hydra_args([f"{spelling}={run}"])[-3:] == [f"resume='{run}'", f"hydra.run.dir='{run}'", "hydra.output_subdir=null"]
+    with pytest.raises(ResumeError, match="drop -m/--multirun and hydra"):
+        hydra_args([f"{spelling}={run}", f"hydra.run.dir={run}"])
+
+
 def test_resume_with_another_models_checkpoint_leaves_the_run_untouched(tmp_path, quiet_console):
     run_dir, other = str(tmp_path / "run"), str(tmp_path / "other")
     start(run_dir, LONG, quiet_console, stop=StopAfter(6))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Optional
+from typing import Any, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -74,7 +74,8 @@ def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
         _import_stack(interrupts, run_dir, overrides)
         from gradexp.training.run import run_experiment
 
-        outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts)
+        outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts,
+                                 options=config_dir_options(hydra_cfg))
     except ConfigError as err:
         print(f"gradexp: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.RUN:
@@ -95,6 +96,15 @@ def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
         interrupts.hand_over()  # submitit's timeout signal: its own handler requeues the job, which then resumes
         sys.exit(interrupts.exit_code)  # also stops a sweep: SystemExit is not a job failure Hydra would swallow
     return _objective(cfg, run_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def config_dir_options(hydra_cfg: Any) -> list[str]:
+    """["--config-dir", X] for a run composed with the user's --config-dir X (Hydra records it among the config
+    sources as the command line's), so that the commands the run prints compose the same config; else []."""
+    for source in hydra_cfg.runtime.config_sources:
+        if source.provider == "command-line" and source.schema == "file":
+            return ["--config-dir", source.path]
+    return []
 
 
 def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str]) -> None:

@@ -22,9 +22,10 @@ VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "d
 
 class TerminalSink:
     def __init__(self, total_steps: int, run_dir: str, console: Optional[Console] = None,
-                 overrides: Sequence[str] = ()):
+                 overrides: Sequence[str] = (), options: Sequence[str] = ()):
         self.console = console or Console(stderr=True)
-        self.run_dir, self.overrides = run_dir, list(overrides)
+        # options: Hydra's command-line options of the run (--config-dir X), repeated in every command printed
+        self.run_dir, self.overrides, self.options = run_dir, list(overrides), list(options)
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("‖g‖ {task.fields[grad]}"),
@@ -70,19 +71,20 @@ class TerminalSink:
         self.console.print(f"[{style}]{outcome.status}[/] after {outcome.steps} steps ({speed:.0f} steps/s)")
         if outcome.verdict:
             self.console.print(verdict_panel(outcome.verdict))
-            for line in command_lines(outcome.verdict, self.overrides):  # outside the box, unwrapped: pasteable
+            # outside the box, unwrapped: pasteable
+            for line in command_lines(outcome.verdict, self.overrides, self.options):
                 self.console.print(line, style="cyan", soft_wrap=True, markup=False, highlight=False)
-        for line in closing_lines(outcome.status, self.run_dir):
+        for line in closing_lines(outcome.status, self.run_dir, self.options):
             # soft_wrap: a path is never broken across lines, also at a pipe's 80 columns, so it stays copy-pasteable
             self.console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
-def closing_lines(status: str, run_dir: str) -> list[str]:
+def closing_lines(status: str, run_dir: str, options: Sequence[str] = ()) -> list[str]:
     """Where the run is, how to look at it, and for an interrupted run the exact command that continues it."""
     logdir = shlex.quote(_shortest(run_dir))
     lines = [f"run folder: {logdir}", f"dashboards: tensorboard --logdir {logdir}", FLOW_PAGES]
     if status == "interrupted":
-        lines.append(f"resume with: gradexp run resume={logdir}")
+        lines.append(f"resume with: {_gradexp_run(options)}resume={logdir}")
     return lines
 
 
@@ -100,19 +102,24 @@ def verdict_panel(verdict: dict) -> Panel:
     return Panel(Group(*parts), title=title, title_align="left", border_style=style, expand=False)
 
 
-def command_lines(verdict: dict, overrides: Sequence[str]) -> list[str]:
-    """Each suggestion as a complete command line (the run's overrides plus the suggestion)."""
-    return [command_line(overrides, fix) for fix in verdict.get("suggestions") or []]
+def command_lines(verdict: dict, overrides: Sequence[str], options: Sequence[str] = ()) -> list[str]:
+    """Each suggestion as a complete command line (the run's options and overrides plus the suggestion)."""
+    return [command_line(overrides, fix, options) for fix in verdict.get("suggestions") or []]
 
 
 def moments_line(verdict: dict) -> str:
     return f"at initialisation: {verdict['at_init']['label']} · at the end of training: {verdict['at_end']['label']}"
 
 
-def command_line(overrides: Sequence[str], suggestion: str) -> str:
-    """`gradexp run` + the run's overrides with the suggestion's keys replaced (Hydra refuses a key given twice),
-    shell-quoted, ready to paste."""
-    return "gradexp run " + " ".join(shlex.quote(o) for o in merged_overrides(overrides, suggestion.split()))
+def command_line(overrides: Sequence[str], suggestion: str, options: Sequence[str] = ()) -> str:
+    """`gradexp run` + the run's options + its overrides with the suggestion's keys replaced (Hydra refuses a key
+    given twice), shell-quoted, ready to paste."""
+    return _gradexp_run(options) + " ".join(shlex.quote(o) for o in merged_overrides(overrides, suggestion.split()))
+
+
+def _gradexp_run(options: Sequence[str]) -> str:
+    """`gradexp run ` and the run's options: a run composed from --config-dir X needs X again."""
+    return " ".join(["gradexp run", *(shlex.quote(o) for o in options), ""])
 
 
 def merged_overrides(overrides: Sequence[str], suggestion: Sequence[str]) -> list[str]:

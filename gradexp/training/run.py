@@ -3,7 +3,7 @@ Tests call `run_experiment` directly with a config from Hydra's compose API."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from rich.console import Console
@@ -34,11 +34,12 @@ class _NoStop:
 
 
 def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None, console: Optional[Console] = None,
-                   stop: Any = _NoStop()) -> Outcome:
+                   stop: Any = _NoStop(), options: Sequence[str] = ()) -> Outcome:
     """Train the composed config `cfg` (gradexp.compose) and leave `run_dir` as `gradexp run` does: TensorBoard
     events, summary.json, checkpoints. `overrides` are recorded as the run's own (the command line that made it).
     `stop.requested` turning true (gradexp.training.interrupt.Interrupts) ends the run after the current step,
-    with a checkpoint and status 'interrupted'. Bad input raises ConfigError before anything is written."""
+    with a checkpoint and status 'interrupted'. Bad input raises ConfigError before anything is written. `options`:
+    the Hydra options the run was started with (--config-dir X), repeated in the commands the terminal prints."""
     overrides = list(overrides or [])
     validate(cfg)
     apply_explicit_threads(cfg.train.threads)  # before anything computes: results depend on the count
@@ -49,15 +50,15 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
     run = build.run(cfg, built_task=task)  # the model's layers are found here: a model.watch matching nothing is refused
     start = resume.restore(run, state)  # another model's checkpoint is refused here, before any file is written
     os.makedirs(run_dir, exist_ok=True)
-    sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console)
+    sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console, options)
     run.sinks = sinks
     checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states)
     run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
     return _train(cfg, run, start, checkpoints, stop)
 
 
-def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, layer_names: list[str],
-           state: Optional[dict], console: Optional[Console]) -> tuple[list, Callable[[], dict]]:
+def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, layer_names: list[str], state: Optional[dict],
+           console: Optional[Console], options: Sequence[str] = ()) -> tuple[list, Callable[[], dict]]:
     """The sinks in closing order, and what of theirs goes into a checkpoint (history behind end-of-run images)."""
     baseline = theory.baseline(cfg, task.x_train)  # mean-field prediction (plain MLPs); None elsewhere
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
@@ -65,7 +66,7 @@ def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, layer_names:
     hparams = {**run_hparams(cfg, overrides), "perf.torch_threads": torch.get_num_threads()}
     views = TensorBoardViews(tensorboard.writer, hparams, layer_names)  # one event writer for the run folder
     sinks = [views, tensorboard, summary,  # views before tensorboard, which closes the writer
-             TerminalSink(cfg.train.steps, run_dir, console=console, overrides=overrides)]
+             TerminalSink(cfg.train.steps, run_dir, console=console, overrides=overrides, options=options)]
     stateful = {"summary": summary, "views": views, "tensorboard": tensorboard}
     if baseline is not None:
         stateful["theory"] = TheorySink(baseline, tensorboard.writer)
