@@ -13,6 +13,7 @@ from gradexp.training import factory as build
 from gradexp.training import limits
 
 from gradexp.training import resume
+from gradexp.training.exclusive import sole_writer
 from gradexp.analysis.advice import Factors
 from gradexp.training.checkpoint import Checkpointer
 from gradexp.config.schema import validate
@@ -45,16 +46,17 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
     apply_explicit_threads(cfg.train.threads)  # before anything computes: results depend on the count
     dev = build.device(cfg)
     task = limits.task(cfg, dev)  # refuses a batch larger than the data and a model that cannot fit
-    state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
-    use_deterministic(cfg.train.deterministic)
-    run = build.run(cfg, built_task=task)  # the model's layers are found here: a model.watch matching nothing is refused
-    start = resume.restore(run, state)  # another model's checkpoint is refused here, before any file is written
-    os.makedirs(run_dir, exist_ok=True)
-    sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console, options)
-    run.sinks = sinks
-    checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states)
-    run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
-    return _train(cfg, run, start, checkpoints, stop)
+    with sole_writer(run_dir):  # a second run into the same folder (two resumes at once) is refused
+        state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
+        use_deterministic(cfg.train.deterministic)
+        run = build.run(cfg, built_task=task)  # finds the layers: a model.watch matching nothing is refused here
+        start = resume.restore(run, state)  # another model's checkpoint is refused here, before any file is written
+        os.makedirs(run_dir, exist_ok=True)
+        sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console, options)
+        run.sinks = sinks
+        checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states)
+        run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
+        return _train(cfg, run, start, checkpoints, stop)
 
 
 def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, layer_names: list[str], state: Optional[dict],
