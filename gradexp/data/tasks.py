@@ -240,7 +240,13 @@ class Batches:
         return {"epoch": self.epoch, "position": self.position, "generator": self._epoch_state.clone()}
 
     def load_state_dict(self, state: dict) -> None:
+        """ValueError for a state this stream cannot have been in (a tampered checkpoint): a position past the end of
+        the data would make next() loop forever."""
+        epoch, position = state["epoch"], state["position"]
+        if not (type(epoch) is int and epoch >= 0 and type(position) is int and 0 <= position <= len(self.x)):
+            raise ValueError(f"the data stream's state (epoch {epoch!r}, position {position!r}) is not one of this data "
+                             f"({len(self.x)} examples)")
         self._gen.set_state(state["generator"])
-        self.epoch = state["epoch"] - 1
+        self.epoch = epoch - 1
         self._start_epoch()  # redraws the saved epoch's permutation
         self.position = state["position"]

@@ -42,6 +42,36 @@ class _Routes(NamedTuple):
                    tuple((tag, tag[len(UNDERFLOW_PREFIX):]) for tag in tags if tag.startswith(UNDERFLOW_PREFIX)))
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(_number(v) for v in value)
+
+
+def _named(check) -> Any:
+    """A mapping of names to values that pass `check`."""
+    return lambda value: isinstance(value, dict) and all(isinstance(k, str) and check(v) for k, v in value.items())
+
+
+def _json_like(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, dict):
+        return depth < 8 and all(isinstance(k, str) and _json_like(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return depth < 8 and all(_json_like(v, depth + 1) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+# the accumulated fields of a SummarySink (state_dict: everything but _SETTINGS) -> the shape its values must have
+_STATE_FIELDS = {
+    "latest": _named(lambda v: _number(v) or _numbers(v)),  # 1-d profiles (bptt) are lists
+    "initial": _named(_number), "first": _named(_number), "last": _named(_number), "underflow_max": _named(_number),
+    "profiles": _named(_named(lambda v: _number(v) or _numbers(v))),  # layer -> first/last lists and their steps
+    "theory": lambda v: v is None or (isinstance(v, dict) and _json_like(v)),
+}
+
+
 class SummarySink:
     def __init__(self, run_dir: str, overrides: list[str], layer_names: list[str], baseline: Optional[Baseline] = None):
         self.path = os.path.join(run_dir, SUMMARY_NAME)
@@ -83,12 +113,21 @@ class SummarySink:
         return copy.deepcopy({k: v for k, v in vars(self).items() if k not in _SETTINGS})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The accumulated fields of state_dict, each checked for its shape: a checkpoint is untrusted input, and a
+        forged one must not set a setting (a `path` would send summary.json elsewhere) or plant a value that fails
+        only when the run ends. ValueError names the first field that does not fit."""
+        if not isinstance(state, dict):
+            raise ValueError(f"the summary's state is a {type(state).__name__}, not a mapping")
+        state = dict(state)
+        if isinstance(state.get("sections"), dict):  # checkpoints written before the theory section was the summary's own
+            state["theory"] = state.pop("sections").get("theory")
+        for key, value in state.items():
+            check = _STATE_FIELDS.get(key)
+            if check is None or not check(value):
+                raise ValueError(f"the summary's state has {'an unknown field' if check is None else 'a bad'} {key!r}")
         self._firsts = set()  # `first` is replaced
         for key, value in state.items():
-            if key == "sections":  # checkpoints written before the theory section was the summary's own
-                self.theory = value.get("theory")
-            else:
-                setattr(self, key, copy.deepcopy(value))
+            setattr(self, key, copy.deepcopy(value))
 
     def close(self, outcome: Outcome) -> None:
         write_json_atomic(self.path, self.build(outcome))

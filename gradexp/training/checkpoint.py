@@ -66,9 +66,12 @@ def load(path: str) -> dict[str, Any]:
     return state
 
 
-def restore(run: Run, state: dict[str, Any]) -> int:
+def restore(run: Run, state: dict[str, Any], total_steps: int) -> int:
     """Load `state` into the freshly built run; returns the step to continue from. A checkpoint of another
     model (or a tampered one) raises CheckpointError, in one line, before anything is written."""
+    step = state["step"]
+    if type(step) is not int or not 0 <= step <= total_steps:  # a forged step would end the run 'completed' at once
+        raise CheckpointError(f"its step {step!r} is not one of this run's (0 to train.steps={total_steps})")
     try:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -77,7 +80,7 @@ def restore(run: Run, state: dict[str, Any]) -> int:
         run.batches.load_state_dict(state["batches"])
         run.precision.load_state_dict(state.get("precision") or {})  # older checkpoints: none was kept
         set_rng_state(state["rng"])
-        return int(state["step"])
+        return step
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"the checkpoint does not fit this run's model and optimizer ({first_line})") from None

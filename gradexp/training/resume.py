@@ -241,17 +241,43 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def restore(run: Any, state: Optional[dict[str, Any]]) -> int:
+def restore(run: Any, state: Optional[dict[str, Any]], total_steps: int) -> int:
     """Put the checkpoint into the freshly built run; the step to start from (0 when fresh). Refuses (exit 2)
-    a checkpoint that does not fit the model, leaving the run folder as it was."""
+    a checkpoint that does not fit the model, or whose saved sink states are not ones a run writes, leaving the run
+    folder as it was: the sinks, which open the event file, come after."""
     if state is None:
         return 0
     from gradexp.training import checkpoint
 
     try:
-        return checkpoint.restore(run, state)
+        step = checkpoint.restore(run, state, total_steps)
+        check_sink_states(state)
     except checkpoint.CheckpointError as err:
         raise ResumeError(f"resume: {err}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ResumeError(f"resume: the checkpoint's sink states are not a run's ({err})") from None
+    return step
+
+
+def check_sink_states(state: dict[str, Any]) -> None:
+    """Each saved sink state loaded into a stand-in by its sink's own load_state_dict (which only sets attributes):
+    what restore_sinks will load later, tried before any sink exists."""
+    from types import SimpleNamespace
+
+    from gradexp.sinks.summary import SummarySink
+    from gradexp.sinks.tb_views import TensorBoardViews
+    from gradexp.sinks.tensorboard import TensorBoardSink
+    from gradexp.sinks.theory import TheorySink
+
+    SummarySink.load_state_dict(SimpleNamespace(), state["summary"])
+    loaders = {"tensorboard": TensorBoardSink, "views": TensorBoardViews, "theory": TheorySink}
+    sinks = state.get("sinks", {})
+    if not isinstance(sinks, dict):
+        raise ValueError("'sinks' is not a mapping")
+    for name, sink_state in sinks.items():
+        if name not in loaders:
+            raise ValueError(f"an unknown sink {name!r}")
+        loaders[name].load_state_dict(SimpleNamespace(), sink_state)
 
 
 def restore_sinks(sinks: dict[str, Any], state: Optional[dict[str, Any]]) -> None:

@@ -50,7 +50,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
         state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
         use_deterministic(cfg.train.deterministic)
         run = build.run(cfg, built_task=task)  # finds the layers: a model.watch matching nothing is refused here
-        start = resume.restore(run, state)  # another model's checkpoint is refused here, before any file is written
+        start = resume.restore(run, state, cfg.train.steps)  # a checkpoint not of this run: refused, nothing written
         os.makedirs(run_dir, exist_ok=True)
         sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console, options)
         run.sinks = sinks

@@ -1,0 +1,54 @@
+"""A checkpoint is untrusted input: a tampered one is refused in one line when the run resumes, before anything in
+the folder changes (a forged summary `path` would have sent summary.json over any file; a forged data position
+looped forever; a forged step ended the run 'completed' at once)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from gradexp.training import checkpoint
+from gradexp.training.resume import ResumeError
+from tests.test_resume import LONG, StopAfter, resume, start
+
+
+def files(folder: str) -> dict[str, bytes]:
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                out[os.path.join(root, name)] = f.read()
+    return out
+
+
+def tamper(path: str, change) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+TAMPERINGS = {
+    "summary path": (lambda s: s["summary"].update(path="/tmp/victim.json"), "unknown field 'path'"),
+    "summary first a list": (lambda s: s["summary"].update(first=[1.0]), "bad 'first'"),
+    "summary not a mapping": (lambda s: s.update(summary="abc"), "not a mapping"),
+    "sinks not a mapping": (lambda s: s.update(sinks=[1]), "not a mapping"),
+    "an unknown sink": (lambda s: s["sinks"].update(other={}), "unknown sink"),
+    "views history a string": (lambda s: s["sinks"].update(views={"history": "x"}), "sink states"),
+    "step past the end": (lambda s: s.update(step=10 ** 9), "step 1000000000"),
+    "step negative": (lambda s: s.update(step=-5), "step -5"),
+    "data position past the end": (lambda s: s["batches"].update(position=10 ** 12), "position 1000000000000"),
+}
+
+
+@pytest.mark.parametrize("name", TAMPERINGS)
+def test_a_tampered_checkpoint_is_refused_and_the_folder_is_unchanged(tmp_path, quiet_console, name):
+    change, reason = TAMPERINGS[name]
+    run_dir = str(tmp_path / "run")
+    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    tamper(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME), change)
+    before = files(str(tmp_path))
+    with pytest.raises(ResumeError, match=reason) as err:
+        resume(run_dir, LONG, quiet_console)
+    assert "\n" not in str(err.value)
+    assert files(str(tmp_path)) == before and not os.path.exists("/tmp/victim.json")
