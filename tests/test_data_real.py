@@ -48,7 +48,7 @@ def test_idx_download_parse_and_reuse(tmp_path, served_mnist, name):
     torch.testing.assert_close(task.x_val.double(), want_v, rtol=1e-5, atol=1e-5)
     assert torch.equal(task.y_train, yt.long()) and torch.equal(task.y_val, yv.long())
     assert task.input_shape == (1, 28, 28) and sorted(os.listdir(tmp_path / "cache" / name)) == sorted(
-        [*data_images._MNIST_FILES, ".lock"])
+        data_images._MNIST_FILES)  # the lock went with the run that created it
     asked = len(requests)
     make_task(name, 0, root=str(tmp_path / "cache"), url=url)  # the second run reads the cache
     assert asked == 4 and len(requests) == 4
@@ -78,15 +78,16 @@ def test_files_laid_in_root_by_hand_need_no_network(tmp_path, monkeypatch):
     assert torch.equal(task.y_train, arrays[1][keep].long()) and len(task.x_val) == 5
 
 
-def test_bad_checksum_is_refused_in_one_line_and_the_file_removed(tmp_path, served_mnist, monkeypatch):
+def test_bad_checksum_of_a_download_is_refused_in_one_line_and_the_download_discarded(tmp_path, served_mnist, monkeypatch):
     url, _, _ = served_mnist
     wrong = data_images.Source(CLOSED, dict.fromkeys(data_images._MNIST_FILES, "0" * 32))
     monkeypatch.setitem(data_images.SOURCES, "mnist", wrong)
     with pytest.raises(DataError) as err:
         make_task("mnist", 0, root=str(tmp_path / "cache"), url=url)
     message = str(err.value)
-    assert "\n" not in message and "train-images-idx3-ubyte.gz has md5" in message and "removed" in message
-    assert os.listdir(tmp_path / "cache" / "mnist") == [".lock"]
+    assert "\n" not in message and "train-images-idx3-ubyte.gz as downloaded has md5" in message
+    assert message.startswith(f"data.url={url}: ") and "discarded" in message
+    assert os.listdir(tmp_path / "cache" / "mnist") == []  # neither the download nor its lock is left
 
 
 def test_no_network_says_where_to_put_the_files(tmp_path):
@@ -96,7 +97,7 @@ def test_no_network_says_where_to_put_the_files(tmp_path):
     files = ", ".join(data_images._MNIST_FILES)
     assert "\n" not in message and f"put {files} (from {data_images.SOURCES['mnist'].url}) into " \
         f"{os.path.join(str(tmp_path / 'cache'), 'mnist')}" in message
-    assert os.listdir(tmp_path / "cache" / "mnist") == [".lock"]  # no partial file left
+    assert os.listdir(tmp_path / "cache" / "mnist") == []  # no partial file, no lock left
 
 
 def test_fetch_names_the_path_it_could_not_fill(tmp_path):
@@ -131,6 +132,7 @@ def test_concurrent_fetches_download_once(tmp_path):
         for t in threads:
             t.join()
     assert requests == ["/blob.bin"] and len(got) == 4 and md5(got[0]) == want
+    assert os.listdir(tmp_path / "c") == ["blob.bin"]  # the lock went with whichever job created it last
 
 
 def test_download_shows_a_progress_bar(tmp_path, monkeypatch):

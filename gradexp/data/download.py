@@ -1,12 +1,17 @@
 """Fetching a published dataset file once into the cache folder (data.root): download with a progress bar,
 checksum, and a file lock so that the jobs of a sweep never download the same file twice at once.
 
+Only what this invocation created is ever removed or replaced: a download goes to a temporary file of its own
+and is renamed into place once its md5 is the published one; a file already there is checked, never touched;
+the lock file goes with the invocation that created it.
+
 Every failure is a DataError: one line naming the key, the value and what to do, exit 2 (gradexp.config.schema)."""
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
+import secrets
 import socket
 import urllib.error
 import urllib.request
@@ -18,6 +23,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from gradexp.config.schema import ConfigError
 
 CHUNK = 1 << 16
+LOCK = ".lock"
 
 
 class DataError(ConfigError):
@@ -53,42 +59,112 @@ def md5(path: str) -> str:
 
 @contextmanager
 def locked(folder: str) -> Iterator[None]:
-    """An exclusive flock on folder/.lock: a second process (or thread) waits until the first has finished."""
-    with open(os.path.join(folder, ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """An exclusive flock on folder/.lock: a second process (or thread) waits until the first has finished.
+    The process that created the file removes it, still holding the lock; a .lock it did not create (another
+    process's, the user's) is locked as it is and left."""
+    path = os.path.join(folder, LOCK)
+    try:
+        handle, created = _lock(path)
+    except OSError as err:
+        raise DataError("data.root", folder, f"cannot lock {path} ({err.strerror or err}); allowed: a folder "
+                        f"gradexp can write, where {LOCK} is absent or a writable file") from None
+    try:
+        yield
+    finally:
+        if created and _same(handle, path):
+            os.remove(path)  # before the unlock: a waiter then finds its file gone and locks afresh (_lock)
+        os.close(handle)  # releases the flock
+
+
+def _lock(path: str) -> tuple[int, bool]:
+    """(a descriptor holding an exclusive flock on path, whether this call created path)."""
+    while True:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle, created = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            try:  # no O_CREAT, no O_TRUNC: a .lock already there is opened, never written
+                handle, created = os.open(path, os.O_WRONLY | os.O_APPEND), False
+            except FileNotFoundError:
+                if os.path.islink(path):  # a dangling link: O_EXCL sees it, open cannot follow it
+                    raise
+                continue  # its creator removed it in between
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if _same(handle, path):
+            return handle, created
+        os.close(handle)  # its creator removed it while we waited: lock whatever .lock is there now
+
+
+def _same(handle: int, path: str) -> bool:
+    """Whether path still names the file open as handle."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle)
+    return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def fetch(folder: str, name: str, url: str, checksum: str, timeout: float) -> str:
-    """folder/name, downloaded from url/name first unless a copy with the right md5 is there already."""
+    """folder/name, downloaded from url/name first unless it is there already; either way its md5 is checked."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
     with locked(folder):
-        if not os.path.isfile(path):
-            _download(f"{url.rstrip('/')}/{name}", path, timeout, folder)
-        found = md5(path)
-        if found != checksum:
-            os.remove(path)  # a partial or tampered file would fail every later run the same way
-            raise DataError("data.url", url, f"{name} has md5 {found}, not the published {checksum}; "
-                            f"the file was removed (allowed: a data.url that serves the published files; run again, "
-                            f"or use another mirror)")
+        if os.path.isfile(path):
+            _check_found(folder, path, checksum)
+        elif os.path.lexists(path):  # a folder, a dangling link: not ours to replace
+            raise DataError("data.root", folder, f"{path} is there but is not a file; it was left as it is (allowed: "
+                            f"the published file there; move it away so gradexp downloads a fresh copy, or point "
+                            f"data.root at another folder)")
+        else:
+            _download(url, name, path, checksum, timeout)
     return path
 
 
-def _download(source: str, path: str, timeout: float, folder: str) -> None:
-    """Into path.part, renamed when complete: an interrupted download never looks like a finished file."""
-    part = f"{path}.part"
+def _check_found(folder: str, path: str, checksum: str) -> None:
+    """A file found in place (the user's, or an earlier run's) is refused if it is not the published one, not removed."""
+    found = md5(path)
+    if found != checksum:
+        raise DataError("data.root", folder, f"{path} is already there with md5 {found}, not the published "
+                        f"{checksum}; it was left as it is (allowed: the published file there; move it away so "
+                        f"gradexp downloads a fresh copy, or point data.root at another folder)")
+
+
+def _download(url: str, name: str, path: str, checksum: str, timeout: float) -> None:
+    """Into a temporary file of our own next to path, renamed to path only once its md5 is the published one:
+    an interrupted or wrong download never looks like a finished file, and no other file is ever written."""
+    handle, part = _new_part(path)
     try:
-        with urllib.request.urlopen(source, timeout=timeout) as response, open(part, "wb") as out:
+        with os.fdopen(handle, "wb") as out:
+            _receive(f"{url.rstrip('/')}/{name}", out, path, timeout)
+        found = md5(part)
+        if found != checksum:
+            raise DataError("data.url", url, f"{name} as downloaded has md5 {found}, not the published {checksum}; "
+                            f"the download was discarded (allowed: a data.url that serves the published files; run "
+                            f"again, or use another mirror)")
+        os.replace(part, path)
+    except BaseException:  # Ctrl-C included: the temporary file is ours, from this attempt
+        os.remove(part)
+        raise
+
+
+def _receive(source: str, out, path: str, timeout: float) -> None:
+    try:
+        with urllib.request.urlopen(source, timeout=timeout) as response:
             _copy(response, out, os.path.basename(path), _length(response))
     except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
-        if os.path.exists(part):
-            os.remove(part)  # ours, from this attempt
         raise Unreachable(source, getattr(err, "reason", err), path) from None
-    os.replace(part, path)
+
+
+def _new_part(path: str) -> tuple[int, str]:
+    """A new file beside path, `.NAME.<random>.part`, created by this call (O_EXCL: never someone else's file or link),
+    mode 0o666 less the umask like any download (a shared cache stays readable to its other users)."""
+    folder, name = os.path.split(path)
+    while True:
+        part = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+        try:
+            return os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), part
+        except FileExistsError:
+            continue
 
 
 def _length(response) -> Optional[int]:

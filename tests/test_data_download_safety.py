@@ -1,0 +1,179 @@
+"""The download cache removes and replaces only what this invocation created: a wrong file already in place is
+refused and left, a download goes through a temporary file of its own, and the lock file goes with its creator
+while the lock keeps two jobs from downloading the same file at once. Served from 127.0.0.1, no outside network."""
+import fcntl
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from gradexp.data import download as data_download
+from gradexp.data import images as data_images
+from gradexp.data.download import DataError, fetch, locked, md5
+from gradexp.data.tasks import make_task
+from tests.realdata import mnist_arrays, serve, write_mnist
+
+CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+@pytest.fixture
+def served_blob(tmp_path):
+    """(url, requests, md5): one file of random bytes on a local server."""
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "blob.bin").write_bytes(os.urandom(100_000))
+    with serve(str(tmp_path / "srv")) as (url, requests):
+        yield url, requests, md5(str(tmp_path / "srv" / "blob.bin"))
+
+
+def _contents(folder):
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def test_a_wrong_file_in_place_is_refused_in_one_line_and_left_as_it_is(tmp_path, monkeypatch):
+    write_mnist(str(tmp_path / "srv"), mnist_arrays())
+    sums = {f: md5(str(tmp_path / "srv" / f)) for f in data_images._MNIST_FILES}
+    monkeypatch.setitem(data_images.SOURCES, "mnist", data_images.Source(CLOSED, sums))
+    mine = tmp_path / "root" / "mnist"
+    mine.mkdir(parents=True)
+    for name in data_images._MNIST_FILES:
+        (mine / name).write_bytes(b"the user's own bytes")
+    before = _contents(mine)
+    with serve(str(tmp_path / "srv")) as (url, requests), pytest.raises(DataError) as err:
+        make_task("mnist", 0, root=str(tmp_path / "root"), url=url)
+    message, first = str(err.value), data_images._MNIST_FILES[0]
+    assert "\n" not in message and message.startswith(f"data.root={mine}: {mine / first} is already there")
+    assert f"md5 {md5(str(mine / first))}, not the published {sums[first]}" in message
+    assert "left as it is" in message and "move it away" in message and "data.url" not in message
+    assert _contents(mine) == before and requests == []  # nothing removed, nothing downloaded, no .lock left
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link"])
+def test_something_other_than_a_file_in_place_is_refused_and_left(tmp_path, served_blob, kind):
+    url, requests, want = served_blob
+    (tmp_path / "c").mkdir()
+    there = tmp_path / "c" / "blob.bin"
+    there.mkdir() if kind == "folder" else there.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"^data\.root=.*blob\.bin is there but is not a file; it was left as it is"):
+        fetch(str(tmp_path / "c"), "blob.bin", url, want, 5)
+    assert (there.is_dir() if kind == "folder" else there.is_symlink()) and requests == []
+    assert os.listdir(tmp_path / "c") == ["blob.bin"]
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_a_users_file_named_like_the_partial_download_is_never_touched(tmp_path, served_blob, right):
+    url, _, want = served_blob
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "blob.bin.part").write_bytes(b"the user's")
+    if right:
+        assert md5(fetch(str(tmp_path / "c"), "blob.bin", url, want, 5)) == want
+    else:
+        with pytest.raises(DataError, match="blob.bin as downloaded has md5 .* the download was discarded"):
+            fetch(str(tmp_path / "c"), "blob.bin", url, "0" * 32, 5)
+    assert (tmp_path / "c" / "blob.bin.part").read_bytes() == b"the user's"
+    assert sorted(os.listdir(tmp_path / "c")) == (["blob.bin", "blob.bin.part"] if right else ["blob.bin.part"])
+
+
+def test_an_interrupted_download_leaves_no_temporary_file(tmp_path, served_blob, monkeypatch):
+    url, _, want = served_blob
+
+    def interrupted(response, out, label, total):
+        out.write(response.read(1000))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data_download, "_copy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(str(tmp_path / "c"), "blob.bin", url, want, 5)
+    assert os.listdir(tmp_path / "c") == []
+
+
+def test_a_download_gets_the_mode_the_umask_gives(tmp_path, served_blob):
+    url, _, want = served_blob
+    old = os.umask(0o027)
+    try:
+        path = fetch(str(tmp_path / "c"), "blob.bin", url, want, 5)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # not the temporary file's 0600
+
+
+def test_a_lock_gradexp_did_not_create_is_waited_for_and_left(tmp_path, served_blob):
+    url, requests, want = served_blob
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / ".lock").write_bytes(b"another job's")
+    got = []
+    with open(tmp_path / "c" / ".lock", "rb") as held:  # another process's live lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        job = threading.Thread(target=lambda: got.append(fetch(str(tmp_path / "c"), "blob.bin", url, want, 60)))
+        job.start()
+        time.sleep(0.5)
+        assert job.is_alive() and requests == []  # waits for the lock
+        fcntl.flock(held, fcntl.LOCK_UN)
+    job.join(60)
+    assert got and requests == ["/blob.bin"]
+    assert (tmp_path / "c" / ".lock").read_bytes() == b"another job's"
+
+
+def test_a_waiter_whose_lock_file_was_removed_locks_afresh(tmp_path):
+    (tmp_path / "c").mkdir()
+    lock, seen = tmp_path / "c" / ".lock", []
+
+    def job():
+        with locked(str(tmp_path / "c")):
+            seen.append(lock.exists())  # holds the lock on the file that is there, not on a removed one
+
+    with open(lock, "wb") as held:  # another gradexp's, which it removes before it unlocks
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=job)
+        waiter.start()
+        time.sleep(0.3)
+        os.remove(lock)
+    waiter.join(30)
+    assert seen == [True] and os.listdir(tmp_path / "c") == []
+
+
+def test_the_lock_excludes_while_its_file_comes_and_goes(tmp_path):
+    (tmp_path / "c").mkdir()
+    inside, most = [0], [0]
+
+    def job():
+        for _ in range(30):
+            with locked(str(tmp_path / "c")):
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                time.sleep(0.0005)
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=job) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert most == [1] and os.listdir(tmp_path / "c") == []
+
+
+def test_a_lock_that_cannot_be_opened_is_refused_in_one_line(tmp_path, served_blob):
+    url, requests, want = served_blob
+    (tmp_path / "c" / ".lock").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"^data\.root=.*: cannot lock .*\.lock \(.*\); allowed: "):
+        fetch(str(tmp_path / "c"), "blob.bin", url, want, 5)
+    assert requests == [] and os.listdir(tmp_path / "c") == [".lock"]
+
+
+@pytest.mark.slow
+def test_cli_with_wrong_files_in_place_exits_2_and_keeps_them(tmp_path):
+    import subprocess
+    import sys
+
+    mine = tmp_path / "mroot" / "mnist"
+    mine.mkdir(parents=True)
+    for name in data_images._MNIST_FILES:
+        (mine / name).write_bytes(b"not mnist")
+    done = subprocess.run([sys.executable, "-m", "gradexp", "run", "model=cnn", "data=mnist", "data.root=mroot",
+                           f"data.url={CLOSED}/", "train.steps=5"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "is already there with md5" in done.stderr and "left as it is" in done.stderr
+    assert sorted(os.listdir(mine)) == sorted(data_images._MNIST_FILES)  # kept, and no .lock left
+    assert all((mine / name).read_bytes() == b"not mnist" for name in data_images._MNIST_FILES)
