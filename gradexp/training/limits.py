@@ -1,21 +1,97 @@
-"""Refusals that need the task's sizes, checked before the model is built: a batch larger than the training set,
-and a model whose parameters, optimizer state and activations cannot fit the device's free memory."""
+"""Refusals that need the task's sizes: data whose tensors cannot fit memory, checked from the config before any
+of it is generated or decoded; then, before the model is built, a batch larger than the training set and a model
+whose parameters, optimizer state and activations cannot fit the device's free memory."""
 from __future__ import annotations
 
+import inspect
 import math
 import os
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 
-from gradexp.config.registry import MODELS
-from gradexp.config.schema import ConfigError, model_family
-from gradexp.data.tasks import Task
+from gradexp.config.registry import DATA, MODELS
+from gradexp.config.schema import ConfigError, ModelConf, TrainConf, model_family
+from gradexp.data import folder
+from gradexp.data.tasks import BLOB_FEATURES, COPY_LENGTH, COPY_SYMBOLS, Task
 
 BYTES_PER_VALUE = 4  # float32 parameters, gradients, optimizer state and activations
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "rmsprop": 2, "adagrad": 1}  # buffers per parameter
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 SAVED_PER_LAYER = 4  # tensors autograd keeps per hidden layer and position: pre-activation, output, norm, grad
+BUILD_PEAK = 3  # a builder's temporaries (raw draws, one-hot int64, unstandardised copies): 1.7-2.7x what it keeps
+TEXT_BYTES_PER_CHAR = 8  # int64 ids; the windows x and y are views of them
+IMAGE_SIZE = inspect.signature(folder.image_folder).parameters["image_size"].default  # data.image_size null
+# bytes one generated example keeps, from data.seq_len: float32 features, int64 labels and token ids
+EXAMPLE_BYTES: dict[str, Callable[[int], int]] = {
+    "blobs": lambda t: BLOB_FEATURES * 4 + 8,  # (D,) features, a label
+    "adding": lambda t: t * 2 * 4 + 4,  # (T, 2) values and marks, the (1,) sum
+    "copy": lambda t: (t + 2 * COPY_LENGTH) * (COPY_SYMBOLS + 2) * 4 + COPY_LENGTH * 8,  # one-hot (T + 2L, 10), (L,)
+    "recall": lambda t: (2 * t + 1) * 8 + 8,  # 2n + 1 token ids, the value asked
+}
+
+
+def data_bytes(cfg: Any) -> tuple[int, int]:
+    """Bytes the train and val tensors will keep, from the config alone (nothing generated, read or decoded); (0, 0)
+    for the published datasets, whose files no key makes larger (under 1 GB), and for a root or path that is not
+    there (the builder refuses it)."""
+    data, entry = cfg.data, DATA[cfg.data.name]
+    if data.name in EXAMPLE_BYTES:
+        each = EXAMPLE_BYTES[data.name](_or(data.seq_len, entry.seq_len) or 0)
+        return each * _or(data.n_train, entry.n_train), each * _or(data.n_val, entry.n_val)
+    if data.name == "text" and data.path is not None and os.path.isfile(data.path):
+        return TEXT_BYTES_PER_CHAR * os.path.getsize(data.path), 0  # characters <= bytes; val windows share the ids
+    if data.name == "image_folder" and data.root is not None and os.path.isdir(data.root):
+        images = sum(len(files) for files in folder._classes(data.root).values())
+        each = 3 * _or(data.image_size, IMAGE_SIZE) ** 2 * 4 + 8  # (3, S, S) float32, a label
+        n_val = _or(data.n_val, max(1, images // 10))
+        return max(0, images - n_val) * each, n_val * each  # every image is decoded, whatever data.n_train keeps
+    return 0, 0
+
+
+def check_data(cfg: Any, dev: torch.device) -> None:
+    """Host memory while the builder runs (BUILD_PEAK times what it keeps), then the device's for the splits that
+    move there (only val where the DataLoader cuts train batches on the host)."""
+    from gradexp.training import factory as build
+
+    train, val = data_bytes(cfg)
+    needs = [(torch.device("cpu"), BUILD_PEAK * (train + val), "while it is built")]
+    if dev.type == "cuda":
+        needs.append((dev, val + (0 if build.uses_loader(cfg) else train), "there"))
+    for where, need, when in needs:
+        limit = available_bytes(where)
+        if need > limit:
+            key, value = _data_culprit(cfg)
+            raise ConfigError(key, value, f"data that fits {where.type} memory: data={cfg.data.name} needs about "
+                                          f"{_gb(need)} {when} ({_gb(train + val)} kept); {_gb(limit)} is free")
+
+
+def _data_culprit(cfg: Any) -> tuple[str, Any]:
+    """A text file's size is its own; an image folder's grows with the image size squared (every image is decoded,
+    whatever the split); generated data's with its count of examples and their length."""
+    data, entry = cfg.data, DATA[cfg.data.name]
+    if data.name == "text":
+        return "data.path", data.path
+    if data.name == "image_folder":
+        return _culprit({"data.image_size": (data.image_size, IMAGE_SIZE, 2)}, ("data.root", data.root))
+    growth = {"data.n_train": (data.n_train, entry.n_train, 1), "data.n_val": (data.n_val, entry.n_val, 1),
+              "data.seq_len": (data.seq_len, entry.seq_len, 1)}
+    return _culprit(growth, ("data.n_train", _or(data.n_train, entry.n_train)))
+
+
+def _culprit(growth: dict[str, tuple[Optional[int], Optional[int], int]], fallback: tuple[str, Any]) -> tuple[str, Any]:
+    """The key that multiplied the estimate most over its default: key -> (value, default, the power the estimate
+    grows with); `fallback` where no key is above its default."""
+    factors = {key: power * math.log(value / default) for key, (value, default, power) in growth.items()
+               if value is not None and default and value > default}
+    if not factors:
+        return fallback
+    key = max(factors, key=factors.get)
+    return key, growth[key][0]
+
+
+def _or(value: Optional[int], default: Optional[int]) -> Optional[int]:
+    return default if value is None else value
 
 
 def check_batch(cfg: Any, task: Task) -> None:
@@ -85,15 +161,21 @@ def _attention_values(cfg: Any, task: Task) -> int:
 
 def activation_count(cfg: Any, task: Task) -> int:
     """Values autograd saves for one training batch, or the forward pass over the validation split if larger."""
+    return max(_passes(cfg, task))
+
+
+def _passes(cfg: Any, task: Task) -> tuple[int, int]:
+    """Values saved for one training batch, and those of the no-grad pass over the validation split (0 where the
+    model is sized on meta)."""
     family, width, depth = model_family(cfg), cfg.model.width, cfg.model.depth
     if family not in ("mlp", "cnn") and family not in GATES:
-        return _meta_activations(cfg, task) + _attention_values(cfg, task)
+        return _meta_activations(cfg, task) + _attention_values(cfg, task), 0
     positions = math.prod(task.input_shape[1:]) if family == "cnn" else 1
     if MODELS[family].recurrent:
         positions = task.input_shape[0] * GATES[family]  # time steps, one pre-activation per gate
     train = cfg.train.batch_size * width * positions * depth * SAVED_PER_LAYER
     val = len(task.x_val) * width * positions * 2  # no_grad: a layer's input and output at a time
-    return max(train, val)
+    return train, val
 
 
 def estimate_bytes(cfg: Any, task: Task) -> dict[str, int]:
@@ -123,11 +205,30 @@ def check_memory(cfg: Any, task: Task, dev: torch.device) -> None:
     need, limit = sum(parts.values()), available_bytes(dev)
     if need <= limit:
         return
-    key = "model.width" if cfg.model.width >= cfg.model.depth else "model.depth"
+    key, value = _model_culprit(cfg, task, parts)
     detail = ", ".join(f"{name} {_gb(size)}" for name, size in parts.items())
-    raise ConfigError(key, cfg.model[key.split(".")[1]],
+    raise ConfigError(key, value,
                       f"a model that fits {dev.type} memory: this one needs about {_gb(need)} ({detail}); "
                       f"{_gb(limit)} is free")
+
+
+def _model_culprit(cfg: Any, task: Task, parts: dict[str, int]) -> tuple[str, Any]:
+    """Where the weights dominate: the width (squared) or depth, or the image size (an MLP's input layer). Where the
+    activations do: also the batch (or the val split, when its pass is the larger), the sequence length (squared
+    where attention's (T, T) weights are most of them) and the image size."""
+    model, data = cfg.model, cfg.data
+    fallback = ("model.width", model.width) if model.width >= model.depth else ("model.depth", model.depth)
+    depth, image = (model.depth, ModelConf.depth, 1), (data.image_size, IMAGE_SIZE, 2)
+    if parts["parameters and gradients"] + parts["optimizer state"] >= parts["activations"]:
+        return _culprit({"model.width": (model.width, ModelConf.width, 2), "model.depth": depth,
+                         "data.image_size": image}, fallback)
+    train, val = _passes(cfg, task)
+    batch = {"data.n_val": (data.n_val, DATA[data.name].n_val, 1)} if val > train else \
+        {"train.batch_size": (cfg.train.batch_size, TrainConf.batch_size, 1)}
+    attention = 2 * _attention_values(cfg, task) * BYTES_PER_VALUE >= parts["activations"]  # (B, heads, T, T)
+    return _culprit({"model.width": (model.width, ModelConf.width, 1), "model.depth": depth, **batch,
+                     "data.seq_len": (data.seq_len, DATA[data.name].seq_len, 2 if attention else 1),
+                     "data.image_size": image}, fallback)
 
 
 def _gb(size: int) -> str:
@@ -138,6 +239,7 @@ def task(cfg: Any, dev: torch.device) -> Task:
     """The task, with sizes it cannot give (the digits have 1797 examples) as bad input rather than a crash."""
     from gradexp.training import factory as build
 
+    check_data(cfg, dev)  # before any of it is generated or decoded
     try:
         built = build.task(cfg, dev)
     except ConfigError:  # the data's own one-line refusals (no such folder, no network) name their key
