@@ -2,11 +2,13 @@
 logged step; dashed: the mean-field prediction where summary["theory"] has one), for recurrent runs the
 per-time-step profiles ||dL/dh_t|| (summary["bptt"]) on a second row, and, when exactly two factors vary, the
 phase diagram factor x factor coloured by the verdict's per-layer gain (per-time-step gain when no run has a
-per-layer one), each cell reading the gain at step 0 and at the last logged step."""
+per-layer one), each cell reading the gain at step 0 and at the last logged step. The PNG carries the text
+Software = "gradexp report" (output.SOFTWARE): a later report recognises it as its own to replace."""
 from __future__ import annotations
 
 from typing import Optional
 
+from gradexp.report.output import SOFTWARE, write_whole
 from gradexp.report.runs import RunRecord
 
 WHEN = {"first": "step 0", "last": "last logged step"}
@@ -16,22 +18,29 @@ DPI = 90
 
 def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI, phase: bool = True) -> Optional[str]:
     """Write the figure to `path` at `dpi` dots per inch (12 x 6 inches per row, 17 wide with the phase
-    diagram); None when no run has per-layer or per-time-step measurements to draw."""
+    diagram), whole or not at all; None when no run has per-layer or per-time-step measurements to draw."""
     fig = figure(records, keys, dpi, phase)
     if fig is None:
         return None
-    fig.savefig(path)
     from gradexp.sinks.figures import plt
 
-    plt.close(fig)
+    try:
+        write_whole(path, lambda f: fig.savefig(f, format="png", metadata={"Software": SOFTWARE}), binary=True)
+    finally:
+        plt.close(fig)
     return path
+
+
+def drawable(records: list[RunRecord]) -> bool:
+    """Whether draw() has anything to draw (decides, before anything is written, whether report.png is)."""
+    return any(r.profile or r.time_profile for r in records)
 
 
 def figure(records: list[RunRecord], keys: list[str], dpi: int = DPI, phase: bool = True):
     """The matplotlib figure (axes named layer_first/last, time_first/last, phase), or None. `phase`: whether a phase
     diagram may be drawn (off for runs of several sweeps, whose factors do not form one grid)."""
     rows = [axis for axis, has in (("layer", any(r.profile for r in records)),
-                                   ("time", any(r.time_profile for r in records))) if has]
+                                   ("time", any(r.time_profile for r in records))) if has]  # drawable()
     if not rows:
         return None
     from gradexp.sinks import figures  # matplotlib (Agg) only when a figure is drawn
@@ -94,7 +103,13 @@ def _times(axes, records, labels, colours, figures) -> None:
 def _label(r: RunRecord, keys: list[str]) -> str:
     """The run's own values of the varying factors (runs of another sweep lack some: those are left out)."""
     shown = " ".join(f"{k}={r.overrides[k]}" for k in keys if k in r.overrides) or r.path
-    return f"{shown} [{r.verdict.get('label', r.status)}]"
+    return literal(f"{shown} [{r.verdict.get('label', r.status)}]")
+
+
+def literal(text: str) -> str:
+    """`text` as matplotlib should show it: it reads $…$ as math, and a value from a run folder such as
+    'lr=$\\frac{$' would not parse (savefig raises)."""
+    return text.replace("$", r"\$")
 
 
 def _phase(ax, records: list[RunRecord], keys: list[str], figures) -> None:
@@ -102,15 +117,15 @@ def _phase(ax, records: list[RunRecord], keys: list[str], figures) -> None:
     (of the per-time-step gain when no run has a per-layer one, e.g. single-layer recurrent nets)."""
     first, second = keys
     through_time = all(r.gain is None for r in records) and any(r.time_gain is not None for r in records)
-    rows = list(dict.fromkeys(r.overrides.get(first, "") for r in records))
-    cols = list(dict.fromkeys(r.overrides.get(second, "") for r in records))
-    cells = {(r.overrides.get(first, ""), r.overrides.get(second, "")): r for r in records}
+    rows = list(dict.fromkeys(literal(r.overrides.get(first, "")) for r in records))
+    cols = list(dict.fromkeys(literal(r.overrides.get(second, "")) for r in records))
+    cells = {(literal(r.overrides.get(first, "")), literal(r.overrides.get(second, ""))): r for r in records}
     gains = {cell: r.time_gain if through_time else r.gain for cell, r in cells.items()}
-    verdicts = {cell: r.verdict.get("label", r.status) for cell, r in cells.items()}
+    verdicts = {cell: literal(r.verdict.get("label", r.status)) for cell, r in cells.items()}
     texts = {cell: _gains_text(r.time_gains if through_time else r.gains) for cell, r in cells.items()}
     figures.phase(ax, rows, cols, gains, verdicts, "per-time-step gain" if through_time else "per-layer gain", texts)
-    ax.set_ylabel(first)
-    ax.set_xlabel(second)
+    ax.set_ylabel(literal(first))
+    ax.set_xlabel(literal(second))
     ax.set_title(f"trainability map: per-{'time-step' if through_time else 'layer'} gain (step 0 → last)")
 
 

@@ -1,6 +1,12 @@
 """Find and read run folders for `gradexp report`: a run folder holds `.hydra/` (Hydra's record of the job)
 and/or `summary.json` (written by gradexp at every exit path). A job with `.hydra/` but no summary never
-finished (still running, killed, or stopped by bad input) and is listed as `unfinished`."""
+finished (still running, killed, or stopped by bad input) and is listed as `unfinished`.
+
+A run folder is untrusted input (untrusted.py): a summary.json or .hydra/overrides.yaml that is no regular file,
+too large, not JSON/YAML, or has a field of the wrong type (schema.py) makes its run `unreadable`, with one line
+that says what is wrong (RunRecord.problem); the other runs are read as usual. Override values are the literal text
+of the file (no interpolation is resolved), and every string from a run folder is kept printable (control characters
+escaped) so that printing it cannot drive the terminal."""
 from __future__ import annotations
 
 import json
@@ -9,15 +15,23 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from gradexp.analysis.diagnose import depth_flow, time_flow
+from gradexp.report import schema
+from gradexp.report.untrusted import MEGABYTE, Unreadable, one_line, printable, read_text
 
 SUMMARY = "summary.json"
+OVERRIDES = os.path.join(".hydra", "overrides.yaml")
+UNREADABLE = "unreadable"
+# real summaries weigh kilobytes (a few hundred bytes per layer, ~25 per bptt time step): the caps only stop a file
+# crafted to exhaust memory
+SUMMARY_LIMIT = 8 * MEGABYTE
+OVERRIDES_LIMIT = MEGABYTE
 
 
 @dataclass
 class RunRecord:
     path: str                          # relative to the folder the report was asked for
     overrides: dict[str, str]          # key -> value, from the command line of the job
-    status: str                        # completed | diverged | interrupted | failed | unfinished
+    status: str                        # completed | diverged | interrupted | failed | unfinished | unreadable
     final: dict[str, Optional[float]] = field(default_factory=dict)
     verdict: dict[str, Any] = field(default_factory=dict)
     gain: Optional[float] = None       # per-layer gain of the step the verdict judged
@@ -34,6 +48,7 @@ class RunRecord:
     time_layer: str = ""               # that layer's name
     time_profile: dict[str, list[float]] = field(default_factory=dict)  # "first"/"last" -> ||dL/dh_t|| per t
     time_steps: dict[str, int] = field(default_factory=dict)  # "first"/"last" -> training step of that profile
+    problem: str = ""                  # unreadable: what is wrong with the folder's files, one line
 
 
 def find_runs(root: str) -> list[str]:
@@ -54,37 +69,61 @@ def _natural(path: str) -> list:
 
 
 def load_summary(folder: str) -> Optional[dict[str, Any]]:
-    """A run folder's summary.json, or None where there is none (yet) or it is cut short. Written by any version
-    of gradexp: a summary from before schema versions reads as version 1 (its verdict has no at_init/at_end; the
-    report falls back to the step whose gain is farthest from 1). A newer version than this gradexp knows is
-    refused: its fields may mean something else."""
+    """A run folder's summary.json, or None where there is none (yet). Written by any version of gradexp: a summary
+    from before schema versions reads as version 1 (its verdict has no at_init/at_end; the report falls back to the
+    step whose gain is farthest from 1). Unreadable (a ValueError, one line naming the file) where it is no regular
+    file, not JSON, a field the report reads has the wrong type, or it is of a newer version than this gradexp
+    knows: its fields may mean something else."""
     from gradexp.sinks.summary import SCHEMA_VERSION
 
-    summary = _read_json(os.path.join(folder, SUMMARY))
-    if summary is None:
+    path = os.path.join(folder, SUMMARY)
+    text = read_text(path, SUMMARY_LIMIT)
+    if text is None:
         return None
+    try:
+        summary = json.loads(text)
+        schema.check(summary)
+    except Unreadable as err:
+        raise Unreadable(f"{printable(path)}: {err}") from None
+    except RecursionError:
+        raise Unreadable(f"{printable(path)}: nested too deeply (allowed: the fields gradexp writes)") from None
+    except ValueError as err:  # cut short, or not JSON at all
+        raise Unreadable(f"{printable(path)}: not valid JSON ({one_line(err)})") from None
     version = summary.setdefault("schema_version", 1)
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise ValueError(f"{os.path.join(folder, SUMMARY)}: schema_version {version!r} is not one this gradexp reads "
+    if version > SCHEMA_VERSION:
+        raise Unreadable(f"{printable(path)}: schema_version {version!r} is not one this gradexp reads "
                          f"(allowed: 1 … {SCHEMA_VERSION}; upgrade gradexp)")
     return summary
 
 
 def load_run(folder: str, root: str) -> RunRecord:
+    """The run in `folder`; status `unreadable` (and `problem` saying why) where its files cannot be trusted."""
+    path = printable(os.path.relpath(folder, root))
+    try:
+        return _read_run(folder, path)
+    except Unreadable as err:
+        return RunRecord(path=path, overrides={}, status=UNREADABLE, problem=printable(str(err)))
+
+
+def _read_run(folder: str, path: str) -> RunRecord:
     summary = load_summary(folder)
     overrides = summary.get("overrides") if summary else None
     if overrides is None:
         overrides = _hydra_overrides(folder)
-    record = RunRecord(path=os.path.relpath(folder, root), overrides=_as_dict(overrides),
-                       status=summary.get("status", "unfinished") if summary else "unfinished")
+    record = RunRecord(path=path, overrides=_as_dict(overrides),
+                       status=printable(summary.get("status") or "unfinished") if summary else "unfinished")
     if summary:
-        _fill(record, summary)
+        try:
+            _fill(record, summary)
+        except (ArithmeticError, ValueError) as err:  # numbers of the right type, but past what a float can take
+            raise Unreadable(f"{printable(os.path.join(folder, SUMMARY))}: a measurement is out of range "
+                             f"({one_line(err)})") from None
     return record
 
 
 def _fill(record: RunRecord, summary: dict[str, Any]) -> None:
     record.final = summary.get("final") or {}
-    record.verdict = summary.get("verdict") or {}
+    record.verdict = {k: printable(v) if isinstance(v, str) else v for k, v in (summary.get("verdict") or {}).items()}
     record.steps_per_s = (summary.get("perf") or {}).get("steps_per_s")
     record.theory_gain = (summary.get("theory") or {}).get("predicted_gain")
     record.theory_measured = measured_with_spread(summary.get("theory") or {})
@@ -133,30 +172,37 @@ def _num(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):  # absent, or cut short by a killed job
-        return None
-
-
 def _hydra_overrides(folder: str) -> list[str]:
-    path = os.path.join(folder, ".hydra", "overrides.yaml")
-    if not os.path.exists(path):
-        return []
-    from omegaconf import OmegaConf
+    """The job's command-line overrides as Hydra recorded them: a YAML list of strings, read as plain YAML (OmegaConf
+    would resolve `${oc.env:HOME}` in a crafted one: the report shows the text, and runs nothing)."""
+    import yaml
 
-    return [str(o) for o in OmegaConf.load(path)]
+    path = os.path.join(folder, OVERRIDES)
+    text = read_text(path, OVERRIDES_LIMIT)
+    try:
+        overrides = yaml.safe_load(text) if text else []
+    except yaml.YAMLError as err:
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None) or "unparsable"
+        at = f", line {mark.line + 1}" if mark is not None else ""
+        raise Unreadable(f"{printable(path)}: not valid YAML ({problem}{at})") from None
+    except RecursionError:
+        raise Unreadable(f"{printable(path)}: nested too deeply (allowed: a list of strings)") from None
+    if overrides is None:
+        return []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise Unreadable(f"{printable(path)}: not a list of strings (allowed: Hydra's `- key=value` lines)")
+    return overrides
 
 
 def _as_dict(overrides: list[str]) -> dict[str, str]:
-    """['activation=relu', '+experiment=x'] -> {'activation': 'relu', 'experiment': 'x'}."""
-    pairs = (o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    """['activation=relu', '+experiment=x'] -> {'activation': 'relu', 'experiment': 'x'}, printable."""
+    pairs = (printable(o).lstrip("+~").split("=", 1) for o in overrides if "=" in o)
     return {key: value for key, value in pairs}
 
 
 def varying_keys(records: list[RunRecord]) -> list[str]:
-    """Override keys whose value differs across the runs (absent counts as a value), in first-seen order."""
+    """Override keys whose value differs across the runs (absent counts as a value), in first-seen order. Unreadable
+    runs, whose overrides are unknown, vary nothing."""
+    records = [r for r in records if not r.problem] or records
     keys = list(dict.fromkeys(k for r in records for k in r.overrides))
     return [k for k in keys if len({r.overrides.get(k) for r in records}) > 1]

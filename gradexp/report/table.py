@@ -1,5 +1,11 @@
 """`gradexp report PATH`: one row per run under PATH (a run folder or a whole sweep), the overrides that vary,
-status, final metrics, per-layer gain, first/last ratio, verdict and speed; writes report.csv and report.png."""
+status, final metrics, per-layer gain, first/last ratio, verdict and speed; writes report.csv and report.png.
+
+Exit status: 0 when at least one run was read; 2 (one line on stderr, nothing written) for bad arguments, no runs
+under PATH, a report.csv/report.png in the way that gradexp report did not write (output.py), or an output folder
+that cannot be written. A run whose files are unreadable or malformed (runs.py) is no reason to stop: it is listed
+with status `unreadable` (its evidence says why), with one line per such run on stderr; when every run is
+unreadable, those lines are all the report says, with exit status 2."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +17,11 @@ import os
 import sys
 from typing import Any, Optional
 
-from gradexp.report.figure import DPI, draw  # matplotlib itself is imported only when a figure is drawn
+from gradexp.report.figure import DPI, draw, drawable  # matplotlib itself is imported only when a figure is drawn
 from gradexp.report.groups import SEED, by_sweep, fold, job_name, seed_folds, sweep_of
+from gradexp.report.output import CSV_NAME, PNG_NAME, refusal, write_whole
 from gradexp.report.runs import RunRecord, find_runs, load_run, varying_keys
+from gradexp.report.untrusted import printable
 
 EXIT_BAD_INPUT = 2
 METRICS = ("loss/train", "loss/val", "acc/val")
@@ -44,10 +52,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     folders = find_runs(args.path)
     if not folders:
         return _bad(f"no runs under {args.path!r} (a run folder holds .hydra/ or summary.json)")
-    try:
-        records = [load_run(folder, args.path) for folder in folders]
-    except ValueError as err:  # a summary.json from a newer gradexp
-        return _bad(str(err))
+    records = [load_run(folder, args.path) for folder in folders]
+    for record in records:  # one line each; the run stays in the report, status `unreadable`
+        if record.problem:
+            _say(record.problem)
+    read = [r for r in records if not r.problem]  # what the figure and its factors are drawn from
+    if not read:
+        return EXIT_BAD_INPUT
     everything = list(dict.fromkeys(k for r in records for k in r.overrides))  # csv/json keep every override
     theory = any(r.theory_gain is not None for r in records)
     time = any(r.time_gain is not None for r in records)
@@ -59,14 +70,33 @@ def main(argv: Optional[list[str]] = None) -> int:
             return _bad(f"invalid value for --sort: {args.sort!r} (allowed: {' | '.join(columns)})")
         rows = sort_rows(rows, key, descending)
     out = args.out or args.path
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "report.csv"), "w", newline="") as f:
-        f.write(to_csv(rows))
-    keys = [k for k in figure_keys(records) if k != SEED]  # seeds of one setting share a legend entry
-    one_sweep = len(by_sweep(records)) == 1  # factors of different sweeps do not form one phase-diagram grid
-    figure_path = draw(records, keys, os.path.join(out, "report.png"), args.dpi, phase=one_sweep)
+    problem = _prepare(out, drawable(read))
+    if problem:
+        return _bad(problem)
+    keys = [k for k in figure_keys(read) if k != SEED]  # seeds of one setting share a legend entry
+    one_sweep = len(by_sweep(read)) == 1  # factors of different sweeps do not form one phase-diagram grid
+    try:
+        write_whole(os.path.join(out, CSV_NAME), lambda f: f.write(to_csv(rows)))
+        figure_path = draw(read, keys, os.path.join(out, PNG_NAME), args.dpi, phase=one_sweep)
+    except OSError as err:  # a full disk, a read-only folder
+        return _bad(f"cannot write {printable(str(err.filename))}: {err.strerror or err}")
     _print(rows, records, args.format, figure_path, out)
     return 0
+
+
+def _prepare(out: str, figure: bool) -> Optional[str]:
+    """The output folder, made where missing; why the report may not be written there (one line), or None. Checked
+    before anything is written: a refused report leaves no file behind."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        return f"invalid value for --out: {printable(out)!r} is not a folder (allowed: a folder, made if missing)"
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        return f"cannot make the output folder {printable(out)!r} ({err.strerror or err})"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"cannot write to the output folder {printable(out)!r} (permission denied)"
+    names = [CSV_NAME] + ([PNG_NAME] if figure else [])
+    return next(filter(None, (refusal(os.path.join(out, name)) for name in names)), None)
 
 
 def figure_keys(records: list[RunRecord]) -> list[str]:
@@ -85,7 +115,7 @@ def row(r: RunRecord, keys: list[str], theory: bool = False, time: bool = False)
     if time:  # summary["bptt"] (recurrent runs): factor per time step travelled backward
         out["time gain"] = r.time_gain
     out["steps/s"] = r.steps_per_s
-    out["evidence"] = r.verdict.get("evidence", "")
+    out["evidence"] = r.problem or r.verdict.get("evidence", "")  # unreadable: what is wrong with its files
     return out
 
 
@@ -116,12 +146,13 @@ def _print(rows: list[dict[str, Any]], records: list[RunRecord], fmt: str, figur
         sys.stdout.write("\n")
     else:
         from rich.console import Console
+        from rich.text import Text
 
         console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: don't squeeze to 80 columns
         for t in tables(rows, records):
             console.print(t)
-        wrote = [os.path.join(out, "report.csv")] + ([figure] if figure else [])
-        console.print("wrote " + ", ".join(wrote), soft_wrap=True, highlight=False)
+        wrote = [os.path.join(out, CSV_NAME)] + ([figure] if figure else [])
+        console.print(Text("wrote " + ", ".join(map(printable, wrote))), soft_wrap=True, highlight=False)
 
 
 def tables(rows: list[dict[str, Any]], records: list[RunRecord]) -> list:
@@ -134,7 +165,7 @@ def tables(rows: list[dict[str, Any]], records: list[RunRecord]) -> list:
     for sweep, members in sweeps.items():
         runs = [by_path[r["run"]] for r in members]
         title = f"gradexp report: {len(runs)} run{'s' * (len(runs) != 1)}" + (f" in {sweep}" if len(sweeps) > 1 else "")
-        out.append(table(_shown(members, runs), title))
+        out.append(table(_shown(members, runs), printable(title)))
     return out
 
 
@@ -154,16 +185,23 @@ def _shown(rows: list[dict[str, Any]], runs: list[RunRecord]) -> list[dict[str, 
 
 
 def table(rows: list[dict[str, Any]], title: str):
+    """A rich Table whose text is all plain: run folders' names and values are shown as written, never read as
+    markup (an override value '[bold]x' stays that text)."""
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=title, header_style="bold")
+    t = Table(title=Text(title), header_style="bold")
     for column in rows[0]:
         numeric = column in NUMERIC
         # numbers never wrap; text (long run names, values) wraps inside its column rather than being cut off
-        t.add_column(column, justify="right" if numeric else "left", no_wrap=numeric, overflow="fold")
+        t.add_column(Text(column), justify="right" if numeric else "left", no_wrap=numeric, overflow="fold")
     for r in rows:
-        t.add_row(*[_cell(column, r.get(column)) for column in rows[0]])
+        t.add_row(*[Text(_cell(column, r.get(column)), style=_style(column, r.get(column))) for column in rows[0]])
     return t
+
+
+def _style(column: str, value: Any) -> str:
+    return VERDICT_STYLE.get(value, "white") if column == "verdict" and isinstance(value, str) and value else ""
 
 
 def _cell(column: str, value: Any) -> str:
@@ -171,15 +209,17 @@ def _cell(column: str, value: Any) -> str:
         return "-"
     if isinstance(value, tuple):  # (mean, spread) over seeds
         return f"{_cell(column, value[0])} ± {value[1]:.2g}"
-    if column == "verdict" and value:
-        return f"[{VERDICT_STYLE.get(value, 'white')}]{value}[/]"
     if isinstance(value, float):
         if column == "steps/s":
             return f"{value:.0f}"
         return f"{value:.3g}" if column != "first/last" else f"{value:.2g}"
-    return str(value)
+    return printable(str(value))
 
 
 def _bad(message: str) -> int:
-    print(f"gradexp report: {message}", file=sys.stderr)
+    _say(message)
     return EXIT_BAD_INPUT
+
+
+def _say(message: str) -> None:
+    print(f"gradexp report: {message}", file=sys.stderr)

@@ -1,0 +1,109 @@
+"""Where report.csv and report.png go, and what may be replaced there. gradexp rewrites nothing it did not create
+(design.md): a report.csv or report.png that is already there is replaced only when it is a regular file that gradexp
+report wrote, known by its content (the CSV's header, the PNG's Software text); a user's own file of that name, or a
+symlink planted there (`report.csv -> ~/.bashrc`), is refused before anything is written. Each file is written
+whole through a fresh temporary name (mkstemp: O_EXCL, so never an existing file or link) and renamed over the old
+one: a failed write leaves no half file, and the rename replaces the name itself, never the file a link points to."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import stat
+import struct
+import tempfile
+from typing import IO, Callable, Optional
+
+from gradexp.report.untrusted import printable
+
+CSV_NAME, PNG_NAME = "report.csv", "report.png"
+SOFTWARE = "gradexp report"  # report.png's tEXt Software entry: marks the PNG as ours
+# report.csv's header: run, the overrides, then these columns (table.row) up to the evidence at the end
+CSV_RESULTS = ("status", "loss/train", "loss/val", "acc/val", "gain", "first/last", "verdict")
+HEADER_LIMIT = 1 << 20  # a header with every override of a big sweep fits many times over
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHUNKS = 64  # matplotlib puts its text chunks right after IHDR; a PNG of ours has a handful before IDAT
+
+
+def refusal(path: str) -> Optional[str]:
+    """Why `path` may not be replaced (one line), None where it is absent or a report gradexp wrote."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"{printable(path)} cannot be checked ({err.strerror})"
+    if stat.S_ISLNK(mode):
+        why = "is a symbolic link"
+    elif not stat.S_ISREG(mode):
+        why = "exists and is not a regular file"
+    elif not _ours(path):
+        why = "exists and was not written by gradexp report"
+    else:
+        return None
+    return f"{printable(path)} {why} (remove it, or write elsewhere with --out DIR)"
+
+
+def write_whole(path: str, fill: Callable[[IO], None], binary: bool = False) -> None:
+    """fill(f) into a new temporary file beside `path`, renamed over `path` once complete. On any error the temporary
+    file (ours) is removed, `path` is as it was, and the OSError names `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open(path, "w") would make it; mkstemp's 0o600 hides it from others
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+            fill(f)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError) and err.filename in (None, tmp):
+            err.filename = path  # the report's name, not our hidden temporary one
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _ours(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # swapped for a FIFO since lstat: no wait
+    except OSError:
+        return False
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return False
+    with os.fdopen(fd, "rb") as f:
+        return _our_png(f) if os.path.basename(path) == PNG_NAME else _our_csv(f.read(HEADER_LIMIT))
+
+
+def _our_csv(head: bytes) -> bool:
+    """The header table.to_csv writes: run, overrides, the result columns in order, ..., evidence."""
+    try:
+        header = next(csv.reader(io.StringIO(head.decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, StopIteration, csv.Error):
+        return False
+    results = list(CSV_RESULTS)
+    starts = [i for i in range(len(header)) if header[i:i + len(results)] == results]
+    return header[:1] == ["run"] and header[-1:] == ["evidence"] and bool(starts)
+
+
+def _our_png(f: IO[bytes]) -> bool:
+    """Whether the PNG's text chunks before its image data hold Software = SOFTWARE."""
+    if f.read(8) != PNG_SIGNATURE:
+        return False
+    for _ in range(PNG_CHUNKS):
+        head = f.read(8)
+        if len(head) < 8:
+            return False
+        length, kind = struct.unpack(">I4s", head)
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        if kind == b"tEXt" and length <= 1024 and f.read(length) == b"Software\0" + SOFTWARE.encode("latin-1"):
+            return True
+        f.seek(length + 4 if kind != b"tEXt" or length > 1024 else 4, os.SEEK_CUR)  # skip the data (if unread), CRC
+    return False
