@@ -52,3 +52,28 @@ def test_a_tampered_checkpoint_is_refused_and_the_folder_is_unchanged(tmp_path, 
         resume(run_dir, LONG, quiet_console)
     assert "\n" not in str(err.value)
     assert files(str(tmp_path)) == before and not os.path.exists("/tmp/victim.json")
+
+
+@pytest.mark.parametrize("planted", ["summary.json", ".hydra/config.yaml", "attempt-1"])
+def test_a_damaged_run_folder_resumes_or_is_refused_in_one_line(tmp_path, quiet_console, planted):
+    """A summary.json holding a list is the run's own file, rewritten as it resumes from its checkpoint; a config.yaml
+    that is not YAML is refused; beside a dangling link where attempt-1/ would go, a run killed before its first
+    checkpoint starts over with its old files in attempt-2/."""
+    run_dir = str(tmp_path / "run")
+    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    target = os.path.join(run_dir, planted)
+    if planted == "attempt-1":
+        os.remove(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))
+        os.symlink(str(tmp_path / "nowhere"), target)
+        resume(run_dir, LONG, quiet_console)  # starts over, the old files in attempt-2/
+        assert os.path.isdir(os.path.join(run_dir, "attempt-2")) and os.path.islink(target)
+        return
+    with open(target, "w") as f:
+        f.write("[]" if planted == "summary.json" else "{{{ bad")
+    if planted == "summary.json":
+        assert resume(run_dir, LONG, quiet_console).status == "completed"
+        return
+    before = files(str(tmp_path))
+    with pytest.raises(ResumeError) as err:
+        resume(run_dir, LONG, quiet_console)
+    assert "\n" not in str(err.value) and files(str(tmp_path)) == before

@@ -89,7 +89,7 @@ def trusted_overrides(path: str) -> list[str]:
     try:
         saved = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:  # any parse error: a damaged or foreign file, reported in one line
-        raise ResumeError(f"{path}: cannot read it ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+        raise _unreadable(path, err) from None
     if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
         raise ResumeError(f"{path}: not a list of overrides")
     for override in saved:
@@ -98,6 +98,10 @@ def trusted_overrides(path: str) -> list[str]:
             raise ResumeError(f"{path}: refusing to re-apply {override!r} ({reason}); "
                               "only gradexp's own config keys and groups are re-applied")
     return saved
+
+
+def _unreadable(path: str, err: Exception) -> ResumeError:
+    return ResumeError(f"{path}: cannot read it ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
 
 
 def untrusted(override: str) -> Optional[str]:
@@ -187,7 +191,7 @@ def move_aside(run_dir: str) -> str:
     """Move the files an earlier attempt of this run wrote (run_artefacts) into the next free attempt-N/; returns it.
     .hydra/ (the config this run keeps) and anything else in the folder, a user's own files, stay where they are."""
     n = 1
-    while os.path.exists(os.path.join(run_dir, f"attempt-{n}")):
+    while os.path.lexists(os.path.join(run_dir, f"attempt-{n}")):  # a dangling link by that name is taken too
         n += 1
     aside = os.path.join(run_dir, f"attempt-{n}")
     os.mkdir(aside)
@@ -215,16 +219,23 @@ def _status(run_dir: str) -> Optional[str]:
         return None
     try:
         with open(path) as f:
-            return str(json.load(f).get("status"))
-    except (OSError, ValueError):
+            summary = json.load(f)
+    except (OSError, ValueError, RecursionError):
         return "unreadable"
+    return str(summary.get("status")) if isinstance(summary, dict) else "unreadable"
 
 
 def _check_same_config(cfg: Any, run_dir: str) -> None:
     saved_path = os.path.join(run_dir, ".hydra", "config.yaml")
     if not os.path.isfile(saved_path):
         raise ResumeError(f"resume={cfg.resume}: not a gradexp run folder (no .hydra/config.yaml there)")
-    saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_path)))
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    except Exception as err:  # any parse error: a damaged or foreign file, reported in one line
+        raise _unreadable(saved_path, err) from None
+    if not isinstance(saved, dict):
+        raise ResumeError(f"{saved_path}: not a run's config (a mapping of keys)")
+    saved = _flat(saved)
     now = _flat(OmegaConf.to_container(cfg))
     changed = [f"{k}={now.get(k)!r} (the run has {saved.get(k)!r})"
                for k in sorted(set(saved) | set(now)) if k != "resume" and now.get(k) != saved.get(k)]
