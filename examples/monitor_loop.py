@@ -1,8 +1,9 @@
 """gradexp.Monitor on your own model and training loop: a small residual CNN gradexp knows nothing about, trained
-with plain PyTorch on random images. The run folder (TensorBoard events, summary.json with the verdict) is written
-under the current directory; `gradexp report runs/` reads it like any `gradexp run`.
+with plain PyTorch on random images. Each run writes a new folder (TensorBoard events, summary.json with the verdict)
+under the current directory, runs/monitor-<time>/ unless --run-dir names one; `gradexp report runs/` reads them
+like any `gradexp run`'s.
 
-    python examples/monitor_loop.py [--steps 60] [--run-dir runs/monitor_example]
+    python examples/monitor_loop.py [--steps 60] [--run-dir runs/mine]
 """
 import argparse
 
@@ -36,7 +37,7 @@ class ResNet(nn.Module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--run-dir", default="runs/monitor_example")
+    parser.add_argument("--run-dir", default=None, help="a new or empty folder (default: runs/monitor-<time>)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = ResNet()

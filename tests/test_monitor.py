@@ -235,10 +235,12 @@ def test_the_verdict_offers_no_gradexp_override_for_a_users_model(tmp_path):
 
 @pytest.mark.slow
 def test_the_example_runs_and_leaves_a_run_gradexp_report_reads(tmp_path):
-    done = subprocess.run([sys.executable, os.path.abspath(EXAMPLE), "--steps", "12"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    run_dir = tmp_path / "runs" / "monitor_example"
-    summary = gradexp.load_summary(str(run_dir))
-    assert summary["status"] == "completed" and summary["steps"] == 12 and summary["verdict"]["label"]
-    assert gradexp.find_runs(str(tmp_path / "runs")) == [str(run_dir)]
+    for _ in range(2):  # run again: a new folder, not a refusal of the first one's
+        done = subprocess.run([sys.executable, os.path.abspath(EXAMPLE), "--steps", "12"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    runs = gradexp.find_runs(str(tmp_path / "runs"))
+    assert len(runs) == 2 and all(os.path.basename(r).startswith("monitor-") for r in runs)
+    for run_dir in runs:
+        summary = gradexp.load_summary(run_dir)
+        assert summary["status"] == "completed" and summary["steps"] == 12 and summary["verdict"]["label"]
