@@ -30,6 +30,9 @@ def test_version_is_the_installed_one_without_torch(tmp_path):
     code = "import sys; from gradexp.cli.main import main; main(['--version']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert out.splitlines() == [f"gradexp {version('gradexp')}", "False"]
+    code = code.replace("main(['--version'])", "main(['run', '--version'])")  # gradexp's, not Hydra's
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    assert out.splitlines() == [f"gradexp {version('gradexp')}", "False"]
 
 
 def test_only_the_process_own_command_line_skips_the_final_collections(monkeypatch, capsys):

@@ -122,6 +122,9 @@ def test_dpi_sets_the_figure_size_and_a_bad_one_is_one_line(sweep, tmp_path, cap
     assert main([str(sweep), "--dpi", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--dpi" in err[0] and "0" in err[0] and "10 to 600" in err[0]
+    assert main([str(sweep), "--format", "xml"]) == 2  # argparse's own refusals: one line too, not its usage block
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "xml" in err[0] and "table" in err[0]
 
 
 def plotted(ax) -> dict[str, list[float]]:

@@ -78,6 +78,8 @@ def test_resume_keeps_hydras_options_in_front_of_the_overrides(tmp_path):
     assert hydra_args([f"resume={run}", "-cd", "/cfg", "--info", "seed=1"]) == [
         "-cd", "/cfg", "--info", "train.steps=3", "seed=1", *tail]
     assert hydra_args(["--config-dir=/cfg", f"resume={run}"])[0] == "--config-dir=/cfg"
+    assert hydra_args(["train.steps=5", "--config-dir", "/cfg", "-m", "seed=1,2"]) == [  # not resuming: only reordered
+        "--config-dir", "/cfg", "-m", "train.steps=5", "seed=1,2"]
 
 
 @pytest.mark.parametrize("spelling", ["+resume", "++resume"])

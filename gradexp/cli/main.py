@@ -58,6 +58,9 @@ def _dispatch(argv: list[str]) -> int:
         print(f"gradexp {version()}")
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "run" and "--version" in rest:  # gradexp's, not the Hydra version `run` would print
+        print(f"gradexp {version()}")
+        return 0
     if command == "run":
         return _run(rest)
     if command == "report":

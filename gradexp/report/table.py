@@ -29,8 +29,14 @@ NUMERIC = (*METRICS, "gain", "first/last", "theory gain", "time gain", "steps/s"
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as every refusal (argparse prints its usage block first)
+        print(f"gradexp report: {message} (see gradexp report --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="gradexp report", description=__doc__.split(";")[0])
+    parser = _Parser(prog="gradexp report", description=__doc__.split(";")[0])
     parser.add_argument("path", help="a run folder or a sweep folder (e.g. multirun/2024-05-01/12-00-00)")
     parser.add_argument("--sort", metavar="KEY", help="column to sort by, e.g. gain; --sort=-gain for descending")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="what to print")

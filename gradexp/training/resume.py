@@ -31,12 +31,13 @@ class ResumeError(ConfigError):
 
 
 def hydra_args(args: list[str]) -> list[str]:
-    """The command line Hydra should see for `resume=FOLDER [OVERRIDES]` (unchanged without resume=): Hydra's options
-    (--config-dir X) first, as its parser wants them, then the run's saved overrides, then the new ones."""
+    """The command line Hydra should see: Hydra's options (--config-dir X) first, as its parser wants them (given after
+    an override, they made it print its usage), then the overrides; for `resume=FOLDER` the run's saved overrides, then
+    the new ones."""
     options, overrides = split_options(args)
     given = [a for a in overrides if resume_folder(a) is not None]
     if not given:
-        return args
+        return [*options, *overrides]
     folder = resume_folder(given[-1])
     if any(a in ("-m", "--multirun") for a in options) or any(
             a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in overrides):
