@@ -46,13 +46,28 @@ def _task(cfg: DictConfig) -> Optional[float]:
 
 
 def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
+    from gradexp.training.exclusive import FolderInUse, sole_writer
     from gradexp.training.threads import configure_threads
-    from gradexp.cli.presets import refuse_unswept
-    from gradexp.training.resume import PREFIX
 
     hydra_cfg = HydraConfig.get()
     configure_threads(hydra_cfg.launcher)  # parallel launchers: divide the CPUs among the jobs
     run_dir = hydra_cfg.runtime.output_dir
+    try:
+        with sole_writer(run_dir):  # before the job looks at its folder: a requeue while the run still writes there
+            return _sole_job(cfg, interrupts, hydra_cfg, run_dir)
+    except FolderInUse as err:  # another process's run: nothing of it is moved, undone or recorded as failed
+        print(f"gradexp: {err}", file=sys.stderr)
+        folders.created.forget()
+        if hydra_cfg.mode == RunMode.RUN:
+            sys.exit(EXIT_BAD_INPUT)
+        raise JobFailed(f"gradexp: a sweep job was not run: {err}") from None
+
+
+def _sole_job(cfg: DictConfig, interrupts: Interrupts, hydra_cfg: Any, run_dir: str) -> Optional[float]:
+    """The job, its folder held by this process."""
+    from gradexp.cli.presets import refuse_unswept
+    from gradexp.training.resume import PREFIX
+
     # the run's own, as first started; unresolved, so an interpolation shows as typed, not as its value
     task_overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
     overrides = [o for o in task_overrides if not o.startswith(PREFIX)]

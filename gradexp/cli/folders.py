@@ -37,6 +37,11 @@ class _Created:
         self.target, self.topmost = target, topmost_missing(target)
         self.existing = set(os.listdir(target)) if os.path.isdir(target) else set()
 
+    def forget(self) -> None:
+        """Nothing for undo() to remove: the folder turned out to be another process's (training/exclusive.py), and
+        what looked like this invocation's files may be that run's."""
+        self.target = self.topmost = None
+
 
 created = _Created()
 

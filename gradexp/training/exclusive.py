@@ -3,7 +3,9 @@
 Two `gradexp run resume=R` started together (a second terminal, a job requeued while the first still runs) would
 both continue R: overlapping event files, and summary.json and checkpoint.pt from whichever wrote last. The run holds
 an exclusive flock on the folder itself for as long as it writes there (no lock file: nothing is added to the folder,
-and the kernel lets go of the lock when the process dies, however it dies, so a killed run never blocks its resume).
+and the kernel lets go of the lock when the process dies, however it dies, so a killed run never blocks its resume;
+forked children such as DataLoader workers close their copy of it). A sweep job holds it from the moment it looks at
+its folder (cli/app.py), so a requeued job never moves aside the files of a run still writing there.
 Filesystems without flock (some network mounts) run unlocked, as before."""
 from __future__ import annotations
 
@@ -25,10 +27,33 @@ class FolderInUse(ConfigError):
         self.key, self.value, self.allowed = "hydra.run.dir", run_dir, "a folder no other run is writing into"
 
 
+_HELD: dict[str, int] = {}  # real path of a run folder this process holds -> the descriptor holding its lock
+
+
+def _let_go_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the parent's open descriptors, and with them the lock: flock lets go
+    only when every copy is closed, so a worker outliving its run would keep the folder locked. The child closes its
+    copies; the lock stays the parent's alone."""
+    for fd in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
+
+
 @contextlib.contextmanager
 def sole_writer(run_dir: str) -> Iterator[None]:
-    """Hold the run folder for this process while the block runs; FolderInUse at once if another holds it. A folder
-    that does not exist yet has no other writer to keep out (it is made inside the block)."""
+    """Hold the run folder for this process while the block runs; FolderInUse at once if another holds it. Nested
+    blocks for a folder this process holds already hold nothing more. A folder that does not exist yet has no other
+    writer to keep out (it is made inside the block)."""
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        yield
+        return
     try:
         fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
@@ -36,9 +61,11 @@ def sole_writer(run_dir: str) -> Iterator[None]:
         return
     try:
         _lock(fd, run_dir)
+        _HELD[key] = fd
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        _HELD.pop(key, None)
+        os.close(fd)  # closing the last copy of the descriptor releases the lock
 
 
 def _lock(fd: int, run_dir: str) -> None:
