@@ -86,8 +86,9 @@ def test_resume_keeps_hydras_options_in_front_of_the_overrides(tmp_path):
 def test_every_spelling_of_resume_resumes_and_never_rewrites_the_runs_record(tmp_path, spelling):
     run = saved_run(tmp_path)
     assert hydra_args([f"{spelling}={run}"])[-3:] == [f"resume='{run}'", f"hydra.run.dir='{run}'", "hydra.output_subdir=null"]
-    with pytest.raises(ResumeError, match="drop -m/--multirun and hydra"):
-        hydra_args([f"{spelling}={run}", f"hydra.run.dir={run}"])
+    for run_dir in (f"hydra.run.dir={run}", f"++hydra.run.dir={run}"):
+        with pytest.raises(ResumeError, match="drop -m/--multirun and hydra"):
+            hydra_args([f"{spelling}={run}", run_dir])
 
 
 def test_resume_with_another_models_checkpoint_leaves_the_run_untouched(tmp_path, quiet_console):

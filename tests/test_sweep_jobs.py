@@ -78,6 +78,19 @@ def test_a_users_own_files_in_a_job_folder_stay_where_they_are(tmp_path):
     assert sorted(os.listdir(run_dir)) == [".hydra", "attempt-1", "multirun.yaml", "notes.txt", "summary.json.tmp"]
 
 
+@pytest.mark.parametrize("planted", ["[" * 100000, "fifo"])
+def test_a_damaged_summary_reads_as_none(tmp_path, planted):
+    """Nesting deeper than the JSON parser's stack (RecursionError), a FIFO (an open would block): no summary."""
+    run_dir = job_folder(tmp_path)
+    path = os.path.join(run_dir, "summary.json")
+    if planted == "fifo":
+        os.mkfifo(path)
+    else:
+        with open(path, "w") as f:
+            f.write(planted)
+    assert jobs.read_summary(run_dir) is None
+
+
 def test_requeued_job_resumes_bit_identical_to_an_uninterrupted_one(tmp_path, quiet_console):
     """What a requeued SLURM job does: decide() finds the checkpoint, the run continues it (as _task sets resume)."""
     ref, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
@@ -100,6 +113,8 @@ def test_requeued_job_resumes_bit_identical_to_an_uninterrupted_one(tmp_path, qu
     ({"status": "failed"}, "acc/val", "maximize", float("-inf")),
     ({"status": "completed", "final": {"loss/val": None}}, "loss/val", "minimize", float("inf")),
     (None, "loss/val", "minimize", float("inf")),
+    ({"status": "completed", "final": {"loss/val": "0.1"}}, "loss/val", "minimize", float("inf")),  # tampered types
+    ({"status": "completed", "final": [0.1]}, "loss/val", "minimize", float("inf")),
 ])
 def test_objective_is_the_final_metric_or_the_worst_value(summary_, metric, direction, expected):
     assert jobs.objective(summary_, metric, direction) == expected

@@ -39,10 +39,13 @@ def read_summary(run_dir: str) -> Optional[dict[str, Any]]:
     """The job's summary.json, or None when it has none (or it cannot be read: treated as never finished)."""
     from gradexp.sinks.summary import SUMMARY_NAME
 
+    path = os.path.join(run_dir, SUMMARY_NAME)
+    if not os.path.isfile(path):  # a FIFO by that name would block the open
+        return None
     try:
-        with open(os.path.join(run_dir, SUMMARY_NAME)) as f:
+        with open(path) as f:
             summary = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         return None
     return summary if isinstance(summary, dict) else None
 
@@ -61,5 +64,6 @@ def objective(summary: Optional[dict[str, Any]], metric: str, direction: str) ->
     worst = float("inf") if direction == "minimize" else float("-inf")
     if summary is None or summary.get("status") != "completed":
         return worst
-    value = (summary.get("final") or {}).get(metric)
-    return worst if value is None else float(value)
+    final = summary.get("final")
+    value = final.get(metric) if isinstance(final, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else worst

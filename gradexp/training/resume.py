@@ -40,7 +40,7 @@ def hydra_args(args: list[str]) -> list[str]:
         return [*options, *overrides]
     folder = resume_folder(given[-1])
     if any(a in ("-m", "--multirun") for a in options) or any(
-            a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in overrides):
+            a.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in overrides):
         raise ResumeError(f"resume={folder} continues one run in its own folder: drop -m/--multirun and hydra.*.dir")
     saved = os.path.join(folder, ".hydra", "overrides.yaml")
     if not os.path.isfile(saved):
