@@ -87,6 +87,8 @@ class Loader:
         return {"batch": self.batch, "stream": self._state}
 
     def load_state_dict(self, state: dict) -> None:
+        if type(state["batch"]) is not int or state["batch"] < 0:  # a tampered checkpoint (Batches checks the stream)
+            raise ValueError(f"the loader's batch count {state['batch']!r} is not a count")
         self._batches = None  # the next batch starts a fresh DataLoader (and workers) from the restored position
         self._drawn.clear()
         self.stream.load_state_dict(state["stream"])

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 from gradexp.analysis.flow import ACT_STATS, ATTENTION_STATS, layer_quantities
 from gradexp.outcome import Outcome
 from gradexp.sinks.files import write_atomically
+from gradexp.sinks.state import json_like, named, number, numbers
 
 if TYPE_CHECKING:  # an annotation only: theory imports torch, which `gradexp run --help` (via resume) needs not
     from gradexp.analysis.theory import Baseline
@@ -42,33 +43,12 @@ class _Routes(NamedTuple):
                    tuple((tag, tag[len(UNDERFLOW_PREFIX):]) for tag in tags if tag.startswith(UNDERFLOW_PREFIX)))
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _numbers(value: Any) -> bool:
-    return isinstance(value, list) and all(_number(v) for v in value)
-
-
-def _named(check) -> Any:
-    """A mapping of names to values that pass `check`."""
-    return lambda value: isinstance(value, dict) and all(isinstance(k, str) and check(v) for k, v in value.items())
-
-
-def _json_like(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, dict):
-        return depth < 8 and all(isinstance(k, str) and _json_like(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return depth < 8 and all(_json_like(v, depth + 1) for v in value)
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
 # the accumulated fields of a SummarySink (state_dict: everything but _SETTINGS) -> the shape its values must have
 _STATE_FIELDS = {
-    "latest": _named(lambda v: _number(v) or _numbers(v)),  # 1-d profiles (bptt) are lists
-    "initial": _named(_number), "first": _named(_number), "last": _named(_number), "underflow_max": _named(_number),
-    "profiles": _named(_named(lambda v: _number(v) or _numbers(v))),  # layer -> first/last lists and their steps
-    "theory": lambda v: v is None or (isinstance(v, dict) and _json_like(v)),
+    "latest": named(lambda v: number(v) or numbers(v)),  # 1-d profiles (bptt) are lists
+    "initial": named(number), "first": named(number), "last": named(number), "underflow_max": named(number),
+    "profiles": named(named(lambda v: number(v) or numbers(v))),  # layer -> first/last lists and their steps
+    "theory": lambda v: v is None or (isinstance(v, dict) and json_like(v)),
 }
 
 

@@ -11,7 +11,7 @@ import os
 import re
 import threading
 import time
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
@@ -19,6 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from gradexp.probes import histograms
 from gradexp.sinks import profiles
 from gradexp.outcome import Outcome
+from gradexp.sinks.state import named, numbers, require
 from gradexp.sinks.events import TEMPLATES, ScalarEvents
 from gradexp.sinks.images import image_step
 
@@ -215,6 +216,7 @@ class TensorBoardSink:
         return {tag: (list(steps), [list(row) for row in rows]) for tag, (steps, rows) in self.history.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        require(named(_profile_history)(state), "TensorBoard heatmap history")
         self.history = {tag: (list(steps), [list(row) for row in rows]) for tag, (steps, rows) in state.items()}
 
     def close(self, outcome: Outcome) -> None:
@@ -224,3 +226,9 @@ class TensorBoardSink:
             self.writer.add_figure(tag, figures.time_heatmap(tag, steps, rows), global_step=image_step(steps, outcome))
         self.writer.flush()
         self.writer.close()
+
+
+def _profile_history(value: Any) -> bool:
+    """(steps, one profile per step): what state_dict keeps of each heatmap."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and numbers(list(value[0]))
+            and isinstance(value[1], list) and len(value[1]) == len(value[0]) and all(numbers(r) for r in value[1]))

@@ -10,6 +10,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 
 from gradexp.analysis.theory import Baseline
 from gradexp.outcome import Outcome
+from gradexp.sinks.state import require
 
 
 class TheorySink:
@@ -30,6 +31,7 @@ class TheorySink:
         return {"written": self.written}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        require(isinstance(state, dict) and isinstance(state.get("written"), bool), "theory sink state")
         self.written = state["written"]
 
     def close(self, outcome: Outcome) -> None:
