@@ -69,3 +69,20 @@ EXPECTED = {  # the remedy the presets show to work is among the suggestions
     " ".join(RUNS[4]): "init.recurrent_gain=",
     " ".join(RUNS[7]): "model.norm_position=pre",         # xiong2020: pre-LN keeps the gradient level
 }
+
+
+def test_the_options_a_config_was_composed_with_are_read_from_hydras_record():
+    from omegaconf import OmegaConf
+
+    from gradexp.cli.app import composition_options
+
+    def recorded(sources, name="config"):
+        return OmegaConf.create({"job": {"config_name": name}, "runtime": {"config_sources": [
+            {"path": path, "schema": schema, "provider": provider} for path, schema, provider in sources]}})
+
+    ours = [("hydra.conf", "pkg", "hydra"), ("gradexp.configs", "pkg", "main"), ("", "structured", "schema")]
+    assert composition_options(recorded(ours)) == []
+    assert composition_options(recorded([*ours, ("/c", "file", "command-line")], "mine")) == [
+        "--config-dir", "/c", "--config-name", "mine"]
+    assert composition_options(recorded([("hydra.conf", "pkg", "hydra"), ("/p", "file", "main")])) == [
+        "--config-path", "/p"]

@@ -90,7 +90,7 @@ def _sole_job(cfg: DictConfig, interrupts: Interrupts, hydra_cfg: Any, run_dir: 
         from gradexp.training.run import run_experiment
 
         outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts,
-                                 options=config_dir_options(hydra_cfg))
+                                 options=composition_options(hydra_cfg))
     except ConfigError as err:
         print(f"gradexp: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.RUN:
@@ -113,13 +113,18 @@ def _sole_job(cfg: DictConfig, interrupts: Interrupts, hydra_cfg: Any, run_dir: 
     return _objective(cfg, run_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
-def config_dir_options(hydra_cfg: Any) -> list[str]:
-    """["--config-dir", X] for a run composed with the user's --config-dir X (Hydra records it among the config
-    sources as the command line's), so that the commands the run prints compose the same config; else []."""
+def composition_options(hydra_cfg: Any) -> list[str]:
+    """The options the run's config was composed with, for the commands it prints (resume, suggestions) to compose
+    the same one: --config-dir X (Hydra records it among the config sources as the command line's), --config-path X
+    (it replaces gradexp's own configs as the main source) and --config-name N (a primary config other than gradexp's
+    `config`, from either)."""
+    options = []
     for source in hydra_cfg.runtime.config_sources:
-        if source.provider == "command-line" and source.schema == "file":
-            return ["--config-dir", source.path]
-    return []
+        if source.schema == "file" and source.provider in ("command-line", "main"):
+            options += ["--config-dir" if source.provider == "command-line" else "--config-path", source.path]
+    if hydra_cfg.job.config_name != "config":
+        options += ["--config-name", hydra_cfg.job.config_name]
+    return options
 
 
 def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str]) -> None:
