@@ -40,10 +40,11 @@ from gradexp.config.schema import ConfigError, DiagnoseConf
 from gradexp.outcome import Outcome
 from gradexp.probes.base import Instruments, ProbeContext, per_tag, to_host
 from gradexp.probes.layers import watched_layers
-from gradexp.sinks.summary import SUMMARY_NAME, SummarySink
+from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews
 from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.sinks.writer import SinkWriter
+from gradexp.training.artefacts import run_artefacts
 from gradexp.training.clip import ClipPolicy
 
 # the probes that need nothing but the layer list and the model (bptt needs gradexp's recurrent layers); attn_entropy
@@ -291,11 +292,8 @@ def _check(every: Any, probes: Sequence[str]) -> None:
 
 
 def _refuse_a_used_folder(run_dir: str) -> None:
-    """gradexp never writes over what it did not make: a folder holding a summary or event files is refused."""
-    if not os.path.isdir(run_dir):
-        return
-    used = [f for f in os.listdir(run_dir) if f == SUMMARY_NAME or f.startswith("events.out.tfevents")]
-    if used:
+    """gradexp never writes over what it did not make: a folder holding a run's files is refused."""
+    if run_artefacts(run_dir):
         raise ConfigError("run_dir", run_dir, "a new or empty folder (it already holds a run)")
 
 

@@ -6,7 +6,6 @@ a run unless this invocation resumes that run, refuses a path it cannot write, a
 yet, so that a run refused later removes exactly what this invocation created and nothing the user owned."""
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 from typing import Any, Optional
@@ -15,9 +14,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from gradexp.cli import launchers
+from gradexp.training.artefacts import run_artefacts
 
 HYDRA_OWN = (".hydra", "gradexp.log", "multirun.yaml")  # what Hydra writes before the task starts
-ARTEFACTS = (".hydra", "checkpoint.pt", "summary.json")  # with event files: a folder holding these holds a run
 
 
 class Refused(BaseException):
@@ -47,10 +46,8 @@ created = _Created()
 
 
 def holds_run(folder: str) -> bool:
-    if not os.path.isdir(folder):
-        return False
-    return any(os.path.exists(os.path.join(folder, name)) for name in ARTEFACTS) or bool(
-        glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*")))
+    """Hydra's record of a run (.hydra/) or any file a run writes (training/artefacts.py)."""
+    return os.path.isdir(folder) and (os.path.exists(os.path.join(folder, ".hydra")) or bool(run_artefacts(folder)))
 
 
 def topmost_missing(path: str) -> Optional[str]:

@@ -52,9 +52,9 @@ def read_summary(run_dir: str) -> Optional[dict[str, Any]]:
 
 def _left_files(run_dir: str) -> bool:
     """Files of an earlier attempt: what a run writes (a user's own files in the folder are not an attempt's)."""
-    from gradexp.training.resume import run_artefacts
+    from gradexp.training.artefacts import run_artefacts
 
-    return os.path.isdir(run_dir) and bool(run_artefacts(run_dir))
+    return bool(run_artefacts(run_dir))
 
 
 def objective(summary: Optional[dict[str, Any]], metric: str, direction: str) -> float:

@@ -14,10 +14,10 @@ from typing import Any, Callable
 import torch
 
 from gradexp.sinks.files import write_atomically
+from gradexp.training.artefacts import CHECKPOINT_NAME
 from gradexp.training.reproducible import rng_state, set_rng_state
 from gradexp.training.loop import Run
 
-CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "gradexp-checkpoint-1"   # tag that tells our file from any other torch file
 KEYS = ("format", "step", "model", "optimizer", "scheduler", "rng", "batches", "summary")
 

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from gradexp.config.registry import MODELS
 from gradexp.config.schema import GROUPS, ConfigError, import_model_class, is_schema_key
 from gradexp.sinks.summary import SUMMARY_NAME
+from gradexp.training.artefacts import run_artefacts
 
 PREFIX = "resume="
-EVENTS_PREFIX = "events.out.tfevents."  # TensorBoard's event files
 FINISHED = ("completed", "diverged")  # a run with one of these has nothing left to do
 
 
@@ -189,7 +189,8 @@ def prepare(cfg: Any, run_dir: str) -> Optional[dict[str, Any]]:
 
 
 def move_aside(run_dir: str) -> str:
-    """Move the files an earlier attempt of this run wrote (run_artefacts) into the next free attempt-N/; returns it.
+    """Move the files an earlier attempt of this run wrote (training/artefacts.py) into the next free attempt-N/;
+    returns it.
     .hydra/ (the config this run keeps) and anything else in the folder, a user's own files, stay where they are."""
     n = 1
     while os.path.lexists(os.path.join(run_dir, f"attempt-{n}")):  # a dangling link by that name is taken too
@@ -199,19 +200,6 @@ def move_aside(run_dir: str) -> str:
     for name in run_artefacts(run_dir):
         os.replace(os.path.join(run_dir, name), os.path.join(aside, name))
     return aside
-
-
-def run_artefacts(run_dir: str) -> list[str]:
-    """The names in `run_dir` that a run writes there: summary.json, checkpoint.pt, TensorBoard's event files, and
-    the temporary files of an atomic write cut short (sinks/files.py). Sorted."""
-    from gradexp.sinks.files import TEMPORARY_MARK
-    from gradexp.training.checkpoint import CHECKPOINT_NAME  # torch: imported by every caller already
-
-    def written_by_a_run(name: str) -> bool:
-        return (name in (SUMMARY_NAME, CHECKPOINT_NAME) or name.startswith(EVENTS_PREFIX)
-                or (name.startswith(".") and TEMPORARY_MARK in name))
-
-    return sorted(name for name in os.listdir(run_dir) if written_by_a_run(name))
 
 
 def _status(run_dir: str) -> Optional[str]:
