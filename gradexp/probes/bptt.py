@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Optional
 
-import torch
 from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, ProbeContext, Scalars

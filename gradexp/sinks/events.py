@@ -13,7 +13,6 @@ MLP's 34 under "everything every step", on the writer thread, whose Python holds
 (scripts/bench_offthread.py); encoding them costs ~1 us each."""
 from __future__ import annotations
 
-from collections import defaultdict
 from functools import lru_cache
 from itertools import chain
 from typing import Iterable, Sequence
