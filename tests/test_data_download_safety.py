@@ -177,3 +177,21 @@ def test_cli_with_wrong_files_in_place_exits_2_and_keeps_them(tmp_path):
     assert "is already there with md5" in done.stderr and "left as it is" in done.stderr
     assert sorted(os.listdir(mine)) == sorted(data_images._MNIST_FILES)  # kept, and no .lock left
     assert all((mine / name).read_bytes() == b"not mnist" for name in data_images._MNIST_FILES)
+
+
+def test_a_fifo_named_lock_is_refused_in_one_line_not_waited_on(tmp_path):
+    """Opening a FIFO for writing blocks until a reader comes: the .lock is opened without blocking and must be a
+    regular file."""
+    import signal
+
+    from gradexp.data.download import DataError, locked
+
+    os.mkfifo(tmp_path / ".lock")
+    signal.alarm(20)  # a hang fails the test instead of the suite
+    try:
+        with pytest.raises(DataError) as err:
+            with locked(str(tmp_path)):
+                pass
+    finally:
+        signal.alarm(0)
+    assert "\n" not in str(err.value) and ".lock" in str(err.value)

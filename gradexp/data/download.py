@@ -8,11 +8,13 @@ the lock file goes with the invocation that created it.
 Every failure is a DataError: one line naming the key, the value and what to do, exit 2 (gradexp.config.schema)."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import secrets
 import socket
+import stat
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -82,12 +84,15 @@ def _lock(path: str) -> tuple[int, bool]:
         try:
             handle, created = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), True
         except FileExistsError:
-            try:  # no O_CREAT, no O_TRUNC: a .lock already there is opened, never written
-                handle, created = os.open(path, os.O_WRONLY | os.O_APPEND), False
+            try:  # no O_CREAT, no O_TRUNC: a .lock already there is opened, never written; O_NONBLOCK: a FIFO
+                handle, created = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK), False
             except FileNotFoundError:
                 if os.path.islink(path):  # a dangling link: O_EXCL sees it, open cannot follow it
                     raise
                 continue  # its creator removed it in between
+            if not stat.S_ISREG(os.fstat(handle).st_mode):  # a FIFO or a device: not a lock file
+                os.close(handle)
+                raise OSError(errno.EINVAL, "not a regular file", path)
         fcntl.flock(handle, fcntl.LOCK_EX)
         if _same(handle, path):
             return handle, created

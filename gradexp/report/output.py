@@ -2,16 +2,16 @@
 (design.md): a report.csv or report.png that is already there is replaced only when it is a regular file that gradexp
 report wrote, known by its content (the CSV's header, the PNG's Software text); a user's own file of that name, or a
 symlink planted there (`report.csv -> ~/.bashrc`), is refused before anything is written. Each file is written
-whole through a fresh temporary name (mkstemp: O_EXCL, so never an existing file or link) and renamed over the old
+whole through a fresh temporary name (O_EXCL, so never an existing file or link) and renamed over the old
 one: a failed write leaves no half file, and the rename replaces the name itself, never the file a link points to."""
 from __future__ import annotations
 
 import csv
 import io
 import os
+import secrets
 import stat
 import struct
-import tempfile
 from typing import IO, Callable, Optional
 
 from gradexp.report.untrusted import printable
@@ -39,6 +39,8 @@ def refusal(path: str) -> Optional[str]:
         why = "exists and is not a regular file"
     elif not _ours(path):
         why = "exists and was not written by gradexp report"
+        if os.path.basename(path) == PNG_NAME:
+            why += " (nor is one it wrote before it marked its PNGs, on 2026-11-30)"
     else:
         return None
     return f"{printable(path)} {why} (remove it, or write elsewhere with --out DIR)"
@@ -47,26 +49,36 @@ def refusal(path: str) -> Optional[str]:
 def write_whole(path: str, fill: Callable[[IO], None], binary: bool = False) -> None:
     """fill(f) into a new temporary file beside `path`, renamed over `path` once complete. On any error the temporary
     file (ours) is removed, `path` is as it was, and the OSError names `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    f = _new_beside(path, "wb" if binary else "w")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as open(path, "w") would make it; mkstemp's 0o600 hides it from others
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+        with f:
             fill(f)
-        os.replace(tmp, path)
+        os.replace(f.name, path)
     except BaseException as err:
         try:
-            os.remove(tmp)
+            os.remove(f.name)
         except OSError:
             pass
-        if isinstance(err, OSError) and err.filename in (None, tmp):
+        if isinstance(err, OSError) and err.filename in (None, f.name):
             err.filename = path  # the report's name, not our hidden temporary one
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
+def _new_beside(path: str, mode: str) -> IO:
+    """A new `.NAME.<random>.tmp` beside `path`, created by this call (O_EXCL: never an existing file or link), mode
+    0o666 less the umask as for open(path, "w")."""
+    folder, name = os.path.split(path)
+    text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}  # csv writes its own line ends
+    while True:
+        tmp = os.path.join(folder or ".", f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return open(tmp, mode, opener=_create_new, **text)
+        except FileExistsError:
+            continue
+
+
+def _create_new(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
 
 
 def _ours(path: str) -> bool:
