@@ -13,9 +13,10 @@ from gradexp.data.tasks import Task, _rng
 from gradexp.data.download import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_SIZE = 32  # pixels a side, where data.image_size is null
 
 
-def _classes(root: str) -> dict[str, list[str]]:
+def class_files(root: str) -> dict[str, list[str]]:
     """class name -> its image files, for every sub-folder that holds at least one image."""
     found = {}
     for name in sorted(os.listdir(root)):
@@ -44,7 +45,7 @@ def _decode(path: str, size: int) -> Tensor:
 def _check_root(root: Optional[str]) -> dict[str, list[str]]:
     if root is None or not os.path.isdir(root):
         raise DataError("data.root", root, "allowed: an existing folder with one sub-folder of images per class")
-    classes = _classes(root)
+    classes = class_files(root)
     if len(classes) < 2:
         names = ", ".join(classes) or "none"
         raise DataError("data.root", root, f"has {len(classes)} class folder(s) with images ({names}); "
@@ -53,7 +54,7 @@ def _check_root(root: Optional[str]) -> dict[str, list[str]]:
 
 
 def image_folder(seed: int, n_train: Optional[int], n_val: Optional[int], seq_len: None, root: Optional[str] = None,
-                 image_size: int = 32) -> Task:
+                 image_size: int = IMAGE_SIZE) -> Task:
     classes = _check_root(root)
     paths = [(p, label) for label, files in enumerate(classes.values()) for p in files]
     n_val = max(1, len(paths) // 10) if n_val is None else n_val

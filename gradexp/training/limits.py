@@ -3,7 +3,6 @@ of it is generated or decoded; then, before the model is built, a batch larger t
 whose parameters, optimizer state and activations cannot fit the device's free memory."""
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from typing import Any, Callable, Optional
@@ -21,7 +20,6 @@ GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 SAVED_PER_LAYER = 4  # tensors autograd keeps per hidden layer and position: pre-activation, output, norm, grad
 BUILD_PEAK = 3  # a builder's temporaries (raw draws, one-hot int64, unstandardised copies): 1.7-2.7x what it keeps
 TEXT_BYTES_PER_CHAR = 8  # int64 ids; the windows x and y are views of them
-IMAGE_SIZE = inspect.signature(folder.image_folder).parameters["image_size"].default  # data.image_size null
 # bytes one generated example keeps, from data.seq_len: float32 features, int64 labels and token ids
 EXAMPLE_BYTES: dict[str, Callable[[int], int]] = {
     "blobs": lambda t: BLOB_FEATURES * 4 + 8,  # (D,) features, a label
@@ -42,8 +40,8 @@ def data_bytes(cfg: Any) -> tuple[int, int]:
     if data.name == "text" and data.path is not None and os.path.isfile(data.path):
         return TEXT_BYTES_PER_CHAR * os.path.getsize(data.path), 0  # characters <= bytes; val windows share the ids
     if data.name == "image_folder" and data.root is not None and os.path.isdir(data.root):
-        images = sum(len(files) for files in folder._classes(data.root).values())
-        each = 3 * _or(data.image_size, IMAGE_SIZE) ** 2 * 4 + 8  # (3, S, S) float32, a label
+        images = sum(len(files) for files in folder.class_files(data.root).values())
+        each = 3 * _or(data.image_size, folder.IMAGE_SIZE) ** 2 * 4 + 8  # (3, S, S) float32, a label
         n_val = _or(data.n_val, max(1, images // 10))
         return max(0, images - n_val) * each, n_val * each  # every image is decoded, whatever data.n_train keeps
     return 0, 0
@@ -73,7 +71,7 @@ def _data_culprit(cfg: Any) -> tuple[str, Any]:
     if data.name == "text":
         return "data.path", data.path
     if data.name == "image_folder":
-        return _culprit({"data.image_size": (data.image_size, IMAGE_SIZE, 2)}, ("data.root", data.root))
+        return _culprit({"data.image_size": (data.image_size, folder.IMAGE_SIZE, 2)}, ("data.root", data.root))
     growth = {"data.n_train": (data.n_train, entry.n_train, 1), "data.n_val": (data.n_val, entry.n_val, 1),
               "data.seq_len": (data.seq_len, entry.seq_len, 1)}
     return _culprit(growth, ("data.n_train", _or(data.n_train, entry.n_train)))
@@ -218,7 +216,7 @@ def _model_culprit(cfg: Any, task: Task, parts: dict[str, int]) -> tuple[str, An
     where attention's (T, T) weights are most of them) and the image size."""
     model, data = cfg.model, cfg.data
     fallback = ("model.width", model.width) if model.width >= model.depth else ("model.depth", model.depth)
-    depth, image = (model.depth, ModelConf.depth, 1), (data.image_size, IMAGE_SIZE, 2)
+    depth, image = (model.depth, ModelConf.depth, 1), (data.image_size, folder.IMAGE_SIZE, 2)
     if parts["parameters and gradients"] + parts["optimizer state"] >= parts["activations"]:
         return _culprit({"model.width": (model.width, ModelConf.width, 2), "model.depth": depth,
                          "data.image_size": image}, fallback)
