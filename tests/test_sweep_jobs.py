@@ -142,12 +142,29 @@ def test_bad_launcher_options_are_one_line_naming_key_value_and_allowed(key, val
 
 
 def test_slurm_launcher_without_sbatch_is_refused_and_good_options_pass():
-    launchers.check(slurm_launcher(), which=lambda _: "/usr/bin/sbatch")
+    launchers.check(slurm_launcher(), which=lambda _: "/usr/bin/sbatch", answers=lambda: True)
+    with pytest.raises(launchers.LauncherError, match="no SLURM controller answers") as err:
+        launchers.check(slurm_launcher(), which=lambda _: "/usr/bin/sbatch", answers=lambda: False)
+    assert "\n" not in str(err.value)
     launchers.check(OmegaConf.create({"_target_": "x.JoblibLauncher", "n_jobs": -1}), which=lambda _: None)
     with pytest.raises(launchers.LauncherError, match="sbatch"):
         launchers.check(slurm_launcher(), which=lambda _: None)
     with pytest.raises(launchers.LauncherError, match="n_jobs"):
         launchers.check(OmegaConf.create({"_target_": "x.JoblibLauncher", "n_jobs": 0}))
+
+
+@pytest.mark.slow
+def test_the_controller_check_agrees_with_sinfo():
+    """scontrol ping answers where sinfo does (a cluster up: CI's slurm-up), and not where it does not (sbatch
+    installed, no controller: this check is what refuses the sweep before its folder exists)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("scontrol") is None:
+        assert launchers.controller_answers()
+        return
+    sinfo = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=60).returncode == 0
+    assert launchers.controller_answers() == sinfo
 
 
 def test_usr2_is_a_stop_request_handed_over_to_the_previous_handler():

@@ -6,6 +6,7 @@ the sweep folder is never created."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import threading
 from typing import Any, Callable, Optional
@@ -32,15 +33,33 @@ class LauncherError(Exception):
     """str() is the one line the user sees."""
 
 
-def check(launcher: Any, which: Callable[[str], Optional[str]] = shutil.which) -> None:
-    """Raise LauncherError for the first launcher option that makes no sense, or a SLURM launcher without sbatch."""
+def check(launcher: Any, which: Callable[[str], Optional[str]] = shutil.which,
+          answers: Callable[[], bool] = lambda: controller_answers()) -> None:
+    """Raise LauncherError for the first launcher option that makes no sense, or a SLURM launcher without sbatch or
+    without a controller that answers (sbatch would fail after the sweep folder exists, with its error twice)."""
     for key, ok, allowed in _RANGES:
         value = OmegaConf.select(launcher, key, default=None) if key in launcher else None
         if key in launcher and not _ok(ok, value):
             raise LauncherError(f"invalid value for hydra.launcher.{key}: {value!r} (allowed: {allowed})")
-    if str(launcher.get("_target_", "")).endswith("SlurmLauncher") and which("sbatch") is None:
+    if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        return
+    if which("sbatch") is None:
         raise LauncherError("hydra/launcher=slurm submits with SLURM's sbatch, which is not on PATH here "
                             "(run the sweep on a SLURM login node, or use hydra/launcher=joblib)")
+    if not answers():
+        raise LauncherError("hydra/launcher=slurm: sbatch is here but no SLURM controller answers (scontrol ping: "
+                            "down or unreachable); run the sweep where the cluster answers, or use hydra/launcher=joblib")
+
+
+def controller_answers(timeout: float = 30.0) -> bool:
+    """`scontrol ping` exits 0 when slurmctld answers, 1 when it is down (it waits at most SLURM's MessageTimeout for
+    an unreachable one). Without scontrol there is no telling: sbatch will say."""
+    if shutil.which("scontrol") is None:
+        return True
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=timeout).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _ok(ok: Callable[[Any], bool], value: Any) -> bool:
