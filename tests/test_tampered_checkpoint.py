@@ -4,6 +4,7 @@ looped forever; a forged step ended the run 'completed' at once)."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,22 @@ import torch
 from gradexp.training import checkpoint
 from gradexp.training.resume import ResumeError
 from tests.test_resume import LONG, StopAfter, resume, start
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> str:
+    """One run stopped after 6 of 13 steps, with its checkpoint: each test tampers with a copy of it."""
+    from rich.console import Console
+
+    run_dir = str(tmp_path_factory.mktemp("stopped") / "run")
+    start(run_dir, LONG, Console(quiet=True), stop=StopAfter(6))
+    return run_dir
+
+
+def copy_of(stopped_run: str, tmp_path) -> str:
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(stopped_run, run_dir)
+    return run_dir
 
 
 def files(folder: str) -> dict[str, bytes]:
@@ -45,10 +62,9 @@ TAMPERINGS = {
 
 
 @pytest.mark.parametrize("name", TAMPERINGS)
-def test_a_tampered_checkpoint_is_refused_and_the_folder_is_unchanged(tmp_path, quiet_console, name):
+def test_a_tampered_checkpoint_is_refused_and_the_folder_is_unchanged(tmp_path, quiet_console, name, stopped_run):
     change, reason = TAMPERINGS[name]
-    run_dir = str(tmp_path / "run")
-    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    run_dir = copy_of(stopped_run, tmp_path)
     tamper(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME), change)
     before = files(str(tmp_path))
     with pytest.raises(ResumeError, match=reason) as err:
@@ -58,12 +74,11 @@ def test_a_tampered_checkpoint_is_refused_and_the_folder_is_unchanged(tmp_path, 
 
 
 @pytest.mark.parametrize("planted", ["summary.json", ".hydra/config.yaml", "attempt-1"])
-def test_a_damaged_run_folder_resumes_or_is_refused_in_one_line(tmp_path, quiet_console, planted):
+def test_a_damaged_run_folder_resumes_or_is_refused_in_one_line(tmp_path, quiet_console, planted, stopped_run):
     """A summary.json holding a list is the run's own file, rewritten as it resumes from its checkpoint; a config.yaml
     that is not YAML is refused; beside a dangling link where attempt-1/ would go, a run killed before its first
     checkpoint starts over with its old files in attempt-2/."""
-    run_dir = str(tmp_path / "run")
-    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    run_dir = copy_of(stopped_run, tmp_path)
     target = os.path.join(run_dir, planted)
     if planted == "attempt-1":
         os.remove(os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))
