@@ -83,3 +83,12 @@ def test_memory_refusal_gives_the_estimate_and_the_limit(monkeypatch):
         limits.check_memory(cfg, task, torch.device("cpu"))
     monkeypatch.setattr(limits, "available_bytes", lambda dev: need)
     limits.check_memory(cfg, task, torch.device("cpu"))  # exactly enough: accepted
+
+
+def test_a_refused_value_is_shown_as_the_user_types_it():
+    from gradexp.config.schema import ConfigError
+
+    assert str(ConfigError("model.residual", True, "false")) == "invalid value for model.residual: true (allowed: false)"
+    assert str(ConfigError("data.root", None, "a folder")).startswith("invalid value for data.root: null ")
+    assert str(ConfigError("model.depth", 0, "an integer >= 1")).startswith("invalid value for model.depth: 0 ")
+    assert str(ConfigError("optimizer.name", "sgdd", "sgd")).startswith("invalid value for optimizer.name: 'sgdd' ")

@@ -191,8 +191,15 @@ class ConfigError(ValueError):
     """A value the experiment cannot run with; str() is the one line the user sees."""
 
     def __init__(self, key: str, value: Any, allowed: str):
-        super().__init__(f"invalid value for {key}: {value!r} (allowed: {allowed})")
+        super().__init__(f"invalid value for {key}: {as_typed(value)} (allowed: {allowed})")
         self.key, self.value, self.allowed = key, value, allowed
+
+
+def as_typed(value: Any) -> str:
+    """A value as the user would type it in an override: true/false/null, not Python's True/False/None."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
 
 
 CUSTOM = "custom"  # model=custom: the user's own nn.Module class, model._target_=pkg.module.Class
