@@ -24,10 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from gradexp.sinks.files import TEMPORARY_MARK
+
 # checkpoints every 3 steps of a model big enough that a write takes a few milliseconds
 RUN = ["train.steps=40", "log.every=2", "log.histograms_every=4", "train.eval_every=10", "train.checkpoint_every=3",
        "model.width=256", "model.depth=6", "optimizer=adam", "device=cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: the same arithmetic in every process
+WRITING = f".checkpoint.pt{TEMPORARY_MARK}"  # the name a checkpoint write begins with
 logging.getLogger("tensorboard").setLevel(logging.ERROR)  # its notice that a resume purged the killed tail
 
 
@@ -56,11 +59,11 @@ def kill(cwd: str, rng: random.Random, seconds: float, during_write: bool) -> di
     """Start the run, SIGKILL it once its folder exists (at a random moment, or just as a checkpoint write begins);
     what was left."""
     proc = start(cwd)
-    tmp = os.path.join(cwd, "run", "checkpoint.pt.tmp")
+    run_dir = os.path.join(cwd, "run")
     wait_for_folder(proc, cwd)  # from here on the run must stay consistent (before it, nothing was written)
     deadline, writes_to_skip, seen = time.monotonic() + rng.uniform(0.0, 0.9) * seconds, rng.randint(0, 6), False
     while proc.poll() is None:
-        writing = os.path.exists(tmp)
+        writing = checkpoint_being_written(run_dir)
         if during_write and writing and not seen:
             if writes_to_skip == 0:
                 break
@@ -69,11 +72,19 @@ def kill(cwd: str, rng: random.Random, seconds: float, during_write: bool) -> di
         if not during_write and time.monotonic() >= deadline:
             break
         time.sleep(0.0005 if during_write else 0.01)
-    in_write = os.path.exists(tmp)
+    in_write = checkpoint_being_written(run_dir)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return {"finished_first": proc.returncode == 0 or _finished(os.path.join(cwd, "run")), "in_write": in_write,
             "had_checkpoint": os.path.exists(os.path.join(cwd, "run", "checkpoint.pt"))}
+
+
+def checkpoint_being_written(run_dir: str) -> bool:
+    """The checkpoint's temporary file is there (sinks/files.py: `.checkpoint.pt` + its mark + a random suffix)."""
+    try:
+        return any(name.startswith(WRITING) for name in os.listdir(run_dir))
+    except FileNotFoundError:
+        return False
 
 
 def _finished(run_dir: str) -> bool:
