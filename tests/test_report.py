@@ -257,3 +257,18 @@ def test_mixed_sweeps_get_no_phase_diagram_across_sweeps(mixed, tmp_path):
     assert figure_keys(records) == ["activation", "init", "seed"]
     assert main([str(root), "--format", "csv", "--out", str(tmp_path), "--dpi", "20"]) == 0
     assert matplotlib.image.imread(tmp_path / "report.png").shape[1] == 12 * 20  # 17 inches wide with a phase diagram
+
+
+def test_a_folder_of_unrelated_runs_prints_their_overrides_in_one_column(tmp_path, capsys):
+    """Dozens of keys vary across a day's single runs: as columns each would be squeezed to a letter and the verdict
+    to nothing. Beyond FACTOR_COLUMNS they share one `overrides` column; report.csv keeps a column per key."""
+    from gradexp.report.table import FACTOR_COLUMNS
+
+    root = tmp_path / "outputs" / "2026-11-30"
+    for i in range(FACTOR_COLUMNS + 2):
+        write_run(root / f"10-00-0{i}", [f"key{i}.x={i}", "seed=1" if i % 2 else "seed=2"], norms=geometric(0.5))
+    assert main([str(tmp_path / "outputs"), "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert "overrides" in out and "key3.x=3" in out and "healthy" in out
+    header = (tmp_path / "outputs" / "report.csv").read_text().splitlines()[0].split(",")
+    assert {f"key{i}.x" for i in range(FACTOR_COLUMNS + 2)} <= set(header)

@@ -24,6 +24,7 @@ from gradexp.report.runs import RunRecord, find_runs, load_run, varying_keys
 from gradexp.report.untrusted import printable
 
 EXIT_BAD_INPUT = 2
+FACTOR_COLUMNS = 6  # varying keys shown as columns of their own in the printed table; more share one
 METRICS = ("loss/train", "loss/val", "acc/val")
 NUMERIC = (*METRICS, "gain", "first/last", "theory gain", "time gain", "steps/s")
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
@@ -182,12 +183,22 @@ def _shown(rows: list[dict[str, Any]], runs: list[RunRecord]) -> list[dict[str, 
     results = [c for c in columns[columns.index("status"):] if c != "evidence"]  # row(): run, overrides, results
     shown = []
     for indices in seed_folds(runs):
-        members = [{"run": job_name(rows[i]["run"]), **{k: rows[i][k] for k in keys},
+        members = [{"run": job_name(rows[i]["run"]), **_factors(rows[i], keys),
                     **{c: rows[i][c] for c in results}} for i in indices]
         folded = fold(members, NUMERIC)
         folded["run"] = ",".join(m["run"] for m in members)
         shown.append(folded)
     return shown
+
+
+def _factors(row: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The varying keys, a column each; beyond FACTOR_COLUMNS of them (a folder of unrelated runs varies dozens) the
+    row's own values share one `overrides` column, so that the results and the verdict keep their width. The seed
+    keeps its column: runs that differ only in it are folded. report.csv keeps every key as a column."""
+    if len(keys) <= FACTOR_COLUMNS:
+        return {k: row[k] for k in keys}
+    given = " ".join(f"{k}={row[k]}" for k in keys if k != SEED and row[k] not in ("", None))
+    return {**({SEED: row[SEED]} if SEED in keys else {}), "overrides": given}
 
 
 def table(rows: list[dict[str, Any]], title: str):
