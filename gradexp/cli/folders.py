@@ -77,9 +77,22 @@ def refuse_existing_run(folder: str) -> None:
                   f"gradexp run resume={folder} (or choose another hydra.run.dir)")
 
 
+def _folder(config: Any, key: str) -> str:
+    """The absolute folder `key` names. One that cannot be resolved (${oc.env:UNSET}) is bad input: raised from a
+    callback as an Exception, Hydra would print it as a warning and go on."""
+    try:
+        return os.path.abspath(str(OmegaConf.select(config, key)))
+    except Exception as err:  # noqa: BLE001  any resolver's error: one line naming the key
+        typed = OmegaConf.to_container(config, resolve=False)
+        for part in key.split("."):
+            typed = typed.get(part) if isinstance(typed, dict) else None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise Refused(f"invalid value for {key}: {typed!r} ({reason}; allowed: a folder path)") from None
+
+
 class FolderGuard(Callback):
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        run_dir = os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir")))
+        run_dir = _folder(config, "hydra.run.dir")
         check_writable("hydra.run.dir", run_dir)
         resuming = OmegaConf.select(config, "resume") is not None  # resume.prepare checks it names this folder
         if holds_run(run_dir) and not resuming:
@@ -87,7 +100,7 @@ class FolderGuard(Callback):
         created.remember(run_dir)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        sweep_dir = _folder(config, "hydra.sweep.dir")
         check_writable("hydra.sweep.dir", sweep_dir)
         try:
             launchers.check(OmegaConf.select(config, "hydra.launcher"))
