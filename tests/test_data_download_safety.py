@@ -2,6 +2,7 @@
 refused and left, a download goes through a temporary file of its own, and the lock file goes with its creator
 while the lock keeps two jobs from downloading the same file at once. Served from 127.0.0.1, no outside network."""
 import fcntl
+import hashlib
 import os
 import stat
 import threading
@@ -195,3 +196,17 @@ def test_a_fifo_named_lock_is_refused_in_one_line_not_waited_on(tmp_path):
     finally:
         signal.alarm(0)
     assert "\n" not in str(err.value) and ".lock" in str(err.value)
+
+
+def test_a_file_in_place_is_checked_without_the_lock(tmp_path, monkeypatch):
+    """A shared dataset folder the user cannot write (no .lock can be made there) still serves its files: a file in
+    place is renamed there whole, so its check needs no lock."""
+    (tmp_path / "blob.bin").write_bytes(b"published")
+    checksum = hashlib.md5(b"published").hexdigest()
+
+    def no_lock(folder):
+        raise AssertionError("locked a folder whose file was already there")
+
+    monkeypatch.setattr(data_download, "locked", no_lock)
+    assert fetch(str(tmp_path), "blob.bin", "http://127.0.0.1:9", checksum, 1.0) == str(tmp_path / "blob.bin")
+    assert os.listdir(tmp_path) == ["blob.bin"]

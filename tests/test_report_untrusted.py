@@ -246,3 +246,44 @@ def test_an_unreadable_run_varies_no_factor(tmp_path):
     write_bad_summary(tmp_path / "2", "[]")
     records = [load_run(str(tmp_path / d), str(tmp_path)) for d in ("0", "1", "2")]
     assert varying_keys(records) == ["seed"]
+
+
+# --- from a review of the above -----------------------------------------------------------------------------------
+
+def test_a_null_verdict_label_in_a_two_factor_sweep_draws_the_status(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    for i, (a, b) in enumerate([("relu", "0.1"), ("relu", "0.2"), ("tanh", "0.1"), ("tanh", "0.2")]):
+        write_run(root / str(i), [f"activation={a}", f"optimizer.lr={b}"], norms=geometric(0.5))
+    summary = json.loads((root / "0" / "summary.json").read_text())
+    summary["verdict"]["label"] = None
+    (root / "0" / "summary.json").write_text(json.dumps(summary))
+    assert main([str(root)]) == 0 and (root / "report.png").is_file()
+
+
+def test_a_large_report_csv_of_its_own_is_recognised_by_its_header_line(run_root, capsys):
+    assert main([str(run_root)]) == 0
+    csv_path = run_root / "report.csv"
+    offset = csv_path.stat().st_size  # a big sweep's rows, its evidence full of ‖ (3 bytes): past 1 MiB, with the
+    pad = "x" * (1 if ((1 << 20) - offset) % 3 == 0 else 0)  # 1 MiB mark inside a character
+    with open(csv_path, "a", encoding="utf-8") as f:
+        f.write(pad + "‖" * (1 << 19) + "\n")
+    assert csv_path.stat().st_size > (1 << 20)
+    assert main([str(run_root)]) == 0, error_lines(capsys)
+
+
+def test_a_newer_summary_is_named_as_newer_before_its_fields_are_judged(tmp_path):
+    write_run(tmp_path / "run", GOOD, norms=geometric(0.5), schema_version=99, theory=["a list now"])
+    with pytest.raises(ValueError, match="schema_version 99"):
+        load_summary(str(tmp_path / "run"))
+
+
+def test_an_unreadable_run_keeps_its_overrides_and_is_not_folded_with_seeds(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    for seed in range(3):
+        write_run(root / str(seed), [f"seed={seed}"], norms=geometric(0.5))
+    (root / "2" / "summary.json").write_text("[")
+    record = load_run(str(root / "2"), str(root))
+    assert record.status == "unreadable" and record.overrides == {"seed": "2"}
+    assert main([str(root), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in rows].count("unreadable") == 1 and len(rows) == 3

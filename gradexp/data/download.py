@@ -84,8 +84,8 @@ def _lock(path: str) -> tuple[int, bool]:
         try:
             handle, created = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), True
         except FileExistsError:
-            try:  # no O_CREAT, no O_TRUNC: a .lock already there is opened, never written; O_NONBLOCK: a FIFO
-                handle, created = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK), False
+            try:  # read-only (flock needs no more: another user's .lock will do); O_NONBLOCK: a FIFO
+                handle, created = os.open(path, os.O_RDONLY | os.O_NONBLOCK), False
             except FileNotFoundError:
                 if os.path.islink(path):  # a dangling link: O_EXCL sees it, open cannot follow it
                     raise
@@ -111,8 +111,11 @@ def _same(handle: int, path: str) -> bool:
 
 def fetch(folder: str, name: str, url: str, checksum: str, timeout: float) -> str:
     """folder/name, downloaded from url/name first unless it is there already; either way its md5 is checked."""
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
+    if os.path.isfile(path):  # renamed into place whole: checked without the lock (a read-only shared cache works)
+        _check_found(folder, path, checksum)
+        return path
+    os.makedirs(folder, exist_ok=True)
     with locked(folder):
         if os.path.isfile(path):
             _check_found(folder, path, checksum)

@@ -103,7 +103,12 @@ def _times(axes, records, labels, colours, figures) -> None:
 def _label(r: RunRecord, keys: list[str]) -> str:
     """The run's own values of the varying factors (runs of another sweep lack some: those are left out)."""
     shown = " ".join(f"{k}={r.overrides[k]}" for k in keys if k in r.overrides) or r.path
-    return literal(f"{shown} [{r.verdict.get('label', r.status)}]")
+    return literal(f"{shown} [{_verdict(r)}]")
+
+
+def _verdict(r: RunRecord) -> str:
+    """The verdict's label, or the status where there is none (a label may be null in an untrusted summary)."""
+    return str(r.verdict.get("label") or r.status)
 
 
 def literal(text: str) -> str:
@@ -121,7 +126,7 @@ def _phase(ax, records: list[RunRecord], keys: list[str], figures) -> None:
     cols = list(dict.fromkeys(literal(r.overrides.get(second, "")) for r in records))
     cells = {(literal(r.overrides.get(first, "")), literal(r.overrides.get(second, ""))): r for r in records}
     gains = {cell: r.time_gain if through_time else r.gain for cell, r in cells.items()}
-    verdicts = {cell: literal(r.verdict.get("label", r.status)) for cell, r in cells.items()}
+    verdicts = {cell: literal(_verdict(r)) for cell, r in cells.items()}
     texts = {cell: _gains_text(r.time_gains if through_time else r.gains) for cell, r in cells.items()}
     figures.phase(ax, rows, cols, gains, verdicts, "per-time-step gain" if through_time else "per-layer gain", texts)
     ax.set_ylabel(literal(first))

@@ -39,7 +39,7 @@ def seed_folds(records: list[RunRecord]) -> list[list[int]]:
     folds: dict[tuple, list[int]] = {}
     for i, record in enumerate(records):
         key = tuple(sorted((k, v) for k, v in record.overrides.items() if k != SEED))
-        folds.setdefault(key, []).append(i)
+        folds.setdefault((record.path,) if record.problem else key, []).append(i)  # an unreadable run stands alone
     return list(folds.values())
 
 

@@ -90,7 +90,7 @@ def _ours(path: str) -> bool:
         os.close(fd)
         return False
     with os.fdopen(fd, "rb") as f:
-        return _our_png(f) if os.path.basename(path) == PNG_NAME else _our_csv(f.read(HEADER_LIMIT))
+        return _our_png(f) if os.path.basename(path) == PNG_NAME else _our_csv(f.readline(HEADER_LIMIT))
 
 
 def _our_csv(head: bytes) -> bool:

@@ -82,6 +82,7 @@ def load_summary(folder: str) -> Optional[dict[str, Any]]:
         return None
     try:
         summary = json.loads(text)
+        _check_version(summary, SCHEMA_VERSION)  # first: a newer file's fields may have other types
         schema.check(summary)
     except Unreadable as err:
         raise Unreadable(f"{printable(path)}: {err}") from None
@@ -89,11 +90,15 @@ def load_summary(folder: str) -> Optional[dict[str, Any]]:
         raise Unreadable(f"{printable(path)}: nested too deeply (allowed: the fields gradexp writes)") from None
     except ValueError as err:  # cut short, or not JSON at all
         raise Unreadable(f"{printable(path)}: not valid JSON ({one_line(err)})") from None
-    version = summary.setdefault("schema_version", 1)
-    if version > SCHEMA_VERSION:
-        raise Unreadable(f"{printable(path)}: schema_version {version!r} is not one this gradexp reads "
-                         f"(allowed: 1 … {SCHEMA_VERSION}; upgrade gradexp)")
+    summary.setdefault("schema_version", 1)
     return summary
+
+
+def _check_version(summary: Any, known: int) -> None:
+    version = summary.get("schema_version", 1) if isinstance(summary, dict) else 1
+    if isinstance(version, int) and not isinstance(version, bool) and version > known:
+        raise Unreadable(f"schema_version {version!r} is not one this gradexp reads (allowed: 1 … {known}; "
+                         "upgrade gradexp)")
 
 
 def load_run(folder: str, root: str) -> RunRecord:
@@ -101,8 +106,16 @@ def load_run(folder: str, root: str) -> RunRecord:
     path = printable(os.path.relpath(folder, root))
     try:
         return _read_run(folder, path)
-    except Unreadable as err:
-        return RunRecord(path=path, overrides={}, status=UNREADABLE, problem=printable(str(err)))
+    except Unreadable as err:  # its overrides still name it, where .hydra/ can be read
+        return RunRecord(path=path, overrides=_overrides_if_readable(folder), status=UNREADABLE,
+                         problem=printable(str(err)))
+
+
+def _overrides_if_readable(folder: str) -> dict[str, str]:
+    try:
+        return _as_dict(_hydra_overrides(folder))
+    except Unreadable:
+        return {}
 
 
 def _read_run(folder: str, path: str) -> RunRecord:
