@@ -26,6 +26,8 @@ from tests.conftest import compose_config
     ("data.n_train=10", "data.n_train"),  # TINY batches 16
     ("model.width=10000000", "model.width"),
     ("model.depth=100000", "model.depth"),  # with model.width=2000 below: 400 G parameters
+    ("init.gain=2", "init.gain"),  # init=default keeps PyTorch's values: the gain would be ignored
+    ("init.recurrent_gain=0.5", "init.recurrent_gain"),  # likewise for weight_hh
 ])
 def test_bad_value_is_refused_before_the_run_folder_exists(tmp_path, quiet_console, override, key):
     extra = ["model.width=2000"] if override == "model.depth=100000" else []
@@ -92,3 +94,11 @@ def test_a_refused_value_is_shown_as_the_user_types_it():
     assert str(ConfigError("data.root", None, "a folder")).startswith("invalid value for data.root: null ")
     assert str(ConfigError("model.depth", 0, "an integer >= 1")).startswith("invalid value for model.depth: 0 ")
     assert str(ConfigError("optimizer.name", "sgdd", "sgd")).startswith("invalid value for optimizer.name: 'sgdd' ")
+
+
+def test_a_gain_is_taken_where_a_scheme_draws_with_it():
+    from gradexp.config.schema import validate
+
+    for overrides in (["init=xavier_normal", "init.gain=2"], ["init.recurrent=orthogonal", "init.gain=2"],
+                      ["model=rnn", "data=adding", "init.recurrent=orthogonal", "init.recurrent_gain=0.5"]):
+        validate(compose_config(overrides))

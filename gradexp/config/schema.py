@@ -407,6 +407,7 @@ def _check_combinations(cfg: Any) -> None:
     if cfg.data.seq_len is not None:
         _check_seq_len(task, cfg.data.seq_len)
     _check_optimizer_keys(cfg.optimizer)
+    _check_init_gains(cfg.init)
     if cfg.device == "cuda":
         import torch
 
@@ -415,6 +416,17 @@ def _check_combinations(cfg: Any) -> None:
     _check_precision_device(cfg)
     if cfg.train.compile:
         _check_compile(cfg, family)
+
+
+def _check_init_gains(init: Any) -> None:
+    """A gain no weight is drawn with is refused, not silently ignored: `default` keeps PyTorch's own values."""
+    recurrent = init.scheme if init.recurrent is None else init.recurrent
+    if init.scheme == "default" and recurrent == "default" and init.gain != InitConf.gain:
+        raise ConfigError("init.gain", init.gain, f"{InitConf.gain} with init=default, which keeps PyTorch's own "
+                                                  "values (a gain needs a scheme, e.g. init=xavier_normal)")
+    if recurrent == "default" and init.recurrent_gain is not None:
+        raise ConfigError("init.recurrent_gain", init.recurrent_gain, "null while the recurrent weights keep PyTorch's "
+                                                                      "own values (set init.recurrent=orthogonal, e.g.)")
 
 
 def _check_data(family: str, task: str) -> None:
