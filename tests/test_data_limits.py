@@ -154,3 +154,18 @@ def test_the_command_line_refuses_in_one_line_with_exit_2_and_no_run_folder(tmp_
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("gradexp: invalid value for data.n_train: 10000000000000 (allowed: data that fits")
     assert not os.path.exists(tmp_path / "outputs")
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model=lstm", "model.depth=5"], "model.depth"),  # 5x lstm's own depth 1; its width is the default 64
+    (["model=cnn", "model.width=60", "train.batch_size=128"], "model.width"),  # 3.75x cnn's own width 16
+])
+def test_the_key_named_is_the_one_raised_over_the_familys_own_default(overrides, key, monkeypatch):
+    from gradexp.training import factory as build
+
+    cfg = compose_config([*overrides, "device=cpu"])
+    task = build.task(cfg, torch.device("cpu"))
+    monkeypatch.setattr(limits, "available_bytes", lambda dev: 1)
+    with pytest.raises(ConfigError) as err:
+        limits.check_memory(cfg, task, torch.device("cpu"))
+    assert err.value.key == key

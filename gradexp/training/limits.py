@@ -216,17 +216,31 @@ def _model_culprit(cfg: Any, task: Task, parts: dict[str, int]) -> tuple[str, An
     where attention's (T, T) weights are most of them) and the image size."""
     model, data = cfg.model, cfg.data
     fallback = ("model.width", model.width) if model.width >= model.depth else ("model.depth", model.depth)
-    depth, image = (model.depth, ModelConf.depth, 1), (data.image_size, folder.IMAGE_SIZE, 2)
+    width_default, depth_default = (family_default(model_family(cfg), key) for key in ("width", "depth"))
+    depth, image = (model.depth, depth_default, 1), (data.image_size, folder.IMAGE_SIZE, 2)
     if parts["parameters and gradients"] + parts["optimizer state"] >= parts["activations"]:
-        return _culprit({"model.width": (model.width, ModelConf.width, 2), "model.depth": depth,
+        return _culprit({"model.width": (model.width, width_default, 2), "model.depth": depth,
                          "data.image_size": image}, fallback)
     train, val = _passes(cfg, task)
     batch = {"data.n_val": (data.n_val, DATA[data.name].n_val, 1)} if val > train else \
         {"train.batch_size": (cfg.train.batch_size, TrainConf.batch_size, 1)}
     attention = 2 * _attention_values(cfg, task) * BYTES_PER_VALUE >= parts["activations"]  # (B, heads, T, T)
-    return _culprit({"model.width": (model.width, ModelConf.width, 1), "model.depth": depth, **batch,
+    return _culprit({"model.width": (model.width, width_default, 1), "model.depth": depth, **batch,
                      "data.seq_len": (data.seq_len, DATA[data.name].seq_len, 2 if attention else 1),
                      "data.image_size": image}, fallback)
+
+
+def family_default(family: str, key: str) -> int:
+    """model.KEY as model=FAMILY's own YAML sets it (cnn: width 16, lstm: depth 1), else the schema's default: what
+    the user raised is measured from there."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    path = files("gradexp.configs") / "model" / f"{family}.yaml"
+    node = OmegaConf.load(str(path)) if path.is_file() else OmegaConf.create({})
+    node = node.get("model", node)  # a YAML that sets other groups nests its own keys under model:
+    return node.get(key, getattr(ModelConf, key))
 
 
 def _gb(size: int) -> str:
