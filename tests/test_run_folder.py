@@ -16,7 +16,8 @@ from gradexp.training import checkpoint
 
 from gradexp.cli import folders
 from gradexp.training.run import WriteFailed
-from gradexp.training.resume import ResumeError, hydra_args
+from gradexp.cli.argv import hydra_args
+from gradexp.training.resume import ResumeError
 from tests.test_resume import LONG, StopAfter, resume, scalars, start, summary
 
 

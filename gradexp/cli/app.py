@@ -173,7 +173,7 @@ def _record_outcome(run_dir: str, overrides: list[str], status: str, error: Opti
 
 def run_app() -> int:
     from gradexp.cli.presets import normalise
-    from gradexp.training.resume import hydra_args
+    from gradexp.cli.argv import hydra_args
 
     try:
         sys.argv = [sys.argv[0], *normalise(hydra_args(sys.argv[1:]))]

@@ -1,0 +1,67 @@
+"""The command line Hydra sees for `gradexp run`: Hydra's own options first (its parser takes none after an override:
+`train.steps=5 --config-dir d` printed its usage), then the overrides; for `resume=FOLDER`, in any spelling, the run's
+saved overrides (training/resume.py says which are trusted), the folder as hydra.run.dir and hydra.output_subdir=null,
+so that Hydra does not rewrite the run's .hydra/ record."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from gradexp.training.resume import PREFIX, ResumeError, trusted_overrides
+
+_OPTIONAL_VALUE = ("--info", "-i")  # `--info` alone is valid: a following key=value is an override, not its value
+
+
+def hydra_args(args: list[str]) -> list[str]:
+    """The command line Hydra should see: Hydra's options (--config-dir X) first, as its parser wants them (given after
+    an override, they made it print its usage), then the overrides; for `resume=FOLDER` the run's saved overrides, then
+    the new ones."""
+    options, overrides = split_options(args)
+    given = [a for a in overrides if resume_folder(a) is not None]
+    if not given:
+        return [*options, *overrides]
+    folder = resume_folder(given[-1])
+    if any(a in ("-m", "--multirun") for a in options) or any(
+            a.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in overrides):
+        raise ResumeError(f"resume={folder} continues one run in its own folder: drop -m/--multirun and hydra.*.dir")
+    saved = os.path.join(folder, ".hydra", "overrides.yaml")
+    if not os.path.isfile(saved):
+        raise ResumeError(f"resume={folder}: not a gradexp run folder (no .hydra/overrides.yaml there)")
+    original = trusted_overrides(saved)
+    extra = [a for a in overrides if resume_folder(a) is None and a not in original]
+    path = os.path.abspath(folder)
+    return [*options, *original, *extra, f"{PREFIX}{_quoted(path)}", f"hydra.run.dir={_quoted(path)}",
+            "hydra.output_subdir=null"]
+
+
+def resume_folder(override: str) -> Optional[str]:
+    """FOLDER for `resume=FOLDER`, also written `+resume=` or `++resume=` (else None): every spelling resumes in the
+    run's own folder, without Hydra rewriting its .hydra/ record."""
+    key, sep, value = override.partition("=")
+    return value if sep and key.lstrip("+") == "resume" else None
+
+
+def split_options(args: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's options with their values, the overrides), each in the given order. An option's value is the next
+    argument for an option that takes one (--config-dir X); `--config-dir=X` is one argument."""
+    from hydra._internal.utils import get_args_parser
+
+    valued = {flag for action in get_args_parser()._actions if action.nargs in (None, "?")  # store: one value
+              for flag in action.option_strings}
+    options, overrides, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-"):
+            overrides.append(arg)
+        elif arg in valued and i + 1 < len(args) and not (arg in _OPTIONAL_VALUE and "=" in args[i + 1]):
+            options += [arg, args[i + 1]]
+            i += 1
+        else:
+            options.append(arg)
+        i += 1
+    return options, overrides
+
+
+def _quoted(path: str) -> str:
+    """A Hydra override value that keeps spaces, '=' and ',' in a path literal."""
+    return f"'{path}'" if "'" not in path else path
