@@ -16,6 +16,11 @@ def numbers(value: Any) -> bool:
     return isinstance(value, list) and all(number(v) for v in value)
 
 
+def step_number(value: Any) -> bool:
+    """A step TensorBoard can record: a whole number from 0 within int64."""
+    return type(value) is int and 0 <= value < 2 ** 63
+
+
 def named(check: Check, key: Callable[[Any], bool] = lambda k: isinstance(k, str)) -> Check:
     """A mapping whose keys pass `key` (names, by default) and whose values pass `check`."""
     return lambda value: isinstance(value, dict) and all(key(k) and check(v) for k, v in value.items())

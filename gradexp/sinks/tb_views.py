@@ -23,7 +23,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from gradexp.analysis.flow import first_last_ratio, layer_quantities, per_layer_gain
 from gradexp.outcome import Outcome
-from gradexp.sinks.state import named, number, require
+from gradexp.sinks.state import named, number, require, step_number
 from gradexp.sinks.events import ScalarEvents
 from gradexp.sinks.images import image_step
 
@@ -100,7 +100,7 @@ class TensorBoardViews:
         return {"history": {step: dict(row) for step, row in self.history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        steps = named(named(number), key=lambda step: type(step) is int)  # step -> {tag: value}
+        steps = named(named(number), key=step_number)  # step -> {tag: value}
         require(isinstance(state, dict) and steps(state.get("history")), "heatmap history of the views")
         self.history = {int(step): dict(row) for step, row in state["history"].items()}
 

@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from gradexp.probes import histograms
 from gradexp.sinks import profiles
 from gradexp.outcome import Outcome
-from gradexp.sinks.state import named, numbers, require
+from gradexp.sinks.state import named, numbers, require, step_number
 from gradexp.sinks.events import TEMPLATES, ScalarEvents
 from gradexp.sinks.images import image_step
 
@@ -229,6 +229,7 @@ class TensorBoardSink:
 
 
 def _profile_history(value: Any) -> bool:
-    """(steps, one profile per step): what state_dict keeps of each heatmap."""
+    """(steps, one profile per step, all of one length): what state_dict keeps of each heatmap."""
     return (isinstance(value, (list, tuple)) and len(value) == 2 and numbers(list(value[0]))
-            and isinstance(value[1], list) and len(value[1]) == len(value[0]) and all(numbers(r) for r in value[1]))
+            and isinstance(value[1], list) and len(value[1]) == len(value[0]) and all(numbers(r) for r in value[1])
+            and len({len(r) for r in value[1]}) <= 1 and all(step_number(s) for s in value[0]))

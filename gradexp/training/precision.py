@@ -76,6 +76,9 @@ class Precision:
                 "skipped": None if self.skipped is None else int(self.skipped)}
 
     def load_state_dict(self, state: dict) -> None:
+        skipped = state.get("skipped")
+        if skipped is not None and (type(skipped) is not int or skipped < 0):  # a tampered checkpoint: a count
+            raise ValueError(f"the skipped-step count {skipped!r} is not a count")
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if state.get("skipped") is not None:
