@@ -28,6 +28,7 @@ from tests.conftest import compose_config
     ("model.depth=100000", "model.depth"),  # with model.width=2000 below: 400 G parameters
     ("init.gain=2", "init.gain"),  # init=default keeps PyTorch's values: the gain would be ignored
     ("init.recurrent_gain=0.5", "init.recurrent_gain"),  # likewise for weight_hh
+    ("init.recurrent=orthogonal", "init.recurrent"),  # the default MLP has no recurrent weights
 ])
 def test_bad_value_is_refused_before_the_run_folder_exists(tmp_path, quiet_console, override, key):
     extra = ["model.width=2000"] if override == "model.depth=100000" else []
@@ -99,6 +100,6 @@ def test_a_refused_value_is_shown_as_the_user_types_it():
 def test_a_gain_is_taken_where_a_scheme_draws_with_it():
     from gradexp.config.schema import validate
 
-    for overrides in (["init=xavier_normal", "init.gain=2"], ["init.recurrent=orthogonal", "init.gain=2"],
+    for overrides in (["init=xavier_normal", "init.gain=2"], ["model=lstm", "init.recurrent=orthogonal", "init.gain=2"],
                       ["model=rnn", "data=adding", "init.recurrent=orthogonal", "init.recurrent_gain=0.5"]):
         validate(compose_config(overrides))

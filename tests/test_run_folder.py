@@ -77,7 +77,8 @@ def test_resume_keeps_hydras_options_in_front_of_the_overrides(tmp_path):
     tail = [f"resume='{run}'", f"hydra.run.dir='{run}'", "hydra.output_subdir=null"]
     assert hydra_args(["--config-dir", "/cfg", f"resume={run}"]) == ["--config-dir", "/cfg", "train.steps=3", *tail]
     assert hydra_args([f"resume={run}", "-cd", "/cfg", "--info", "seed=1"]) == [
-        "-cd", "/cfg", "--info", "train.steps=3", "seed=1", *tail]
+        "-cd", "/cfg", "train.steps=3", "seed=1", *tail, "--info"]  # a bare --info last: it would take an override
+    assert hydra_args(["--info", "searchpath", "seed=1"]) == ["--info", "searchpath", "seed=1"]
     assert hydra_args(["--config-dir=/cfg", f"resume={run}"])[0] == "--config-dir=/cfg"
     assert hydra_args(["train.steps=5", "--config-dir", "/cfg", "-m", "seed=1,2"]) == [  # not resuming: only reordered
         "--config-dir", "/cfg", "-m", "train.steps=5", "seed=1,2"]

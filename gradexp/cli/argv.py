@@ -16,10 +16,10 @@ def hydra_args(args: list[str]) -> list[str]:
     """The command line Hydra should see: Hydra's options (--config-dir X) first, as its parser wants them (given after
     an override, they made it print its usage), then the overrides; for `resume=FOLDER` the run's saved overrides, then
     the new ones."""
-    options, overrides = split_options(args)
+    options, overrides, bare = split_options(args)
     given = [a for a in overrides if resume_folder(a) is not None]
     if not given:
-        return [*options, *overrides]
+        return [*options, *overrides, *bare]
     folder = resume_folder(given[-1])
     if any(a in ("-m", "--multirun") for a in options) or any(
             a.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in overrides):
@@ -31,7 +31,7 @@ def hydra_args(args: list[str]) -> list[str]:
     extra = [a for a in overrides if resume_folder(a) is None and a not in original]
     path = os.path.abspath(folder)
     return [*options, *original, *extra, f"{PREFIX}{_quoted(path)}", f"hydra.run.dir={_quoted(path)}",
-            "hydra.output_subdir=null"]
+            "hydra.output_subdir=null", *bare]
 
 
 def resume_folder(override: str) -> Optional[str]:
@@ -41,14 +41,15 @@ def resume_folder(override: str) -> Optional[str]:
     return value if sep and key.lstrip("+") == "resume" else None
 
 
-def split_options(args: list[str]) -> tuple[list[str], list[str]]:
-    """(Hydra's options with their values, the overrides), each in the given order. An option's value is the next
-    argument for an option that takes one (--config-dir X); `--config-dir=X` is one argument."""
+def split_options(args: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(Hydra's options with their values, the overrides, `--info` given without a value), each in the given order. An
+    option's value is the next argument for an option that takes one (--config-dir X); `--config-dir=X` is one
+    argument. A bare `--info` goes last on Hydra's line: before an override it would take that as its value."""
     from hydra._internal.utils import get_args_parser
 
     valued = {flag for action in get_args_parser()._actions if action.nargs in (None, "?")  # store: one value
               for flag in action.option_strings}
-    options, overrides, i = [], [], 0
+    options, overrides, bare, i = [], [], [], 0
     while i < len(args):
         arg = args[i]
         if not arg.startswith("-"):
@@ -57,9 +58,9 @@ def split_options(args: list[str]) -> tuple[list[str], list[str]]:
             options += [arg, args[i + 1]]
             i += 1
         else:
-            options.append(arg)
+            (bare if arg in _OPTIONAL_VALUE else options).append(arg)
         i += 1
-    return options, overrides
+    return options, overrides, bare
 
 
 def _quoted(path: str) -> str:

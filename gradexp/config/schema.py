@@ -407,7 +407,7 @@ def _check_combinations(cfg: Any) -> None:
     if cfg.data.seq_len is not None:
         _check_seq_len(task, cfg.data.seq_len)
     _check_optimizer_keys(cfg.optimizer)
-    _check_init_gains(cfg.init)
+    _check_init_gains(cfg.init, family)
     if cfg.device == "cuda":
         import torch
 
@@ -418,8 +418,15 @@ def _check_combinations(cfg: Any) -> None:
         _check_compile(cfg, family)
 
 
-def _check_init_gains(init: Any) -> None:
-    """A gain no weight is drawn with is refused, not silently ignored: `default` keeps PyTorch's own values."""
+def _check_init_gains(init: Any, family: str) -> None:
+    """A gain no weight is drawn with is refused, not silently ignored: `default` keeps PyTorch's own values, and a
+    model without recurrent weights has no weight_hh for init.recurrent(_gain) (a custom model may have some)."""
+    if family != CUSTOM and not registry.MODELS[family].recurrent:
+        for key in ("recurrent", "recurrent_gain"):
+            if init[key] is not None:
+                recurrent_families = " | ".join(n for n, m in registry.MODELS.items() if m.recurrent)
+                raise ConfigError(f"init.{key}", init[key], f"null for model={family}, which has no recurrent weights "
+                                                            f"(it applies to {recurrent_families})")
     recurrent = init.scheme if init.recurrent is None else init.recurrent
     if init.scheme == "default" and recurrent == "default" and init.gain != InitConf.gain:
         raise ConfigError("init.gain", init.gain, f"{InitConf.gain} with init=default, which keeps PyTorch's own "
