@@ -185,3 +185,15 @@ def test_undo_keeps_a_folder_that_received_anything_else(tmp_path):
     (fresh / "summary.json").write_text("{}")
     folders.undo()
     assert (fresh / "summary.json").exists()
+
+
+def test_resume_keeps_a_folder_name_with_quotes_and_spaces_literal(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_dir = tmp_path / "it's a run" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "overrides.yaml").write_text("- train.steps=3\n")
+    run = str(tmp_path / "it's a run")
+    args = hydra_args([f"resume={run}"])
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(args)}
+    assert parsed["resume"] == run and parsed["hydra.run.dir"] == run

@@ -64,5 +64,6 @@ def split_options(args: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 
 def _quoted(path: str) -> str:
-    """A Hydra override value that keeps spaces, '=' and ',' in a path literal."""
-    return f"'{path}'" if "'" not in path else path
+    """A Hydra override value that keeps spaces, '=', ',' and quotes in a path literal (Hydra reads \\' inside a
+    quoted value as a quote)."""
+    return "'" + path.replace("'", "\\'") + "'"
