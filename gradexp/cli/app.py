@@ -16,7 +16,8 @@ from gradexp.cli import jobs
 from gradexp.cli import folders
 from gradexp.cli import launchers
 from gradexp.cli.environ import environment_variable
-from gradexp.config.schema import CUSTOM, ConfigError, check_overrides, model_family, register_schema, validate
+from gradexp.config.schema import (CUSTOM, ConfigError, check_overrides, first_line, model_family, register_schema,
+                                   validate)
 from gradexp.outcome import WriteFailed
 from gradexp.training.interrupt import Interrupts
 
@@ -218,11 +219,6 @@ def _is_submitit_failure(err: BaseException) -> bool:
     return module.startswith("submitit") and name in ("UncompletedJobError", "FailedJobError", "FailedSubmissionError")
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
 def _report(err: Exception, full: bool) -> int:
     """Bad input (Hydra composition, override syntax) and a sweep job's bad value: one line. A bug: its traceback."""
     from gradexp.cli.errors import BAD_INPUT, one_line
@@ -231,7 +227,7 @@ def _report(err: Exception, full: bool) -> int:
         print(err, file=sys.stderr)
         return 1
     if _is_submitit_failure(err) and not full:  # scancel, OOM, a node lost: the parent waited on a job that died
-        print(f"gradexp: a SLURM job ended without a result: {_first_line(err)} (its log is in the sweep folder's "
+        print(f"gradexp: a SLURM job ended without a result: {first_line(err)} (its log is in the sweep folder's "
               ".submitit/<job id>/; re-run the same command to continue the sweep)", file=sys.stderr)
         return 1
     if isinstance(err, BAD_INPUT) and not _task_started and not full:

@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from gradexp.cli import launchers
+from gradexp.config.schema import first_line
 from gradexp.training.artefacts import run_artefacts
 
 HYDRA_OWN = (".hydra", "gradexp.log", "multirun.yaml")  # what Hydra writes before the task starts
@@ -86,8 +87,7 @@ def _folder(config: Any, key: str) -> str:
         typed = OmegaConf.to_container(config, resolve=False)
         for part in key.split("."):
             typed = typed.get(part) if isinstance(typed, dict) else None
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise Refused(f"invalid value for {key}: {typed!r} ({reason}; allowed: a folder path)") from None
+        raise Refused(f"invalid value for {key}: {typed!r} ({first_line(err)}; allowed: a folder path)") from None
 
 
 class FolderGuard(Callback):

@@ -187,6 +187,12 @@ def compose(overrides: Sequence[str] = (), config_dir: Optional[str] = None) -> 
         return hydra_compose(config_name="config", overrides=[*overrides, *extra])
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type where it has none: a refusal is one line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class ConfigError(ValueError):
     """A value the experiment cannot run with; str() is the one line the user sees."""
 
@@ -548,5 +554,5 @@ def _check_compile(cfg: Any, family: str) -> None:
 
             get_cpp_compiler()
     except Exception as err:  # whatever the toolchain probe raises, the answer is the same: no compiler here
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError("train.compile", True, f"false here: torch.compile's compiler toolchain is missing ({reason})") from None
+        raise ConfigError("train.compile", True,
+                          f"false here: torch.compile's compiler toolchain is missing ({first_line(err)})") from None

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from gradexp.config.schema import first_line
 from gradexp.sinks.files import write_atomically
 from gradexp.training.artefacts import CHECKPOINT_NAME
 from gradexp.training.reproducible import rng_state, set_rng_state
@@ -59,8 +60,8 @@ def load(path: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file ({first_line})") from err
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
+                              f"({first_line(err)})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in KEYS):
         raise CheckpointError(f"{path} is not a gradexp checkpoint (expected format {FORMAT!r})")
     return state
@@ -82,8 +83,8 @@ def restore(run: Run, state: dict[str, Any], total_steps: int) -> int:
         set_rng_state(state["rng"])
         return step
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"the checkpoint does not fit this run's model and optimizer ({first_line})") from None
+        raise CheckpointError(f"the checkpoint does not fit this run's model and optimizer "
+                              f"({first_line(err)})") from None
 
 
 class Checkpointer:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from gradexp.config.registry import MODELS
-from gradexp.config.schema import GROUPS, ConfigError, import_model_class, is_schema_key
+from gradexp.config.schema import GROUPS, ConfigError, first_line, import_model_class, is_schema_key
 from gradexp.sinks.summary import SUMMARY_NAME
 from gradexp.training.artefacts import run_artefacts
 
@@ -49,7 +49,7 @@ def trusted_overrides(path: str) -> list[str]:
 
 
 def _unreadable(path: str, err: Exception) -> ResumeError:
-    return ResumeError(f"{path}: cannot read it ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+    return ResumeError(f"{path}: cannot read it ({first_line(err)})")
 
 
 def untrusted(override: str) -> Optional[str]:
