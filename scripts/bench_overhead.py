@@ -6,6 +6,9 @@ Same model (same seed), data, optimizer and loss in every variant, timed in one 
   off    gradexp's train() with no probes and no sinks (the loop, clip policy, non-finite guard, perf meter)
   default  gradexp's train() with the default probes, TensorBoard + summary sinks, the configured log.every
   all    every instrument on every step (log.every=1, histograms and bptt every step)
+  handmade  the plain loop with the default probes' four families hand-written as tightly as eager PyTorch allows, on
+         gradexp's logging steps (scripts/handmade.py): the floor under (b). MLP configs only (it stacks the hidden
+         layers' outputs, which must share a shape)
 Ratios are variant / plain. `transformer` is gradexp's own family (4 blocks, d_model 128). The monitor_* configs time gradexp.Monitor on a user-style loop instead (a model gradexp
 does not build: a residual CNN, and torch's own 4-block nn.TransformerEncoder with d_model 128): plain is the same
 loop without the Monitor, default is the Monitor at its default interval (every=25), all is every=1.
@@ -38,6 +41,9 @@ from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.outcome import Outcome
 from gradexp.training.loop import Run, evaluate, train
 
+sys.path.insert(0, __file__.rsplit("/", 1)[0])  # scripts/ itself
+import handmade  # noqa: E402
+
 # name -> (overrides, steps per timed run)
 CONFIGS = {
     "mlp": ([], 500),
@@ -47,7 +53,8 @@ CONFIGS = {
     "transformer": (["model=transformer", "model.depth=4", "model.width=128", "data=copy"], 100),
 }
 MONITOR_CONFIGS = {"monitor_cnn": 200, "monitor_transformer": 50}  # name -> steps per timed run
-VARIANTS = ("plain", "off", "default", "all")
+VARIANTS = ("plain", "off", "default", "all", "handmade")
+HANDMADE = ("mlp", "mlp20")  # configs whose hidden layers share one output shape
 MONITOR_EVERY = {"default": 25, "all": 1}
 EVERYTHING = ["log.every=1", "log.histograms_every=1", "log.bptt_every=1"]
 
@@ -88,6 +95,41 @@ def time_plain(cfg, task, steps: int) -> float:
     return time.perf_counter() - t0
 
 
+def time_handmade(cfg, task, steps: int) -> float:
+    """The plain loop, with scripts/handmade.py's probes on the steps gradexp logs at (0, every log.every-th, last)."""
+    run = make_run(cfg, task, probes=False, sinks=[])
+    model, opt, batches = run.model, run.optimizer, run.batches
+    probes = handmade.Handmade([layer for _, layer in run.layers], list(model.parameters()))
+    every = cfg.log.every
+    sync(task.x_train.device)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        logging = step % every == 0 or step == steps - 1
+        if logging:
+            probes.attach()
+        x, y = batches.next()
+        loss = task.loss(model(task.inputs(x)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if logging:
+            probes.after_backward()
+        opt.step()
+        if logging:
+            probes.after_step()
+            loss.item()  # the loss, read as gradexp's logging steps read it
+    evaluate(run)
+    sync(task.x_train.device)
+    return time.perf_counter() - t0
+
+
+def time_variant(cfg, task, steps: int, variant: str, tmp: str) -> float:
+    if variant == "plain":
+        return time_plain(cfg, task, steps)
+    if variant == "handmade":
+        return time_handmade(cfg, task, steps)
+    return time_gradexp(cfg, task, steps, variant, tmp)
+
+
 def time_gradexp(cfg, task, steps: int, variant: str, tmp: str) -> float:
     instrumented = variant != "off"
     sinks = [TensorBoardSink(tmp), SummarySink(tmp, [], [])] if instrumented else []
@@ -111,18 +153,17 @@ def bench_config(name: str, repeats: int, scale: float, tmp: str, extra: list[st
     overrides, steps = CONFIGS[name]
     overrides = overrides + extra
     steps = max(2, int(steps * scale))
-    cfgs = {v: compose_cfg(overrides + (EVERYTHING if v == "all" else [])) for v in VARIANTS}
+    variants = VARIANTS if name in HANDMADE else VARIANTS[:-1]
+    cfgs = {v: compose_cfg(overrides + (EVERYTHING if v == "all" else [])) for v in variants}
     task = build.task(cfgs["plain"], build.device(cfgs["plain"]))
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in variants}
     time_plain(cfgs["plain"], task, min(steps, 20))  # warm-up: allocator, kernels, lazy imports
     for r in range(repeats):
-        for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:  # rotate the order
-            run_tmp = tempfile.mkdtemp(dir=tmp)
-            t = time_plain(cfgs[v], task, steps) if v == "plain" else time_gradexp(cfgs[v], task, steps, v, run_tmp)
-            times[v].append(t)
+        for v in variants[r % len(variants):] + variants[:r % len(variants)]:  # rotate the order
+            times[v].append(time_variant(cfgs[v], task, steps, v, tempfile.mkdtemp(dir=tmp)))
     medians = {v: statistics.median(ts) for v, ts in times.items()}
     return {"steps": steps, "log_every": cfgs["default"].log.every, "plain_s": medians["plain"],
-            **{v: medians[v] / medians["plain"] for v in VARIANTS[1:]}}
+            **{v: medians[v] / medians["plain"] if v in medians else math.nan for v in VARIANTS[1:]}}
 
 
 class _ResidualCNN(torch.nn.Module):
@@ -198,7 +239,7 @@ def bench_monitor(name: str, repeats: int, scale: float, tmp: str, dev: torch.de
             times[v].append(time_user_loop(name, steps, MONITOR_EVERY.get(v, 0), tempfile.mkdtemp(dir=tmp), dev))
     medians = {v: statistics.median(ts) for v, ts in times.items()}
     return {"steps": steps, "log_every": MONITOR_EVERY["default"], "plain_s": medians["plain"], "off": math.nan,
-            "default": medians["default"] / medians["plain"], "all": medians["all"] / medians["plain"]}
+            "default": medians["default"] / medians["plain"], "all": medians["all"] / medians["plain"], "handmade": math.nan}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,11 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results[name] = bench_config(name, args.repeats, args.steps_scale, tmp, args.override)
     table = Table(title=f"gradexp overhead vs a plain loop (median of {args.repeats}, device {dev})")
-    for col in ("config", "steps", "log.every", "plain s", "(a) off", "(b) default", "(c) all"):
+    for col in ("config", "steps", "log.every", "plain s", "(a) off", "(b) default", "(c) all", "handmade"):
         table.add_column(col, justify="right")
     for name, r in results.items():
         table.add_row(name, str(r["steps"]), str(r["log_every"]), f"{r['plain_s']:.3f}",
-                      f"{r['off']:.3f}", f"{r['default']:.3f}", f"{r['all']:.3f}")
+                      *(f"{r[v]:.3f}" if not math.isnan(r[v]) else "–" for v in VARIANTS[1:]))
     Console().print(table)
     Path(args.out).write_text(json.dumps({"repeats": args.repeats, "torch": torch.__version__, "device": str(dev),
                                           "threads": torch.get_num_threads(), "results": results}, indent=2) + "\n")

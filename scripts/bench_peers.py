@@ -7,6 +7,9 @@ median of the repeats; each figure is the ratio to the plain loop:
               a host copy
   hooks       a naive full backward hook per hidden layer: the output gradient's norm and an .item() per call
   foreach     one batched torch._foreach_norm over every gradient and one host transfer (the floor)
+  handmade    gradexp's four default probe families hand-written as tightly as eager PyTorch allows, for this model
+              only, with no exactness pass, no names and nothing written (scripts/handmade.py): the floor under
+              gradexp's figure
   gradexp     gradexp.Monitor(every=1) with its default probes (gradient, activation-gradient, activation and update
               norms, clip telemetry), writing TensorBoard events and summary.json
   cockpit     Cockpit 1.0.2's GradNorm + UpdateSize quantities every step (BackPACK-extended model), when importable
@@ -33,6 +36,9 @@ from torch import nn
 
 import gradexp
 from gradexp.data.tasks import make_task
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])  # scripts/ itself
+import handmade  # noqa: E402
 
 MODELS = {"tiny": dict(depth=6, width=64, batch=64, steps=300), "mlp20": dict(depth=20, width=256, batch=128, steps=100)}
 LABELS = {"tiny": "tiny MLP (6x64)", "mlp20": "MLP 20x256"}
@@ -119,6 +125,23 @@ class Hooks(Variant):
     def finish(self):
         for handle in self.handles:
             handle.remove()
+
+
+class Handmade(Variant):
+    def setup(self, model, opt, tmp):
+        probes = handmade.Handmade(list(model[:-1]), list(model.parameters()))
+
+        def step(model, opt, x, y):
+            probes.attach()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            probes.after_backward()
+            opt.step()
+            probes.after_step()
+            return loss
+
+        return step
 
 
 class Gradexp(Variant):
@@ -216,7 +239,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)  # BackPACK's and the full backward hooks' notices
     variants = [Variant("plain", plain), Variant("lightning", lightning_style), Variant("wandb", wandb_style),
-                Hooks("hooks"), Variant("foreach", foreach_style), Gradexp("gradexp")]
+                Hooks("hooks"), Variant("foreach", foreach_style), Handmade("handmade"), Gradexp("gradexp")]
     no_cockpit = cockpit_available()
     if no_cockpit is None:
         variants.append(Cockpit("cockpit"))
