@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from gradexp.probes.norms import combined_norm, exact_norms
+from gradexp.probes.norms import combined_norm, exact_norms, host_norms, norm_vector, total_norm
 from gradexp.sinks.profiles import profile_scalars
 from tests.test_instruments import first_batch
 from tests.test_oracle import read_scalars
@@ -139,3 +139,45 @@ def test_readme_rnn_figure_is_what_a_fresh_run_measures(run_tiny):
     assert profile[0] / profile[-1] == pytest.approx(oracle[0] / oracle[-1], rel=1e-5)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"‖∂L/∂h_0‖ is {profile[0] / profile[-1]:.2g} of ‖∂L/∂h_99‖" in readme
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_host_norms_are_norm_vectors_values_from_tiny_to_huge(dtype):
+    """The CPU fast path (host floats, no tensor built) reads exactly what norm_vector gives, the extreme regime and
+    non-finite entries included, and against a float64 oracle."""
+    tiny = torch.finfo(dtype).tiny
+    tensors = [torch.full((7, 5), tiny * 3, dtype=dtype), torch.full((4,), 1e-30).to(dtype),
+               torch.randn(9, dtype=torch.float64).to(dtype), torch.full((3,), torch.finfo(dtype).max / 2, dtype=dtype),
+               torch.tensor([1.0, math.inf], dtype=dtype), torch.tensor([math.nan, 1.0], dtype=dtype),
+               torch.zeros(0, dtype=dtype)]
+    values = host_norms(tensors)
+    assert values is not None and all(isinstance(v, float) for v in values)
+    want = [_scaled_oracle(t.double()) for t in tensors]
+    for got, expected, vector in zip(values, want, norm_vector(tensors).tolist()):
+        assert got == vector or (math.isnan(got) and math.isnan(vector))
+        assert got == pytest.approx(expected, rel=1e-7, nan_ok=True)
+
+
+def _scaled_oracle(x: torch.Tensor) -> float:
+    """||x|| in float64, scaled by max|x| first so that float64's own extremes neither underflow nor overflow."""
+    peak = x.abs().max().item() if x.numel() else 0.0
+    if not (0 < peak < math.inf):
+        return torch.linalg.vector_norm(x).item()
+    return peak * torch.linalg.vector_norm(x / peak).item()
+
+
+def test_host_norms_leave_what_they_cannot_take_to_norm_vector():
+    assert host_norms([torch.ones(2), torch.ones(2, dtype=torch.float64)]) is None  # two dtypes
+    assert host_norms([torch.ones(2, dtype=torch.int64)]) is None
+    assert host_norms([]) == []
+
+
+def test_total_norm_of_host_norms():
+    assert total_norm([3.0, 4.0]) == 5.0
+    assert total_norm([]) == 0.0
+    assert total_norm([1e-300, 1e-300]) == pytest.approx(math.sqrt(2) * 1e-300, rel=1e-15)  # squares underflow float64
+    assert total_norm([1e300, 1e300]) == pytest.approx(math.sqrt(2) * 1e300, rel=1e-15)  # ... or overflow it
+    assert total_norm([math.inf, 1.0]) == math.inf
+    assert math.isnan(total_norm([math.nan, 1.0])) and math.isnan(total_norm([math.inf, math.nan]))  # as torch's norm
+    values = [float(v) for v in torch.rand(50, dtype=torch.float64)]
+    assert total_norm(values) == pytest.approx(torch.linalg.vector_norm(torch.tensor(values, dtype=torch.float64)).item(), rel=1e-15)

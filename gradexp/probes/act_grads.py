@@ -4,13 +4,14 @@ Forward hooks on each watched layer (the layer contract, probes/layers.py) attac
 both exist only while a logging step is being watched (probes/base.py Hooks), so ordinary steps pay nothing."""
 from __future__ import annotations
 
+import functools
 from typing import ContextManager
 
 from torch import Tensor, nn
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
 from gradexp.probes.layers import Layers
-from gradexp.probes.norms import combined_norm, norm_vector
+from gradexp.probes.norms import combined_norm, host_norms, host_vector, norm_vector
 
 
 class ActGrads(Probe):
@@ -39,20 +40,20 @@ class ActGrads(Probe):
             if isinstance(output, Tensor) and output.requires_grad:
                 calls = self.grads.setdefault(name, [])
                 calls.append(None)  # this call's slot: a second backward through the same output replaces, not adds
-                at = len(calls) - 1
-                output.register_hook(lambda grad: self._record(name, at, grad))
+                # list.__setitem__ as the hook: the gradient goes into its slot with no Python frame during backward
+                output.register_hook(functools.partial(calls.__setitem__, len(calls) - 1))
 
         return hook
-
-    def _record(self, name: str, at: int, grad: Tensor) -> None:
-        self.grads[name][at] = self.context.unscaled(grad.detach())
 
     def after_backward(self, model: nn.Module) -> Scalars:
         grads = {name: [g for g in calls if g is not None] for name, calls in self.grads.items()}
         grads, self.grads = {name: calls for name, calls in grads.items() if calls}, {}
         if not grads:
             return {}
-        norms = norm_vector([g for calls in grads.values() for g in calls])  # one batched pass, (calls,)
+        # the hooks kept what autograd passed (never requiring grad); a loss scale divides out here, once per step
+        flat = [self.context.unscaled(g) for calls in grads.values() for g in calls]
+        values = host_norms(flat)  # CPU: host floats already; one batched pass either way, (calls,)
+        norms = host_vector(values) if values is not None else norm_vector(flat)
         if len(norms) == len(grads):  # one call per layer: the usual case
             return {tags("act_grad_norm/", list(grads)): norms}
         out, at = {}, 0

@@ -2,7 +2,8 @@
 
 A probe measures one family of quantities. It is consulted only on logging steps: hooks it needs exist
 only inside `watch` (forward + backward of a logging step), and every value it returns is a 0-d tensor
-left on the model's device, so nothing synchronises with the host until Instruments.collect().
+left on the model's device, so nothing synchronises with the host until Instruments.collect(); or a Python float
+where the value was computed from numbers on the host already (CPU norms, probes/norms.py host_norms).
 A value is usually 0-d (one scalar per tag); a probe may return a 1-d tensor for a profile (e.g. one norm per
 time step), which reaches the sinks as a list of floats. Several tags measured together (one norm per parameter)
 may come as one 1-d tensor under a tuple of tags, one entry each: handed on whole, it costs no unbind and no
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 Scalars = dict[str, Tensor]
 _TAGS: dict[tuple, tuple[str, ...]] = {}
 _PARAMS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+_NAMES: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
 
 
 def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -33,6 +35,14 @@ def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     if model not in _PARAMS:
         _PARAMS[model] = list(model.named_parameters())
     return _PARAMS[model]
+
+
+def parameter_names(model: nn.Module) -> list[str]:
+    """The names of named_parameters(model), listed once per model."""
+    found = _NAMES.get(model)
+    if found is None:
+        found = _NAMES[model] = [name for name, _ in named_parameters(model)]
+    return found
 
 
 def tags(prefix: str, names: Sequence[str]) -> tuple[str, ...]:
@@ -100,9 +110,10 @@ class ProbeContext:
 
     def unscaled(self, grad: Tensor) -> Tensor:
         """A gradient a tensor hook saw, divided by the loss scale (hooks fire before the optimizer's
-        gradients are unscaled). In float32: the scaled value may fit fp16 where the true one does not."""
+        gradients are unscaled), detached. In float32: the scaled value may fit fp16 where the true one does not. Read
+        before the scaler's update moves the scale (a logging step's after_backward)."""
         scale = None if self.precision is None else self.precision.scale()
-        return grad if scale is None else grad.float() / scale
+        return grad if scale is None else grad.detach().float() / scale
 
 
 class Probe:

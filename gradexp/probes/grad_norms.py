@@ -5,12 +5,16 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars, named_parameters, tags
-from gradexp.probes.norms import combined_norm, norm_vector
+from gradexp.probes.base import Probe, Scalars, named_parameters, parameter_names, tags
+from gradexp.probes.norms import combined_norm, host_norms, host_vector, norm_vector, total_norm
 
 
 def _named_grads(model: nn.Module) -> tuple[list[str], list[Tensor]]:
-    pairs = [(name, p.grad) for name, p in named_parameters(model) if p.grad is not None]
+    named = named_parameters(model)
+    grads = [p.grad for _, p in named]
+    if all(g is not None for g in grads):  # the usual case: the names as walked once
+        return parameter_names(model), grads
+    pairs = [(name, g) for (name, _), g in zip(named, grads) if g is not None]
     return [n for n, _ in pairs], [g for _, g in pairs]
 
 
@@ -25,8 +29,12 @@ class GradNorms(Probe):
         names, grads = _named_grads(model)
         if not grads:
             return {}
-        norms = norm_vector(grads)  # batched, exact down to subnormals, stays on the device: (P,) float64
-        total = combined_norm(norms)
+        values = host_norms(grads)  # CPU: host floats already, and their total is one math.hypot
+        if values is not None:
+            norms, total = host_vector(values), total_norm(values)
+        else:
+            norms = norm_vector(grads)  # batched, exact down to subnormals, stays on the device: (P,) float64
+            total = combined_norm(norms)
         self.seen = (grads, [g._version for g in grads], total)
         return {tags("grad_norm/", names): norms, "grad_norm/total": total}
 
@@ -37,7 +45,8 @@ class GradNorms(Probe):
             return {}
         if seen is not None and _unchanged(seen[0], seen[1], grads):
             return {"grad_norm/total_clipped": seen[2]}
-        return {"grad_norm/total_clipped": combined_norm(norm_vector(grads))}
+        values = host_norms(grads)
+        return {"grad_norm/total_clipped": total_norm(values) if values is not None else combined_norm(norm_vector(grads))}
 
 
 def _unchanged(before: list[Tensor], versions: list[int], now: list[Tensor]) -> bool:
