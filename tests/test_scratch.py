@@ -76,3 +76,43 @@ def test_update_ratio_follows_a_model_cast_between_logging_steps():
         assert torch.allclose(ratios, want, rtol=1e-6) and (dtype == torch.float32 or (ratios > 0).all())
         model.zero_grad(set_to_none=True)
     assert copies[0]() is None and copies[1]().dtype == torch.float64  # the float32 copy is gone, the float64 one kept
+
+
+def _ratios_against_snapshots(model: torch.nn.Module, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's update ratios for one plain SGD step of `step` x grad, and the float64 oracle's."""
+    probe = UpdateRatio()
+    probe.after_clip(model, None)
+    before = [p.detach().double().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= step * p.grad
+    (ratios,) = probe.after_step(model).values()
+    want = [(p.detach().double() - b).norm() / b.norm() for p, b in zip(model.parameters(), before)]
+    return ratios, torch.stack(want)
+
+
+def test_update_ratio_of_parameters_that_differ_in_dtype_or_layout():
+    """One flat copy needs parameters of one dtype, each contiguous: a half-cast model and a channels_last convolution
+    take the per-parameter copies, with the same numbers."""
+    mixed = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2).double())
+    mixed[1](mixed[0](torch.randn(5, 3)).double()).sum().backward()
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    conv(torch.randn(2, 3, 5, 5)).sum().backward()
+    for model in (mixed, conv):
+        ratios, want = _ratios_against_snapshots(model, 0.1)
+        assert torch.allclose(ratios, want, rtol=1e-6)
+
+
+def test_update_ratio_of_tiny_steps_and_weights_is_exact():
+    """Weights of 1e-30 moved by 1e-33: float32 squares of either underflow to 0, the ratio must still be 1e-3 (to
+    float32's rounding of the moved weights, ~1e-4 of the step)."""
+    model = torch.nn.Linear(8, 8)
+    with torch.no_grad():
+        model.weight.fill_(1e-30)
+        model.bias.fill_(1e-30)
+    model(torch.randn(3, 8)).sum().backward()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e-32)
+    ratios, want = _ratios_against_snapshots(model, 0.1)
+    assert torch.allclose(ratios, want, rtol=1e-6) and torch.allclose(ratios, torch.full_like(ratios, 1e-3), rtol=1e-3)
