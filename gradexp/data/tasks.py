@@ -58,7 +58,8 @@ class Task:
         if self.kind == "regression":
             hit = (output.reshape(y.shape) - y).abs() < ADDING_TOLERANCE
         else:
-            hit = output.argmax(-1).reshape(y.shape) == y  # per example, or per symbol for copy
+            predicted = output.argmax(-1)
+            hit = (predicted if predicted.shape == y.shape else predicted.reshape(y.shape)) == y  # per example/symbol
         found = {"acc": hit.mean(dtype=torch.float32)}  # as .float().mean(), one operator fewer
         if self.kind == "language_model":
             found["bpc"] = self.loss(output, y) / math.log(2)  # nats per character -> bits per character
