@@ -13,6 +13,7 @@ from gradexp.config.registry import DATA, MODELS
 from gradexp.config.schema import ConfigError, ModelConf, TrainConf, model_family
 from gradexp.data import folder
 from gradexp.data.tasks import BLOB_FEATURES, COPY_LENGTH, COPY_SYMBOLS, Task
+from gradexp.training.memory import available_bytes
 
 BYTES_PER_VALUE = 4  # float32 parameters, gradients, optimizer state and activations
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2, "rmsprop": 2, "adagrad": 1}  # buffers per parameter
@@ -183,17 +184,6 @@ def estimate_bytes(cfg: Any, task: Task) -> dict[str, int]:
         "optimizer state": OPTIMIZER_STATES[cfg.optimizer.name] * params * BYTES_PER_VALUE,
         "activations": activation_count(cfg, task) * BYTES_PER_VALUE,
     }
-
-
-def available_bytes(dev: torch.device) -> int:
-    if dev.type == "cuda":
-        return torch.cuda.mem_get_info(dev)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):  # not Linux: free physical pages
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_memory(cfg: Any, task: Task, dev: torch.device) -> None:
