@@ -239,7 +239,8 @@ def bench_monitor(name: str, repeats: int, scale: float, tmp: str, dev: torch.de
             times[v].append(time_user_loop(name, steps, MONITOR_EVERY.get(v, 0), tempfile.mkdtemp(dir=tmp), dev))
     medians = {v: statistics.median(ts) for v, ts in times.items()}
     return {"steps": steps, "log_every": MONITOR_EVERY["default"], "plain_s": medians["plain"], "off": math.nan,
-            "default": medians["default"] / medians["plain"], "all": medians["all"] / medians["plain"], "handmade": math.nan}
+            "default": medians["default"] / medians["plain"], "all": medians["all"] / medians["plain"],
+            "handmade": math.nan}
 
 
 def main(argv: list[str] | None = None) -> int:
