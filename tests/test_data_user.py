@@ -79,6 +79,17 @@ def test_text_too_short_is_refused(tmp_path, content, match):
     assert "data.seq_len" in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("content", [b"\x1f\x8b\x08\x00" + bytes(range(256)), ("caf\u00e9 " * 40).encode("latin-1")])
+def test_text_that_is_not_utf8_is_refused_not_replaced(tmp_path, content):
+    """A gzip'd corpus or a Latin-1 file: refused in one line with the first bad byte, never trained on U+FFFD."""
+    (tmp_path / "c.txt").write_bytes(content)
+    with pytest.raises(DataError, match=r"data.path=.*allowed: a UTF-8 text file \(byte \d+ is 0x") as err:
+        make_task("text", 0, seq_len=10, path=str(tmp_path / "c.txt"))
+    assert "\n" not in str(err.value)
+    (tmp_path / "ok.txt").write_text("caf\u00e9 na\u00efve \u2014 " * 20, encoding="utf-8")  # UTF-8 beyond ASCII: read
+    assert make_task("text", 0, seq_len=10, path=str(tmp_path / "ok.txt")).vocab_size == len(set("caf\u00e9 na\u00efve \u2014 "))
+
+
 def test_text_missing_file_is_refused(tmp_path):
     with pytest.raises(DataError, match="data.path=.*allowed: an existing text file"):
         make_task("text", 0, seq_len=10, path=str(tmp_path / "nope.txt"))

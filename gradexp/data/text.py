@@ -15,10 +15,17 @@ from gradexp.data.download import DataError
 
 
 def _read(path: Optional[str]) -> str:
+    """The file's characters. Decoded strictly: a file that is not UTF-8 text (a compressed corpus, another encoding)
+    would otherwise train on U+FFFD stand-ins for every byte that does not decode, and look like a working run."""
     if path is None or not os.path.isfile(path):
         raise DataError("data.path", path, "allowed: an existing text file (UTF-8)")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError("data.path", path, f"allowed: a UTF-8 text file (byte {err.start} is 0x{raw[err.start]:02x}, "
+                        f"which is not UTF-8 there: a compressed or binary file, or another encoding)") from None
 
 
 def _windows(ids: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
