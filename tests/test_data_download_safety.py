@@ -3,6 +3,7 @@ refused and left, a download goes through a temporary file of its own, and the l
 while the lock keeps two jobs from downloading the same file at once. Served from 127.0.0.1, no outside network."""
 import fcntl
 import hashlib
+import errno
 import os
 import stat
 import threading
@@ -210,3 +211,48 @@ def test_a_file_in_place_is_checked_without_the_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(data_download, "locked", no_lock)
     assert fetch(str(tmp_path), "blob.bin", "http://127.0.0.1:9", checksum, 1.0) == str(tmp_path / "blob.bin")
     assert os.listdir(tmp_path) == ["blob.bin"]
+
+
+def _full_disk_after(limit: int):
+    """os.fdopen whose files take `limit` bytes, then fail as a full disk does."""
+    real = os.fdopen
+
+    def fdopen(handle, *args, **kwargs):
+        f = real(handle, *args, **kwargs)
+        written = [0]
+        write = f.write
+
+        def limited(block):
+            if written[0] + len(block) > limit:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written[0] += len(block)
+            return write(block)
+
+        f.write = limited
+        return f
+
+    return fdopen
+
+
+def test_a_full_disk_during_a_download_names_the_folder_not_the_address(tmp_path, served_blob, monkeypatch):
+    """ENOSPC while writing is the cache folder's problem: refused as data.root with what the system said, the
+    partial download removed, never blamed on data.url as 'cannot download'."""
+    url, _, want = served_blob
+    (tmp_path / "c").mkdir()
+    monkeypatch.setattr(os, "fdopen", _full_disk_after(30_000))
+    with pytest.raises(DataError) as err:
+        fetch(str(tmp_path / "c"), "blob.bin", url, want, 5)
+    message = str(err.value)
+    assert message.startswith(f"data.root={tmp_path / 'c'}: cannot write blob.bin there (No space left on device)")
+    assert "data.url" not in message and "\n" not in message
+    assert os.listdir(tmp_path / "c") == []
+
+
+def test_a_real_full_tmpfs_during_a_download(tmp_path, served_blob):
+    from tests.test_user_owns import tmpfs
+
+    url, _, want = served_blob
+    with tmpfs(tmp_path / "small", "size=48k"):  # the served blob is 100 kB
+        with pytest.raises(DataError, match=r"^data\.root=.*: cannot write blob\.bin there \(No space left on device\)"):
+            fetch(str(tmp_path / "small"), "blob.bin", url, want, 5)
+        assert os.listdir(tmp_path / "small") == []

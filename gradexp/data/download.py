@@ -142,8 +142,11 @@ def _download(url: str, name: str, path: str, checksum: str, timeout: float) -> 
     an interrupted or wrong download never looks like a finished file, and no other file is ever written."""
     handle, part = _new_part(path)
     try:
-        with os.fdopen(handle, "wb") as out:
+        out = _Writing(os.fdopen(handle, "wb"), path)
+        try:
             _receive(f"{url.rstrip('/')}/{name}", out, path, timeout)
+        finally:
+            out.close()
         found = md5(part)
         if found != checksum:
             raise DataError("data.url", url, f"{name} as downloaded has md5 {found}, not the published {checksum}; "
@@ -153,6 +156,36 @@ def _download(url: str, name: str, path: str, checksum: str, timeout: float) -> 
     except BaseException:  # Ctrl-C included: the temporary file is ours, from this attempt
         os.remove(part)
         raise
+
+
+class NoRoom(DataError):
+    """The download could not be written where it goes (a full disk, a quota, a read-only cache): not the address's
+    fault, so it names data.root and what the system said, not data.url."""
+
+    def __init__(self, path: str, err: OSError):
+        super().__init__("data.root", os.path.dirname(path), f"cannot write {os.path.basename(path)} there "
+                         f"({err.strerror or err}); the partial download was removed (allowed: a folder with room "
+                         f"for the dataset, or the file put there by hand)")
+
+
+class _Writing:
+    """The temporary file of a download, whose write errors become NoRoom: _receive turns every OSError while it
+    reads the response into Unreachable (no network), which a full disk is not."""
+
+    def __init__(self, out, path: str) -> None:
+        self.out, self.path = out, path
+
+    def write(self, block: bytes) -> None:
+        try:
+            self.out.write(block)
+        except OSError as err:
+            raise NoRoom(self.path, err) from None
+
+    def close(self) -> None:
+        try:
+            self.out.close()  # writes what is buffered
+        except OSError as err:
+            raise NoRoom(self.path, err) from None
 
 
 def _receive(source: str, out, path: str, timeout: float) -> None:
