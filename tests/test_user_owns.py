@@ -67,6 +67,16 @@ def test_an_unusable_run_dir_is_one_line(tmp_path, target):
     assert "hydra.run.dir" in line and (tmp_path / "afile").read_text() == "the user's"
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no folder can be created")
+@pytest.mark.parametrize("key, multirun", [("hydra.run.dir", False), ("hydra.sweep.dir", True)])
+def test_a_folder_the_system_will_not_create_is_refused_naming_the_key(tmp_path, key, multirun):
+    """os.access says yes to root everywhere; the mkdir itself says no. One line naming the key, not a bare OSError."""
+    sweep = ["-m", "model.depth=1,2"] if multirun else []
+    args = [*sweep, *FAST, f"{key}=/proc/gradexp-nope/run"]
+    line = one_line_refusal(gradexp(tmp_path, *args))
+    assert line.startswith(f"gradexp: invalid value for {key}: '/proc/gradexp-nope/run' (cannot create it: ")
+
+
 @contextlib.contextmanager
 def tmpfs(path, options: str):
     if os.geteuid() != 0:

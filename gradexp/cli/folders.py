@@ -73,6 +73,17 @@ def check_writable(key: str, folder: str) -> None:
         raise Refused(f"invalid value for {key}: {folder!r} ({path} is not writable; allowed: a writable folder)")
 
 
+def make_folder(key: str, folder: str) -> None:
+    """Create the folder now, as Hydra would a moment later: where the system refuses (a path under /proc, a full or
+    read-only file system that os.access cannot see, as root), the refusal names the key instead of Hydra's bare
+    OSError. What it creates is remembered (`created`), so undo() removes it after a refusal."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise Refused(f"invalid value for {key}: {folder!r} (cannot create it: {err.strerror or err}; allowed: a "
+                      f"folder path this process can create)") from None
+
+
 def refuse_existing_run(folder: str) -> None:
     raise Refused(f"{folder} already holds a run; gradexp never overwrites one, it only continues it: "
                   f"gradexp run resume={folder} (or choose another hydra.run.dir)")
@@ -98,6 +109,7 @@ class FolderGuard(Callback):
         if holds_run(run_dir) and not resuming:
             refuse_existing_run(run_dir)
         created.remember(run_dir)
+        make_folder("hydra.run.dir", run_dir)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = _folder(config, "hydra.sweep.dir")
@@ -110,6 +122,7 @@ class FolderGuard(Callback):
             raise Refused(f"{sweep_dir} already holds another run or sweep; gradexp writes into it only to "
                           "re-run that same sweep (or choose another hydra.sweep.dir)")
         created.remember(sweep_dir)
+        make_folder("hydra.sweep.dir", sweep_dir)
 
 
 def _same_sweep(sweep_dir: str, config: Any) -> bool:
