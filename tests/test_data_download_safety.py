@@ -253,6 +253,7 @@ def test_a_real_full_tmpfs_during_a_download(tmp_path, served_blob):
 
     url, _, want = served_blob
     with tmpfs(tmp_path / "small", "size=48k"):  # the served blob is 100 kB
-        with pytest.raises(DataError, match=r"^data\.root=.*: cannot write blob\.bin there \(No space left on device\)"):
+        refused = r"^data\.root=.*: cannot write blob\.bin there \(No space left on device\)"
+        with pytest.raises(DataError, match=refused):
             fetch(str(tmp_path / "small"), "blob.bin", url, want, 5)
         assert os.listdir(tmp_path / "small") == []

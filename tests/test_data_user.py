@@ -87,7 +87,8 @@ def test_text_that_is_not_utf8_is_refused_not_replaced(tmp_path, content):
         make_task("text", 0, seq_len=10, path=str(tmp_path / "c.txt"))
     assert "\n" not in str(err.value)
     (tmp_path / "ok.txt").write_text("caf\u00e9 na\u00efve \u2014 " * 20, encoding="utf-8")  # UTF-8 beyond ASCII: read
-    assert make_task("text", 0, seq_len=10, path=str(tmp_path / "ok.txt")).vocab_size == len(set("caf\u00e9 na\u00efve \u2014 "))
+    task = make_task("text", 0, seq_len=10, path=str(tmp_path / "ok.txt"))
+    assert task.vocab_size == len(set("caf\u00e9 na\u00efve \u2014 "))
 
 
 def test_text_missing_file_is_refused(tmp_path):

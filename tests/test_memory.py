@@ -54,7 +54,8 @@ def test_cgroup_v1_memory_controller_and_the_least_headroom_wins(tmp_path):
 
 
 def test_no_limit_leaves_the_machines_memory(tmp_path):
-    unlimited = machine(tmp_path, "0::/user.slice\n", {"user.slice/memory.max": "max", "user.slice/memory.current": "5"})
+    unlimited = machine(tmp_path, "0::/user.slice\n",
+                        {"user.slice/memory.max": "max", "user.slice/memory.current": "5"})
     assert memory.cgroup_headroom(unlimited) is None
     assert memory.available_bytes(CPU, unlimited) == 64 * GIB
     os.remove(os.path.join(unlimited, "proc/self/cgroup"))  # not in a cgroup hierarchy at all

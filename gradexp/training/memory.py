@@ -67,7 +67,7 @@ def _ancestors(base: str, path: str) -> Iterator[str]:
 
 
 def _number(path: str) -> Optional[int]:
-    """The integer a cgroup file holds; None for 'max', for v1's 'no limit' (a value near 2^63), or an unreadable file."""
+    """The integer a cgroup file holds; None for 'max', v1's 'no limit' (a value near 2^63), or an unreadable file."""
     try:
         with open(path) as f:
             text = f.read().strip()
