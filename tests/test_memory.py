@@ -79,3 +79,29 @@ def test_a_model_that_fits_the_machine_but_not_the_job_is_refused(monkeypatch):
         limits.check_memory(cfg, task, CPU)
     monkeypatch.setattr(memory, "cgroup_headroom", lambda root="/": None)
     limits.check_memory(cfg, task, CPU)
+
+
+def test_the_inactive_file_cache_is_not_counted_as_used(tmp_path):
+    """A job that read a large dataset: 12 of its 16 GiB charged, 9 GiB of that inactive page cache the kernel drops
+    before any OOM kill; the headroom is 13 GiB, as container tools count it."""
+    v2 = machine(tmp_path, "0::/job\n", {
+        "job/memory.max": str(16 * GIB), "job/memory.current": str(12 * GIB),
+        "job/memory.stat": f"anon {2 * GIB}\nfile {10 * GIB}\ninactive_file {9 * GIB}\nactive_file {GIB}",
+    })
+    assert memory.cgroup_headroom(v2) == 13 * GIB
+
+
+def test_odd_cgroup_files_mean_no_known_limit_never_a_traceback(tmp_path):
+    cases = {
+        "non-UTF-8 name": (b"0::/caf\xe9\n", {}),
+        "NUL in the path": (b"0::/a\x00b\n", {}),
+        "outside the namespace": (b"0::/../../etc\n", {"etc/memory.max": str(GIB), "etc/memory.current": "0"}),
+        "v1's -1": (b"4:memory:/j\n", {"memory/j/memory.limit_in_bytes": "-1", "memory/j/memory.usage_in_bytes": "5"}),
+        "malformed lines": (b"garbage\n::\n:\n4:memory\n\n0:::::\n", {}),
+    }
+    for i, (label, (cgroup, files)) in enumerate(cases.items()):
+        root = machine(tmp_path / str(i), "", files)
+        with open(os.path.join(root, "proc/self/cgroup"), "wb") as f:
+            f.write(cgroup)
+        assert memory.cgroup_headroom(root) is None, label
+        assert memory.available_bytes(CPU, root) == 64 * GIB, label

@@ -79,7 +79,8 @@ def test_memory_refusal_gives_the_estimate_and_the_limit(monkeypatch):
     cfg = compose_config(["optimizer=adam"])
     task = build.task(cfg, torch.device("cpu"))
     params = limits.parameter_count(cfg, task)
-    need = 4 * (4 * params + limits.activation_count(cfg, task))  # fp32: params, grads, adam's two moments
+    # fp32: params, grads, adam's two moments; the guard's snapshot of params and moments; the update ratio's two copies
+    need = 4 * (4 * params + limits.activation_count(cfg, task) + 3 * params + 2 * params)
     assert sum(limits.estimate_bytes(cfg, task).values()) == need
     monkeypatch.setattr(limits, "available_bytes", lambda dev: need - 1)
     with pytest.raises(ConfigError, match=f"needs about {need / 1e9:.3g} GB.*{(need - 1) / 1e9:.3g} GB is free"):

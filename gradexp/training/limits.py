@@ -178,12 +178,20 @@ def _passes(cfg: Any, task: Task) -> tuple[int, int]:
 
 
 def estimate_bytes(cfg: Any, task: Task) -> dict[str, int]:
+    """What a run keeps, by part. Besides training's own: the non-finite guard's snapshot of the parameters and the
+    optimizer state (training/snapshot.py, which replays from it), and the update ratio's two flat copies of the
+    parameters (probes/update_ratio.py) when that probe is on."""
     params = parameter_count(cfg, task)
-    return {
+    states = OPTIMIZER_STATES[cfg.optimizer.name]
+    parts = {
         "parameters and gradients": 2 * params * BYTES_PER_VALUE,
-        "optimizer state": OPTIMIZER_STATES[cfg.optimizer.name] * params * BYTES_PER_VALUE,
+        "optimizer state": states * params * BYTES_PER_VALUE,
         "activations": activation_count(cfg, task) * BYTES_PER_VALUE,
+        "non-finite snapshot": (1 + states) * params * BYTES_PER_VALUE,
     }
+    if cfg.log.probes.get("update_ratio", 0):
+        parts["update-ratio copies"] = 2 * params * BYTES_PER_VALUE
+    return parts
 
 
 def check_memory(cfg: Any, task: Task, dev: torch.device) -> None:
@@ -208,7 +216,8 @@ def _model_culprit(cfg: Any, task: Task, parts: dict[str, int]) -> tuple[str, An
     fallback = ("model.width", model.width) if model.width >= model.depth else ("model.depth", model.depth)
     width_default, depth_default = (family_default(model_family(cfg), key) for key in ("width", "depth"))
     depth, image = (model.depth, depth_default, 1), (data.image_size, folder.IMAGE_SIZE, 2)
-    if parts["parameters and gradients"] + parts["optimizer state"] >= parts["activations"]:
+    weights = sum(size for part, size in parts.items() if part != "activations")  # every part that scales with them
+    if weights >= parts["activations"]:
         return _culprit({"model.width": (model.width, width_default, 2), "model.depth": depth,
                          "data.image_size": image}, fallback)
     train, val = _passes(cfg, task)

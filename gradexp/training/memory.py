@@ -5,7 +5,10 @@ MemAvailable) and what the process's control groups still allow: a SLURM job (`-
 slice caps the job below the machine's free memory, and a run over that cap is killed by the kernel mid-training
 instead of being refused in one line. Every cgroup from the process's own up to the root counts (a limit set on a
 parent applies to its children). cgroup v2 (`memory.max`, `memory.current`) and v1 (`memory.limit_in_bytes`,
-`memory.usage_in_bytes`) are read; a file that is not there or not readable counts as no limit."""
+`memory.usage_in_bytes`) are read, and the usage counts as container tools count it, less the inactive file cache
+(`memory.stat`), which the kernel drops before it kills anything: a job that has read a large dataset is not refused
+for its page cache. A file that is not there or not readable, a value that is not a number, or a cgroup path outside
+this process's view (`..`) counts as no limit."""
 from __future__ import annotations
 
 import os
@@ -34,36 +37,56 @@ def _meminfo_available(root: str) -> int:
 
 def cgroup_headroom(root: str = "/") -> Optional[int]:
     """The least (limit - usage) over the memory cgroups the process is in and their ancestors; None: no limit."""
-    found = [limit - usage for limit, usage in _limits(root)]
+    try:
+        found = [limit - usage for limit, usage in _limits(root)]
+    except (OSError, ValueError):  # odd bytes or names anywhere in /proc or /sys: no limit known, never a traceback
+        return None
     return max(0, min(found)) if found else None
 
 
 def _limits(root: str) -> Iterator[tuple[int, int]]:
     """(limit, usage) of each limited memory cgroup of this process, its own and every ancestor's."""
     try:
-        with open(os.path.join(root, "proc/self/cgroup")) as f:
+        with open(os.path.join(root, "proc/self/cgroup"), errors="surrogateescape") as f:
             lines = f.read().splitlines()
     except OSError:
         return
     for line in lines:
         _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
         if controllers == "":  # cgroup v2: one unified hierarchy
-            base, limit_file, usage_file = "sys/fs/cgroup", "memory.max", "memory.current"
+            base, limit_file, usage_file, cache = "sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"
         elif "memory" in controllers.split(","):  # cgroup v1's memory controller
             base, limit_file, usage_file = "sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes"
+            cache = "total_inactive_file"
         else:
             continue
         for folder in _ancestors(os.path.join(root, base), path):
             limit, usage = _number(os.path.join(folder, limit_file)), _number(os.path.join(folder, usage_file))
             if limit is not None and usage is not None:
-                yield limit, usage
+                yield limit, usage - min(usage, _stat(os.path.join(folder, "memory.stat"), cache))
 
 
 def _ancestors(base: str, path: str) -> Iterator[str]:
-    """base/path, then each parent folder up to base itself."""
-    parts = [p for p in path.split("/") if p and p != ".."]
+    """base/path, then each parent folder up to base itself; nothing for a path outside this process's view of the
+    hierarchy (`..`: a cgroup namespace whose root is below the process's cgroup), whose files it cannot read."""
+    parts = [p for p in path.split("/") if p]
+    if ".." in parts:
+        return
     for n in range(len(parts), -1, -1):
         yield os.path.join(base, *parts[:n])
+
+
+def _stat(path: str, field: str) -> int:
+    """A field of a cgroup's memory.stat (bytes); 0 where it is not there."""
+    try:
+        with open(path, errors="surrogateescape") as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == field:
+                    return max(0, int(value))
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _number(path: str) -> Optional[int]:
@@ -74,4 +97,4 @@ def _number(path: str) -> Optional[int]:
         value = int(text)
     except (OSError, ValueError):
         return None
-    return None if value >= 2 ** 62 else value
+    return None if value >= 2 ** 62 or value < 0 else value  # v1's -1 also means no limit
