@@ -151,6 +151,39 @@ def test_optimizer_step_with_a_closure_reads_the_closures_gradients(tmp_path, op
         assert logged[tag] == pytest.approx(value, rel=1e-4), tag
 
 
+def test_lbfgs_closure_reruns_never_leak_into_the_next_logging_step(tmp_path):
+    """LBFGS evaluates its closure again after the gradients were read, with the hooks still attached: those later
+    forwards and backwards are not the step's, nor the next step's (each logging step starts its probes afresh)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=3)
+    capture = Capture()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt], sinks=[capture],
+                              probes=("act_grad_norm", "act_stats"), watch=["0"])
+    truth = []
+    for _ in range(3):
+        first: dict = {}
+
+        def closure():
+            opt.zero_grad()
+            h = model[0](x)
+            h.retain_grad()
+            loss = ((model[2](model[1](h)) - y) ** 2).mean()
+            loss.backward()
+            first.setdefault("grad", h.grad.double().norm().item())
+            first.setdefault("mean", h.detach().double().mean().item())
+            return loss
+
+        with monitor.step():
+            opt.step(closure)
+        truth.append(first)
+    monitor.close()
+    for step, want in enumerate(truth):
+        assert capture.logged[step]["act_grad_norm/0"] == pytest.approx(want["grad"], rel=1e-6), step
+        assert capture.logged[step]["act_mean/0"] == pytest.approx(want["mean"], rel=1e-6, abs=1e-9), step
+
+
 def test_steps_between_logging_steps_register_no_hook_and_log_nothing(tmp_path):
     model, opt_a, opt_b = _build()
     capture = Capture()

@@ -33,6 +33,7 @@ class ActGrads(Probe):
         return cls(context.layers, context)
 
     def watch(self, model: nn.Module) -> ContextManager:
+        self.grads = {}  # a fresh step: calls after the last after_backward (LBFGS's closure re-runs) are not this step's
         return self.hooks.attached()
 
     def _forward_hook(self, name: str):

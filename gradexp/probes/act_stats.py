@@ -96,6 +96,8 @@ class ActStats(Probe):
     def watch(self, model: nn.Module) -> ContextManager:
         if self.hooks is None:
             self.hooks = self._make_hooks()
+        self.outputs.clear()  # a fresh step: forwards after the last after_backward (LBFGS's closure) are not this step's
+        self.activated.clear()
         return self.hooks.attached()
 
     def _make_hooks(self) -> Hooks:

@@ -44,6 +44,7 @@ class AttnEntropy(Probe):
     @contextlib.contextmanager
     def watch(self, model: nn.Module) -> Iterator[None]:
         modules = [(name, layer.attention()) for name, layer in self.layers]
+        self.found = {}  # a fresh step (see act_grads.py watch)
         for name, module in modules:
             module.on_attention = self._keep(name)
         try:

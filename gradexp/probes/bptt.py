@@ -40,6 +40,7 @@ class BpttGradNorms(Probe):
     @contextlib.contextmanager
     def watch(self, model: nn.Module) -> Iterator[None]:
         layers = self.layers
+        self.grads, self.lengths = {}, {}  # a fresh step (see act_grads.py watch)
         for name, layer in layers:
             layer.on_step = self._on_step(name)
         try:
