@@ -181,3 +181,15 @@ def test_total_norm_of_host_norms():
     assert math.isnan(total_norm([math.nan, 1.0])) and math.isnan(total_norm([math.inf, math.nan]))  # as torch's norm
     values = [float(v) for v in torch.rand(50, dtype=torch.float64)]
     assert total_norm(values) == pytest.approx(torch.linalg.vector_norm(torch.tensor(values, dtype=torch.float64)).item(), rel=1e-15)
+
+
+def test_a_sparse_gradient_is_normed_by_its_values():
+    """nn.Embedding(sparse=True): its gradient is a sparse COO tensor, one row per looked-up index (an index looked up
+    twice is stored twice and summed by coalescing); the norm is the dense gradient's, on both paths."""
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    embedding(torch.tensor([1, 3, 3, 7])).pow(2).sum().backward()
+    grad = embedding.weight.grad
+    assert grad.is_sparse
+    dense = torch.linalg.vector_norm(grad.to_dense().double()).item()
+    assert norm_vector([grad, torch.ones(3)]).tolist() == pytest.approx([dense, math.sqrt(3)], rel=1e-7)
+    assert host_norms([grad])[0] == pytest.approx(dense, rel=1e-7)

@@ -35,10 +35,10 @@ def norm_vector(tensors: Sequence[Tensor]) -> Tensor:
     """(L,) float64: the L2 norm of each tensor, within ~1e-7 relative of a float64 computation for any finite input
     down to the smallest subnormal; inf (NaN) where the tensor holds an inf (a NaN), like torch's own norm; 0 for an
     empty tensor. On the first tensor's device, without a host sync on accelerators. Tensors that require grad are
-    read detached (no autograd graph)."""
+    read detached (no autograd graph); a sparse one (nn.Embedding(sparse=True)'s gradient) by its stored values."""
     if not tensors:
         return torch.zeros(0, dtype=_FLOAT64)
-    xs = [t.detach() if t.requires_grad else t for t in tensors]
+    xs = _readable(tensors)
     first = xs[0]
     if all(t.dtype == first.dtype and t.device == first.device for t in xs) and (
             first.device.type == "cpu" or all(t.numel() for t in xs)):  # the usual case: one kind (CPU norms empties)
@@ -96,8 +96,21 @@ def host_norms(tensors: Sequence[Tensor]) -> Optional[list[float]]:
     dtype = tensors[0].dtype
     if not all(t.is_cpu and t.dtype is dtype for t in tensors) or not tensors[0].is_floating_point():
         return None
-    xs = [t.detach() if t.requires_grad else t for t in tensors]
+    xs = _readable(tensors)
     return _checked_values(xs, _FLOAT64 if dtype is _FLOAT64 else torch.float32)
+
+
+def _readable(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The tensors as the batched kernels take them: detached, and a sparse tensor as its values (coalesced: the
+    entries stored twice for one index are summed first, as the dense tensor holds them)."""
+    xs = [t.detach() if t.requires_grad else t for t in tensors]
+    if any(t.layout is not torch.strided for t in xs):
+        xs = [t if t.layout is torch.strided else _values(t) for t in xs]
+    return xs
+
+
+def _values(t: Tensor) -> Tensor:
+    return t.coalesce().values() if t.layout is torch.sparse_coo else t.values()
 
 
 def _checked(xs: list[Tensor], acc: torch.dtype) -> Tensor:
