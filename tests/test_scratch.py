@@ -116,3 +116,20 @@ def test_update_ratio_of_tiny_steps_and_weights_is_exact():
         p.grad = torch.full_like(p, 1e-32)
     ratios, want = _ratios_against_snapshots(model, 0.1)
     assert torch.allclose(ratios, want, rtol=1e-6) and torch.allclose(ratios, torch.full_like(ratios, 1e-3), rtol=1e-3)
+
+
+def test_update_ratio_of_a_bfloat16_parameter_is_its_exact_step():
+    """1 + 2^-7 moved by -257 in bfloat16 (to -255): the step, -256.0078125, is exact in float32 but rounds to -256 in
+    bfloat16."""
+    model = torch.nn.Linear(1, 1, bias=False).bfloat16()
+    with torch.no_grad():
+        model.weight.fill_(1.0078125)
+    model.weight.grad = torch.ones_like(model.weight)
+    probe = UpdateRatio()
+    probe.after_clip(model, None)
+    with torch.no_grad():
+        model.weight.sub_(257.0)
+    (ratio,) = probe.after_step(model).values()
+    after = model.weight.item()
+    assert after == -255.0 and ratio.item() == (1.0078125 - after) / 1.0078125  # float64 arithmetic on exact values
+    assert (torch.tensor(after, dtype=torch.bfloat16) - torch.tensor(1.0078125, dtype=torch.bfloat16)).item() == -256

@@ -22,8 +22,15 @@ from gradexp.probes.norms import host_norms, host_vector, norm_vector
 from gradexp.probes.scratch import Scratch
 
 
+def _exact(dtype: torch.dtype) -> torch.dtype:
+    """Where a parameter's step is computed: float32 for 16-bit floats, the parameter's own dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class Copies:
-    """Two buffers shaped like the parameters (theta before, and the step), filled by copying the parameters in."""
+    """Two buffers shaped like the parameters (theta before, and the step), filled by copying the parameters in. 16-bit
+    parameters are copied into float32, where the step (a difference of two 16-bit numbers) is exact: subtracted in
+    bfloat16 it would be rounded to 8 bits."""
 
     def __init__(self, params: list[Tensor]) -> None:
         first = params[0]
@@ -31,14 +38,14 @@ class Copies:
         self.flat = [p.view(-1) for p in params] if alike and all(p.is_contiguous() for p in params) else None
         self.whole: Optional[tuple[Tensor, Tensor]] = None  # the two flat buffers, where self.flat copies into them
         if not alike:  # a fresh copy where they differ
-            self.before = [torch.empty_like(p) for p in params]
-            self.moved = [torch.empty_like(p) for p in params]
+            self.before = [torch.empty_like(p, dtype=_exact(p.dtype)) for p in params]
+            self.moved = [torch.empty_like(p, dtype=_exact(p.dtype)) for p in params]
             return
-        scratch, n = Scratch(), sum(p.numel() for p in params)
-        self.before = scratch.views(params, first.dtype, first.device, "before")  # side by side from the start
-        self.moved = scratch.views(params, first.dtype, first.device, "moved")
+        scratch, n, dtype = Scratch(), sum(p.numel() for p in params), _exact(first.dtype)
+        self.before = scratch.views(params, dtype, first.device, "before")  # side by side from the start
+        self.moved = scratch.views(params, dtype, first.device, "moved")
         if self.flat is not None:
-            self.whole = tuple(scratch.flat(n, first.dtype, first.device, name) for name in ("before", "moved"))
+            self.whole = tuple(scratch.flat(n, dtype, first.device, name) for name in ("before", "moved"))
 
     def take_before(self, params: list[Tensor]) -> None:
         if self.whole is not None:
