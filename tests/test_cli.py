@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,20 @@ def test_main_with_argv_leaves_the_callers_environment_as_it_was(tmp_path, monke
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     assert cli.main(["run", "train.steps=-3", f"hydra.run.dir={tmp_path / 'run'}"]) == 2
     assert os.environ["HYDRA_FULL_ERROR"] == "0"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["run", "--help"], ["report", "{runs}", "--format", "json"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, args):
+    """`gradexp run --help | head`, `gradexp report runs/ | head`: the pipe closes before the output is written; the
+    command stops with Python's EPIPE status, no traceback and no 'Broken pipe' line."""
+    runs = tmp_path / "runs"
+    for i in range(2):
+        (runs / str(i) / ".hydra").mkdir(parents=True)
+        (runs / str(i) / "summary.json").write_text(json.dumps({"schema_version": 1, "status": "completed"}))
+    command = [sys.executable, "-m", "gradexp", *(a.format(runs=runs) for a in args)]
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody will read: the first write meets a closed pipe
+    done = subprocess.run(command, stdout=writer, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=240)
+    os.close(writer)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "Broken pipe" not in done.stderr, done.stderr

@@ -223,6 +223,8 @@ def _report(err: Exception, full: bool) -> int:
     """Bad input (Hydra composition, override syntax) and a sweep job's bad value: one line. A bug: its traceback."""
     from gradexp.cli.errors import BAD_INPUT, one_line
 
+    if isinstance(err, BrokenPipeError):  # `gradexp run --help | head`: the reader went away, not bad input
+        raise err
     if isinstance(err, JobFailed) and not full:
         print(err, file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 USAGE = """usage: gradexp <command> [args]    (gradexp --version: the installed version)
@@ -35,9 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         return _dispatch(argv)
     owns_process = True
-    code = _dispatch(sys.argv[1:])
+    try:
+        code = _dispatch(sys.argv[1:])
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, not in the interpreter's exit
+    except BrokenPipeError:
+        code = reader_gone()
     skip_final_collections()
     return code
+
+
+def reader_gone() -> int:
+    """stdout's reader went away (`gradexp report runs/ | head`): stop quietly, as other command-line tools do, with
+    Python's exit status for EPIPE. stdout is pointed at /dev/null so that the interpreter's final flush of what
+    remains buffered does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
 
 
 def skip_final_collections() -> None:
