@@ -7,16 +7,17 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: demo test check gpu-check install clean
 
+# Silent unless something fails (@: make does not echo the commands). setuptools announces, as a warning, that the
+# editable install uses a path finder (configs/ is mapped to gradexp.configs): information only, so it is filtered
+# out of the quiet install. The extras install with torch pinned, so that none of them swaps it (lightning adds ~3 s
+# and no torch).
 $(BIN)/gradexp: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_PIN)"
-	# setuptools announces, as a warning, that the editable install uses a path finder (configs/ is mapped to
-	# gradexp.configs): information only, so it is filtered out of the quiet install
-	# the extras install with torch pinned, so that none of them swaps it (lightning adds ~3 s and no torch)
-	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt
-	PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev,optuna,lightning]"
-	touch $(BIN)/gradexp
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q "$(TORCH_PIN)"
+	@echo "$(TORCH_PIN)" > $(VENV)/constraints.txt
+	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev,optuna,lightning]"
+	@touch $(BIN)/gradexp
 
 install: $(BIN)/gradexp
 
@@ -31,7 +32,7 @@ test: install
 	$(BIN)/python -m pytest -q -rs -m "slow or gpu"
 
 # the fast tier to run constantly: oracles, registries, in-process runs; one worker process per core (pytest-xdist):
-# 63 s on 2 idle cores (100 s in one process)
+# ~75-85 s on 2 idle cores
 check: install
 	$(BIN)/python -m pytest -q -rs -n auto -m "not slow and not gpu"
 
