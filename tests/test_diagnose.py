@@ -174,6 +174,18 @@ def test_cause_follows_the_evidence_init_scale_when_nothing_saturates():
         assert quoted in verdict["evidence"], quoted
 
 
+def test_the_init_in_use_is_not_offered_as_the_better_one():
+    """sigmoid with Xavier: every init predicts a low gain and Xavier's is the best; the evidence says no other init
+    does better instead of 'init=xavier_normal predicts' the same number again, and the cause fits a panel title."""
+    s = summary(geometric(0.239), theory={"predicted_gain": 0.236, "measured_gain": 0.239,
+                                          "alternatives": {"init=xavier_normal": 0.236, "init=kaiming_normal": 0.2}})
+    for layer in s["layers"]:
+        layer["act_saturation"] = {"first": 0.0, "last": 0.0}
+    verdict = diagnose(s, Factors(activation="sigmoid", init="xavier_normal", depth=30), CONF)
+    assert "no other init predicts more" in verdict["evidence"] and "init=xavier_normal predicts" not in verdict["evidence"]
+    assert verdict["cause"] == "activation (sigmoid): low gain at any init"
+
+
 @pytest.mark.parametrize("activation, fraction, cause, first", [
     ("tanh", 0.6, "saturating activation (tanh)", "activation=relu"),  # init=kaiming_normal is in force: left out
     ("relu", 0.5, "dead units (relu)", "activation=leaky_relu"),

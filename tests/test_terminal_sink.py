@@ -19,3 +19,19 @@ def test_the_bar_ends_on_the_last_logged_step(tmp_path, monkeypatch):
     assert task.completed == 1 and task.fields["loss"] == "1"  # only the first step reached the bar so far
     sink.close(Outcome(status="completed", steps=50))
     assert task.completed == 50 and task.fields["loss"] == "40" and task.fields["grad"] == "139"
+
+
+def _rendered(verdict: dict, width: int = 80) -> list[str]:
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=False).print(terminal.verdict_panel(verdict))
+    return out.getvalue().splitlines()
+
+
+def test_a_cause_too_long_for_the_title_moves_into_the_box_whole():
+    """rich cuts a title at the box's edge mid-word; a cause that does not fit 80 columns opens the box instead."""
+    short = _rendered({"label": "vanishing", "cause": "dead units (relu)", "evidence": "e"})
+    assert short[0].startswith("╭─ vanishing — dead units (relu) ─")
+    cause = "a cause of many words that will not fit in the title of an eighty-column box"
+    lines = _rendered({"label": "vanishing", "cause": cause, "evidence": "the evidence"})
+    assert lines[0].startswith("╭─ vanishing ─") and "cause" not in lines[0]
+    assert " ".join(line.strip("│ ") for line in lines[1:3]).startswith(f"cause: {cause}"[:70])

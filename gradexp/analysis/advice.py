@@ -126,11 +126,12 @@ def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
     best = _best_alternative(ev)
     if ev.theory_gain is not None and ev.measured_init_gain is not None and best is not None:
         override, predicted = best
+        other = f"{override} predicts ×{predicted:.3g}" if override != f"init={f.init}" else "no other init predicts more"
         why = (f"{quiet} Measured gain at step 0 ×{ev.measured_init_gain:.3g} per layer, mean-field theory ×{ev.theory_gain:.3g} for "
-               f"init={f.init}; {override} predicts ×{predicted:.3g}.").strip()
+               f"init={f.init}; {other}.").strip()
         if predicted >= HEALTHY_THEORY:
             return f"init scale ({f.init}, gain {f.init_gain:g})", why, [override, *_depth(f)]
-        return (f"activation ({f.activation}): its derivative keeps the gain low at any init", why,
+        return (f"activation ({f.activation}): low gain at any init", why,
                 ["activation=relu init=kaiming_normal", *_depth(f)])
     if f.activation == "sigmoid":
         return "activation (sigmoid): its derivative is at most 1/4", quiet, ["activation=relu init=kaiming_normal", *_depth(f)]

@@ -8,6 +8,7 @@ import time
 from typing import Optional, Sequence
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -88,12 +89,18 @@ def closing_lines(status: str, run_dir: str, options: Sequence[str] = ()) -> lis
     return lines
 
 
+TITLE_WIDTH = 74  # what a panel's title holds in an 80-column terminal (the box's corners and padding take 6)
+
+
 def verdict_panel(verdict: dict) -> Panel:
     """The verdict as a boxed note: label (and cause) in the title, the label at initialisation and at the end,
     then the evidence. What to try follows below the box (command_lines)."""
     label, style = verdict["label"], VERDICT_STYLE.get(verdict["label"], "white")
-    title = f"[bold {style}]{label}[/]" + (f" — {verdict['cause']}" if verdict.get("cause") else "")
-    parts = [Text(moments_line(verdict), style="bold")] if verdict.get("at_init") else []
+    cause = verdict.get("cause") or ""
+    fits = len(label) + len(cause) + 3 <= TITLE_WIDTH  # rich cuts a longer title at the box's edge, mid-word
+    title = f"[bold {style}]{label}[/]" + (f" — {escape(cause)}" if cause and fits else "")
+    parts = [Text(f"cause: {cause}", style="bold")] if cause and not fits else []
+    parts += [Text(moments_line(verdict), style="bold")] if verdict.get("at_init") else []
     parts.append(Text(verdict["evidence"]))
     if verdict.get("theory"):  # mean-field theory does not cover this model: said, not silently left out
         parts.append(Text(verdict["theory"], style="dim"))
