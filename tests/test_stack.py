@@ -93,9 +93,10 @@ def test_main_with_argv_runs_in_the_callers_process_without_freezing(tmp_path, m
     assert app._owns_process()
 
 
-def test_a_signal_during_the_stack_import_stops_before_the_run(tmp_path, monkeypatch):
+def test_a_signal_during_the_stack_import_stops_before_the_run(tmp_path, monkeypatch, capsys):
     """The stack's import is most of start-up (~0.8 s): a Ctrl-C or SIGTERM meanwhile stops the run before it builds,
-    loads data or writes anything but the summary that says so (status interrupted, 0 steps)."""
+    loads data or writes anything but the summary that says so (status interrupted, 0 steps), and says where the
+    folder is and how to continue it."""
     import json
     import os
     import signal
@@ -108,6 +109,8 @@ def test_a_signal_during_the_stack_import_stops_before_the_run(tmp_path, monkeyp
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["status"], summary["steps"]) == ("interrupted", 0)
     assert not list(run.glob("events.out.tfevents.*")) and not (run / "checkpoint.pt").exists()
+    said = capsys.readouterr().err
+    assert "interrupted before the first step" in said and f"resume with: gradexp run resume={run}" in said
 
 
 @pytest.mark.parametrize("model, stack_first", [([], False), (["model=custom", "model._target_=torch.nn.Linear"], True)])

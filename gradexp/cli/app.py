@@ -72,7 +72,8 @@ def _sole_job(cfg: DictConfig, interrupts: Interrupts, hydra_cfg: Any, run_dir: 
     # the run's own, as first started; unresolved, so an interpolation shows as typed, not as its value
     task_overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
     overrides = [o for o in task_overrides if not o.startswith(PREFIX)]
-    _stop_if_requested(interrupts, run_dir, overrides)  # a signal while Hydra started up
+    options = composition_options(hydra_cfg)
+    _stop_if_requested(interrupts, run_dir, overrides, options)  # a signal while Hydra started up
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a re-run sweep or a requeued job: continue what the folder holds
         action = jobs.decide(run_dir)
         if action == jobs.SKIP:
@@ -85,13 +86,12 @@ def _sole_job(cfg: DictConfig, interrupts: Interrupts, hydra_cfg: Any, run_dir: 
         refuse_unswept(hydra_cfg, overrides, resuming=cfg.resume is not None)
         check_overrides(overrides)
         if model_family(cfg) == CUSTOM:  # validate imports the user's class, and torch with it: the stack first
-            _import_stack(interrupts, run_dir, overrides)
+            _import_stack(interrupts, run_dir, overrides, options)
         validate(cfg)  # torch-free otherwise: a bad value is refused before the training stack's imports (~0.8 s)
-        _import_stack(interrupts, run_dir, overrides)
+        _import_stack(interrupts, run_dir, overrides, options)
         from gradexp.training.run import run_experiment
 
-        outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts,
-                                 options=composition_options(hydra_cfg))
+        outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts, options=options)
     except ConfigError as err:
         print(f"gradexp: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.RUN:
@@ -128,19 +128,25 @@ def composition_options(hydra_cfg: Any) -> list[str]:
     return options
 
 
-def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str]) -> None:
-    """A signal before the run started: the folder exists, so it says what happened (status interrupted, 0 steps)."""
+def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str], options: list[str]) -> None:
+    """A signal before the run started: the folder exists, so it says what happened (status interrupted, 0 steps),
+    and the user is told where it is and how to continue, as at the end of any interrupted run."""
+    from gradexp.sinks.terminal import closing_lines
+
     if interrupts.requested:
         _record_outcome(run_dir, overrides, "interrupted")
+        print("interrupted before the first step", file=sys.stderr)
+        for line in closing_lines("interrupted", run_dir, options):
+            print(line, file=sys.stderr)
         sys.exit(interrupts.exit_code)
 
 
-def _import_stack(interrupts: Interrupts, run_dir: str, overrides: list[str]) -> None:
+def _import_stack(interrupts: Interrupts, run_dir: str, overrides: list[str], options: list[str]) -> None:
     """The training stack (~0.8 s, most of start-up), then a stop a signal asked for meanwhile."""
     from gradexp.cli.stack import import_training_stack
 
     import_training_stack(freeze=_owns_process())  # paused collector and frozen, where the process is ours
-    _stop_if_requested(interrupts, run_dir, overrides)
+    _stop_if_requested(interrupts, run_dir, overrides, options)
 
 
 def _owns_process() -> bool:
