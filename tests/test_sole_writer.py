@@ -99,3 +99,18 @@ def test_a_requeued_sweep_job_leaves_a_folder_another_process_writes_untouched(t
         again = run_sweep(tmp_path, args)
     assert again.returncode == 1 and "being written by another gradexp process" in again.stderr, again.stderr
     assert files(str(job)) == before
+
+
+def test_a_new_run_into_a_folder_another_run_is_starting_in_writes_nothing_there(tmp_path, capsys):
+    """Runs started together into one new folder: the folder is held before Hydra writes .hydra/, so the one that
+    does not get it is refused in one line and the other's record is the only one (it was the refused run's, written
+    last, before)."""
+    from gradexp.cli import main as cli
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with held_by_another(str(run_dir)):  # the other run, which made the folder and holds it
+        assert cli.main(["run", "train.steps=2", f"hydra.run.dir={run_dir}"]) == 2
+    assert os.listdir(run_dir) == [] and "is being written by another gradexp process" in capsys.readouterr().err
+    assert cli.main(["run", "train.steps=2", "log.every=1", f"hydra.run.dir={run_dir}"]) == 0  # free again: it runs
+    assert (run_dir / ".hydra").is_dir() and (run_dir / "summary.json").exists()

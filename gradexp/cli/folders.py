@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from gradexp.cli import launchers
 from gradexp.config.schema import first_line
+from gradexp.training import exclusive
 from gradexp.training.artefacts import run_artefacts
 
 HYDRA_OWN = (".hydra", "gradexp.log", "multirun.yaml")  # what Hydra writes before the task starts
@@ -110,6 +111,27 @@ class FolderGuard(Callback):
             refuse_existing_run(run_dir)
         created.remember(run_dir)
         make_folder("hydra.run.dir", run_dir)
+        self._hold(run_dir, resuming)
+
+    def _hold(self, run_dir: str, resuming: bool) -> None:
+        """The folder is this process's before Hydra writes .hydra/ into it: two runs started into one new folder at
+        once would otherwise both write it, the refused one last. Held until on_run_end (the process's exit at the
+        latest). What another process made is not undone: undo() would take its .hydra/ for this invocation's."""
+        try:
+            held = exclusive.hold(run_dir)
+        except exclusive.FolderInUse as err:
+            created.forget()
+            raise Refused(str(err)) from None
+        self.held = run_dir if held else None
+        if holds_run(run_dir) and not resuming:  # empty at the first look: another run wrote it meanwhile
+            created.forget()
+            self.on_run_end()
+            refuse_existing_run(run_dir)
+
+    def on_run_end(self, *args: Any, **kwargs: Any) -> None:
+        if getattr(self, "held", None) is not None:
+            exclusive.release(self.held)
+            self.held = None
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = _folder(config, "hydra.sweep.dir")

@@ -50,21 +50,37 @@ def sole_writer(run_dir: str) -> Iterator[None]:
     """Hold the run folder for this process while the block runs; FolderInUse at once if another holds it. Nested
     blocks for a folder this process holds already hold nothing more. A folder that does not exist yet has no other
     writer to keep out (it is made inside the block)."""
-    key = os.path.realpath(run_dir)
-    if key in _HELD:
+    if not hold(run_dir):
         yield
         return
+    try:
+        yield
+    finally:
+        release(run_dir)
+
+
+def hold(run_dir: str) -> bool:
+    """Take the folder's lock for this process until release(); FolderInUse if another process holds it. False (and
+    nothing to release) where this process holds it already or the folder does not exist."""
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        return False
     try:
         fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
-        yield
-        return
+        return False
     try:
         _lock(fd, run_dir)
-        _HELD[key] = fd
-        yield
-    finally:
-        _HELD.pop(key, None)
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD[key] = fd
+    return True
+
+
+def release(run_dir: str) -> None:
+    fd = _HELD.pop(os.path.realpath(run_dir), None)
+    if fd is not None:
         os.close(fd)  # closing the last copy of the descriptor releases the lock
 
 
