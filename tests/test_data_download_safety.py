@@ -257,3 +257,42 @@ def test_a_real_full_tmpfs_during_a_download(tmp_path, served_blob):
         with pytest.raises(DataError, match=refused):
             fetch(str(tmp_path / "small"), "blob.bin", url, want, 5)
         assert os.listdir(tmp_path / "small") == []
+
+
+@pytest.mark.parametrize("reply", [b"\x00\x01garbage, not HTTP\r\n\r\n",
+                                   b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nabc\r\n"])
+def test_a_reply_that_is_not_http_is_refused_in_one_line(tmp_path, reply):
+    """A server answering garbage (BadStatusLine) or a broken chunked body (IncompleteRead): the address's fault,
+    one line naming data.url, no temporary file left; not a traceback."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def answer():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(reply)
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(DataError, match=r"^data\.url=http://127\.0\.0\.1:\d+/blob\.bin: cannot download \(") as err:
+            fetch(str(tmp_path / "c"), "blob.bin", f"http://127.0.0.1:{server.getsockname()[1]}", "0" * 32, 5)
+    finally:
+        server.close()
+    assert "\n" not in str(err.value) and os.listdir(tmp_path / "c") == []
+
+
+def test_a_data_root_that_cannot_be_made_is_refused_naming_it(tmp_path, served_blob):
+    url, requests, want = served_blob
+    (tmp_path / "afile").write_text("the user's")
+    with pytest.raises(DataError, match=r"^data\.root=.*afile/cache: cannot create it \(Not a directory"):
+        fetch(str(tmp_path / "afile" / "cache"), "blob.bin", url, want, 5)
+    assert (tmp_path / "afile").read_text() == "the user's" and requests == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import http.client
 import os
 import secrets
 import socket
@@ -22,7 +23,7 @@ from typing import Iterator, Optional
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from gradexp.config.schema import ConfigError
+from gradexp.config.schema import ConfigError, first_line
 
 CHUNK = 1 << 16
 LOCK = ".lock"
@@ -115,7 +116,11 @@ def fetch(folder: str, name: str, url: str, checksum: str, timeout: float) -> st
     if os.path.isfile(path):  # renamed into place whole: checked without the lock (a read-only shared cache works)
         _check_found(folder, path, checksum)
         return path
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:  # under a file, read-only, a name too long
+        raise DataError("data.root", folder, f"cannot create it ({err.strerror or err}; allowed: a folder gradexp "
+                        f"can create or write, or the files put there by hand)") from None
     with locked(folder):
         if os.path.isfile(path):
             _check_found(folder, path, checksum)
@@ -192,8 +197,9 @@ def _receive(source: str, out, path: str, timeout: float) -> None:
     try:
         with urllib.request.urlopen(source, timeout=timeout) as response:
             _copy(response, out, os.path.basename(path), _length(response))
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
-        raise Unreachable(source, getattr(err, "reason", err), path) from None
+    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError, http.client.HTTPException) as err:
+        # HTTPException: a reply that is not HTTP (BadStatusLine) or ends early (IncompleteRead)
+        raise Unreachable(source, getattr(err, "reason", None) or first_line(err), path) from None
 
 
 def _new_part(path: str) -> tuple[int, str]:
