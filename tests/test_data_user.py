@@ -117,3 +117,19 @@ def test_cnn_and_resnet_train_on_an_image_folder(tmp_path, run_tiny):
 def test_a_model_that_cannot_take_the_shape_is_refused():
     with pytest.raises(ConfigError, match="data: 'text' \\(allowed: a task model=cnn can take"):
         validate(compose_config(["model=cnn", "data=text", "data.path=x.txt"]))
+
+
+@pytest.mark.parametrize("kind", ["junk", "bomb"])
+def test_an_image_that_cannot_be_decoded_is_refused_in_one_line(tmp_path, kind, monkeypatch):
+    """Junk bytes named .jpg, and an image over Pillow's decompression-bomb limit (DecompressionBombError, which is
+    no OSError): one line naming data.root and the file."""
+    make_folder(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "cat" / "bad.png"
+    if kind == "junk":
+        bad.write_bytes(b"not an image at all")
+    else:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses above twice the limit: 20x20 is a 'bomb'
+        Image.new("RGB", (20, 20)).save(bad)
+    with pytest.raises(DataError, match=r"^data\.root=.*imgs: cannot decode .*bad\.png \(") as err:
+        make_task("image_folder", 0, root=str(tmp_path / "imgs"))
+    assert "\n" not in str(err.value)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from gradexp.data.tasks import Task, _rng
+from gradexp.config.schema import first_line
 from gradexp.data.download import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -36,9 +37,10 @@ def _decode(path: str, size: int) -> Tensor:
         with Image.open(path) as img:
             img = img.convert("RGB").resize((size, size), Image.BILINEAR)
             raw = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:  # the last: a huge image
         raise DataError("data.root", os.path.dirname(os.path.dirname(path)),
-                        f"cannot decode {path} ({err}); allowed: image files Pillow can read") from None
+                        f"cannot decode {path} ({first_line(err)}); allowed: image files Pillow can read, of at most "
+                        f"{Image.MAX_IMAGE_PIXELS * 2:,} pixels each") from None
     return raw.reshape(size, size, 3).permute(2, 0, 1).float() / 255
 
 
