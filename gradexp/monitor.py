@@ -248,13 +248,14 @@ class Monitor:
             values = global_values(per_tag(values))
         return to_host(values)
 
-    def close(self, error: Optional[BaseException] = None) -> Outcome:
-        """Write summary.json (with the verdict) and close the TensorBoard files. `error`: the run failed."""
+    def close(self, error: Optional[BaseException] = None, interrupted: bool = False) -> Outcome:
+        """Write summary.json (with the verdict) and close the TensorBoard files. `error`: the run failed;
+        `interrupted`: it was stopped (Ctrl-C) before its loop ended."""
         if self._closed:
             return self.outcome
         self._closed = True
         self.outcome.steps = self.steps
-        self.outcome.status = "completed" if error is None else "failed"
+        self.outcome.status = "failed" if error is not None else "interrupted" if interrupted else "completed"
         if error is not None:
             self.outcome.error = f"{type(error).__name__}: {error}"
         self.outcome.perf = {"amp_skipped_steps": self.skipped_steps}
@@ -280,7 +281,8 @@ class Monitor:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        self.close(error if isinstance(error, Exception) else None)
+        """A Ctrl-C inside the `with` is an interrupted run, not a completed one; an exception, a failed one."""
+        self.close(error if isinstance(error, Exception) else None, interrupted=isinstance(error, KeyboardInterrupt))
 
 
 def _check(every: Any, probes: Sequence[str]) -> None:

@@ -219,6 +219,18 @@ def test_an_exception_inside_a_step_removes_the_hooks_and_writes_a_whole_failed_
     assert sorted(os.listdir(run_dir))[-1] == "summary.json" and not any("tmp" in f for f in os.listdir(run_dir))
 
 
+def test_a_ctrl_c_inside_the_with_block_is_an_interrupted_run(tmp_path):
+    """KeyboardInterrupt is no Exception: it was recorded as 'completed'. The run was stopped: 'interrupted'."""
+    model, opt_a, opt_b = _build()
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        with gradexp.Monitor(model, run_dir=str(run_dir), every=1, optimizers=[opt_a], sinks=[Capture()]) as monitor:
+            _user_step(monitor, model, [opt_a, opt_b], [_data(0)])
+            raise KeyboardInterrupt
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("interrupted", 1)
+
+
 def test_a_step_the_amp_scaler_skips_logs_no_update(tmp_path):
     model, opt_a, _ = _build()
     capture = Capture()
