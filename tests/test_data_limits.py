@@ -169,3 +169,35 @@ def test_the_key_named_is_the_one_raised_over_the_familys_own_default(overrides,
     with pytest.raises(ConfigError) as err:
         limits.check_memory(cfg, task, torch.device("cpu"))
     assert err.value.key == key
+
+
+def test_the_validation_pass_of_a_transformer_is_counted(monkeypatch):
+    """Evaluation runs the whole validation split at once: (n_val, heads, T, T) attention scores a block. It was
+    counted as nothing, so a run the machine could not hold was let through and killed by the kernel mid-run."""
+    small = compose_config(["model=transformer", "data=recall", "data.seq_len=64", "data.n_val=100"])
+    large = compose_config(["model=transformer", "data=recall", "data.seq_len=64", "data.n_val=5000"])
+    sizes = [limits._passes(cfg, build.task(cfg, CPU)) for cfg in (small, large)]
+    (_, val_small), (train, val_large) = sizes
+    t, heads = 2 * 64 + 1, 4
+    assert val_large > train and val_large >= 5000 * heads * t * t  # one block's scores for the whole split
+    assert val_large > 40 * val_small
+    task = build.task(large, CPU)
+    monkeypatch.setattr(limits, "available_bytes", lambda dev: sum(limits.estimate_bytes(large, task).values()) - 1)
+    with pytest.raises(ConfigError) as err:
+        limits.check_memory(large, task, CPU)
+    assert err.value.key in ("data.n_val", "data.seq_len")
+
+
+def test_a_text_files_vocabulary_counts_through_its_one_hot_inputs(tmp_path, monkeypatch):
+    """data=text feeds one-hot (batch, T, vocabulary) floats, and the whole validation split's at evaluation: a file
+    of many distinct characters is refused naming data.path, before it trains into an allocator traceback."""
+    text = "".join(chr(0x4E00 + i % 3000) for i in range(30000))  # 3,000 distinct characters
+    (tmp_path / "wide.txt").write_text(text, encoding="utf-8")
+    cfg = compose_config(["model=lstm", "data=text", f"data.path={tmp_path / 'wide.txt'}"])
+    task = build.task(cfg, CPU)
+    _, val = limits._passes(cfg, task)
+    assert val >= 3 * len(task.x_val) * task.x_val.shape[1] * 3000
+    monkeypatch.setattr(limits, "available_bytes", lambda dev: sum(limits.estimate_bytes(cfg, task).values()) - 1)
+    with pytest.raises(ConfigError) as err:
+        limits.check_memory(cfg, task, CPU)
+    assert err.value.key == "data.path"

@@ -128,34 +128,37 @@ def _on_meta(cfg: Any, task: Task) -> torch.nn.Module:
         return build.construct(cfg, task)
 
 
-def _meta_activations(cfg: Any, task: Task) -> int:
-    """Entries of every leaf module's output for one training batch, from a forward pass on the meta device (shapes
-    only), times what autograd keeps per output; 0 where the model cannot run on meta (the estimate is then
-    parameters and optimizer state only)."""
-    net, total = _on_meta(cfg, task), [0]
+def _meta_activations(cfg: Any, task: Task) -> tuple[int, int]:
+    """(every leaf module's output entries for one training batch, times what autograd keeps per output; the largest
+    single output), from a forward pass on the meta device (shapes only); (0, 0) where the model cannot run on meta
+    (the estimate is then parameters and optimizer state only)."""
+    net, total, largest = _on_meta(cfg, task), [0], [0]
 
     def count(module: Any, inputs: Any, output: Any) -> None:
-        total[0] += output.numel() if isinstance(output, torch.Tensor) else 0
+        n = output.numel() if isinstance(output, torch.Tensor) else 0
+        total[0], largest[0] = total[0] + n, max(largest[0], n)
 
     handles = [m.register_forward_hook(count) for m in net.modules() if not list(m.children())]
     try:
         net(task.inputs(torch.zeros(cfg.train.batch_size, *task.x_train.shape[1:], device="meta",
                                     dtype=task.x_train.dtype)))
     except Exception:  # an op without a meta kernel: no activation estimate rather than a crash
-        return 0
+        return 0, 0
     finally:
         for handle in handles:
             handle.remove()
-    return total[0] * 2  # each output and its gradient
+    return total[0] * 2, largest[0]  # each output and its gradient
 
 
-def _attention_values(cfg: Any, task: Task) -> int:
+def _attention_values(cfg: Any, task: Task, examples: Optional[int] = None, blocks: Optional[int] = None) -> int:
     """A transformer's attention weights (B, heads, T, T) per block: no module outputs them, so the meta pass does
-    not count them; a logging step keeps the scores and the softmax of every block for backward."""
+    not count them; a logging step keeps the scores and the softmax of every block for backward. `examples` and
+    `blocks`: other than a training batch through every block (the no-grad validation pass: one block at a time)."""
     if "heads" not in MODELS[model_family(cfg)].keys:
         return 0
     t, heads = task.input_shape[0], cfg.model.heads or 4
-    return 2 * cfg.train.batch_size * heads * t * t * cfg.model.depth
+    examples = cfg.train.batch_size if examples is None else examples
+    return 2 * examples * heads * t * t * (cfg.model.depth if blocks is None else blocks)
 
 
 def activation_count(cfg: Any, task: Task) -> int:
@@ -164,11 +167,31 @@ def activation_count(cfg: Any, task: Task) -> int:
 
 
 def _passes(cfg: Any, task: Task) -> tuple[int, int]:
-    """Values saved for one training batch, and those of the no-grad pass over the validation split (0 where the
-    model is sized on meta)."""
+    """Values saved for one training batch, and those of the no-grad pass over the validation split, which evaluates
+    the whole split at once; both with the one-hot inputs of token tasks."""
+    train, val = _layer_passes(cfg, task)
+    return train + _one_hot_values(cfg, task, False), val + _one_hot_values(cfg, task, True)
+
+
+def _one_hot_values(cfg: Any, task: Task, validation: bool) -> int:
+    """A token task's one-hot inputs (task.inputs: int64, two values' room each, then its float32 copy) for a
+    training batch or the whole validation split; 0 for other tasks."""
+    if task.vocab_size is None:
+        return 0
+    examples = len(task.x_val) if validation else cfg.train.batch_size
+    return 3 * examples * math.prod(task.x_train.shape[1:]) * task.vocab_size
+
+
+def _layer_passes(cfg: Any, task: Task) -> tuple[int, int]:
     family, width, depth = model_family(cfg), cfg.model.width, cfg.model.depth
     if family not in ("mlp", "cnn") and family not in GATES:
-        return _meta_activations(cfg, task) + _attention_values(cfg, task), 0
+        saved, largest = _meta_activations(cfg, task)
+        n_val = len(task.x_val)
+        # no_grad over the whole split: a layer's input and output at a time, and one block's attention scores (the
+        # fused kernel, no hooks in evaluation: scores and softmax share room; measured 5.0 GB where this says 8.9)
+        attention = _attention_values(cfg, task, n_val, blocks=1) // 2
+        val = 2 * largest * n_val // max(1, cfg.train.batch_size) + attention
+        return saved + _attention_values(cfg, task), val
     positions = math.prod(task.input_shape[1:]) if family == "cnn" else 1
     if MODELS[family].recurrent:
         positions = task.input_shape[0] * GATES[family]  # time steps, one pre-activation per gate
@@ -221,6 +244,8 @@ def _model_culprit(cfg: Any, task: Task, parts: dict[str, int]) -> tuple[str, An
         return _culprit({"model.width": (model.width, width_default, 2), "model.depth": depth,
                          "data.image_size": image}, fallback)
     train, val = _passes(cfg, task)
+    if data.name == "text" and 2 * _one_hot_values(cfg, task, val > train) * BYTES_PER_VALUE >= parts["activations"]:
+        return "data.path", data.path  # most of it is the one-hot inputs: the file's vocabulary is the size
     batch = {"data.n_val": (data.n_val, DATA[data.name].n_val, 1)} if val > train else \
         {"train.batch_size": (cfg.train.batch_size, TrainConf.batch_size, 1)}
     attention = 2 * _attention_values(cfg, task) * BYTES_PER_VALUE >= parts["activations"]  # (B, heads, T, T)
