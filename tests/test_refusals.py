@@ -104,3 +104,18 @@ def test_a_gain_is_taken_where_a_scheme_draws_with_it():
     for overrides in (["init=xavier_normal", "init.gain=2"], ["model=lstm", "init.recurrent=orthogonal", "init.gain=2"],
                       ["model=rnn", "data=adding", "init.recurrent=orthogonal", "init.recurrent_gain=0.5"]):
         validate(compose_config(overrides))
+
+
+@pytest.mark.parametrize("key", ["train.threads", "data.workers"])
+def test_more_threads_or_workers_than_cpus_are_refused_before_anything_is_written(tmp_path, monkeypatch, key):
+    """train.threads=100000 crashed torch (a segfault, exit 139) and data.workers=1000 ran out of file descriptors in
+    hundreds of workers: counts above the CPUs this process may use are refused in the job's own process."""
+    from gradexp.training import threads
+    from gradexp.training.run import run_experiment
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: 3)
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError) as err:
+        run_experiment(compose_config([f"{key}=4", "train.steps=2"]), run_dir=str(run_dir))
+    assert err.value.key == key and "at most 3, the CPUs this process may use" in str(err.value)
+    assert not run_dir.exists()

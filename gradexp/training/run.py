@@ -18,7 +18,7 @@ from gradexp.analysis.advice import Factors
 from gradexp.training.checkpoint import Checkpointer
 from gradexp.config.schema import validate
 from gradexp.analysis.diagnose import diagnose
-from gradexp.training.threads import apply_explicit_threads
+from gradexp.training.threads import apply_explicit_threads, check_count
 from gradexp.training.reproducible import use_deterministic
 from gradexp.analysis import theory
 from gradexp.sinks.theory import TheorySink
@@ -44,6 +44,7 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
     overrides = list(overrides or [])
     validate(cfg)
     apply_explicit_threads(cfg.train.threads)  # before anything computes: results depend on the count
+    check_count("data.workers", cfg.data.workers, "0: batches cut in the main process")
     dev = build.device(cfg)
     task = limits.task(cfg, dev)  # refuses a batch larger than the data and a model that cannot fit
     with sole_writer(run_dir):  # a second run into the same folder (two resumes at once) is refused

@@ -48,8 +48,20 @@ def configure_threads(launcher: Any) -> Optional[int]:
 
 
 def apply_explicit_threads(threads: Optional[int]) -> None:
-    """`train.threads` (validated >= 1) overrides whatever the launcher's share set; null leaves it."""
+    """`train.threads` (validated >= 1) overrides whatever the launcher's share set; null leaves it. More than the
+    CPUs this process may use is refused (in the job's own process, so a sweep checked on a login node is judged by
+    the machine it runs on): it only slows torch down, and a count such as 100000 crashes it."""
     if threads is not None:
         import torch
 
+        check_count("train.threads", threads, "or null for the launcher's share / torch's default")
         torch.set_num_threads(threads)
+
+
+def check_count(key: str, value: int, rest: str) -> None:
+    """A count of threads or worker processes no larger than the CPUs this process may use."""
+    cpus = available_cpus()
+    if value > cpus:
+        from gradexp.config.schema import ConfigError
+
+        raise ConfigError(key, value, f"at most {cpus}, the CPUs this process may use; {rest}")
