@@ -67,6 +67,15 @@ def test_an_unusable_run_dir_is_one_line(tmp_path, target):
     assert "hydra.run.dir" in line and (tmp_path / "afile").read_text() == "the user's"
 
 
+def test_a_run_dir_made_only_part_of_the_way_leaves_no_folder_behind(tmp_path):
+    """30 levels of 200-character names: the system makes the first ~20 and then refuses ('File name too long'); the
+    refusal removes the empty folders this invocation made, as it does for any refused run."""
+    deep = tmp_path / "deep"
+    target = os.path.join(str(deep), *["a" * 200] * 30)
+    line = one_line_refusal(gradexp(tmp_path, *FAST, f"hydra.run.dir={target}"))
+    assert "hydra.run.dir" in line and not deep.exists() and os.listdir(tmp_path) == []
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no folder can be created")
 @pytest.mark.parametrize("key, multirun", [("hydra.run.dir", False), ("hydra.sweep.dir", True)])
 def test_a_folder_the_system_will_not_create_is_refused_naming_the_key(tmp_path, key, multirun):

@@ -163,17 +163,20 @@ def undo() -> None:
     """After a refusal: remove the Hydra files this invocation added to the target, then the folders it created,
     each only while empty. A folder that existed before, and anything the user put anywhere, stay."""
     target = created.target
-    if target is None or not os.path.isdir(target):
+    if target is None:
         return
-    added = set(os.listdir(target)) - created.existing
-    if not added <= set(HYDRA_OWN):
-        return  # something else was written: not a plain refusal, keep everything
-    for name in added:
-        path = os.path.join(target, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if os.path.isdir(target):
+        added = set(os.listdir(target)) - created.existing
+        if not added <= set(HYDRA_OWN):
+            return  # something else was written: not a plain refusal, keep everything
+        for name in added:
+            path = os.path.join(target, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     if created.topmost is None:
         return
     path = target
+    while not os.path.isdir(path) and path != created.topmost:  # made only part of the way (a name too long)
+        path = os.path.dirname(path)
     while True:  # the created folders, innermost first, each only if empty
         try:
             os.rmdir(path)
