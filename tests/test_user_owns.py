@@ -67,6 +67,16 @@ def test_an_unusable_run_dir_is_one_line(tmp_path, target):
     assert "hydra.run.dir" in line and (tmp_path / "afile").read_text() == "the user's"
 
 
+@pytest.mark.parametrize("key, multirun", [("hydra.run.dir", False), ("hydra.sweep.dir", True)])
+def test_an_escaped_interpolation_in_the_folder_is_refused(tmp_path, key, multirun):
+    """'dol\\${oc.env:HOME}': gradexp saw the folder 'dol${oc.env:HOME}', Hydra resolved it once more and wrote into
+    dol/root; refused in one line, nothing made."""
+    sweep = ["-m", "model.depth=1,2"] if multirun else []
+    line = one_line_refusal(gradexp(tmp_path, *sweep, *FAST, f"{key}={tmp_path}/dol\\${{oc.env:HOME}}"))
+    assert line.startswith(f"gradexp: invalid value for {key}: ") and "without '${'" in line
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("dol")]
+
+
 def test_a_run_dir_made_only_part_of_the_way_leaves_no_folder_behind(tmp_path):
     """30 levels of 200-character names: the system makes the first ~20 and then refuses ('File name too long'); the
     refusal removes the empty folders this invocation made, as it does for any refused run."""

@@ -94,12 +94,16 @@ def _folder(config: Any, key: str) -> str:
     """The absolute folder `key` names. One that cannot be resolved (${oc.env:UNSET}) is bad input: raised from a
     callback as an Exception, Hydra would print it as a warning and go on."""
     try:
-        return os.path.abspath(str(OmegaConf.select(config, key)))
+        folder = os.path.abspath(str(OmegaConf.select(config, key)))
     except Exception as err:  # noqa: BLE001  any resolver's error: one line naming the key
         typed = OmegaConf.to_container(config, resolve=False)
         for part in key.split("."):
             typed = typed.get(part) if isinstance(typed, dict) else None
         raise Refused(f"invalid value for {key}: {typed!r} ({first_line(err)}; allowed: a folder path)") from None
+    if "${" in folder:  # an escaped \${...}: Hydra resolves the folder's name a second time when it makes it
+        raise Refused(f"invalid value for {key}: {folder!r} (allowed: a folder path without '${{': Hydra would "
+                      f"resolve it again and write somewhere else)")
+    return folder
 
 
 class FolderGuard(Callback):
