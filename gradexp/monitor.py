@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -198,9 +199,24 @@ class Monitor:
             self.skipped_steps += 1
             self.instruments.pending["amp/skipped_step"] = 1.0
         values = self._collect()
+        self._watch_for_nonfinite(values, updated=self._phase == "clipped")
         self.writer.log(self.steps, values)
         for sink in self._callers_sinks:
             sink.log(self.steps, values)
+
+    def _watch_for_nonfinite(self, values: dict[str, Any], updated: bool) -> None:
+        """The first logged step whose loss, or whose gradient where the optimizer used it, is NaN/Inf: the run
+        diverged (an AMP scaler's skipped step is no divergence: it threw that gradient away). The user's loop goes on;
+        the summary says where it went wrong (not replayed: the Monitor cannot re-run the user's step)."""
+        if self.outcome.nonfinite is not None:
+            return
+        watched = ["loss/train"] + (["grad_norm/total"] if updated else [])
+        for tag in watched:
+            value = values.get(tag)
+            if isinstance(value, float) and not math.isfinite(value):
+                self.outcome.nonfinite = {"step": self.steps, "phase": None, "layer": None, "tensor": tag,
+                                          "replayed": False}
+                return
 
     @contextlib.contextmanager
     def _optimizer_hooks(self) -> Iterator[None]:
@@ -255,7 +271,8 @@ class Monitor:
             return self.outcome
         self._closed = True
         self.outcome.steps = self.steps
-        self.outcome.status = "failed" if error is not None else "interrupted" if interrupted else "completed"
+        ended = "diverged" if self.outcome.nonfinite is not None else "completed"
+        self.outcome.status = "failed" if error is not None else "interrupted" if interrupted else ended
         if error is not None:
             self.outcome.error = f"{type(error).__name__}: {error}"
         self.outcome.perf = {"amp_skipped_steps": self.skipped_steps}

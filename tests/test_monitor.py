@@ -231,6 +231,26 @@ def test_a_ctrl_c_inside_the_with_block_is_an_interrupted_run(tmp_path):
     assert (summary["status"], summary["steps"]) == ("interrupted", 1)
 
 
+def test_a_loop_whose_loss_goes_nan_ends_diverged_with_where(tmp_path):
+    """lr=1e30: the loss is NaN within a few steps. The Monitor cannot stop the user's loop, but the run is no
+    'completed' one labelled vanishing: diverged, with the first logged step where the loss or gradient went bad."""
+    model, _, _ = _build()
+    opt = torch.optim.SGD(model.parameters(), lr=1e38)  # no clipping: the first update overflows the weights
+    run_dir = tmp_path / "run"
+    with gradexp.Monitor(model, run_dir=str(run_dir), every=1, optimizers=[opt], sinks=[Capture()]) as monitor:
+        for step in range(4):
+            with monitor.step():
+                x, y = _data(step)
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                monitor.record(loss=loss)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["verdict"]["label"] == "diverged"
+    assert summary["nonfinite"]["tensor"] in ("loss/train", "grad_norm/total") and summary["nonfinite"]["step"] >= 1
+
+
 def test_a_step_the_amp_scaler_skips_logs_no_update(tmp_path):
     model, opt_a, _ = _build()
     capture = Capture()
