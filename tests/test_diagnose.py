@@ -182,7 +182,8 @@ def test_the_init_in_use_is_not_offered_as_the_better_one():
     for layer in s["layers"]:
         layer["act_saturation"] = {"first": 0.0, "last": 0.0}
     verdict = diagnose(s, Factors(activation="sigmoid", init="xavier_normal", depth=30), CONF)
-    assert "no other init predicts more" in verdict["evidence"] and "init=xavier_normal predicts" not in verdict["evidence"]
+    evidence = verdict["evidence"]
+    assert "no other init predicts more" in evidence and "init=xavier_normal predicts" not in evidence
     assert verdict["cause"] == "activation (sigmoid): low gain at any init"
 
 

@@ -209,3 +209,21 @@ def test_a_resumed_session_whose_file_already_sorts_last_does_not_wait(tmp_path)
     sink.close(Outcome(status="completed"))
     events = sorted(name for name in os.listdir(tmp_path) if name.startswith("events."))
     assert len(events) == 2 and events[0] == earlier
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link"])
+def test_a_summary_that_is_not_a_plain_file_is_refused_before_resuming(tmp_path, quiet_console, kind):
+    """A FIFO, a folder or a link in place of summary.json: not the run's own. It was found only when the resumed run
+    ended (exit 1) or silently replaced; now refused at once, and the folder is left as it was."""
+    from gradexp.training.resume import ResumeError
+
+    run_dir = str(tmp_path / "run")
+    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    summary = os.path.join(run_dir, "summary.json")
+    os.remove(summary)
+    make = {"fifo": os.mkfifo, "folder": os.mkdir, "link": lambda p: os.symlink(str(tmp_path / "else.json"), p)}
+    make[kind](summary)
+    before = sorted(os.listdir(run_dir))
+    with pytest.raises(ResumeError, match="summary.json is there but is not a file the run wrote"):
+        resume(run_dir, LONG, quiet_console)
+    assert sorted(os.listdir(run_dir)) == before and os.path.lexists(summary)

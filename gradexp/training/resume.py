@@ -115,6 +115,12 @@ def prepare(cfg: Any, run_dir: str) -> Optional[dict[str, Any]]:
         return None
     if not os.path.samefile(cfg.resume, run_dir):
         raise ResumeError(f"resume={cfg.resume} must run in that folder, not {run_dir}")
+    summary = os.path.join(run_dir, SUMMARY_NAME)
+    if os.path.lexists(summary) and (os.path.islink(summary) or not os.path.isfile(summary)):
+        # a run writes summary.json as a plain file: a FIFO, folder or link there is not its own, and would only be
+        # found (or silently replaced) when the resumed run ends
+        raise ResumeError(f"resume={cfg.resume}: {summary} is there but is not a file the run wrote; it was left as it "
+                          f"is (move it away to resume)")
     if status in FINISHED:
         raise ResumeError(f"resume={cfg.resume}: that run is {status}; there is nothing to resume")
     _check_same_config(cfg, run_dir)
