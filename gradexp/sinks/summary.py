@@ -132,6 +132,8 @@ class SummarySink:
             summary["clip"] = clip  # the last logged clip telemetry
         amp = {k[len("amp/"):]: _finite_or_none(v) for k, v in self.latest.items()
                if k.startswith("amp/") and not k.startswith(UNDERFLOW_PREFIX)}
+        if amp.get("skipped_steps") is not None:
+            amp["skipped_steps"] = int(amp["skipped_steps"])  # a count (logged as a float, as every scalar is)
         if amp or self.underflow_max:
             amp["underflow_max"] = dict(self.underflow_max)  # per layer, over every logged step
             summary["amp"] = amp  # the last logged loss scale and skipped-step count, and the worst underflow
