@@ -23,6 +23,7 @@ def test_loader_cuts_the_batches_of_batches(workers):
     for _ in range(9):  # 90 rows: crosses two epoch boundaries of 37
         (xa, ya), (xb, yb) = plain.next(), loader.next()
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    loader.close()
 
 
 def oracle_augment(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -56,6 +57,7 @@ def test_augmented_stream_is_the_same_with_any_number_of_workers():
     for _ in range(6):
         (xa, ya), (xb, yb) = a.next(), b.next()
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    b.close()
 
 
 @pytest.mark.slow
@@ -90,3 +92,17 @@ def test_resumed_run_with_workers_equals_uninterrupted(tmp_path, quiet_console):
     resume(str(tmp_path / "run"), overrides, quiet_console)
     assert summary(str(tmp_path / "run")) == summary(str(tmp_path / "ref"))
     assert scalars(str(tmp_path / "run")) == scalars(str(tmp_path / "ref"))
+
+
+def test_close_stops_the_workers_now():
+    """A run closes its batch stream at its end: the DataLoader's workers stop then, not whenever the garbage collector
+    reaches the iterator (which, in whatever code ran then, waited 5 s a worker in the test suite)."""
+    x, y = data()
+    loader = Loader(x, y, 10, seed=3, workers=2, augment="none", device=CPU)
+    loader.next()
+    workers = list(loader._batches._workers)
+    assert all(w.is_alive() for w in workers)
+    loader.close()
+    assert not any(w.is_alive() for w in workers) and loader._batches is None
+    loader.close()  # twice: nothing to do
+    Loader(x, y, 10, seed=3, workers=2, augment="none", device=CPU).close()  # never started: nothing to do

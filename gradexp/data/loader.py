@@ -83,6 +83,14 @@ class Loader:
         self.batch += 1
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+    def close(self) -> None:
+        """Stop the workers now: an iterator left to the garbage collector shuts them down whenever it is collected,
+        in whatever code runs then (and waits up to 5 s a worker there, where one is slow to go)."""
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
     def state_dict(self) -> dict:
         return {"batch": self.batch, "stream": self._state}
 

@@ -237,6 +237,9 @@ class Batches:
         idx = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         return self.x[idx], self.y[idx]
 
+    def close(self) -> None:
+        """Nothing to stop: batches are cut in this process (data/loader.py's Loader has workers to stop)."""
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "generator": self._epoch_state.clone()}
 

@@ -91,6 +91,8 @@ def _train(cfg: Any, run: Run, start: int, checkpoints: Checkpointer, stop: Any)
     except Exception as err:  # recorded in the run folder, then re-raised for Hydra to report
         failure = err
         outcome.status, outcome.error = "failed", _describe(err, checkpoints.path)
+    finally:
+        run.batches.close()  # DataLoader workers stop with the run, not whenever the garbage collector gets to them
     outcome.perf["torch_threads"] = torch.get_num_threads()  # shows how a parallel launcher divided the CPUs
     summary = next(s for s in run.sinks if isinstance(s, SummarySink))
     # decide from what the summary holds, so summary.json, TensorBoard and the terminal show one verdict
