@@ -114,3 +114,16 @@ def test_a_new_run_into_a_folder_another_run_is_starting_in_writes_nothing_there
     assert os.listdir(run_dir) == [] and "is being written by another gradexp process" in capsys.readouterr().err
     assert cli.main(["run", "train.steps=2", "log.every=1", f"hydra.run.dir={run_dir}"]) == 0  # free again: it runs
     assert (run_dir / ".hydra").is_dir() and (run_dir / "summary.json").exists()
+
+
+def test_a_refused_run_lets_go_of_the_folder_it_held(tmp_path):
+    """FolderGuard holds the folder from before Hydra writes; a run refused later (a bad value) still lets go of it when
+    `gradexp run` returns, so another process may use the folder while this one lives on (an in-process caller)."""
+    from gradexp.cli import folders, main as cli
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["run", "train.batch_size=100000", f"hydra.run.dir={run_dir}"]) == 2
+    assert folders._held == []
+    run_dir.mkdir()
+    with held_by_another(str(run_dir)):  # another process takes it at once: nothing of ours is left holding it
+        pass

@@ -198,8 +198,11 @@ def run_app() -> int:
         finally:
             _app_pid = None
             launchers.release_loky_workers()  # a joblib sweep that stopped early (ReleaseWorkers ends a finished one)
-    if code == EXIT_BAD_INPUT:
-        folders.undo()  # a refused run or sweep leaves nothing behind (not even a lone multirun.yaml)
+    try:
+        if code == EXIT_BAD_INPUT:
+            folders.undo()  # a refused run or sweep leaves nothing behind (not even a lone multirun.yaml)
+    finally:
+        folders.let_go()  # after undo: the folder stays this process's until its own files are gone
     return code
 
 

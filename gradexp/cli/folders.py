@@ -45,6 +45,14 @@ class _Created:
 
 
 created = _Created()
+_held: list[str] = []  # run folders FolderGuard holds for this process (training/exclusive.py)
+
+
+def let_go() -> None:
+    """Release the run folder FolderGuard took: at the run's end, and after any ending of `gradexp run` (run_app),
+    since a refused or failed run may not reach on_run_end and an in-process caller goes on living."""
+    while _held:
+        exclusive.release(_held.pop())
 
 
 def holds_run(folder: str) -> bool:
@@ -122,20 +130,18 @@ class FolderGuard(Callback):
         once would otherwise both write it, the refused one last. Held until on_run_end (the process's exit at the
         latest). What another process made is not undone: undo() would take its .hydra/ for this invocation's."""
         try:
-            held = exclusive.hold(run_dir)
+            if exclusive.hold(run_dir):
+                _held.append(run_dir)
         except exclusive.FolderInUse as err:
             created.forget()
             raise Refused(str(err)) from None
-        self.held = run_dir if held else None
         if holds_run(run_dir) and not resuming:  # empty at the first look: another run wrote it meanwhile
             created.forget()
-            self.on_run_end()
+            let_go()
             refuse_existing_run(run_dir)
 
     def on_run_end(self, *args: Any, **kwargs: Any) -> None:
-        if getattr(self, "held", None) is not None:
-            exclusive.release(self.held)
-            self.held = None
+        let_go()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = _folder(config, "hydra.sweep.dir")
