@@ -131,9 +131,9 @@ def composition_options(hydra_cfg: Any) -> list[str]:
 def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str], options: list[str]) -> None:
     """A signal before the run started: the folder exists, so it says what happened (status interrupted, 0 steps),
     and the user is told where it is and how to continue, as at the end of any interrupted run."""
-    from gradexp.sinks.terminal import closing_lines
-
     if interrupts.requested:
+        from gradexp.sinks.terminal import closing_lines
+
         _record_outcome(run_dir, overrides, "interrupted")
         print("interrupted before the first step", file=sys.stderr)
         for line in closing_lines("interrupted", run_dir, options):

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
 from gradexp.probes.layers import Layers
-from gradexp.probes.norms import combined_norm, host_norms, host_vector, norm_vector
+from gradexp.probes.norms import combined_norm, norm_vector
 
 
 class ActGrads(Probe):
@@ -53,8 +53,7 @@ class ActGrads(Probe):
             return {}
         # the hooks kept what autograd passed (never requiring grad); a loss scale divides out here, once per step
         flat = [self.context.unscaled(g) for calls in grads.values() for g in calls]
-        values = host_norms(flat)  # CPU: host floats already; one batched pass either way, (calls,)
-        norms = host_vector(values) if values is not None else norm_vector(flat)
+        norms = norm_vector(flat)  # one batched pass, (calls,)
         if len(norms) == len(grads):  # one call per layer: the usual case
             return {tags("act_grad_norm/", list(grads)): norms}
         out, at = {}, 0

@@ -6,7 +6,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from gradexp.probes.base import Probe, Scalars, named_parameters, parameter_names, tags
-from gradexp.probes.norms import combined_norm, host_norms, host_vector, norm_vector, total_norm
+from gradexp.probes.norms import norms_and_total
 
 
 def _named_grads(model: nn.Module) -> tuple[list[str], list[Tensor]]:
@@ -29,12 +29,7 @@ class GradNorms(Probe):
         names, grads = _named_grads(model)
         if not grads:
             return {}
-        values = host_norms(grads)  # CPU: host floats already, and their total is one math.hypot
-        if values is not None:
-            norms, total = host_vector(values), total_norm(values)
-        else:
-            norms = norm_vector(grads)  # batched, exact down to subnormals, stays on the device: (P,) float64
-            total = combined_norm(norms)
+        norms, total = norms_and_total(grads)  # batched, exact down to subnormals; (P,) float64 and the total
         self.seen = (grads, [g._version for g in grads], total)
         return {tags("grad_norm/", names): norms, "grad_norm/total": total}
 
@@ -45,8 +40,7 @@ class GradNorms(Probe):
             return {}
         if seen is not None and _unchanged(seen[0], seen[1], grads):
             return {"grad_norm/total_clipped": seen[2]}
-        values = host_norms(grads)
-        return {"grad_norm/total_clipped": total_norm(values) if values is not None else combined_norm(norm_vector(grads))}
+        return {"grad_norm/total_clipped": norms_and_total(grads)[1]}
 
 
 def _unchanged(before: list[Tensor], versions: list[int], now: list[Tensor]) -> bool:

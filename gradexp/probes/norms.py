@@ -36,8 +36,9 @@ def norm_vector(tensors: Sequence[Tensor]) -> Tensor:
     down to the smallest subnormal; inf (NaN) where the tensor holds an inf (a NaN), like torch's own norm; 0 for an
     empty tensor. On the first tensor's device, without a host sync on accelerators. Tensors that require grad are
     read detached (no autograd graph); a sparse one (nn.Embedding(sparse=True)'s gradient) by its stored values."""
-    if not tensors:
-        return torch.zeros(0, dtype=_FLOAT64)
+    values = host_norms(tensors)  # CPU tensors of one floating dtype (the usual CPU case): read on the host already
+    if values is not None:
+        return host_vector(values)
     xs = _readable(tensors)
     first = xs[0]
     if all(t.dtype == first.dtype and t.device == first.device for t in xs) and (
@@ -67,6 +68,16 @@ def combined_norm(norms: Sequence[Tensor] | Tensor) -> Tensor:
         if LOW[_FLOAT64] * math.sqrt(max(vector.numel(), 1)) <= total.item() < math.inf or not vector.any():
             return total
     return norm_vector([vector])[0]
+
+
+def norms_and_total(tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor | float]:
+    """norm_vector(tensors) and the norm of all of them together: on CPU the total is total_norm of the host floats
+    (a Python float), elsewhere combined_norm on the device (a 0-d tensor, no host sync)."""
+    values = host_norms(tensors)
+    if values is not None:
+        return host_vector(values), total_norm(values)
+    norms = norm_vector(tensors)
+    return norms, combined_norm(norms)
 
 
 def total_norm(values: list[float]) -> float:
