@@ -107,6 +107,23 @@ def test_clip_fraction_counts_only_clipped_steps():
     assert policy.fraction_of_steps_clipped().item() == 0.5
 
 
+@pytest.mark.parametrize("max_norm", [1.0, 1e-7, 2e-6])
+def test_a_step_counts_as_clipped_exactly_when_torch_changed_the_gradient(max_norm):
+    """Near and under torch's epsilon (1e-6, added to the norm) norm > max_norm is not what torch does: a gradient of
+    norm 9.6e-8 under max_norm 1e-7 is scaled by 0.09 (found by an audit: frac_steps_clipped read 0 there)."""
+    from gradexp.training.clip import ClipPolicy
+
+    policy, p = ClipPolicy("norm", max_norm=max_norm, norm_type=2.0, value=1.0), torch.nn.Parameter(torch.zeros(3))
+    changed = 0
+    for norm in (9.6e-8, 5e-7, 1.5e-6, 3e-6, 0.5, 2.0):
+        p.grad = torch.full((3,), norm / 3 ** 0.5)
+        before = p.grad.clone()
+        policy.apply([p])
+        changed += not torch.equal(p.grad, before)
+    assert policy.fraction_of_steps_clipped().item() == changed / 6
+    assert 0 < changed < 6 or max_norm == 1e-7
+
+
 def test_histograms_on_their_interval_match_torch(run_tiny):
     overrides = ["log.histograms_every=2", "train.steps=5"]
     _, run_dir = run_tiny(overrides)

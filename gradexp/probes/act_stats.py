@@ -24,10 +24,14 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
+from gradexp.probes.norms import norm_vector
 from gradexp.probes.scratch import Scratch
 from gradexp.config.registry import ACTIVATIONS
 
 SATURATION_FRACTION = 0.05
+# a row's float sum whose mean is at least this many times the dtype's smallest normal never rounded to the
+# subnormals' grid (absolute error <= N * 2^-150, relative to N * mean: < 2^-48)
+SUBNORMAL_SUM = 2.0 ** 24
 
 
 def saturation(y: Tensor, activation: str, unit_dim: int) -> Tensor:
@@ -46,11 +50,28 @@ def saturation(y: Tensor, activation: str, unit_dim: int) -> Tensor:
 
 
 def std_mean_(flat: Tensor) -> tuple[Tensor, Tensor]:
-    """Population std and mean of each row of (L, N), two-pass (as exact as torch.std_mean, and on CPU several times
-    faster than its Welford kernel). Centres `flat` in place: it must be a working copy."""
-    mean = flat.mean(dim=1)
+    """Population std and mean of each row of (L, N) float32 or float64, two-pass (on CPU several times faster than
+    torch.std_mean's Welford kernel): the mean, then the norm of the centred rows through probes/norms.py, whose
+    float32 squares neither round away over long rows nor under- or overflow (a layer whose outputs are ~1e-25 has a
+    std of ~1e-25, not 0). Centres `flat` in place: it must be a working copy."""
+    mean = _row_means(flat)
     flat.sub_(mean[:, None])
-    return torch.linalg.vector_norm(flat, dim=1) / math.sqrt(flat.shape[1]), mean
+    return norm_vector(list(flat.unbind(0))) / math.sqrt(flat.shape[1]), mean
+
+
+def _row_means(flat: Tensor) -> Tensor:
+    """Each row's mean, summed in the rows' dtype; on accelerators (memory-bound) in float64. A float sum below
+    SUBNORMAL_SUM * N rounds to the subnormals' coarse grid on the way: on CPU those rows (the values are on the host
+    already) are summed again in float64."""
+    if not flat.is_cpu:
+        return flat.mean(dim=1, dtype=torch.float64)
+    mean = flat.mean(dim=1)
+    floor = torch.finfo(flat.dtype).tiny * SUBNORMAL_SUM
+    doubtful = [i for i, m in enumerate(mean.tolist()) if not abs(m) >= floor]  # NaN: the float64 sum keeps it
+    if doubtful:
+        mean = mean.double()
+        mean[doubtful] = flat[doubtful].double().mean(dim=1)
+    return mean
 
 
 def stacked(scratch: Scratch, tensors: list[Tensor], at: int) -> Tensor:
@@ -146,7 +167,8 @@ class ActStats(Probe):
             at += y.numel()
             if all(n in shared for n in names):
                 values[tags("act_saturation/", names)] = saturation(y, self.activation, self.unit_dim)
-            std, mean = std_mean_(y.flatten(1))  # (L,) each, handed on whole (probes/base.py); y is centred now
+            flat = y.flatten(1)  # centred in place (a working copy); 16-bit outputs (autocast) in a float32 copy
+            std, mean = std_mean_(flat if flat.dtype in (torch.float32, torch.float64) else flat.float())  # (L,) each
             values[tags("act_mean/", names)] = mean
             values[tags("act_std/", names)] = std
         self.outputs.clear()  # the same dicts: the hooks made once write into them

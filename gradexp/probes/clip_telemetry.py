@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from gradexp.probes.base import Probe, ProbeContext, Scalars, named_parameters
 from gradexp.probes.norms import combined_norm, norm_vector
 
-CLIP_EPS = 1e-6  # the epsilon torch.nn.utils.clip_grad_norm_ adds to the norm
+CLIP_EPS = 1e-6  # the epsilon torch.nn.utils.clip_grad_norm_ adds to the norm before dividing
+
 
 
 def _grads(model: nn.Module) -> list[Tensor]:

@@ -2,7 +2,8 @@
 
 The policy also keeps clip telemetry counters on the device, updated every step without a host sync and
 read only on logging steps (probes/clip_telemetry.py): the steps seen and the steps on which clipping
-changed the gradient (norm mode: pre-clip global norm > max_norm; value mode: some entry |g| > value)."""
+changed the gradient (norm mode: torch's clip coefficient max_norm / (norm + 1e-6) below 1, which is not the same
+as norm > max_norm where max_norm is near or under 1e-6; value mode: some entry |g| > value)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from gradexp.probes.clip_telemetry import CLIP_EPS
 
 
 @dataclass
@@ -26,7 +29,7 @@ class ClipPolicy:
         mode=norm (0-d, on device), else None."""
         if self.mode == "norm":
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=self.norm_type, foreach=True)
-            self._count(norm > self.max_norm)
+            self._count(self.max_norm / (norm + CLIP_EPS) < 1)  # torch's own test, in the norm's dtype
             return norm
         if self.mode == "value":
             grads = [p.grad for p in params if p.grad is not None]
@@ -45,4 +48,4 @@ class ClipPolicy:
         """Steps clipped so far / steps seen, 0-d on device; None before the first step or for mode=none."""
         if self.steps_clipped is None or not self.steps_seen:
             return None
-        return self.steps_clipped / self.steps_seen
+        return self.steps_clipped.double() / self.steps_seen  # float64: a count ratio, exact in summary.json
