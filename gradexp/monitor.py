@@ -54,6 +54,17 @@ DEFAULT_PROBES = ("grad_norm", "act_grad_norm", "act_stats", "update_ratio", "cl
 OWN_FAMILY = "own"  # Factors.family of a model gradexp did not build: the advice offers no gradexp override
 
 
+class _LossScale:
+    """A user's GradScaler as the probes read a run's precision (probes/base.py ProbeContext.unscaled): the scale in
+    force, 0-d on its device (no host sync), or None while the scaler is disabled or before its first scale()."""
+
+    def __init__(self, scaler: torch.amp.GradScaler) -> None:
+        self.scaler = scaler
+
+    def scale(self) -> Optional[Tensor]:
+        return self.scaler._get_scale_async() if self.scaler.is_enabled() else None  # the public get_scale() syncs
+
+
 class Monitor:
     """Instruments for one training run of the user's model; see the module docstring for the whole loop.
 
@@ -67,12 +78,15 @@ class Monitor:
     is logged too (as `gradexp run` does). optimizer.step(closure) works too (the gradients are read when the closure
     returns). step_hooks=False: no optimizer pre-step hook; the caller says when the update begins (before_update())
     and when it did not happen (update_skipped()), as a framework that drives the step itself does
-    (integrations/lightning.py)."""
+    (integrations/lightning.py). scaler: the torch.amp.GradScaler the loop scales its loss with, if any: the
+    activation gradients the hooks see are scaled by it (the parameter gradients are read after `scaler.unscale_`),
+    so the Monitor divides its scale out of them."""
 
     def __init__(self, model: nn.Module, run_dir: Optional[str] = None, every: int = 25,
                  watch: Sequence[str] = (), optimizers: Iterable[torch.optim.Optimizer] = (),
                  probes: Sequence[str] = DEFAULT_PROBES, activation: Optional[str] = None, sinks: Sequence = (),
-                 steps: Optional[int] = None, step_hooks: bool = True):
+                 steps: Optional[int] = None, step_hooks: bool = True,
+                 scaler: Optional[torch.amp.GradScaler] = None):
         _check(every, probes)
         # a DDP-wrapped model is watched through the module it wraps: the same tags as one process
         model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -82,6 +96,7 @@ class Monitor:
         self.layers = watched_layers(model, list(watch))  # refuses a model with nothing to watch, a pattern matching nothing
         self.clip = ClipPolicy(mode="none", max_norm=0.0, norm_type=2.0, value=0.0)
         self._probe_names, self._activation = tuple(probes), activation
+        self._loss_scale = None if scaler is None else _LossScale(scaler)
         self.instruments = self._instruments()
         self.writes = _rank() == 0
         self.run_dir = run_dir or os.path.join("runs", f"monitor-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
@@ -99,7 +114,8 @@ class Monitor:
         self._closed = False
 
     def _instruments(self) -> Instruments:
-        context = ProbeContext(layers=self.layers, activation=self._activation, clip=self.clip)
+        context = ProbeContext(layers=self.layers, activation=self._activation, clip=self.clip,
+                               precision=self._loss_scale)
         built = [resolve(PROBES[name].target).from_context(context) for name in self._probe_names]
         if "clip" in self._probe_names:  # the policy's mode is set by the first clip call, after the probes are built
             from gradexp.probes.clip_telemetry import ClipTelemetry

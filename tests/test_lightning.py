@@ -133,6 +133,10 @@ def test_an_update_the_amp_scaler_skips_logs_no_update_ratio(tmp_path):
     assert "amp/skipped_step" not in capture.steps[0] and "update_ratio/head.weight" in capture.steps[0]
     assert capture.steps[1]["amp/skipped_step"] == 1.0 and "update_ratio/head.weight" not in capture.steps[1]
     assert gradexp.load_summary(str(tmp_path / "run"))["perf"]["amp_skipped_steps"] == 1
+    plain = Capture()  # the same update without the scaler: the activation gradients must not read 2^4 too large
+    _fit(Net(), tmp_path / "plain", steps=1, capture=plain)
+    act_grads = [t for t in plain.steps[0] if t.startswith("act_grad_norm/")]
+    assert act_grads and all(capture.steps[0][t] == pytest.approx(plain.steps[0][t], rel=1e-2) for t in act_grads)
 
 
 @pytest.mark.slow

@@ -272,6 +272,37 @@ def test_a_step_the_amp_scaler_skips_logs_no_update(tmp_path):
     assert monitor.close().perf["amp_skipped_steps"] == 1
 
 
+def _scaled_loop(tmp_path, name, scaler, handed_over):
+    model, opt_a, _ = _build()
+    capture = Capture()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / name), every=1, optimizers=[opt_a], sinks=[capture],
+                              scaler=scaler if handed_over else None)
+    with monitor.step():
+        x, y = _data(0)
+        loss = F.cross_entropy(model(x), y)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if scaler is not None:
+            scaler.unscale_(opt_a)
+        monitor.gradients_ready()
+        opt_a.step() if scaler is None else (scaler.step(opt_a), scaler.update())
+    monitor.close()
+    return capture.logged[0]
+
+
+def test_a_users_grad_scaler_is_divided_out_of_the_activation_gradients(tmp_path):
+    """The activation gradients' hooks fire during the scaled backward: their norms are 2^16 too large unless the
+    Monitor knows the scaler (found by an audit). The scale is a power of two, so the unscaled values are the fp32
+    loop's exactly."""
+    plain = _scaled_loop(tmp_path, "plain", None, False)
+    scaled = _scaled_loop(tmp_path, "scaled", torch.amp.GradScaler("cpu", init_scale=2.0 ** 16), True)
+    unknown = _scaled_loop(tmp_path, "unknown", torch.amp.GradScaler("cpu", init_scale=2.0 ** 16), False)
+    act_grads = [t for t in plain if t.startswith("act_grad_norm/")]
+    assert act_grads and all(scaled[t] == plain[t] for t in act_grads)
+    assert all(unknown[t] == plain[t] * 2.0 ** 16 for t in act_grads)  # what the Monitor cannot know by itself
+    body = [t for t in plain if t.startswith("grad_norm/") and "head" not in t and "total" not in t]  # opt_a's
+    assert body and all(scaled[t] == plain[t] for t in body)
+
+
 def test_watch_patterns_and_refusals(tmp_path):
     model, opt_a, _ = _build()
     monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "a"), watch=["blocks.*.conv"])

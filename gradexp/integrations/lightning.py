@@ -49,7 +49,9 @@ class GradexpCallback(pl.Callback):
         planned = trainer.estimated_stepping_batches
         # step_hooks=False: Lightning runs optimizer.step(closure), whose pre-step hooks fire before the closure's
         # backward; on_before_optimizer_step (after backward and clipping's inputs are final) says it instead
-        self.monitor = Monitor(pl_module, optimizers=trainer.optimizers, step_hooks=False,
+        # fp16 precision scales the loss with a GradScaler, which the activation gradients' hooks see scaled
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self.monitor = Monitor(pl_module, optimizers=trainer.optimizers, step_hooks=False, scaler=scaler,
                                steps=int(planned) if math.isfinite(planned) else None, **self.options)
         self._clip = (trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
         trainer.gradient_clip_val = None  # this callback clips in on_before_optimizer_step (module docstring)
