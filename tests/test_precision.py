@@ -106,6 +106,20 @@ def test_fp32_and_unscaled_runs_have_no_scaler_probes():
     assert any(k.startswith("amp/underflow/") for k in bf16[0])
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_batchnorm_under_mixed_precision_trains_and_keeps_its_running_statistics(precision):
+    """The underflow probe's reference pass put batchnorm's running statistics back before its backward, which read
+    them: a traceback at step 0 for every mixed-precision run with batchnorm (found by an adversarial test). They are
+    put back after it: the run trains, and its running statistics are those of a run without the probe."""
+    with_probe, logged, run = trained(["norm=batchnorm", f"train.precision={precision}", "train.steps=3"])
+    without, _, plain = trained(["norm=batchnorm", f"train.precision={precision}", "train.steps=3",
+                                 "log.probes.underflow=0"])
+    assert with_probe.status == without.status == "completed"
+    assert any(k.startswith("amp/underflow/") for k in logged[0])
+    for mine, theirs in zip(run.model.buffers(), plain.model.buffers()):
+        assert torch.equal(mine, theirs)
+
+
 def underflow_oracle(overrides, scale):
     """amp/underflow per layer by hand: fp32 reference gradients vs the fp16 autocast pass's (scaled) ones."""
     cfg = compose_config([*BLOBS, *overrides])

@@ -42,12 +42,15 @@ class Underflow(Probe):
         def keep(name: str):
             return lambda module, inputs, output: outputs.__setitem__(name, output) if isinstance(output, Tensor) else None
 
-        with _buffers_kept(model), removed_on_exit([m.register_forward_hook(keep(n)) for n, m in self.layers]):
-            loss = loss_fn()
-        wrt = {name: ([outputs[name]] if name in outputs else []) + list(layer.parameters())
-               for name, layer in self.layers}
-        flat = [t for ts in wrt.values() for t in ts]
-        grads = iter(torch.autograd.grad(loss, flat, allow_unused=True))
+        # the buffers are put back after the backward: batchnorm's backward reads the running statistics it saved,
+        # and putting them back in place before it would bump their version under autograd's feet
+        with _buffers_kept(model):
+            with removed_on_exit([m.register_forward_hook(keep(n)) for n, m in self.layers]):
+                loss = loss_fn()
+            wrt = {name: ([outputs[name]] if name in outputs else []) + list(layer.parameters())
+                   for name, layer in self.layers}
+            flat = [t for ts in wrt.values() for t in ts]
+            grads = iter(torch.autograd.grad(loss, flat, allow_unused=True))
         self.reference_grads = {name: [next(grads) for _ in ts] for name, ts in wrt.items()}
         self.has_output = {name: name in outputs for name in wrt}
 
