@@ -45,6 +45,24 @@ class ThreeOutputs(NoArgs):
         self.head = nn.Linear(64, 3)
 
 
+class Checked(NoArgs):  # a bare assert in forward (pytest would give an `assert` here a message): none
+    def forward(self, x):
+        if x.dim() != 2:
+            raise AssertionError
+        return super().forward(x)
+
+
+class Frozen(NoArgs):
+    def __init__(self):
+        super().__init__()
+        self.requires_grad_(False)
+
+
+class Chatty(NoArgs):
+    def __init__(self):
+        raise ValueError("first line\nsecond line\nthird line")
+
+
 def _cfg(*overrides):
     return gradexp.compose(["model=custom", "train.steps=2", "log.every=1", *overrides])
 
@@ -88,6 +106,25 @@ def test_a_class_that_cannot_be_imported_is_refused_in_one_line(target, says):
 def test_an_output_that_does_not_fit_the_task_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"output fits data=digits: \(batch, \.\.\., 10\) outputs, not \(2, 3\)"):
         build.run(_cfg(f"model._target_={HERE}.ThreeOutputs"))
+
+
+@pytest.mark.parametrize("target, says", [
+    ("Checked", "a model that takes data=digits's input (1, 8, 8): AssertionError)"),
+    ("Frozen", "a model with a parameter to train (every one of this model's has requires_grad=False))"),
+    ("Chatty", ": ValueError: first line)"),
+])
+def test_a_model_that_cannot_train_is_refused_in_one_line(target, says):
+    """Found by an adversarial test: a bare assert raised an IndexError (its empty message had no first line), an
+    all-frozen model a traceback at step 0, and a message of several lines was printed whole."""
+    with pytest.raises(ConfigError) as refused:
+        build.run(_cfg(f"model._target_={HERE}.{target}"))
+    assert str(refused.value).endswith(says) and "\n" not in str(refused.value)
+
+
+def test_compile_takes_a_users_model():
+    cfg = _cfg(f"model._target_={HERE}.Net", "train.compile=true")
+    validate(cfg)  # was a KeyError: custom is no registry family
+    assert build.compiled(cfg, Net((1, 8, 8), 10)) is not None
 
 
 def test_resume_reapplies_the_users_class_only_when_its_module_is_found():

@@ -537,7 +537,7 @@ def _check_precision_device(cfg: Any) -> None:
 def _check_compile(cfg: Any, family: str) -> None:
     """torch.compile needs a model dynamo takes in one graph and a compiler toolchain (a C++ compiler for
     inductor on CPU, triton on CUDA); without either the run is refused before it starts."""
-    if not registry.MODELS[family].compiles:
+    if family != CUSTOM and not registry.MODELS[family].compiles:  # a user's model: compiled as torch.compile can
         fitting = " | ".join(n for n, m in registry.MODELS.items() if m.compiles)
         raise ConfigError("train.compile", True, f"false for model={family} (torch.compile takes model={fitting})")
     import torch

@@ -17,7 +17,7 @@ from gradexp.models import init_weights
 from gradexp.probes.base import Instruments, ProbeContext
 from gradexp.probes.layers import Layers, watched_layers
 from gradexp.config.registry import MODEL_KEYS, OPTIMIZERS, PROBES, SCHEDULES, resolve, warmup
-from gradexp.config.schema import CUSTOM, ConfigError, import_model_class, is_schema_key, model_family
+from gradexp.config.schema import CUSTOM, ConfigError, first_line, import_model_class, is_schema_key, model_family
 from gradexp.training.loop import Run, Settings
 from gradexp.data.loader import Loader
 from gradexp.config.registry import DATA
@@ -89,12 +89,21 @@ def custom_model(cfg: Any, task_: Task) -> nn.Module:
         net = cls(**{**offered, **own})
     except Exception as err:
         raise ConfigError("model._target_", cfg.model._target_,
-                          f"a class gradexp can build with {sorted({**offered, **own})}: {type(err).__name__}: {err}") from None
+                          f"a class gradexp can build with {sorted({**offered, **own})}: {described(err)}") from None
     if cfg.init.scheme != "default":
         init_weights(net, scheme=cfg.init.scheme, gain=cfg.init.gain, std=cfg.init.std, activation=cfg.activation.name,
                      recurrent=cfg.init.recurrent, recurrent_gain=cfg.init.recurrent_gain)
+    if any(True for _ in net.parameters()) and not any(p.requires_grad for p in net.parameters()):
+        raise ConfigError("model._target_", cfg.model._target_, "a model with a parameter to train (every one of this "
+                          "model's has requires_grad=False)")  # else backward fails at step 0 with a traceback
     check_output_fits(net, cfg, task_)
     return net
+
+
+def described(err: BaseException) -> str:
+    """`Type: first line of the message`, or the type alone where there is no message (a bare assert)."""
+    text = first_line(err)
+    return type(err).__name__ if text == type(err).__name__ else f"{type(err).__name__}: {text}"
 
 
 def check_output_fits(net: nn.Module, cfg: Any, task_: Task) -> None:
@@ -105,7 +114,7 @@ def check_output_fits(net: nn.Module, cfg: Any, task_: Task) -> None:
             output = net(x)
     except Exception as err:  # a shape error inside the user's forward
         raise ConfigError("model._target_", target, f"a model that takes {data}'s input {tuple(task_.input_shape)}: "
-                          f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+                          f"{described(err)}") from None
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
     misfit = f"a model whose output fits {data}: (batch, ..., {task_.num_outputs}) outputs, not {shape}"
     if not (isinstance(output, torch.Tensor) and output.dim() >= 2 and output.shape[0] == 2
@@ -114,7 +123,7 @@ def check_output_fits(net: nn.Module, cfg: Any, task_: Task) -> None:
     try:
         task_.loss(output, y)
     except Exception as err:
-        raise ConfigError("model._target_", target, f"{misfit} ({type(err).__name__}: {err})") from None
+        raise ConfigError("model._target_", target, f"{misfit} ({described(err)})") from None
 
 
 def optimizer(cfg: Any, params) -> torch.optim.Optimizer:
@@ -191,6 +200,9 @@ def run(cfg: Any, sinks: Sequence = (), built_task: Optional[Task] = None) -> Ru
 
 
 def compiled(cfg: Any, net: nn.Module) -> Optional[nn.Module]:
-    """train.compile: the model through torch.compile, whole-graph (fullgraph: a graph break is an error, not a
-    silent slow path). Compilation itself happens at the first ordinary step."""
-    return torch.compile(net, fullgraph=True) if cfg.train.compile else None
+    """train.compile: the model through torch.compile, whole-graph for gradexp's own families (fullgraph: a graph
+    break is an error, not a silent slow path); a user's model (model=custom) as torch.compile takes it by default,
+    the parts dynamo cannot trace run eagerly. Compilation itself happens at the first ordinary step."""
+    if not cfg.train.compile:
+        return None
+    return torch.compile(net, fullgraph=model_family(cfg) != CUSTOM)
