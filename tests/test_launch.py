@@ -165,6 +165,15 @@ def test_warm_workers_are_the_pool_the_launchers_parallel_reuses():
     assert not any(w.is_alive() for w in workers)
 
 
+@pytest.mark.parametrize("n_jobs,jobs", [(1, 8), (4, 1)])
+def test_a_sweep_of_one_worker_is_not_warmed_in_this_process(n_jobs, jobs):
+    """With one worker joblib runs the jobs in the parent: warming up there imported torch on a second thread while
+    the first job imported it too, and torch's import cycle failed every job (found by an adversarial test)."""
+    from gradexp.cli.launchers import start_loky_workers
+
+    assert start_loky_workers(OmegaConf.create({"_target_": JOBLIB, "n_jobs": n_jobs}), jobs=jobs) is None
+
+
 @pytest.mark.slow
 def test_a_stopped_sweep_ends_the_workers_still_warming_up():
     from joblib.externals.loky import reusable_executor

@@ -104,11 +104,13 @@ def sweep_size(config: Any) -> Optional[int]:
     return min(size, batch) if batch else size
 
 
-def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> threading.Thread:
+def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> Optional[threading.Thread]:
     """Run warm_up once on each of the launcher's workers that will get a job, in a background thread
     (joblib.Parallel waits for its results; the parent goes on composing). The options are the ones
     hydra-joblib-launcher hands to Parallel: loky reuses its pool only for a call with the same ones, and would
-    otherwise start a second pool."""
+    otherwise start a second pool. None where the sweep has one worker: joblib then runs the jobs in this process,
+    and warm_up would import torch here on a second thread while the first job imports it too (torch's import
+    cycle between _inductor and _dynamo breaks when two threads enter it: every job failed)."""
     from joblib import Parallel, delayed, effective_n_jobs, parallel_config
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 
@@ -118,6 +120,8 @@ def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> threading.T
     with parallel_config(backend="loky"):
         workers = effective_n_jobs(options.get("n_jobs", -1))
     workers = workers if jobs is None else min(workers, jobs)  # 16 cores, 4 jobs: 4 workers import torch, not 16
+    if workers <= 1:
+        return None
 
     def warm() -> None:
         try:
