@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import socket
 import time
 
@@ -228,3 +230,32 @@ def test_a_summary_that_is_not_a_plain_file_is_refused_before_resuming(tmp_path,
     with pytest.raises(ResumeError, match="summary.json is there but is not a file the run wrote"):
         resume(run_dir, LONG, quiet_console)
     assert sorted(os.listdir(run_dir)) == before and os.path.lexists(summary)
+
+
+def test_another_runs_checkpoint_is_refused_even_where_its_shapes_fit(tmp_path, quiet_console):
+    """Found by an adversarial test: a checkpoint copied from a run with another learning rate (same shapes) was
+    resumed, and the run trained on with that run's state while its config said otherwise. The checkpoint carries
+    the config's fingerprint; the folder is left as it was."""
+    donor, run_dir = str(tmp_path / "donor"), str(tmp_path / "run")
+    start(donor, [*LONG, "optimizer.lr=0.2"], quiet_console, stop=StopAfter(6))
+    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    shutil.copy(os.path.join(donor, checkpoint.CHECKPOINT_NAME), os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))
+    before = {name: open(os.path.join(run_dir, name), "rb").read() for name in ("summary.json", "checkpoint.pt")}
+    with pytest.raises(ResumeError, match="written by a run of another config"):
+        resume(run_dir, LONG, quiet_console)
+    assert before == {name: open(os.path.join(run_dir, name), "rb").read() for name in before}
+
+
+@pytest.mark.parametrize("key,value", [("scale", "abc"), ("scale", -1.0), ("scale", math.nan),
+                                       ("growth_interval", 0), ("_growth_tracker", -2), ("backoff_factor", 2.0)])
+def test_a_tampered_loss_scaler_state_is_refused(key, value):
+    """Found by an adversarial test: a scale of 'abc' failed inside torch, -1 and NaN were used silently."""
+    from gradexp.training.precision import Precision
+
+    precision = Precision("fp16", "dynamic", torch.device("cpu"))
+    state = {"scaler": {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                        "_growth_tracker": 0}, "skipped": 0}
+    precision.load_state_dict(state)  # as a run writes it
+    state["scaler"][key] = value
+    with pytest.raises(ValueError, match=f"loss scaler's {key}"):
+        precision.load_state_dict(state)

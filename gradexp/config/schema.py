@@ -506,14 +506,19 @@ def _check_seq_len(task: str, seq_len: int) -> None:
         raise ConfigError("data.seq_len", seq_len, f"an integer >= {entry.min_seq_len} for data={task}")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
+
+
 def _check_precision(train: Any) -> None:
     names = (*registry.PRECISIONS, *registry.PRECISION_ALIASES)
     if registry.precision_name(train.precision) not in registry.PRECISIONS:
         raise ConfigError("train.precision", train.precision, " | ".join(names))
     scale = train.loss_scale
     number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
-    if not (scale is None or scale in registry.LOSS_SCALES or (number and 0 < scale < math.inf)):
-        raise ConfigError("train.loss_scale", scale, "dynamic | none | a finite number > 0 | null (dynamic for fp16)")
+    if not (scale is None or scale in registry.LOSS_SCALES or (number and 0 < scale <= FLOAT32_MAX)):
+        # GradScaler keeps the scale as a float32 tensor: a larger one fails inside torch
+        raise ConfigError("train.loss_scale", scale, f"dynamic | none | a number > 0 and <= {FLOAT32_MAX:.7g} (float32's "
+                          "largest) | null (dynamic for fp16)")
 
 
 def _check_precision_device(cfg: Any) -> None:

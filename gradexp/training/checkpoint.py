@@ -6,12 +6,15 @@ Written atomically (temp file + rename): a crash or a second Ctrl-C mid-write le
 checkpoint intact. Read with torch.load(weights_only=True), so a file cannot run code when loaded."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import zipfile
 from typing import Any, Callable
 
 import torch
+from omegaconf import OmegaConf
 
 from gradexp.config.schema import first_line
 from gradexp.sinks.files import write_atomically
@@ -27,11 +30,20 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used; str() is the one line the user sees."""
 
 
-def capture(run: Run, step: int, sink_states: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(cfg: Any) -> str:
+    """The run's whole config (all but `resume=`, which names the folder), hashed: a checkpoint keeps it, so that
+    another run's checkpoint.pt put in this folder is refused even where its shapes fit this run's model."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree.pop("resume", None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def capture(run: Run, step: int, sink_states: dict[str, Any], config: str) -> dict[str, Any]:
     """The state after `step` updates (step = the index of the next update to run). sink_states: sink name ->
-    its state_dict; the summary's under its own key (older checkpoints hold only that one)."""
+    its state_dict; the summary's under its own key (older checkpoints hold only that one). config: fingerprint()."""
     return {
         "format": FORMAT,
+        "config": config,
         "step": step,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -67,9 +79,12 @@ def load(path: str) -> dict[str, Any]:
     return state
 
 
-def restore(run: Run, state: dict[str, Any], total_steps: int) -> int:
-    """Load `state` into the freshly built run; returns the step to continue from. A checkpoint of another
-    model (or a tampered one) raises CheckpointError, in one line, before anything is written."""
+def restore(run: Run, state: dict[str, Any], total_steps: int, config: str) -> int:
+    """Load `state` into the freshly built run of config fingerprint `config`; returns the step to continue from. A
+    checkpoint of another run (or a tampered one) raises CheckpointError, in one line, before anything is written.
+    Checkpoints of gradexp before 0.2.1 hold no fingerprint: their model and optimizer must fit, as then."""
+    if state.get("config", config) != config:
+        raise CheckpointError("it was written by a run of another config (it is not this run's checkpoint.pt)")
     step = state["step"]
     if type(step) is not int or not 0 <= step <= total_steps:  # a forged step would end the run 'completed' at once
         raise CheckpointError(f"its step {step!r} is not one of this run's (0 to train.steps={total_steps})")
@@ -90,9 +105,9 @@ def restore(run: Run, state: dict[str, Any], total_steps: int) -> int:
 class Checkpointer:
     """Writes checkpoint.pt every `every` updates (0: never periodically) and on demand."""
 
-    def __init__(self, run_dir: str, run: Run, every: int, sink_states: Callable[[], dict[str, Any]]):
+    def __init__(self, run_dir: str, run: Run, every: int, sink_states: Callable[[], dict[str, Any]], config: str):
         self.path = os.path.join(run_dir, CHECKPOINT_NAME)
-        self.run, self.every, self.sink_states = run, every, sink_states
+        self.run, self.every, self.sink_states, self.config = run, every, sink_states, config
 
     def maybe_save(self, steps_done: int) -> None:
         if self.every and steps_done % self.every == 0:
@@ -100,4 +115,4 @@ class Checkpointer:
 
     def save(self, steps_done: int) -> None:
         self.run.drain_sinks()  # the sinks' state must hold every step logged so far (bit-identical resume)
-        save(self.path, capture(self.run, steps_done, self.sink_states()))
+        save(self.path, capture(self.run, steps_done, self.sink_states(), self.config))

@@ -9,7 +9,8 @@ update, so overflowing steps are still skipped but the scale never moves."""
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional, Union
+import math
+from typing import Any, ContextManager, Optional, Union
 
 import torch
 from torch import Tensor
@@ -80,7 +81,24 @@ class Precision:
         if skipped is not None and (type(skipped) is not int or skipped < 0):  # a tampered checkpoint: a count
             raise ValueError(f"the skipped-step count {skipped!r} is not a count")
         if self.scaler is not None and state.get("scaler"):
+            _check_scaler_state(state["scaler"])
             self.scaler.load_state_dict(state["scaler"])
         if state.get("skipped") is not None:
             # on the scaler's device; its scale tensor does not exist yet before the first backward
             self.skipped = torch.tensor(state["skipped"], device=torch.device(self.device_type))
+
+
+def _check_scaler_state(state: Any) -> None:
+    """A GradScaler's saved state as GradScaler writes it, or ValueError (a tampered checkpoint): a scale of 'abc'
+    failed inside torch, and a negative or NaN one was used silently."""
+    if not isinstance(state, dict):
+        raise ValueError("the loss scaler's state is not a mapping")
+    positive = {"scale": math.inf, "growth_factor": math.inf, "backoff_factor": 1.0}  # key -> its upper bound
+    for key, bound in positive.items():
+        value = state.get(key)
+        if type(value) not in (int, float) or not 0 < value < bound or (key == "growth_factor" and value <= 1):
+            raise ValueError(f"the loss scaler's {key} {value!r} is not one GradScaler keeps")
+    for key, low in (("growth_interval", 1), ("_growth_tracker", 0)):
+        value = state.get(key)
+        if type(value) is not int or value < low:
+            raise ValueError(f"the loss scaler's {key} {value!r} is not one GradScaler keeps")

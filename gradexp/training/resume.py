@@ -189,7 +189,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def restore(run: Any, state: Optional[dict[str, Any]], total_steps: int) -> int:
+def restore(run: Any, state: Optional[dict[str, Any]], total_steps: int, config: str) -> int:
     """Put the checkpoint into the freshly built run; the step to start from (0 when fresh). Refuses (exit 2)
     a checkpoint that does not fit the model, or whose saved sink states are not ones a run writes, leaving the run
     folder as it was: the sinks, which open the event file, come after."""
@@ -198,7 +198,7 @@ def restore(run: Any, state: Optional[dict[str, Any]], total_steps: int) -> int:
     from gradexp.training import checkpoint
 
     try:
-        step = checkpoint.restore(run, state, total_steps)
+        step = checkpoint.restore(run, state, total_steps, config)
         check_sink_states(state)
     except checkpoint.CheckpointError as err:
         raise ResumeError(f"resume: {err}") from None

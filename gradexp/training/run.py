@@ -15,7 +15,7 @@ from gradexp.training import limits
 from gradexp.training import resume
 from gradexp.training.exclusive import sole_writer
 from gradexp.analysis.advice import Factors
-from gradexp.training.checkpoint import Checkpointer
+from gradexp.training.checkpoint import Checkpointer, fingerprint
 from gradexp.config.schema import validate
 from gradexp.analysis.diagnose import diagnose
 from gradexp.training.threads import apply_explicit_threads, check_count
@@ -51,11 +51,12 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
         state = resume.prepare(cfg, run_dir)  # refuses a folder holding a run; the checkpoint for resume=
         use_deterministic(cfg.train.deterministic)
         run = build.run(cfg, built_task=task)  # finds the layers: a model.watch matching nothing is refused here
-        start = resume.restore(run, state, cfg.train.steps)  # a checkpoint not of this run: refused, nothing written
+        config = fingerprint(cfg)
+        start = resume.restore(run, state, cfg.train.steps, config)  # another run's checkpoint: refused, nothing written
         os.makedirs(run_dir, exist_ok=True)
         sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console, options)
         run.sinks = sinks
-        checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states)
+        checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states, config)
         run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
         return _train(cfg, run, start, checkpoints, stop)
 
