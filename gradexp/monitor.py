@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from gradexp.analysis.advice import Factors
 from gradexp.analysis.diagnose import diagnose
-from gradexp.config.registry import PROBES, resolve
+from gradexp.config.registry import ACTIVATIONS, PROBES, resolve
 from gradexp.config.schema import ConfigError, DiagnoseConf
 from gradexp.outcome import Outcome
 from gradexp.probes.base import Instruments, ProbeContext, per_tag, to_host
@@ -87,7 +87,7 @@ class Monitor:
                  probes: Sequence[str] = DEFAULT_PROBES, activation: Optional[str] = None, sinks: Sequence = (),
                  steps: Optional[int] = None, step_hooks: bool = True,
                  scaler: Optional[torch.amp.GradScaler] = None):
-        _check(every, probes)
+        _check(every, probes, activation)
         # a DDP-wrapped model is watched through the module it wraps: the same tags as one process
         model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.model, self.every, self.planned = model, every, steps
@@ -253,6 +253,10 @@ class Monitor:
         if self._phase == "ordinary":
             return
         for name, value in values.items():
+            if isinstance(value, Tensor) and value.numel() != 1 or not isinstance(value, (Tensor, int, float)):
+                # else close() fails on it, and the run's summary.json is never written
+                raise ConfigError(f"record({name}=...)", _shown(value), "a number or a one-element tensor (a "
+                                  "per-example loss: reduce it first, e.g. loss.mean())")
             self._recorded[f"{name}/train"] = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
 
     def clip_grad_norm_(self, parameters: Iterable[nn.Parameter], max_norm: float, norm_type: float = 2.0) -> Tensor:
@@ -318,12 +322,19 @@ class Monitor:
         self.close(error if isinstance(error, Exception) else None, interrupted=isinstance(error, KeyboardInterrupt))
 
 
-def _check(every: Any, probes: Sequence[str]) -> None:
+def _check(every: Any, probes: Sequence[str], activation: Optional[str]) -> None:
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ConfigError("every", every, "a whole number >= 1")
     for name in probes:
         if name not in PROBES:
             raise ConfigError("probes", name, f"one of {', '.join(PROBES)}")
+    if activation is not None and activation not in ACTIVATIONS:  # else close() fails in the advice, no summary
+        raise ConfigError("activation", activation, f"None | {' | '.join(ACTIVATIONS)}")
+
+
+def _shown(value: Any) -> str:
+    """What a refused record() value was, briefly: a tensor by its shape, anything else by its type."""
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
 
 
 def _refuse_a_used_folder(run_dir: str) -> None:

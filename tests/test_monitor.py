@@ -318,6 +318,26 @@ def test_watch_patterns_and_refusals(tmp_path):
         gradexp.Monitor(model, run_dir=str(tmp_path / "a"))
 
 
+def test_values_close_could_not_write_are_refused_where_they_are_given(tmp_path):
+    """Found by an adversarial test: activation="ReLU" and record(loss=<per-example losses>) were taken, then
+    close() failed on them and the run's summary.json was never written."""
+    model, opt_a, _ = _build()
+    with pytest.raises(ConfigError, match="activation: 'ReLU' .allowed: None | relu"):
+        gradexp.Monitor(model, run_dir=str(tmp_path / "a"), activation="ReLU")
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "b"), every=1, optimizers=[opt_a])
+    with monitor.step():
+        x, y = _data(0)
+        losses = F.cross_entropy(model(x), y, reduction="none")
+        with pytest.raises(ConfigError, match=r"record\(loss=...\): 'a tensor of shape \(4,\)'.*loss.mean"):
+            monitor.record(loss=losses)
+        with pytest.raises(ConfigError, match=r"record\(loss=...\): 'a list'"):
+            monitor.record(loss=[1.0, 2.0])
+        losses.mean().backward()
+        monitor.record(loss=losses.mean(), acc=0.5)
+    assert monitor.close().status == "completed"
+    assert gradexp.load_summary(str(tmp_path / "b"))["status"] == "completed"
+
+
 def test_the_verdict_offers_no_gradexp_override_for_a_users_model(tmp_path):
     model, opt_a, opt_b = _build()
     monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt_a, opt_b])
