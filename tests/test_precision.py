@@ -120,6 +120,28 @@ def test_batchnorm_under_mixed_precision_trains_and_keeps_its_running_statistics
         assert torch.equal(mine, theirs)
 
 
+class NoHalfKernel(torch.nn.Module):
+    """Stands in for a layer without an fp16 CPU kernel (oneDNN's LSTM), as torch reports it."""
+
+    def forward(self, x):
+        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16:
+            raise RuntimeError("could not create a primitive descriptor\nmore detail")
+        return x
+
+
+def test_a_precision_a_layer_has_no_kernel_for_is_refused_before_the_run():
+    """Found by an adversarial test: fp16 with model=lstm on CPU failed at step 0 with a traceback."""
+    cfg = compose_config([*BLOBS, "train.precision=fp16"])
+    task = build.task(cfg, torch.device("cpu"))
+    net = NoHalfKernel().train()
+    with pytest.raises(ConfigError, match=r"fp16' \(allowed: fp32 \| bf16 for model=mlp on cpu here \(autocast to "
+                                          r"fp16 fails in its forward: could not create a primitive descriptor\)\)$"):
+        build.check_autocast(cfg, net, build.precision(cfg, torch.device("cpu")), task)
+    assert net.training  # put back as it was
+    build.check_autocast(compose_config([*BLOBS, "train.precision=bf16"]), net, build.precision(
+        compose_config([*BLOBS, "train.precision=bf16"]), torch.device("cpu")), task)
+
+
 def underflow_oracle(overrides, scale):
     """amp/underflow per layer by hand: fp32 reference gradients vs the fp16 autocast pass's (scaled) ones."""
     cfg = compose_config([*BLOBS, *overrides])

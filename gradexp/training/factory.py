@@ -16,7 +16,7 @@ from gradexp.data.tasks import Batches, Task, make_task
 from gradexp.models import init_weights
 from gradexp.probes.base import Instruments, ProbeContext
 from gradexp.probes.layers import Layers, watched_layers
-from gradexp.config.registry import MODEL_KEYS, OPTIMIZERS, PROBES, SCHEDULES, resolve, warmup
+from gradexp.config.registry import MODEL_KEYS, OPTIMIZERS, PRECISIONS, PROBES, SCHEDULES, resolve, warmup
 from gradexp.config.schema import CUSTOM, ConfigError, first_line, import_model_class, is_schema_key, model_family
 from gradexp.training.loop import Run, Settings
 from gradexp.data.loader import Loader
@@ -194,9 +194,41 @@ def run(cfg: Any, sinks: Sequence = (), built_task: Optional[Task] = None) -> Ru
     opt = optimizer(cfg, net.parameters())
     policy = clip(cfg)
     amp = precision(cfg, dev)
+    check_autocast(cfg, net, amp, task_)
     return Run(model=net, task=task_, batches=batches(cfg, task_, dev), optimizer=opt, scheduler=scheduler(cfg, opt),
                clip=policy, instruments=instruments(cfg, net, watched, policy, amp), sinks=list(sinks), layers=watched,
                precision=amp, compiled=compiled(cfg, net))
+
+
+def check_autocast(cfg: Any, net: nn.Module, amp: Precision, task_: Task) -> None:
+    """A mixed precision some layer of this model has no kernel for on this device (fp16 LSTM on CPU: oneDNN has
+    none) is refused before the run, not at its first step: one forward of two examples under autocast, in eval mode
+    and without autograd (no dropout drawn, no running statistics moved). The refusal lists the precisions that
+    do run it."""
+    if not amp.mixed:
+        return
+    failed = _autocast_fails(net, task_.x_train[:2], amp.device_type, amp.dtype)
+    if failed is None:
+        return
+    runs = ["fp32"] + [name for name, entry in PRECISIONS.items() if entry.autocast and name != amp.name
+                       and _autocast_fails(net, task_.x_train[:2], amp.device_type, resolve(entry.autocast)) is None]
+    raise ConfigError("train.precision", cfg.train.precision,
+                      f"{' | '.join(runs)} for model={model_family(cfg)} on {amp.device_type} here (autocast to "
+                      f"{amp.name} fails in its forward: {failed})")
+
+
+def _autocast_fails(net: nn.Module, x: torch.Tensor, device_type: str, dtype: torch.dtype) -> Optional[str]:
+    """Why one forward of `x` under autocast to `dtype` fails (the first line of torch's error), or None."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype):
+            net(x)
+        return None
+    except RuntimeError as err:
+        return first_line(err)
+    finally:
+        net.train(was_training)
 
 
 def compiled(cfg: Any, net: nn.Module) -> Optional[nn.Module]:
