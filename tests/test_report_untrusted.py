@@ -229,6 +229,24 @@ def test_control_characters_and_markup_from_a_run_folder_are_printed_as_text(tmp
     assert "[bold red]x[/]" in table  # shown, not read as rich markup
 
 
+def test_a_folder_name_that_is_not_utf_8_and_a_lone_surrogate_are_escaped(tmp_path, capsys):
+    """Found by an adversarial test: a run folder named in Latin-1 bytes (Python's surrogateescape gives it lone
+    surrogates) or a status holding one crashed the CSV write; each is a row, escaped, in every format."""
+    write_run(tmp_path / "r\udce9sum\udce9", ["activation=relu"], norms=geometric(0.5), hydra=False)
+    write_run(tmp_path / "plain", ["activation=tanh"], norms=geometric(0.9), hydra=False)
+    summary = tmp_path / "plain" / "summary.json"
+    summary.write_text(summary.read_text().replace('"completed"', '"done\\ud800"'))  # JSON's escape of one
+    for fmt in ("table", "csv"):
+        assert main([str(tmp_path), "--format", fmt]) == 0, fmt
+        out = capsys.readouterr().out
+        assert "r\\udce9sum\\udce9" in out and "done\\ud800" in out, fmt
+    assert main([str(tmp_path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {row["run"] for row in rows} == {"r\\udce9sum\\udce9", "plain"} and "done\\ud800" in {r["status"] for r in rows}
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert "r\\udce9sum\\udce9" in (tmp_path / "out" / "report.csv").read_text(encoding="utf-8")
+
+
 def test_a_dollar_in_a_value_is_drawn_as_text_not_math(tmp_path, capsys):
     """matplotlib reads $…$ as math: an override value that is no valid math would make savefig raise."""
     write_run(tmp_path / "0", ["lr=$\\frac{$"], norms=geometric(0.5))

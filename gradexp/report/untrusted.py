@@ -12,7 +12,7 @@ from typing import Optional
 
 MEGABYTE = 1 << 20
 # control characters, format characters (bidi overrides reorder what is shown), line and paragraph separators
-UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp"}
+UNPRINTABLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
 class Unreadable(ValueError):
