@@ -305,3 +305,48 @@ def test_an_unreadable_run_keeps_its_overrides_and_is_not_folded_with_seeds(tmp_
     assert main([str(root), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["status"] for r in rows].count("unreadable") == 1 and len(rows) == 3
+
+
+def test_overrides_named_like_the_reports_columns_neither_hide_nor_replace_them(tmp_path, capsys):
+    """Found by an adversarial test: an override `run=x` replaced the run's name and crashed the table after the files
+    were written; `status=...` silently hid the run's status."""
+    from gradexp.report.runs import REPORT_COLUMNS, RunRecord
+    from gradexp.report.table import row
+
+    write_run(tmp_path / "0", ["run=x", "status=fine", "activation=relu"], norms=geometric(0.5), status="diverged")
+    write_run(tmp_path / "1", ["run=y", "status=fine", "activation=tanh"], norms=geometric(0.9))
+    assert main([str(tmp_path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["run"], r["status"], r["run (override)"], r["status (override)"]) for r in rows] == [
+        ("0", "diverged", "x", "fine"), ("1", "completed", "y", "fine")]
+    assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    produced = row(RunRecord(path="p", overrides={}, status="s"), [], theory=True, time=True)
+    assert set(produced) <= REPORT_COLUMNS  # the list the renaming goes by is the report's own
+
+
+def test_a_deep_tree_an_unlistable_folder_and_a_linked_hydra_folder(tmp_path, capsys, monkeypatch):
+    """Found by an adversarial test: 1,000 nested folders raised RecursionError; a folder that could not be listed
+    vanished from the report without a word; a .hydra/ that is a link to another folder was read through."""
+    write_run(tmp_path / "ok", ["activation=relu"], norms=geometric(0.5))
+    deep = tmp_path
+    for _ in range(1200):  # one level at a time: os.makedirs recurses per missing parent
+        deep = deep / "d"
+        deep.mkdir()
+    write_run(deep, ["activation=tanh"], norms=geometric(0.9))
+    write_run(tmp_path / "locked", ["activation=gelu"], norms=geometric(0.7))
+    write_run(tmp_path / "linked", [], hydra=False, summary=False)  # unfinished: its overrides come from .hydra/
+    os.symlink(tmp_path / "ok" / ".hydra", tmp_path / "linked" / ".hydra")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path) == str(tmp_path / "locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert main([str(tmp_path), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    rows = {r["run"]: r for r in json.loads(captured.out)}
+    assert set(rows) == {"ok", "linked", os.path.join(*["d"] * 1200)}
+    assert rows["linked"]["status"] == "unreadable" and "is a symbolic link" in rows["linked"]["evidence"]
+    assert f"cannot look into {tmp_path / 'locked'} (Permission denied): any runs below it are left out" in captured.err

@@ -51,14 +51,34 @@ class RunRecord:
     problem: str = ""                  # unreadable: what is wrong with the folder's files, one line
 
 
+# the columns gradexp report writes besides the overrides (report/table.py row(), _factors)
+REPORT_COLUMNS = frozenset({"run", "status", "loss/train", "loss/val", "acc/val", "gain", "first/last", "verdict",
+                            "theory gain", "measured gain, step 0", "time gain", "steps/s", "evidence", "overrides"})
+
+
 def find_runs(root: str) -> list[str]:
     """Every run folder at or below root, in sorted order (Hydra's job numbers sort the sweep)."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .hydra, .submitit: bookkeeping, not runs
-        if SUMMARY in files or os.path.isdir(os.path.join(folder, ".hydra")):
+    return walk_runs(root)[0]
+
+
+def walk_runs(root: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """find_runs's folders, and each folder below root that could not be listed with the reason (its runs, if any,
+    are left out: the report says so). Iterative, so a tree of any depth is walked; symbolic links to folders are
+    not followed, and folders whose name starts with a dot (.hydra, .submitit: bookkeeping) are not runs."""
+    found, unlisted, pending = [], [], [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as err:
+            unlisted.append((folder, err.strerror or str(err)))
+            continue
+        names = {e.name for e in entries}
+        if SUMMARY in names or any(e.name == ".hydra" and e.is_dir() for e in entries):
             found.append(folder)
-    return sorted(found, key=_natural)
+        pending.extend(e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+    return sorted(found, key=_natural), unlisted
 
 
 def _natural(path: str) -> list:
@@ -190,6 +210,8 @@ def _hydra_overrides(folder: str) -> list[str]:
     would resolve `${oc.env:HOME}` in a crafted one: the report shows the text, and runs nothing)."""
     import yaml
 
+    if os.path.islink(os.path.join(folder, ".hydra")):  # O_NOFOLLOW guards the file's own name, not its folder's
+        raise Unreadable(f"{printable(os.path.join(folder, '.hydra'))} is a symbolic link (allowed: a folder)")
     path = os.path.join(folder, OVERRIDES)
     text = read_text(path, OVERRIDES_LIMIT)
     try:
@@ -208,9 +230,11 @@ def _hydra_overrides(folder: str) -> list[str]:
 
 
 def _as_dict(overrides: list[str]) -> dict[str, str]:
-    """['activation=relu', '+experiment=x'] -> {'activation': 'relu', 'experiment': 'x'}, printable."""
+    """['activation=relu', '+experiment=x'] -> {'activation': 'relu', 'experiment': 'x'}, printable. A key named like
+    one of the report's own columns (a crafted `run=x`) is renamed `run (override)`: it neither hides nor replaces
+    the run's name or results."""
     pairs = (printable(o).lstrip("+~").split("=", 1) for o in overrides if "=" in o)
-    return {key: value for key, value in pairs}
+    return {(f"{key} (override)" if key in REPORT_COLUMNS else key): value for key, value in pairs}
 
 
 def varying_keys(records: list[RunRecord]) -> list[str]:

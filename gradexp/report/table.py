@@ -20,7 +20,7 @@ from typing import Any, Optional
 from gradexp.report.figure import DPI, draw, drawable  # matplotlib itself is imported only when a figure is drawn
 from gradexp.report.groups import SEED, by_sweep, fold, job_name, seed_folds, sweep_of
 from gradexp.report.output import CSV_NAME, PNG_NAME, refusal, write_whole
-from gradexp.report.runs import RunRecord, find_runs, load_run, varying_keys
+from gradexp.report.runs import RunRecord, load_run, varying_keys, walk_runs
 from gradexp.report.untrusted import printable
 
 EXIT_BAD_INPUT = 2
@@ -56,7 +56,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _bad(f"invalid value for --dpi: {args.dpi} (allowed: an integer from 10 to 600)")
     if not os.path.isdir(args.path):
         return _bad(f"no such folder: {args.path!r} (allowed: a run folder or a sweep folder)")
-    folders = find_runs(args.path)
+    folders, unlisted = walk_runs(args.path)
+    for folder, reason in unlisted:  # one line each: runs below it cannot be seen, let alone reported
+        _say(f"cannot look into {printable(folder)} ({reason}): any runs below it are left out")
     if not folders:
         return _bad(f"no runs under {args.path!r} (a run folder holds .hydra/ or summary.json)")
     records = [load_run(folder, args.path) for folder in folders]
