@@ -126,6 +126,18 @@ def test_warm_workers_count_the_jobs_of_the_first_batch(task, params, batch, exp
     assert sweep_size(config) == expected
 
 
+@pytest.mark.parametrize("task, empty", [(["model.depth=range(4,2)"], "model.depth=range(4,2)"),
+                                         (["model.depth=2,3", "seed=range(0,0)"], "seed=range(0,0)"),
+                                         (["model.depth=2,3"], None), (["activation=glob(nothing*)"], None)])
+def test_a_sweep_of_no_job_is_found_before_it_starts(task, empty):
+    """Found by an adversarial test: Hydra launched 0 jobs, exited 0 and left a folder holding only multirun.yaml;
+    FolderGuard now refuses such a sweep in one line (exit 2) before the folder is made."""
+    from gradexp.cli.launchers import empty_sweep
+
+    config = OmegaConf.create({"hydra": {"sweeper": {"_target_": BASIC_SWEEPER, "params": None}, "overrides": {"task": task}}})
+    assert empty_sweep(config) == empty
+
+
 def test_warm_workers_do_not_guess_another_sweepers_size():
     from gradexp.cli.launchers import sweep_size
 

@@ -8,6 +8,7 @@ import csv
 import errno
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -350,3 +351,8 @@ def test_a_deep_tree_an_unlistable_folder_and_a_linked_hydra_folder(tmp_path, ca
     assert set(rows) == {"ok", "linked", os.path.join(*["d"] * 1200)}
     assert rows["linked"]["status"] == "unreadable" and "is a symbolic link" in rows["linked"]["evidence"]
     assert f"cannot look into {tmp_path / 'locked'} (Permission denied): any runs below it are left out" in captured.err
+    while deep != tmp_path:  # bottom up: shutil.rmtree (pytest's clean-up) recurses per level and would fail here
+        for entry in deep.iterdir():
+            entry.unlink() if not entry.is_dir() or entry.is_symlink() else shutil.rmtree(entry)
+        deep.rmdir()
+        deep = deep.parent

@@ -139,6 +139,9 @@ def test_a_refused_sweep_leaves_nothing_behind(tmp_path):
     assert not (tmp_path / "multirun").exists()
     one_line_refusal(gradexp(tmp_path, "-m", *FAST, "model.depth=abc,3", "hydra.sweep.dir=mine"))
     assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
+    assert "model.depth=range(4,2) gives no value" in one_line_refusal(
+        gradexp(tmp_path, "-m", *FAST, "model.depth=range(4,2)", "hydra.sweep.dir=empty"))  # was: exit 0, 0 jobs
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize("delay", [0.5, 1.5, 2.5, 3.5])

@@ -150,6 +150,9 @@ class FolderGuard(Callback):
             launchers.check(OmegaConf.select(config, "hydra.launcher"))
         except launchers.LauncherError as err:
             raise Refused(str(err)) from None
+        empty = launchers.empty_sweep(config)
+        if empty is not None:  # Hydra would launch 0 jobs, exit 0, and leave a folder holding only multirun.yaml
+            raise Refused(f"invalid value for the sweep: {empty} gives no value (allowed: a sweep of at least one)")
         if holds_run(sweep_dir) or not _same_sweep(sweep_dir, config):
             raise Refused(f"{sweep_dir} already holds another run or sweep; gradexp writes into it only to "
                           "re-run that same sweep (or choose another hydra.sweep.dir)")

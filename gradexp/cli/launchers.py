@@ -5,6 +5,7 @@ sweep folder exists; without SLURM installed, submitit fails the same way. Each 
 the sweep folder is never created."""
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -87,21 +88,34 @@ class WarmWorkers(Callback):
 def sweep_size(config: Any) -> Optional[int]:
     """How many jobs the basic sweeper's first batch holds (the product of the swept values), or None when that is
     not known here (another sweeper, a sweep Hydra must expand itself such as glob(), or one it will refuse)."""
+    counts = _swept_value_counts(config)
+    if counts is None:
+        return None
+    size = math.prod(counts.values())
+    batch = OmegaConf.select(config, "hydra.sweeper.max_batch_size", default=None)
+    return min(size, batch) if batch else size
+
+
+def empty_sweep(config: Any) -> Optional[str]:
+    """The first swept override that expands to no value at all (range(4,2), range(0,0)), which would make a sweep of
+    no job; None otherwise, or where that is not known here (as sweep_size)."""
+    counts = _swept_value_counts(config)
+    return next((override for override, count in (counts or {}).items() if count == 0), None)
+
+
+def _swept_value_counts(config: Any) -> Optional[dict[str, int]]:
+    """Each sweep override of the basic sweeper, as written, with how many values it expands to; None as sweep_size."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith("BasicSweeper"):
         return None
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     arguments = [*(f"{key}={value}" for key, value in params.items()), *config.hydra.overrides.task]
-    size = 1
     try:
-        for override in OverridesParser.create().parse_overrides(arguments):
-            if override.is_sweep_override():
-                size *= len(list(override.sweep_string_iterator()))
+        return {override.input_line: len(list(override.sweep_string_iterator()))
+                for override in OverridesParser.create().parse_overrides(arguments) if override.is_sweep_override()}
     except Exception:  # noqa: BLE001  Hydra's sweeper reports a bad sweep itself, in one line (cli/app.py)
         return None
-    batch = OmegaConf.select(config, "hydra.sweeper.max_batch_size", default=None)
-    return min(size, batch) if batch else size
 
 
 def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> Optional[threading.Thread]:
