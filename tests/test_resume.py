@@ -259,3 +259,24 @@ def test_a_tampered_loss_scaler_state_is_refused(key, value):
     state["scaler"][key] = value
     with pytest.raises(ValueError, match=f"loss scaler's {key}"):
         precision.load_state_dict(state)
+
+
+BOMB = "".join(f"zz_{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 9)}]\n" for i in range(8))  # 9^8 leaves
+
+
+def test_yaml_aliases_in_the_folders_hydra_record_are_refused_at_once(tmp_path, quiet_console):
+    """Found by an adversarial test: six levels of nested aliases in .hydra/config.yaml (1.8 KB) took 54 s and 686 MB
+    to load, seven ~5 minutes and 3.5 GB. Hydra writes no alias: the file is refused in one line, nothing touched."""
+    from gradexp.training.resume import trusted_overrides
+
+    run_dir = str(tmp_path / "run")
+    start(run_dir, LONG, quiet_console, stop=StopAfter(6))
+    config = os.path.join(run_dir, ".hydra", "config.yaml")
+    with open(config, "a") as f:
+        f.write(BOMB)
+    with pytest.raises(ResumeError, match=r"config.yaml: cannot read it \(it holds YAML aliases; Hydra writes none\)"):
+        resume(run_dir, LONG, quiet_console)
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text("- &a train.steps=3\n- *a\n")
+    with pytest.raises(ResumeError, match="holds YAML aliases"):
+        trusted_overrides(str(overrides))

@@ -20,6 +20,7 @@ from gradexp.training.artefacts import run_artefacts
 
 PREFIX = "resume="
 FINISHED = ("completed", "diverged")  # a run with one of these has nothing left to do
+YAML_LIMIT = 1 << 20  # bytes of a run folder's .hydra/*.yaml read at most
 
 
 class ResumeError(ConfigError):
@@ -34,10 +35,7 @@ def trusted_overrides(path: str) -> list[str]:
     """The run's saved overrides, each one a schema key or a config group of gradexp's: a run folder is untrusted
     input, and anything else there (hydra.* callbacks, a foreign _target_, environment resolvers) could run code
     or write files when re-applied."""
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception as err:  # any parse error: a damaged or foreign file, reported in one line
-        raise _unreadable(path, err) from None
+    saved = _load_yaml(path)
     if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
         raise ResumeError(f"{path}: not a list of overrides")
     for override in saved:
@@ -50,6 +48,24 @@ def trusted_overrides(path: str) -> list[str]:
 
 def _unreadable(path: str, err: Exception) -> ResumeError:
     return ResumeError(f"{path}: cannot read it ({first_line(err)})")
+
+
+def _load_yaml(path: str) -> Any:
+    """A YAML file of the run folder (Hydra's record of it), as plain containers; ResumeError (one line) for one that
+    is too large, does not parse, or holds anchors and aliases: Hydra writes none, and OmegaConf expands every alias
+    in full (a crafted 2 KB file of nested aliases took minutes and gigabytes to load)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(YAML_LIMIT + 1)
+        if len(text) > YAML_LIMIT:
+            raise ValueError(f"larger than {YAML_LIMIT // 1024} KB; Hydra writes a few KB")
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise ValueError("it holds YAML aliases; Hydra writes none")
+        return OmegaConf.to_container(OmegaConf.create(text))
+    except Exception as err:  # any parse error: a damaged or foreign file, reported in one line
+        raise _unreadable(path, err) from None
 
 
 def untrusted(override: str) -> Optional[str]:
@@ -166,10 +182,7 @@ def _check_same_config(cfg: Any, run_dir: str) -> None:
     saved_path = os.path.join(run_dir, ".hydra", "config.yaml")
     if not os.path.isfile(saved_path):
         raise ResumeError(f"resume={cfg.resume}: not a gradexp run folder (no .hydra/config.yaml there)")
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path))
-    except Exception as err:  # any parse error: a damaged or foreign file, reported in one line
-        raise _unreadable(saved_path, err) from None
+    saved = _load_yaml(saved_path)
     if not isinstance(saved, dict):
         raise ResumeError(f"{saved_path}: not a run's config (a mapping of keys)")
     saved = _flat(saved)
