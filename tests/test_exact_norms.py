@@ -216,3 +216,14 @@ def test_long_tensors_keep_their_precision(dtype):
     holes = torch.randn(1 << 18)
     holes[[5, 200_000]] = torch.tensor([math.nan, math.inf])
     assert math.isnan(host_norms([holes])[0])  # a NaN in one piece, an inf in another: NaN, as torch's norm
+
+
+def test_complex_and_integer_tensors_are_normed_not_refused():
+    """Found by an adversarial test: a user's complex weight, or an integer counter kept as a frozen parameter, made
+    the probes' norm raise inside torch (the CLI run failed at step 0)."""
+    gen = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(40, 30, dtype=torch.cfloat, generator=gen), torch.randn(7, dtype=torch.cdouble, generator=gen),
+               torch.arange(-50, 50), torch.tensor([True, False, True]), torch.randn(5, generator=gen)]
+    want = [torch.linalg.vector_norm(t.abs().double() if t.is_complex() else t.double()).item() for t in tensors]
+    assert norm_vector(tensors).tolist() == pytest.approx(want, rel=1e-7)
+    assert norm_vector(tensors[:1]).tolist() == pytest.approx(want[:1], rel=1e-7)

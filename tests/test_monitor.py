@@ -303,6 +303,37 @@ def test_a_users_grad_scaler_is_divided_out_of_the_activation_gradients(tmp_path
     assert body and all(scaled[t] == plain[t] for t in body)
 
 
+class ComplexGate(nn.Module):
+    """A user's model with a complex weight (a spectral layer's, say) beside real ones."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = nn.ModuleList([nn.Linear(6, 6), nn.Linear(6, 6)])
+        self.gate = nn.Parameter(torch.randn(6, dtype=torch.cfloat))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.blocks[1](torch.tanh(self.blocks[0](x))))
+        return self.head((h * self.gate).real)
+
+
+def test_a_complex_weights_gradient_norm_and_update_ratio_against_float64(tmp_path):
+    model, capture = ComplexGate(), Capture()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt], sinks=[capture])
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    with monitor.step():
+        F.cross_entropy(model(x), y).backward()
+        grad, before = model.gate.grad.clone(), model.gate.detach().clone()
+        opt.step()
+    assert monitor.close().status == "completed"
+    norm = lambda z: torch.linalg.vector_norm(z.abs().double()).item()  # noqa: E731
+    assert capture.logged[0]["grad_norm/gate"] == pytest.approx(norm(grad), rel=1e-6)
+    assert capture.logged[0]["update_ratio/gate"] == pytest.approx(norm(model.gate.detach() - before) / norm(before),
+                                                                   rel=1e-5)
+
+
 def test_watch_patterns_and_refusals(tmp_path):
     model, opt_a, _ = _build()
     monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "a"), watch=["blocks.*.conv"])

@@ -124,7 +124,15 @@ def _readable(tensors: Sequence[Tensor]) -> list[Tensor]:
     xs = [t.detach() if t.requires_grad else t for t in tensors]
     if any(t.layout is not torch.strided for t in xs):
         xs = [t if t.layout is torch.strided else _values(t) for t in xs]
+    if not all(t.is_floating_point() for t in xs):  # a user's complex weight, an integer counter kept as a parameter
+        xs = [t if t.is_floating_point() else _as_real(t) for t in xs]
     return xs
+
+
+def _as_real(t: Tensor) -> Tensor:
+    """A tensor of the same L2 norm the float kernels take: a complex one's (re, im) pairs, an integer one in float64
+    (exact below 2^53)."""
+    return torch.view_as_real(t) if t.is_complex() else t.to(_FLOAT64)
 
 
 def _values(t: Tensor) -> Tensor:
