@@ -89,10 +89,11 @@ def test_missing_or_empty_path_is_one_line_and_exit_2(tmp_path, capsys, make):
     assert len(err) == 1 and str(path) in err[0]
 
 
-def test_unknown_sort_key_names_the_allowed_columns(sweep, capsys):
-    assert main([str(sweep), "--sort", "speed"]) == 2
+@pytest.mark.parametrize("key", ["speed", "", "--gain", "-"])  # '' and '--gain' were taken silently (adversarial test)
+def test_unknown_sort_key_names_the_allowed_columns(sweep, capsys, key):
+    assert main([str(sweep), f"--sort={key}"]) == 2
     err = capsys.readouterr().err
-    assert "--sort" in err and "'speed'" in err and "steps/s" in err
+    assert "--sort" in err and repr(key) in err and "steps/s" in err and len(err.strip().splitlines()) == 1
 
 
 def test_real_runs_report_their_summary_values(run_tiny, capsys):

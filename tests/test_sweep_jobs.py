@@ -151,6 +151,10 @@ def test_slurm_launcher_without_sbatch_is_refused_and_good_options_pass():
         launchers.check(slurm_launcher(), which=lambda _: None)
     with pytest.raises(launchers.LauncherError, match="n_jobs"):
         launchers.check(OmegaConf.create({"_target_": "x.JoblibLauncher", "n_jobs": 0}))
+    # the joblib launcher runs loky whatever backend is named: another name was silently ignored (adversarial test)
+    launchers.check(OmegaConf.create({"_target_": "x.JoblibLauncher", "n_jobs": 2, "backend": None}))
+    with pytest.raises(launchers.LauncherError, match=r"backend: 'nope' \(allowed: null \| loky"):
+        launchers.check(OmegaConf.create({"_target_": "x.JoblibLauncher", "n_jobs": 2, "backend": "nope"}))
 
 
 @pytest.mark.slow

@@ -27,6 +27,8 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("max_num_timeout", lambda v: v >= 0, "an integer >= 0"),
     ("array_parallelism", lambda v: v >= 1, "an integer >= 1"),
     ("n_jobs", lambda v: v != 0, "a non-zero integer (joblib: -1 = all CPUs)"),
+    # hydra-joblib-launcher runs loky whatever is set (threads do not suit Hydra's jobs): another name was ignored
+    ("backend", lambda v: v in (None, "loky"), "null | loky (the joblib launcher always runs loky)"),
 ]
 
 

@@ -73,8 +73,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     time = any(r.time_gain is not None for r in records)
     rows = [row(r, everything, theory, time) for r in records]
     columns = list(rows[0])
-    if args.sort:
-        descending, key = args.sort.startswith("-"), args.sort.lstrip("-")
+    if args.sort is not None:
+        descending = args.sort.startswith("-")
+        key = args.sort[descending:]  # one leading '-' only: '--gain' names no column
         if key not in columns:
             return _bad(f"invalid value for --sort: {args.sort!r} (allowed: {' | '.join(columns)})")
         rows = sort_rows(rows, key, descending)
