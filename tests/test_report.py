@@ -247,6 +247,28 @@ def test_mixed_sweeps_legend_names_only_each_runs_own_factors(mixed):
     assert not [label for label in labels if "= " in label or "=[" in label]  # no empty factor
 
 
+def test_hundreds_of_runs_get_no_legend_that_covers_the_charts(tmp_path):
+    """Found by an adversarial test: with ~200 runs and more, the legend covered every chart (and matplotlib warned
+    that its layout collapsed). Above LEGEND_MAX entries the figure says where the names are instead."""
+    import warnings
+
+    from gradexp.report.figure import LEGEND_MAX, figure
+
+    for i in range(LEGEND_MAX + 1):
+        write_run(tmp_path / f"{i}_seed={i}", [f"seed={i}"], norms=geometric(0.5 + i / 100))
+    records = [load_run(f, str(tmp_path)) for f in find_runs(str(tmp_path))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layout warning
+        fig = figure(records, ["seed"])
+        fig.canvas.draw()
+    assert not fig.legends and fig._suptitle.get_text() == f"{LEGEND_MAX + 1} runs: too many to name here; report.csv names each"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the longest legend drawn still leaves the charts their room
+        fewer = figure(records[:LEGEND_MAX], ["seed"])
+        fewer.canvas.draw()
+    assert len(fewer.legends[0].get_texts()) == LEGEND_MAX
+
+
 def test_mixed_sweeps_get_no_phase_diagram_across_sweeps(mixed, tmp_path):
     """activation (first sweep) and init (second) are two factors, but of different sweeps: no grid to draw."""
     import matplotlib.image

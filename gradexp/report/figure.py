@@ -14,6 +14,7 @@ from gradexp.report.runs import RunRecord
 WHEN = {"first": "step 0", "last": "last logged step"}
 TIME_LABEL = "‖∂L/∂h_t‖ (hidden-state gradient)"
 DPI = 90
+LEGEND_MAX = 60  # legend entries drawn at most: 10 rows of 6 below the charts
 
 
 def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI, phase: bool = True) -> Optional[str]:
@@ -56,10 +57,12 @@ def figure(records: list[RunRecord], keys: list[str], dpi: int = DPI, phase: boo
     if "time" in rows:
         _times(axes, records, labels, colours, figures)
     handles = {h.get_label(): h for ax in axes.values() for h in ax.get_legend_handles_labels()[0]}
-    # many runs: more, smaller columns, so the legend stays below the charts instead of pushing them off the page
-    ncol = min(len(handles), 3 if len(handles) <= 9 else 4 if len(handles) <= 24 else 6)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=ncol,
-               fontsize=8 if len(handles) <= 24 else 6)
+    if len(handles) > LEGEND_MAX:  # a legend that long would cover the charts (and ten colours name no run there)
+        fig.suptitle(f"{len(handles)} runs: too many to name here; report.csv names each", fontsize=9)
+    else:  # many runs: more, smaller columns, so the legend stays below the charts instead of pushing them off
+        ncol = min(len(handles), 3 if len(handles) <= 9 else 4 if len(handles) <= 24 else 6)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=ncol,
+                   fontsize=8 if len(handles) <= 24 else 6)
     if phase:
         _phase(axes["phase"], records, keys, figures)
     return fig
