@@ -58,6 +58,11 @@ class Frozen(NoArgs):
         self.requires_grad_(False)
 
 
+class Detached(NoArgs):
+    def forward(self, x):
+        return super().forward(x).detach()
+
+
 class Chatty(NoArgs):
     def __init__(self):
         raise ValueError("first line\nsecond line\nthird line")
@@ -112,6 +117,8 @@ def test_an_output_that_does_not_fit_the_task_is_refused_in_one_line():
     ("Checked", "a model that takes data=digits's input (1, 8, 8): AssertionError)"),
     ("Frozen", "a model with a parameter to train (every one of this model's has requires_grad=False))"),
     ("Chatty", ": ValueError: first line)"),
+    ("Detached", "a model whose output depends on a parameter to train (this one's output has no gradient: "
+                 "detached, or computed under torch.no_grad))"),
 ])
 def test_a_model_that_cannot_train_is_refused_in_one_line(target, says):
     """Found by an adversarial test: a bare assert raised an IndexError (its empty message had no first line), an

@@ -110,7 +110,7 @@ def check_output_fits(net: nn.Module, cfg: Any, task_: Task) -> None:
     x, y = task_.x_train[:2].cpu(), task_.y_train[:2].cpu()
     target, data = cfg.model._target_, f"data={cfg.data.name}"
     try:
-        with torch.no_grad():
+        with torch.enable_grad():  # with autograd: an output no gradient reaches the parameters through is refused
             output = net(x)
     except Exception as err:  # a shape error inside the user's forward
         raise ConfigError("model._target_", target, f"a model that takes {data}'s input {tuple(task_.input_shape)}: "
@@ -124,6 +124,9 @@ def check_output_fits(net: nn.Module, cfg: Any, task_: Task) -> None:
         task_.loss(output, y)
     except Exception as err:
         raise ConfigError("model._target_", target, f"{misfit} ({described(err)})") from None
+    if not output.requires_grad:  # else backward fails at step 0 with a traceback
+        raise ConfigError("model._target_", target, "a model whose output depends on a parameter to train (this "
+                          "one's output has no gradient: detached, or computed under torch.no_grad)")
 
 
 def optimizer(cfg: Any, params) -> torch.optim.Optimizer:
