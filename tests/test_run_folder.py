@@ -100,7 +100,7 @@ def test_resume_with_another_models_checkpoint_leaves_the_run_untouched(tmp_path
     os.replace(os.path.join(other, checkpoint.CHECKPOINT_NAME), os.path.join(run_dir, checkpoint.CHECKPOINT_NAME))
     before = {p: open(p, "rb").read() for p in glob.glob(os.path.join(run_dir, "**"), recursive=True)
               if os.path.isfile(p)}
-    with pytest.raises(ResumeError, match="does not fit this run's model"):
+    with pytest.raises(ResumeError, match="written by a run of another config"):
         resume(run_dir, LONG, quiet_console)
     after = {p: open(p, "rb").read() for p in glob.glob(os.path.join(run_dir, "**"), recursive=True)
              if os.path.isfile(p)}
