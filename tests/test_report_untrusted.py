@@ -34,6 +34,13 @@ def deadline():
     signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.fixture
+def no_figure(monkeypatch):
+    """For the many cases about reading runs: report.png left undrawn (~0.2 s of matplotlib each); the figure's own
+    tests draw it."""
+    monkeypatch.setattr("gradexp.report.table.draw", lambda *args, **kwargs: None)
+
+
 def error_lines(capsys) -> list[str]:
     return capsys.readouterr().err.strip().splitlines()
 
@@ -143,7 +150,7 @@ def write_bad_summary(folder, content) -> None:
 
 
 @pytest.mark.parametrize("case", list(BAD_SUMMARIES))
-def test_a_malformed_summary_makes_its_run_unreadable_and_the_others_are_reported(tmp_path, capsys, case):
+def test_a_malformed_summary_makes_its_run_unreadable_and_the_others_are_reported(tmp_path, capsys, case, no_figure):
     write_run(tmp_path / "0_good", GOOD, norms=geometric(0.5))
     write_bad_summary(tmp_path / "1_bad", BAD_SUMMARIES[case])
     assert main([str(tmp_path), "--format", "json"]) == 0
@@ -164,7 +171,7 @@ def test_the_error_names_the_field_that_is_wrong(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink", "folder"])
-def test_a_summary_that_is_no_regular_file_is_not_read(tmp_path, capsys, deadline, kind):
+def test_a_summary_that_is_no_regular_file_is_not_read(tmp_path, capsys, deadline, kind, no_figure):
     write_run(tmp_path / "0_good", GOOD, norms=geometric(0.5))
     bad = tmp_path / "1_bad"
     bad.mkdir()
@@ -181,7 +188,7 @@ def test_a_summary_that_is_no_regular_file_is_not_read(tmp_path, capsys, deadlin
 
 @pytest.mark.parametrize("text, problem", [("- a=1\n: [\n", "not valid YAML"), ("just a scalar\n", "list of strings"),
                                            ("- [nested]\n", "list of strings"), ("[" * 100_000, "")])
-def test_a_malformed_hydra_overrides_file_makes_its_run_unreadable(tmp_path, capsys, text, problem):
+def test_a_malformed_hydra_overrides_file_makes_its_run_unreadable(tmp_path, capsys, text, problem, no_figure):
     write_run(tmp_path / "0_good", GOOD, norms=geometric(0.5))
     write_run(tmp_path / "1_bad", [], summary=False)
     (tmp_path / "1_bad" / ".hydra" / "overrides.yaml").write_text(text)
