@@ -198,7 +198,7 @@ def test_a_sparse_gradient_is_normed_by_its_values():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_long_tensors_keep_their_precision(dtype):
     """torch's CPU norm sums float32 squares in a few running sums: 8e-5 off for 2^22 random entries, 2e-3 for equal
-    ones. Tensors longer than norms.LONG go through a pairwise sum of their squares, whatever their layout (found by
+    ones. Tensors longer than norms.LONG are normed by rows of norms.ROW entries, whatever their layout (found by
     an audit: a 2048-wide MLP's grad_norm 2.2e-4 off)."""
     gen = torch.Generator().manual_seed(3)
     big = torch.randn(2048, 2048, generator=gen).to(dtype)
@@ -209,7 +209,7 @@ def test_long_tensors_keep_their_precision(dtype):
     assert not (big.t().is_contiguous() or conv.is_contiguous() or big[:, :1500].is_contiguous())
     for t, got, vector in zip(tensors, host_norms(tensors), norm_vector(tensors).tolist()):
         assert got == vector
-        assert got == pytest.approx(f64_norm(t), rel=2e-7)
+        assert got == pytest.approx(f64_norm(t), rel=5e-7)
     huge = torch.full((1 << 20,), 1e25, dtype=torch.float32)  # each piece's float32 squares overflow: float64 again
     tiny = torch.full((1 << 20,), 1e-25, dtype=torch.float32)  # ... or underflow
     assert host_norms([huge, tiny]) == pytest.approx([1e25 * 1024, 1e-25 * 1024], rel=1e-7, abs=0.0)

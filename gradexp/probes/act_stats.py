@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
-from gradexp.probes.norms import norm_vector
+from gradexp.probes.norms import LONG, LOW, ROW, long_norms, norm_vector
 from gradexp.probes.scratch import Scratch
 from gradexp.config.registry import ACTIVATIONS
 
@@ -56,7 +56,27 @@ def std_mean_(flat: Tensor) -> tuple[Tensor, Tensor]:
     std of ~1e-25, not 0). Centres `flat` in place: it must be a working copy."""
     mean = _row_means(flat)
     flat.sub_(mean[:, None])
-    return norm_vector(list(flat.unbind(0))) / math.sqrt(flat.shape[1]), mean
+    return _row_norms(flat) / math.sqrt(flat.shape[1]), mean
+
+
+def _row_norms(flat: Tensor) -> Tensor:
+    """The L2 norm of each row of (L, N): on accelerators accumulated in float64 (memory-bound: no dearer); on CPU in
+    the rows' dtype, by runs of norms.ROW entries where the rows are long (probes/norms.py), and where a row's
+    squares may have under- or overflowed (outputs of ~1e-25 or ~1e25), that row again through norm_vector."""
+    if not flat.is_cpu:
+        return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64)
+    rows, n = flat.shape
+    if n > LONG:
+        norms = (long_norms(list(flat.unbind(0))) if n % ROW else
+                 torch.linalg.vector_norm(flat.view(rows, -1, ROW), dim=2).to(torch.float64).square_().sum(dim=1).sqrt_())
+    else:
+        norms = torch.linalg.vector_norm(flat, dim=1)
+    low = LOW[flat.dtype] * math.sqrt(n)
+    doubtful = [i for i, v in enumerate(norms.tolist()) if not low <= v < math.inf]  # NaN too
+    if doubtful:
+        norms = norms.to(torch.float64)
+        norms[doubtful] = norm_vector([flat[i] for i in doubtful])
+    return norms
 
 
 def _row_means(flat: Tensor) -> Tensor:
