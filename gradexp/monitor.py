@@ -55,14 +55,38 @@ OWN_FAMILY = "own"  # Factors.family of a model gradexp did not build: the advic
 
 
 class _LossScale:
-    """A user's GradScaler as the probes read a run's precision (probes/base.py ProbeContext.unscaled): the scale in
-    force, 0-d on its device (no host sync), or None while the scaler is disabled or before its first scale()."""
+    """A user's GradScaler's scale as the activation-gradient probes divide it out (probes/base.py
+    ProbeContext.loss_scale): the one this step's backward ran with, 0-d on its device (no host sync); None while the
+    scaler is disabled or before its first scale(). Noted as the backward reaches the model's output: a step the
+    scaler skips is read only when its `with` ends, after scaler.update() has already halved the scale."""
 
     def __init__(self, scaler: torch.amp.GradScaler) -> None:
         self.scaler = scaler
+        self.noted: Optional[Tensor] = None
 
-    def scale(self) -> Optional[Tensor]:
-        return self.scaler._get_scale_async() if self.scaler.is_enabled() else None  # the public get_scale() syncs
+    def __call__(self) -> Optional[Tensor]:
+        if not self.scaler.is_enabled():
+            return None
+        return self.noted if self.noted is not None else self.scaler._get_scale_async()  # get_scale() would sync
+
+    def note(self, _grad: Tensor) -> None:
+        """A tensor hook on the model's output: the first thing the backward does."""
+        scale = self.scaler._get_scale_async() if self.scaler.is_enabled() else None
+        self.noted = None if scale is None else scale.clone()
+
+    @contextlib.contextmanager
+    def noted_in(self, model: nn.Module) -> Iterator[None]:
+        """For one logging step: the scale noted at its backward (a model whose output is no tensor: read later)."""
+        def on_output(module: nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, Tensor) and output.requires_grad:
+                output.register_hook(self.note)
+
+        self.noted = None
+        handle = model.register_forward_hook(on_output)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 class Monitor:
@@ -115,7 +139,7 @@ class Monitor:
 
     def _instruments(self) -> Instruments:
         context = ProbeContext(layers=self.layers, activation=self._activation, clip=self.clip,
-                               precision=self._loss_scale)
+                               loss_scale=self._loss_scale)
         built = [resolve(PROBES[name].target).from_context(context) for name in self._probe_names]
         if "clip" in self._probe_names:  # the policy's mode is set by the first clip call, after the probes are built
             from gradexp.probes.clip_telemetry import ClipTelemetry
@@ -157,7 +181,8 @@ class Monitor:
         self.instruments.begin(self.steps)
         self._phase, self._clip_norm = "forward", None
         try:
-            with self.instruments.watch(), self._optimizer_hooks():
+            noted = self._loss_scale.noted_in(self.model) if self._loss_scale else contextlib.nullcontext()
+            with self.instruments.watch(), self._optimizer_hooks(), noted:
                 yield self
                 self.gradients_ready()
             self._after_update()
@@ -253,11 +278,7 @@ class Monitor:
         if self._phase == "ordinary":
             return
         for name, value in values.items():
-            if isinstance(value, Tensor) and value.numel() != 1 or not isinstance(value, (Tensor, int, float)):
-                # else close() fails on it, and the run's summary.json is never written
-                raise ConfigError(f"record({name}=...)", _shown(value), "a number or a one-element tensor (a "
-                                  "per-example loss: reduce it first, e.g. loss.mean())")
-            self._recorded[f"{name}/train"] = value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
+            self._recorded[f"{name}/train"] = _one_number(name, value)
 
     def clip_grad_norm_(self, parameters: Iterable[nn.Parameter], max_norm: float, norm_type: float = 2.0) -> Tensor:
         """torch.nn.utils.clip_grad_norm_, with the gradients read before it and the clip telemetry kept."""
@@ -330,6 +351,21 @@ def _check(every: Any, probes: Sequence[str], activation: Optional[str]) -> None
             raise ConfigError("probes", name, f"one of {', '.join(PROBES)}")
     if activation is not None and activation not in ACTIVATIONS:  # else close() fails in the advice, no summary
         raise ConfigError("activation", activation, f"None | {' | '.join(ACTIVATIONS)}")
+
+
+def _one_number(name: str, value: Any) -> Tensor:
+    """A recorded value as a 0-d tensor (on its device: no host sync), or ConfigError for one that is not a single
+    number: close() would fail on it, and the run's summary.json would never be written."""
+    if isinstance(value, Tensor):
+        if value.numel() == 1:
+            return value.detach().reshape(())
+    else:
+        try:
+            return torch.tensor(float(value))  # Python and numpy numbers, one-element arrays
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f"record({name}=...)", _shown(value), "a number or a one-element tensor (a per-example loss: "
+                      "reduce it first, e.g. loss.mean())")
 
 
 def _shown(value: Any) -> str:

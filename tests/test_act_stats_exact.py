@@ -54,3 +54,13 @@ def test_16_bit_outputs_are_measured_in_float32(dtype):
         assert values[f"act_std/{name}"] == pytest.approx(std, rel=1e-6)
         assert values[f"act_mean/{name}"] == pytest.approx(mean, rel=1e-6, abs=1e-9)
         assert not math.isclose(values[f"act_std/{name}"], torch.tensor(std).to(dtype).item(), rel_tol=1e-7)
+
+
+@pytest.mark.parametrize("n", [4097, 6400, 8192])
+def test_float64_rows_of_any_length(n):
+    """Found by a review: float64 rows longer than norms.LONG and not a whole number of norms.ROW runs raised inside
+    torch (a float32 accumulator asked of float64 entries)."""
+    rows = torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) + 0.3
+    want_std, want_mean = f64_std_mean(rows)
+    std, mean = std_mean_(rows.clone())
+    assert std.tolist() == pytest.approx(want_std, rel=1e-12) and mean.tolist() == pytest.approx(want_mean, rel=1e-12)

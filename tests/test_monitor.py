@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -334,6 +335,46 @@ def test_a_complex_weights_gradient_norm_and_update_ratio_against_float64(tmp_pa
                                                                    rel=1e-5)
 
 
+def test_a_skipped_step_divides_out_the_scale_its_backward_ran_with(tmp_path):
+    """Found by a review: on a step the scaler skips, with no gradients_ready() call, the activation gradients were read
+    at the `with`'s end, after scaler.update() had halved the scale: act_grad_norm read 2x too large."""
+    plain = _scaled_loop(tmp_path, "plain", None, False)
+    model, opt_a, _ = _build()
+    capture, scaler = Capture(), torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "skipped"), every=1, optimizers=[opt_a], sinks=[capture],
+                              scaler=scaler)
+    with monitor.step():
+        x, y = _data(0)
+        scaler.scale(F.cross_entropy(model(x), y)).backward()
+        opt_a.param_groups[0]["params"][0].grad.view(-1)[0] = math.inf  # skipped; activation gradients finite
+        scaler.step(opt_a)
+        scaler.update()  # halves the scale before the Monitor reads anything
+    monitor.close()
+    act_grads = [t for t in plain if t.startswith("act_grad_norm/")]
+    assert capture.logged[0]["amp/skipped_step"] == 1.0
+    assert all(capture.logged[0][t] == plain[t] for t in act_grads)
+
+
+@pytest.mark.parametrize("probe", ["underflow", "skipped_steps", "loss_scale"])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_run_precision_probes_stay_off_with_a_users_scaler(tmp_path, probe, enabled):
+    """Found by a review: Monitor(scaler=...) handed the scaler to the probes as a run's precision, and the probes that
+    read gradexp's own precision (underflow, skipped_steps, loss_scale) failed on it; they stay off, as before."""
+    model, opt_a, _ = _build()
+    scaler = torch.amp.GradScaler("cpu", enabled=enabled)
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt_a], scaler=scaler,
+                              probes=("grad_norm", "act_grad_norm", probe))
+    for step in range(2):
+        with monitor.step():
+            x, y = _data(step)
+            scaler.scale(F.cross_entropy(model(x), y)).backward()
+            scaler.unscale_(opt_a)
+            scaler.step(opt_a)
+            scaler.update()
+            opt_a.zero_grad(set_to_none=True)
+    assert monitor.close().status == "completed"
+
+
 def test_watch_patterns_and_refusals(tmp_path):
     model, opt_a, _ = _build()
     monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "a"), watch=["blocks.*.conv"])
@@ -364,7 +405,8 @@ def test_values_close_could_not_write_are_refused_where_they_are_given(tmp_path)
         with pytest.raises(ConfigError, match=r"record\(loss=...\): 'a list'"):
             monitor.record(loss=[1.0, 2.0])
         losses.mean().backward()
-        monitor.record(loss=losses.mean(), acc=0.5)
+        monitor.record(loss=losses.mean(), acc=0.5, np_value=np.float32(0.25), count=np.int64(3),
+                       one=torch.tensor([0.5]))  # one number each: taken (numpy scalars were refused for a while)
     assert monitor.close().status == "completed"
     assert gradexp.load_summary(str(tmp_path / "b"))["status"] == "completed"
 

@@ -13,8 +13,8 @@ from tests.conftest import Capture, compose_config
 BLOBS = ["data=blobs", "device=cpu", "data.n_train=64", "data.n_val=16"]
 
 
-def trained(overrides):
-    cfg = compose_config([*BLOBS, *overrides])
+def trained(overrides, base=BLOBS):
+    cfg = compose_config([*base, "device=cpu", *overrides])
     validate(cfg)
     sink = Capture()
     run = build.run(cfg, [sink])
@@ -140,6 +140,14 @@ def test_a_precision_a_layer_has_no_kernel_for_is_refused_before_the_run():
     assert net.training  # put back as it was
     build.check_autocast(compose_config([*BLOBS, "train.precision=bf16"]), net, build.precision(
         compose_config([*BLOBS, "train.precision=bf16"]), torch.device("cpu")), task)
+
+
+def test_token_inputs_are_checked_as_the_loop_feeds_them():
+    """Found by a review: the autocast check fed raw token ids to a model that takes one-hot floats, and refused bf16
+    for every token task."""
+    outcome, _, _ = trained(["data=recall", "model=lstm", "train.precision=bf16", "train.steps=2", "log.every=1"],
+                            base=[])
+    assert outcome.status == "completed"
 
 
 def underflow_oracle(overrides, scale):

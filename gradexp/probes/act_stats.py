@@ -56,21 +56,23 @@ def std_mean_(flat: Tensor) -> tuple[Tensor, Tensor]:
     std of ~1e-25, not 0). Centres `flat` in place: it must be a working copy."""
     mean = _row_means(flat)
     flat.sub_(mean[:, None])
-    return _row_norms(flat) / math.sqrt(flat.shape[1]), mean
+    return _centred_norms(flat) / math.sqrt(flat.shape[1]), mean
 
 
-def _row_norms(flat: Tensor) -> Tensor:
+def _centred_norms(flat: Tensor) -> Tensor:
     """The L2 norm of each row of (L, N): on accelerators accumulated in float64 (memory-bound: no dearer); on CPU in
     the rows' dtype, by runs of norms.ROW entries where the rows are long (probes/norms.py), and where a row's
     squares may have under- or overflowed (outputs of ~1e-25 or ~1e25), that row again through norm_vector."""
     if not flat.is_cpu:
         return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64)
     rows, n = flat.shape
-    if n > LONG:
-        norms = (long_norms(list(flat.unbind(0))) if n % ROW else
-                 torch.linalg.vector_norm(flat.view(rows, -1, ROW), dim=2).to(torch.float64).square_().sum(dim=1).sqrt_())
-    else:
+    if n <= LONG:
         norms = torch.linalg.vector_norm(flat, dim=1)
+    elif n % ROW:
+        norms = long_norms(list(flat.unbind(0)))
+    else:  # every row in whole runs: one call for all of them
+        runs = torch.linalg.vector_norm(flat.view(rows, -1, ROW), dim=2)
+        norms = runs.to(torch.float64).square_().sum(dim=1).sqrt_()
     low = LOW[flat.dtype] * math.sqrt(n)
     doubtful = [i for i, v in enumerate(norms.tolist()) if not low <= v < math.inf]  # NaN too
     if doubtful:

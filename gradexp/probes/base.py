@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from dataclasses import dataclass
-from typing import Any, ContextManager, Iterator, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -107,12 +107,16 @@ class ProbeContext:
     activation: Optional[str] = None  # the activation option's name, for saturation rules; None: unknown
     clip: Any = None  # the clip policy in force (mode, max_norm, value, counters), or None
     precision: Any = None  # the run's precision (dtype, scale(), skipped), or None for plain fp32
+    loss_scale: Optional[Callable[[], Optional[Tensor]]] = None  # gradexp.Monitor: the user's GradScaler's scale
 
     def unscaled(self, grad: Tensor) -> Tensor:
         """A gradient a tensor hook saw, divided by the loss scale (hooks fire before the optimizer's
         gradients are unscaled), detached. In float32: the scaled value may fit fp16 where the true one does not. Read
         before the scaler's update moves the scale (a logging step's after_backward)."""
-        scale = None if self.precision is None else self.precision.scale()
+        if self.precision is not None:
+            scale = self.precision.scale()
+        else:
+            scale = None if self.loss_scale is None else self.loss_scale()
         return grad if scale is None else grad.detach().float() / scale
 
 

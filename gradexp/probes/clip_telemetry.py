@@ -19,7 +19,6 @@ from gradexp.probes.norms import combined_norm, norm_vector
 CLIP_EPS = 1e-6  # the epsilon torch.nn.utils.clip_grad_norm_ adds to the norm before dividing
 
 
-
 def _grads(model: nn.Module) -> list[Tensor]:
     return [p.grad for _, p in named_parameters(model) if p.grad is not None]
 

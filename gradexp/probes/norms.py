@@ -180,19 +180,25 @@ def _with_long(xs: list[Tensor]) -> list[float]:
 
 
 def long_norms(tensors: Sequence[Tensor]) -> Tensor:
-    """(L,) float64: each tensor's norm from the float32 norms of its runs of ROW entries (the last run may be
-    shorter), whose squares are added up in float64; a tensor's own memory where it is contiguous, else a copy."""
-    rows = [torch.linalg.vector_norm(t.view(-1, ROW), dim=1, dtype=torch.float32)
-            if t.is_contiguous() and t.numel() % ROW == 0 else _row_norms(t) for t in tensors]
+    """(L,) float64: each tensor's norm from the norms of its runs of ROW entries (the last run may be shorter),
+    accumulated in float32 (float64 for float64 tensors), whose squares are added up in float64; a tensor's own
+    memory where it is contiguous, else a copy."""
+    rows = [torch.linalg.vector_norm(t.view(-1, ROW), dim=1, dtype=_accumulator(t))
+            if t.is_contiguous() and t.numel() % ROW == 0 else _runs_of(t) for t in tensors]
     table = torch.stack(rows) if all(len(r) == len(rows[0]) for r in rows) else pad_sequence(rows, batch_first=True)
     return table.to(_FLOAT64).square_().sum(dim=1).sqrt_()  # zeros padding the shorter ones add nothing
 
 
-def _row_norms(t: Tensor) -> Tensor:
-    flat = t.reshape(-1)
+def _runs_of(t: Tensor) -> Tensor:
+    """long_norms' run norms of a tensor that is not contiguous or not a whole number of runs (a copy, then)."""
+    flat, dtype = t.reshape(-1), _accumulator(t)
     whole = flat.numel() // ROW * ROW
-    rows = torch.linalg.vector_norm(flat[:whole].view(-1, ROW), dim=1, dtype=torch.float32)
-    return torch.cat([rows, torch.linalg.vector_norm(flat[whole:], dtype=torch.float32).view(1)])
+    rows = torch.linalg.vector_norm(flat[:whole].view(-1, ROW), dim=1, dtype=dtype)
+    return torch.cat([rows, torch.linalg.vector_norm(flat[whole:], dtype=dtype).view(1)])
+
+
+def _accumulator(t: Tensor) -> torch.dtype:
+    return _FLOAT64 if t.dtype is _FLOAT64 else torch.float32
 
 
 def host_vector(values: list[float]) -> Tensor:

@@ -33,7 +33,7 @@ class CheckpointError(Exception):
 def fingerprint(cfg: Any) -> str:
     """The run's whole config (all but `resume=`, which names the folder), hashed: a checkpoint keeps it, so that
     another run's checkpoint.pt put in this folder is refused even where its shapes fit this run's model."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree = OmegaConf.to_container(cfg, resolve=False)  # as written, as resume compares it (an ${oc.env:...} may move)
     tree.pop("resume", None)
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=repr).encode()).hexdigest()
 

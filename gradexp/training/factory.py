@@ -107,7 +107,7 @@ def described(err: BaseException) -> str:
 
 
 def check_output_fits(net: nn.Module, cfg: Any, task_: Task) -> None:
-    x, y = task_.x_train[:2].cpu(), task_.y_train[:2].cpu()
+    x, y = task_.inputs(task_.x_train[:2].cpu()), task_.y_train[:2].cpu()  # as the loop feeds it (one-hot tokens)
     target, data = cfg.model._target_, f"data={cfg.data.name}"
     try:
         with torch.enable_grad():  # with autograd: an output no gradient reaches the parameters through is refused
@@ -210,11 +210,14 @@ def check_autocast(cfg: Any, net: nn.Module, amp: Precision, task_: Task) -> Non
     do run it."""
     if not amp.mixed:
         return
-    failed = _autocast_fails(net, task_.x_train[:2], amp.device_type, amp.dtype)
+    first = next(net.parameters(), None)
+    device = task_.x_train.device if first is None else first.device
+    x = task_.inputs(task_.x_train[:2].to(device))  # as the loop feeds it: one-hot tokens, on the model's device
+    failed = _autocast_fails(net, x, amp.device_type, amp.dtype)
     if failed is None:
         return
     runs = ["fp32"] + [name for name, entry in PRECISIONS.items() if entry.autocast and name != amp.name
-                       and _autocast_fails(net, task_.x_train[:2], amp.device_type, resolve(entry.autocast)) is None]
+                       and _autocast_fails(net, x, amp.device_type, resolve(entry.autocast)) is None]
     raise ConfigError("train.precision", cfg.train.precision,
                       f"{' | '.join(runs)} for model={model_family(cfg)} on {amp.device_type} here (autocast to "
                       f"{amp.name} fails in its forward: {failed})")

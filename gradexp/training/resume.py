@@ -20,7 +20,7 @@ from gradexp.training.artefacts import run_artefacts
 
 PREFIX = "resume="
 FINISHED = ("completed", "diverged")  # a run with one of these has nothing left to do
-YAML_LIMIT = 1 << 20  # bytes of a run folder's .hydra/*.yaml read at most
+YAML_LIMIT = 1 << 20  # characters of a run folder's .hydra/*.yaml read at most
 
 
 class ResumeError(ConfigError):
