@@ -64,3 +64,13 @@ def test_float64_rows_of_any_length(n):
     want_std, want_mean = f64_std_mean(rows)
     std, mean = std_mean_(rows.clone())
     assert std.tolist() == pytest.approx(want_std, rel=1e-12) and mean.tolist() == pytest.approx(want_mean, rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [4096, 32768])
+def test_a_mean_far_larger_than_the_std(n):
+    """Found by a review: 1000 + 1e-3 * noise read act_std 2.3e-4 off, since the mean rounded to float32 leaves a
+    residual in the centred rows as large as the std's own scale; the corrected two-pass formula removes it."""
+    rows = (1000 + 1e-3 * torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))).float()
+    want_std, want_mean = f64_std_mean(rows)
+    std, mean = std_mean_(rows.clone())
+    assert std.tolist() == pytest.approx(want_std, rel=1e-6) and mean.tolist() == pytest.approx(want_mean, rel=1e-7)

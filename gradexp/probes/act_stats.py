@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
-from gradexp.probes.norms import LONG, LOW, ROW, long_norms, norm_vector
+from gradexp.probes.norms import LONG, LOW, ROW, host_vector, long_norms, norm_vector
 from gradexp.probes.scratch import Scratch
 from gradexp.config.registry import ACTIVATIONS
 
@@ -53,10 +53,24 @@ def std_mean_(flat: Tensor) -> tuple[Tensor, Tensor]:
     """Population std and mean of each row of (L, N) float32 or float64, two-pass (on CPU several times faster than
     torch.std_mean's Welford kernel): the mean, then the norm of the centred rows through probes/norms.py, whose
     float32 squares neither round away over long rows nor under- or overflow (a layer whose outputs are ~1e-25 has a
-    std of ~1e-25, not 0). Centres `flat` in place: it must be a working copy."""
+    std of ~1e-25, not 0). The mean is rounded to the rows' dtype before it is subtracted, which leaves `residual`
+    (the centred rows' own mean) in them; where the mean is large against the std (1000 + 1e-3 * noise) that residual
+    is no longer small against the std, and the corrected two-pass formula takes it out again: std^2 = ||c||^2 / N -
+    residual^2, written std0 * sqrt(1 - (residual / std0)^2) so that no square leaves float64's range. Centres `flat`
+    in place: it must be a working copy."""
     mean = _row_means(flat)
     flat.sub_(mean[:, None])
-    return _centred_norms(flat) / math.sqrt(flat.shape[1]), mean
+    residual = flat.mean(dim=1)  # a correction: its own last digits hardly matter
+    std = _centred_norms(flat).to(torch.float64) / math.sqrt(flat.shape[1])
+    if flat.is_cpu:  # a handful of host floats: Python, not a handful of tiny operators
+        return host_vector([_corrected(s, r) for s, r in zip(std.tolist(), residual.tolist())]), mean
+    share = torch.where(std > 0, residual / std, 0.0)  # <= 1 in exact arithmetic: |mean(c)| <= rms(c)
+    return std * (1 - share.square()).clamp_min(0).sqrt(), mean  # mean + residual: no better (c rounds too)
+
+
+def _corrected(std: float, residual: float) -> float:
+    """std0 * sqrt(1 - (residual / std0)^2): 0, inf and NaN stay as they are."""
+    return std * math.sqrt(max(0.0, 1.0 - (residual / std) ** 2)) if 0 < std < math.inf else std
 
 
 def _centred_norms(flat: Tensor) -> Tensor:
