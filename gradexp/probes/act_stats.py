@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
 from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
-from gradexp.probes.norms import LONG, LOW, ROW, host_vector, long_norms, norm_vector
+from gradexp.probes.norms import LONG, ROW, host_vector, in_doubt, long_norms, norm_vector
 from gradexp.probes.scratch import Scratch
 from gradexp.config.registry import ACTIVATIONS
 
@@ -87,8 +87,7 @@ def _centred_norms(flat: Tensor) -> Tensor:
     else:  # every row in whole runs: one call for all of them
         runs = torch.linalg.vector_norm(flat.view(rows, -1, ROW), dim=2)
         norms = runs.to(torch.float64).square_().sum(dim=1).sqrt_()
-    low = LOW[flat.dtype] * math.sqrt(n)
-    doubtful = [i for i, v in enumerate(norms.tolist()) if not low <= v < math.inf]  # NaN too
+    doubtful = in_doubt(norms.tolist(), [n] * rows, flat.dtype)
     if doubtful:
         norms = norms.to(torch.float64)
         norms[doubtful] = norm_vector([flat[i] for i in doubtful])

@@ -154,9 +154,8 @@ def _checked_values(xs: list[Tensor], acc: torch.dtype) -> list[float]:
     if acc is _FLOAT64 or max(sizes) <= LONG:
         values = [n.item() for n in torch._foreach_norm(xs, 2, dtype=acc)]  # half the cost of a stack and one tolist
     else:
-        values = _with_long(xs)
-    low = LOW[acc]
-    doubtful = [i for i, n in enumerate(values) if not (low * math.sqrt(sizes[i]) <= n < math.inf)]  # NaN: doubtful
+        values = _with_long(xs, sizes)
+    doubtful = in_doubt(values, sizes, acc)
     if doubtful:
         redo = [xs[i] for i in doubtful]
         exact = (torch.stack(torch._foreach_norm(redo, 2, dtype=_FLOAT64)) if acc != _FLOAT64
@@ -166,14 +165,22 @@ def _checked_values(xs: list[Tensor], acc: torch.dtype) -> list[float]:
     return values
 
 
-def _with_long(xs: list[Tensor]) -> list[float]:
-    """float32 norms of CPU tensors: the short ones in one batched call; each longer than LONG entries by rows of ROW
-    entries (one reduction call a tensor), the rows' squares added up in float64 for all long tensors at once."""
+def in_doubt(values: Sequence[float], sizes: Sequence[int], acc: torch.dtype) -> list[int]:
+    """The indices of the norms accumulated in `acc` whose squares may have under- or overflowed: not finite (NaN
+    included), or below sqrt(numel) * LOW[acc]. Those are taken again exactly."""
+    low = LOW[acc]
+    return [i for i, n in enumerate(values) if not (low * math.sqrt(sizes[i]) <= n < math.inf)]
+
+
+def _with_long(xs: list[Tensor], sizes: list[int]) -> list[float]:
+    """float32 norms of CPU tensors (of `sizes` entries): the short ones in one batched call; each longer than LONG
+    entries by rows of ROW entries (one reduction call a tensor), the rows' squares added up in float64 for all long
+    tensors at once."""
     values = [0.0] * len(xs)
-    short = [i for i, t in enumerate(xs) if t.numel() <= LONG]
+    short = [i for i, size in enumerate(sizes) if size <= LONG]
     for i, n in zip(short, torch._foreach_norm([xs[i] for i in short], 2, dtype=torch.float32) if short else ()):
         values[i] = n.item()
-    long = [i for i, t in enumerate(xs) if t.numel() > LONG]
+    long = [i for i, size in enumerate(sizes) if size > LONG]
     for i, total in zip(long, long_norms([xs[i] for i in long]).tolist()):  # inf or NaN as torch's norm gives them
         values[i] = total
     return values
