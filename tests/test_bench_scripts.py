@@ -35,3 +35,14 @@ def test_bench_fused_script_compiles_the_same_numbers(capsys):
     difference = float(out.split("largest difference from eager ")[1].split()[0])
     assert difference < 1e-5
     assert "eager" in out.splitlines()[-2] and "torch.compile" in out.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_bench_worker_script_hands_the_same_numbers_to_a_worker(capsys):
+    """scripts/bench_worker.py: the floor's four families computed by a worker process from shared memory give
+    handmade.py's numbers exactly (the same operators on copies of the same tensors), and the table is printed."""
+    assert script("bench_worker").main(["--repeats", "1", "--only", "mlp", "--steps-scale", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "its numbers against inline's: largest relative difference 0.0e+00" in out
+    for every in (" 1", "25"):
+        assert f"every {every}: plain" in out and "; worker " in out.split(f"every {every}:")[1].splitlines()[0]
