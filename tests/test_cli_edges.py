@@ -51,10 +51,10 @@ def test_an_existing_run_folder_is_refused_not_overwritten(tmp_path):
     assert (tmp_path / "run" / "summary.json").read_text() == before
 
 
-def interrupt(cwd, args, sig=signal.SIGINT, after: float = 0.0) -> subprocess.CompletedProcess:
+def interrupt(cwd, args, sig=signal.SIGINT, after: float = 0.0, env=None) -> subprocess.CompletedProcess:
     """Start `gradexp run ARGS`, wait for its first periodic checkpoint (+ `after` s), send `sig`."""
     proc = subprocess.Popen([sys.executable, "-m", "gradexp", "run", *args], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     checkpoint = os.path.join(str(cwd), "run", "checkpoint.pt")
     start = os.path.getmtime(checkpoint) if os.path.exists(checkpoint) else 0.0
     while not os.path.exists(checkpoint) or os.path.getmtime(checkpoint) == start:
@@ -119,3 +119,43 @@ def test_a_run_from_the_users_config_dir_resumes_with_the_command_it_prints(tmp_
     again = interrupt(tmp_path, [*command, "train.steps=100000"], after=0.3)
     assert again.returncode == 130 and "Traceback" not in again.stderr, again.stderr
     assert summaries(tmp_path)["run"]["steps"] > first  # continued the same run, from its own config dir
+
+
+NET = ("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+       "        self.lin = torch.nn.Linear(64, 10)\n    def forward(self, x):\n        return self.lin(x.flatten(1))\n")
+
+
+def test_a_users_model_resumes_with_the_command_it_prints(tmp_path):
+    """model=custom: the printed `resume with:` line names the class again (resuming takes it only from the command
+    line), and runs as printed; without it, one line says what to add."""
+    import shlex
+
+    (tmp_path / "mynets.py").write_text(NET)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    args = ["model=custom", "model._target_=mynets.Net", "train.steps=100000", "train.checkpoint_every=40",
+            "device=cpu", "hydra.run.dir=run"]
+    stopped = interrupt(tmp_path, args, after=0.3, env=env)
+    assert stopped.returncode == 130, stopped.stderr
+    printed = next(line for line in stopped.stderr.splitlines() if line.startswith("resume with: gradexp run "))
+    command = shlex.split(printed[len("resume with: gradexp run "):])
+    assert command == ["resume=run", "model._target_=mynets.Net"]
+    bare = gradexp(tmp_path, "resume=run", env=env)
+    assert bare.returncode == 2 and "add model._target_=mynets.Net to resume" in bare.stderr, bare.stderr
+    assert len(bare.stderr.strip().splitlines()) == 1
+    first = summaries(tmp_path)["run"]["steps"]
+    again = interrupt(tmp_path, [*command, "train.steps=100000"], after=0.3, env=env)
+    assert again.returncode == 130 and "Traceback" not in again.stderr, again.stderr
+    assert summaries(tmp_path)["run"]["steps"] > first
+
+
+def test_resume_never_imports_code_the_run_folder_names(tmp_path):
+    """A run folder is untrusted input. Found by a review: with PYTHONPATH=. (the README's way to a model in the
+    current folder), an overrides.yaml naming outputs.<run>.evil.Net imported a module planted in the run folder."""
+    run = tmp_path / "outputs" / "run1"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- model=custom\n- model._target_=outputs.run1.evil.Net\n")
+    marker = tmp_path / "ran"
+    (run / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + NET)
+    refused = gradexp(tmp_path, "resume=outputs/run1", env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert refused.returncode == 2 and not marker.exists(), refused.stderr
+    assert "only the command line may name" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

@@ -134,10 +134,16 @@ def test_compile_takes_a_users_model():
     assert build.compiled(cfg, Net((1, 8, 8), 10)) is not None
 
 
-def test_resume_reapplies_the_users_class_only_when_its_module_is_found():
-    assert untrusted(f"model._target_={HERE}.Net") is None
+def test_resume_reapplies_the_users_class_only_when_the_command_line_names_it():
+    """Importing the class runs its module: the run folder's record alone may not choose it (found by a review: with
+    PYTHONPATH=., as the README shows, a crafted overrides.yaml ran a module planted in the run folder)."""
+    saved = f"model._target_={HERE}.Net"
+    assert untrusted(saved) == f"a class of your own, which only the command line may name: add {saved} to resume"
+    for named in ([saved], [f"model._target_='{HERE}.Net'"], ["train.steps=3", f"++{saved}"]):
+        assert untrusted(saved, named) is None
+    assert untrusted(saved, [f"model._target_={HERE}.Other"]) is not None
+    assert untrusted("model._target_=gradexp.models.mlp.MLP") is None  # gradexp's own: no user code
     assert untrusted("+model.hidden=8") is None
-    assert "cannot be imported" in untrusted("model._target_=no_such_pkg.Net")
     assert untrusted("+model.hidden=${oc.env:HOME}") is not None
     with pytest.raises(ConfigError, match="an importable nn.Module class"):
         validate(_cfg("model._target_=os.system"))

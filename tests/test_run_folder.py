@@ -48,7 +48,7 @@ def test_resumed_images_histograms_and_scalars_equal_an_uninterrupted_run(tmp_pa
 
 @pytest.mark.parametrize("tampered,reason", [
     ("+hydra.callbacks.x._target_=builtins.open", "Hydra's own"),
-    ("model._target_=shutil.copyfile", "outside gradexp's own"),
+    ("model._target_=shutil.copyfile", "only the command line may name"),
     ("seed=${oc.env:HOME}", "interpolations"),
     ("+foo=1", "not a key"),
     ("model=../../etc/passwd", "plain option name"),

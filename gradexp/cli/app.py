@@ -136,7 +136,7 @@ def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str
 
         _record_outcome(run_dir, overrides, "interrupted")
         print("interrupted before the first step", file=sys.stderr)
-        for line in closing_lines("interrupted", run_dir, options):
+        for line in closing_lines("interrupted", run_dir, options, overrides):
             print(line, file=sys.stderr)
         sys.exit(interrupts.exit_code)
 

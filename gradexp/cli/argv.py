@@ -27,7 +27,7 @@ def hydra_args(args: list[str]) -> list[str]:
     saved = os.path.join(folder, ".hydra", "overrides.yaml")
     if not os.path.isfile(saved):
         raise ResumeError(f"resume={folder}: not a gradexp run folder (no .hydra/overrides.yaml there)")
-    original = trusted_overrides(saved)
+    original = trusted_overrides(saved, named=overrides)
     extra = [a for a in overrides if resume_folder(a) is None and a not in original]
     path = os.path.abspath(folder)
     return [*options, *original, *extra, f"{PREFIX}{_quoted(path)}", f"hydra.run.dir={_quoted(path)}",

@@ -211,6 +211,14 @@ def as_typed(value: Any) -> str:
 CUSTOM = "custom"  # model=custom: the user's own nn.Module class, model._target_=pkg.module.Class
 
 
+def names_users_class(override: str) -> bool:
+    """Whether a command-line override names the user's own model class (model._target_ outside gradexp's models).
+    Importing it runs the user's code, so a resumed run takes it from the command line, never from the run folder's
+    record alone (training/resume.py), and the printed `resume with:` command repeats it."""
+    key, sep, value = override.partition("=")
+    return bool(sep) and key.lstrip("+~") == "model._target_" and registry.model_family(value.strip("'\"")) is None
+
+
 def model_family(cfg: Any) -> Optional[str]:
     """'gradexp.models.rnn.LSTM' -> 'lstm'; 'custom' for any other class (the user's own, model=custom)."""
     return registry.model_family(cfg.model._target_) or CUSTOM

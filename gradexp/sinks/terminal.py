@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from gradexp.config.schema import names_users_class
 from gradexp.outcome import Outcome
 
 SHOW_EVERY = 0.1  # seconds between the bar's updates from logged steps (its own redraw interval)
@@ -75,17 +76,19 @@ class TerminalSink:
             # outside the box, unwrapped: pasteable
             for line in command_lines(outcome.verdict, self.overrides, self.options):
                 self.console.print(line, style="cyan", soft_wrap=True, markup=False, highlight=False)
-        for line in closing_lines(outcome.status, self.run_dir, self.options):
+        for line in closing_lines(outcome.status, self.run_dir, self.options, self.overrides):
             # soft_wrap: a path is never broken across lines, also at a pipe's 80 columns, so it stays copy-pasteable
             self.console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
-def closing_lines(status: str, run_dir: str, options: Sequence[str] = ()) -> list[str]:
-    """Where the run is, how to look at it, and for an interrupted run the exact command that continues it."""
+def closing_lines(status: str, run_dir: str, options: Sequence[str] = (), overrides: Sequence[str] = ()) -> list[str]:
+    """Where the run is, how to look at it, and for an interrupted run the exact command that continues it (with the
+    user's model class, which resuming takes only from the command line)."""
     logdir = shlex.quote(_shortest(run_dir))
     lines = [f"run folder: {logdir}", f"dashboards: tensorboard --logdir {logdir}", FLOW_PAGES]
     if status == "interrupted":
-        lines.append(f"resume with: {_gradexp_run(options)}resume={logdir}")
+        again = "".join(shlex.quote(o) + " " for o in overrides if names_users_class(o))
+        lines.append(f"resume with: {_gradexp_run(options)}resume={logdir} {again}".rstrip())
     return lines
 
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
 from gradexp.config.registry import MODELS
-from gradexp.config.schema import GROUPS, ConfigError, first_line, import_model_class, is_schema_key
+from gradexp.config.schema import GROUPS, ConfigError, first_line, is_schema_key, names_users_class
 from gradexp.sinks.summary import SUMMARY_NAME
 from gradexp.training.artefacts import run_artefacts
 
 PREFIX = "resume="
 FINISHED = ("completed", "diverged")  # a run with one of these has nothing left to do
+QUOTES = "'\""  # around an override's value
 YAML_LIMIT = 1 << 20  # characters of a run folder's .hydra/*.yaml read at most
 
 
@@ -31,18 +32,20 @@ class ResumeError(ConfigError):
         self.key, self.value, self.allowed = "resume", None, message
 
 
-def trusted_overrides(path: str) -> list[str]:
+def trusted_overrides(path: str, named: Sequence[str] = ()) -> list[str]:
     """The run's saved overrides, each one a schema key or a config group of gradexp's: a run folder is untrusted
     input, and anything else there (hydra.* callbacks, a foreign _target_, environment resolvers) could run code
-    or write files when re-applied."""
+    or write files when re-applied. `named`: the command line's own overrides, the one source trusted to name the
+    user's model class (model=custom)."""
     saved = _load_yaml(path)
     if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
         raise ResumeError(f"{path}: not a list of overrides")
     for override in saved:
-        reason = untrusted(override)
+        reason = untrusted(override, named)
         if reason:
             raise ResumeError(f"{path}: refusing to re-apply {override!r} ({reason}); "
-                              "only gradexp's own config keys and groups are re-applied")
+                              "only gradexp's own config keys and groups, and a model class the command line names, "
+                              "are re-applied")
     return saved
 
 
@@ -68,8 +71,9 @@ def _load_yaml(path: str) -> Any:
         raise _unreadable(path, err) from None
 
 
-def untrusted(override: str) -> Optional[str]:
-    """Why a saved override may not be re-applied, or None when it is one of gradexp's own."""
+def untrusted(override: str, named: Sequence[str] = ()) -> Optional[str]:
+    """Why a saved override may not be re-applied, or None when it is one of gradexp's own (or the user's class that
+    the command line, `named`, names again)."""
     key, sep, value = override.partition("=")
     key = key.lstrip("+~")
     if not sep:
@@ -80,8 +84,9 @@ def untrusted(override: str) -> Optional[str]:
         return "interpolations and resolvers (the environment among them) are not re-applied"
     if key in GROUPS:
         return None if _plain_name(value) else "not a plain option name"
-    if key == "model._target_" and value.strip("'\"") not in {m.target for m in MODELS.values()}:
-        return _user_class(value.strip("'\""))
+    if names_users_class(override):
+        return None if _named_again(key, value, named) else \
+            f"a class of your own, which only the command line may name: add {key}={value.strip(QUOTES)} to resume"
     if key.startswith("model.") and key.count(".") == 1 and not is_schema_key(key):  # model=custom's own keys
         return None if _plain_value(value) else "not a plain value for the model's constructor"
     if not is_schema_key(key) or key == "resume":
@@ -91,25 +96,16 @@ def untrusted(override: str) -> Optional[str]:
     return None
 
 
-def _user_class(target: str) -> Optional[str]:
-    """model=custom's class is re-applied only when it is a dotted name whose module can be found here (found, not
-    imported: validation imports it, as the first run did)."""
-    import importlib.util
-
-    module, _, name = target.rpartition(".")
-    if not module or not all(part.isidentifier() for part in target.split(".")):
-        return "not a module.Class name"
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        return f"its module {module} cannot be imported here"
-    try:  # the import check: it must name an nn.Module class, as validation demands
-        import_model_class(target)
-    except ConfigError:
-        return "a _target_ outside gradexp's own models that is not an importable nn.Module class"
-    return None
+def _named_again(key: str, value: str, named: Sequence[str]) -> bool:
+    """Whether the command line gives `key` this same value (quoted or not, with any + prefix). Importing the user's
+    class runs its module's code, so the class comes from the user, never from the run folder alone: with
+    PYTHONPATH=. (as the README shows for a model in the current folder), a crafted overrides.yaml naming
+    outputs.<run>.evil.Net ran a module planted in that run folder."""
+    for given in named:
+        given_key, sep, given_value = given.partition("=")
+        if sep and given_key.lstrip("+~") == key and given_value.strip(QUOTES) == value.strip(QUOTES):
+            return True
+    return False
 
 
 def _plain_value(value: str) -> bool:
