@@ -149,8 +149,8 @@ def test_a_users_model_resumes_with_the_command_it_prints(tmp_path):
 
 
 def test_resume_never_imports_code_the_run_folder_names(tmp_path):
-    """A run folder is untrusted input. Found by a review: with PYTHONPATH=. (the README's way to a model in the
-    current folder), an overrides.yaml naming outputs.<run>.evil.Net imported a module planted in the run folder."""
+    """A run folder is untrusted input. Found in the seventh session: with PYTHONPATH=. (the README's way to a model in
+    the current folder), an overrides.yaml naming outputs.<run>.evil.Net imported a module planted in the run folder."""
     run = tmp_path / "outputs" / "run1"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- model=custom\n- model._target_=outputs.run1.evil.Net\n")

@@ -135,8 +135,8 @@ def test_compile_takes_a_users_model():
 
 
 def test_resume_reapplies_the_users_class_only_when_the_command_line_names_it():
-    """Importing the class runs its module: the run folder's record alone may not choose it (found by a review: with
-    PYTHONPATH=., as the README shows, a crafted overrides.yaml ran a module planted in the run folder)."""
+    """Importing the class runs its module: the run folder's record alone may not choose it (found in the seventh
+    session: with PYTHONPATH=., as the README shows, a crafted overrides.yaml ran a module planted in the run folder)."""
     saved = f"model._target_={HERE}.Net"
     assert untrusted(saved) == f"a class of your own, which only the command line may name: add {saved} to resume"
     for named in ([saved], [f"model._target_='{HERE}.Net'"], ["train.steps=3", f"++{saved}"]):
