@@ -50,7 +50,8 @@ def test_the_printed_resume_command_names_the_users_class_again():
     """Resuming takes the user's model class only from the command line: the printed command gives it."""
     from gradexp.sinks.terminal import closing_lines
 
-    overrides = ["model=custom", "model._target_=my nets.Net", "+model.hidden=8", "model._target_=gradexp.models.mlp.MLP"]
+    overrides = ["model=custom", "model._target_=my nets.Net", "+model.hidden=8",
+                 "model._target_=gradexp.models.mlp.MLP"]
     assert closing_lines("interrupted", "/r", (), overrides)[-1] == \
         "resume with: gradexp run resume=/r 'model._target_=my nets.Net'"
     assert closing_lines("interrupted", "/r", (), ["model=custom"])[-1] == "resume with: gradexp run resume=/r"
