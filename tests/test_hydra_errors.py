@@ -18,3 +18,20 @@ def test_composition_errors_become_one_line(override, expected):
     with pytest.raises(BAD_INPUT) as err:
         compose_config([override])
     assert one_line(err.value) == expected
+
+
+@pytest.mark.parametrize("files,override,expected", [
+    ({"model/mine.yaml": "_target_: mynets.Net\nhidden: 40\n"}, "model=mine",
+     "In 'model/mine': Key 'hidden' not in 'ModelConf' (model.hidden)"),
+    ({"experiment/bad.yaml": "# @package _global_\ntrain:\n  steps: abc\n"}, "experiment=bad",
+     "In 'experiment/bad': Value 'abc' of type 'str' could not be converted to Integer (train.steps)"),
+])
+def test_an_error_inside_the_users_config_file_says_what_it_is(tmp_path, files, override, expected):
+    """Found by a new user's walkthrough: Hydra's first line ends "ConfigKeyError raised while composing config:",
+    and the cause was on the lines cut away."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(BAD_INPUT) as err:
+        compose_config([override, f"hydra.searchpath=[file://{tmp_path}]"], tiny=False)
+    assert one_line(err.value) == expected

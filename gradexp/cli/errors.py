@@ -9,12 +9,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 BAD_INPUT = (HydraException, OmegaConfBaseException)
 _SEARCH_PATH = "Config search path:"  # Hydra lists it after the options; not for users
+_COMPOSING = "raised while composing config:"  # Hydra's first line for an error inside a config file
 
 
 def one_line(err: BaseException) -> str:
     """E.g. Error merging override model.depth=abc: Value 'abc' of type 'str' could not be converted to Integer
     or In 'config': Could not find 'model/resnet' (Available options in 'model': cnn | gru | lstm | mlp | rnn)"""
     head, listing, options = _split(str(err))
+    if head.endswith(_COMPOSING):  # an error in a config file ("In 'model/mine': ConfigKeyError raised while ...:")
+        head = head[:-len(_COMPOSING)].rstrip().rpartition(" ")[0] + " " + _composing_cause(str(err))
     if isinstance(err, OverrideParseException):
         head = f"cannot parse the overrides: {head}"
     cause = err.__cause__
@@ -35,3 +38,13 @@ def _split(message: str) -> tuple[str, str, list[str]]:
         elif line.startswith("\t") and listing:
             options.append(line.strip())
     return lines[0], listing, options
+
+
+def _composing_cause(message: str) -> str:
+    """OmegaConf's message and the key it names, from the lines after Hydra's "... raised while composing config:"
+    (e.g. "Key 'hidden' not in 'ModelConf' (model.hidden)"), where the first line alone ended in a colon."""
+    lines = [line.strip() for line in message.strip().splitlines()[1:]]
+    cause = next((line for line in lines if line and not line.startswith(("full_key:", "reference_type=",
+                                                                            "object_type="))), "")
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
+    return (cause or "an invalid value") + (f" ({key})" if key else "")
