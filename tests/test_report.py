@@ -224,6 +224,24 @@ def test_mixed_sweeps_print_one_table_each_with_seeds_folded(mixed, capsys):
         assert f"{values.mean().item():.3g} ± {values.std().item():.2g}" in second  # sample standard deviation
 
 
+def test_seeds_fold_the_measured_gain_into_its_mean_and_spread(tmp_path, capsys):
+    """Found by a new user's walkthrough: folded over three seeds, the "measured gain, step 0" cell read
+    "1 0.433 (95 % 0.411–0.453), 1 0.385 (…), 1 0.429 (…)" (each distinct text counted, as for a status), and a
+    theory gain the same in every run read "0.408 ± 3.2e-17"."""
+    import torch
+
+    measured = [0.433, 0.385, 0.429]
+    for seed, gain in enumerate(measured):
+        theory = {"predicted_gain": 0.408, "measured_gain": gain,
+                  "measured_gain_spread": {"interval95": [gain - 0.02, gain + 0.02]}}
+        write_run(tmp_path / "sweep" / f"{seed}_seed={seed}", [f"seed={seed}"], norms=geometric(0.5), theory=theory)
+    assert main([str(tmp_path / "sweep")]) == 0
+    out = capsys.readouterr().out
+    values = torch.tensor(measured, dtype=torch.float64)
+    assert f"{values.mean().item():.3g} ± {values.std().item():.2g}" in out and "95 %" not in out
+    assert "0.408 ± 0" in out and "e-17" not in out
+
+
 def test_mixed_sweeps_keep_every_run_and_column_in_csv_and_json(mixed, capsys):
     root, _ = mixed
     assert main([str(root), "--format", "json"]) == 0

@@ -63,7 +63,9 @@ def mean_spread(values: list[float]) -> tuple[float, float] | None:
     finite = [float(v) for v in values if v == v and abs(v) != float("inf")]
     if not finite:
         return None
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+    if len(set(finite)) == 1:  # equal values: spread 0, not stdev's rounding residue (3e-17 for three 0.408s)
+        return finite[0], 0.0
+    return statistics.fmean(finite), statistics.stdev(finite)
 
 
 def _common(values: list[Any]) -> str:

@@ -40,6 +40,7 @@ class RunRecord:
     steps_per_s: Optional[float] = None
     theory_gain: Optional[float] = None
     theory_measured: str = ""          # the step-0 measured gain theory is compared with, and its ~95 % interval
+    theory_measured_gain: Optional[float] = None  # that gain alone: runs folded over seeds show its mean and spread
     profile: dict[str, list[float]] = field(default_factory=dict)  # "first"/"last" -> norm per hidden layer
     quantity: str = ""
     theory_profile: list[float] = field(default_factory=list)  # predicted norm per hidden layer at step 0
@@ -160,6 +161,8 @@ def _fill(record: RunRecord, summary: dict[str, Any]) -> None:
     record.steps_per_s = (summary.get("perf") or {}).get("steps_per_s")
     record.theory_gain = (summary.get("theory") or {}).get("predicted_gain")
     record.theory_measured = measured_with_spread(summary.get("theory") or {})
+    measured = (summary.get("theory") or {}).get("measured_gain")
+    record.theory_measured_gain = float(measured) if isinstance(measured, (int, float)) else None
     flow = depth_flow(summary)
     if flow is not None:
         when = judged_step(summary, flow)

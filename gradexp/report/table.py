@@ -27,6 +27,7 @@ EXIT_BAD_INPUT = 2
 FACTOR_COLUMNS = 6  # varying keys shown as columns of their own in the printed table; more share one
 METRICS = ("loss/train", "loss/val", "acc/val")
 NUMERIC = (*METRICS, "gain", "first/last", "theory gain", "time gain", "steps/s")
+MEASURED = "measured gain, step 0"  # one run: the gain and its interval, as text; runs folded over seeds: a number
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
 
 
@@ -121,7 +122,7 @@ def row(r: RunRecord, keys: list[str], theory: bool = False, time: bool = False)
     out.update({"gain": r.gain, "first/last": r.ratio, "verdict": r.verdict.get("label", "")})
     if theory:  # summary["theory"] (MLPs): the gain mean-field theory predicts for this init and activation
         out["theory gain"] = r.theory_gain
-        out["measured gain, step 0"] = r.theory_measured  # with its spread: agreement vs one net's noise
+        out[MEASURED] = r.theory_measured  # with its spread: agreement vs one net's noise
     if time:  # summary["bptt"] (recurrent runs): factor per time step travelled backward
         out["time gain"] = r.time_gain
     out["steps/s"] = r.steps_per_s
@@ -188,7 +189,10 @@ def _shown(rows: list[dict[str, Any]], runs: list[RunRecord]) -> list[dict[str, 
     for indices in seed_folds(runs):
         members = [{"run": job_name(rows[i]["run"]), **_factors(rows[i], keys),
                     **{c: rows[i][c] for c in results}} for i in indices]
-        folded = fold(members, NUMERIC)
+        if len(members) > 1 and MEASURED in results:  # over seeds: the measured gains' mean and spread
+            for member, i in zip(members, indices):
+                member[MEASURED] = runs[i].theory_measured_gain
+        folded = fold(members, (*NUMERIC, MEASURED))
         folded["run"] = ",".join(m["run"] for m in members)
         shown.append(folded)
     return shown
