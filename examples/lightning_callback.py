@@ -1,8 +1,9 @@
 """gradexp's instruments in a PyTorch Lightning fit (`pip install 'gradexp[lightning]'`): a small residual MLP
 gradexp knows nothing about, with Lightning's own gradient accumulation and clipping. The run folder (TensorBoard
-events, summary.json with the verdict) is written under the current directory; `gradexp report runs/` reads it.
+events, summary.json with the verdict) is written under the current directory, runs/monitor-<time>/ unless --run-dir
+names one (a new or empty folder: gradexp never writes over a run); `gradexp report runs/` reads them.
 
-    python examples/lightning_callback.py [--steps 60] [--run-dir runs/lightning_example]
+    python examples/lightning_callback.py [--steps 60] [--run-dir runs/mine]
 """
 import argparse
 
@@ -44,7 +45,7 @@ class ResidualMLP(pl.LightningModule):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--run-dir", default="runs/lightning_example")
+    parser.add_argument("--run-dir", default=None, help="a new or empty folder (default: runs/monitor-<time>)")
     args = parser.parse_args()
     torch.manual_seed(0)
     x, y = torch.randn(512, 16), torch.randint(0, 4, (512,))

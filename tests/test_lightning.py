@@ -140,11 +140,15 @@ def test_an_update_the_amp_scaler_skips_logs_no_update_ratio(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_example_runs_and_leaves_a_run_gradexp_report_reads(tmp_path):
-    done = subprocess.run([sys.executable, os.path.abspath(EXAMPLE), "--steps", "8"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    run_dir = tmp_path / "runs" / "lightning_example"
-    summary = gradexp.load_summary(str(run_dir))
-    assert summary["status"] == "completed" and summary["steps"] == 8 and summary["verdict"]["label"]
-    assert gradexp.find_runs(str(tmp_path / "runs")) == [str(run_dir)]
+def test_the_example_runs_twice_and_leaves_runs_gradexp_report_reads(tmp_path):
+    """Run as the README says, twice: a new folder each time (a fixed default folder failed the second run, found
+    by a new user's walkthrough)."""
+    for _ in range(2):
+        done = subprocess.run([sys.executable, os.path.abspath(EXAMPLE), "--steps", "8"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    runs = gradexp.find_runs(str(tmp_path / "runs"))
+    assert len(runs) == 2 and all(os.path.basename(r).startswith("monitor-") for r in runs)
+    for run_dir in runs:
+        summary = gradexp.load_summary(run_dir)
+        assert summary["status"] == "completed" and summary["steps"] == 8 and summary["verdict"]["label"]
