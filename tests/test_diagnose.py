@@ -258,3 +258,12 @@ def test_precision_factors_come_from_the_config():
     assert (f.precision, f.loss_scale) == ("fp16", "dynamic")
     f = Factors.from_cfg(compose_config(["train.precision=bf16", "train.loss_scale=1024"]))
     assert (f.precision, f.loss_scale) == ("bf16", "1024")
+
+
+def test_a_loss_that_fell_but_did_not_halve_is_not_called_untrained():
+    """Found by a new user's walkthrough: a 20-step run whose loss fell 2.33 → 1.32 read "it does not train"."""
+    from gradexp.analysis.diagnose import training_sentence
+
+    summary = {"initial": {"loss/train": 2.33}, "final": {"loss/train": 1.32}}
+    assert training_sentence(summary, False) == "Train loss 2.33 → 1.32: not halved, so it does not count as trained."
+    assert training_sentence(summary, True) == "Train loss 2.33 → 1.32: it trains (halved)."

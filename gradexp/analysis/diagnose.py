@@ -215,7 +215,9 @@ def training_sentence(summary: dict[str, Any], trains: Optional[bool]) -> str:
     if trains is None:
         return ""
     first, last = summary["initial"]["loss/train"], summary["final"]["loss/train"]
-    return f"Train loss {first:.3g} → {last:.3g}: {'it trains' if trains else 'it does not train'}."
+    # "not halved" rather than "does not train": a short run whose loss fell by 40 % read "it does not train"
+    return f"Train loss {first:.3g} → {last:.3g}: " + ("it trains (halved)." if trains else
+                                                      "not halved, so it does not count as trained.")
 
 
 def diverged_evidence(summary: dict[str, Any]) -> str:
