@@ -195,10 +195,12 @@ def test_main_with_argv_leaves_the_callers_environment_as_it_was(tmp_path, monke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args", [["run", "--help"], ["report", "{runs}", "--format", "json"]])
+@pytest.mark.parametrize("args", [["run", "--help"], ["report", "{runs}", "--format", "json"],
+                                  ["run", "--info", "searchpath"]])
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, args):
     """`gradexp run --help | head`, `gradexp report runs/ | head`: the pipe closes before the output is written; the
-    command stops with Python's EPIPE status, no traceback and no 'Broken pipe' line."""
+    command stops with Python's EPIPE status, no traceback and no 'Broken pipe' line (`--info`: no '--- Logging error
+    ---' and call stack per line either, found by a new user's walkthrough)."""
     runs = tmp_path / "runs"
     for i in range(2):
         (runs / str(i) / ".hydra").mkdir(parents=True)
@@ -208,4 +210,6 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, args):
     os.close(reader)  # nobody will read: the first write meets a closed pipe
     done = subprocess.run(command, stdout=writer, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=240)
     os.close(writer)
-    assert done.returncode == 1 and "Traceback" not in done.stderr and "Broken pipe" not in done.stderr, done.stderr
+    quiet = "Traceback" not in done.stderr and "Broken pipe" not in done.stderr and "Logging error" not in done.stderr
+    # --info prints through logging, whose handler drops the failed write itself (so nothing is left to fail: 0)
+    assert done.returncode == (0 if "--info" in args else 1) and quiet, done.stderr

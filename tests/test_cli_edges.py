@@ -34,7 +34,7 @@ def summaries(root) -> dict[str, dict]:
 
 @pytest.mark.parametrize("args", [["optimizer.lr=0"], ["model.depth=abc"], ["model=resnet50"], ["model.dpth=3"],
                                   ["model.depth=["], ["model=rnn", "model.residual=true"], ["resume=nowhere"],
-                                  ["hydra.run.dir=${oc.env:GRADEXP_TEST_UNSET}"]])
+                                  ["hydra.run.dir=${oc.env:GRADEXP_TEST_UNSET}"], ["--foo"], ["--cfg", "jobs"]])
 def test_bad_input_is_one_line_exit_2_and_leaves_no_run(tmp_path, args):
     result = gradexp(tmp_path, *args)
     assert result.returncode == 2, result.stderr

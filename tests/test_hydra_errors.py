@@ -35,3 +35,24 @@ def test_an_error_inside_the_users_config_file_says_what_it_is(tmp_path, files, 
     with pytest.raises(BAD_INPUT) as err:
         compose_config([override, f"hydra.searchpath=[file://{tmp_path}]"], tiny=False)
     assert one_line(err.value) == expected
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--foo"], "unrecognized arguments: --foo (gradexp run --help lists the options)"),
+    (["--cfg", "jobs", "train.steps=3"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all')"),
+    (["train.steps=3", "--config-dir"], "argument --config-dir/-cd: expected one argument"),
+])
+def test_an_option_hydra_refuses_is_one_line(args, says):
+    """Found by a new user's walkthrough: Hydra's parser printed its 8-line usage above the error."""
+    from gradexp.cli.argv import OptionError, hydra_args
+
+    with pytest.raises(OptionError) as err:
+        hydra_args(args)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_options_hydra_takes_pass_the_check():
+    from gradexp.cli.argv import hydra_args
+
+    for args in (["--cfg", "job"], ["-m", "train.steps=3"], ["--info"], ["--info", "searchpath"], ["--help"]):
+        hydra_args(args)  # no OptionError

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from gradexp.config.schema import ConfigError
 from gradexp.training.resume import PREFIX, ResumeError, trusted_overrides
 
 _OPTIONAL_VALUE = ("--info", "-i")  # `--info` alone is valid: a following key=value is an override, not its value
@@ -16,6 +17,7 @@ def hydra_args(args: list[str]) -> list[str]:
     """The command line Hydra should see: Hydra's options (--config-dir X) first, as its parser wants them (given after
     an override, they made it print its usage), then the overrides; for `resume=FOLDER` the run's saved overrides, then
     the new ones."""
+    refuse_bad_options(args)
     options, overrides, bare = split_options(args)
     given = [a for a in overrides if resume_folder(a) is not None]
     if not given:
@@ -32,6 +34,33 @@ def hydra_args(args: list[str]) -> list[str]:
     path = os.path.abspath(folder)
     return [*options, *original, *extra, f"{PREFIX}{_quoted(path)}", f"hydra.run.dir={_quoted(path)}",
             "hydra.output_subdir=null", *bare]
+
+
+class OptionError(ConfigError):
+    """An option Hydra's parser refuses (`--foo`, `--cfg jobs`): one line, exit 2."""
+
+    def __init__(self, message: str):
+        ValueError.__init__(self, message)
+        self.key, self.value, self.allowed = "option", None, message
+
+
+_EXITING = ("-h", "--help", "--hydra-help", "--version")  # Hydra prints and exits: nothing to check first
+
+
+def refuse_bad_options(args: list[str]) -> None:
+    """Hydra's own parser, run first on the command line: for an unknown option or a bad choice it printed its
+    8-line usage and the error; gradexp says the error in one line (OptionError)."""
+    if any(a in _EXITING for a in args):
+        return
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def refuse(message: str) -> None:
+        raise OptionError(f"{message} (gradexp run --help lists the options)")
+
+    parser.error = refuse  # argparse reports every parse error through error(); it would print usage and exit
+    parser.parse_args(args)
 
 
 def resume_folder(override: str) -> Optional[str]:

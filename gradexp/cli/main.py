@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         return _dispatch(argv)
     owns_process = True
+    # a handler's write that meets a closed pipe (`gradexp run --info searchpath | head`: Hydra prints through
+    # logging) is dropped quietly, not reported as "--- Logging error ---" and a call stack per record
+    logging.raiseExceptions = False
     try:
         code = _dispatch(sys.argv[1:])
         sys.stdout.flush()  # output still buffered meets a closed pipe here, not in the interpreter's exit
