@@ -47,10 +47,10 @@ def check(launcher: Any, which: Callable[[str], Optional[str]] = shutil.which,
     if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
         return
     if which("sbatch") is None:
-        raise LauncherError("hydra/launcher=slurm submits with SLURM's sbatch, which is not on PATH here "
+        raise LauncherError("a SLURM launcher submits with SLURM's sbatch, which is not on PATH here "
                             "(run the sweep on a SLURM login node, or use hydra/launcher=joblib)")
     if not answers():
-        raise LauncherError("hydra/launcher=slurm: sbatch is here but no SLURM controller answers (scontrol ping: "
+        raise LauncherError("a SLURM launcher: sbatch is here but no SLURM controller answers (scontrol ping: "
                             "down or unreachable); run the sweep where the cluster answers, or use hydra/launcher=joblib")
 
 
