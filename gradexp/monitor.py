@@ -117,7 +117,7 @@ class Monitor:
         self.model, self.every, self.planned = model, every, steps
         self.optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
         self.step_hooks = step_hooks  # False: the caller calls before_update() and update_skipped() itself
-        self.layers = watched_layers(model, list(watch))  # refuses a model with nothing to watch, a pattern matching nothing
+        self.layers = watched_layers(model, list(watch), key="watch")  # refuses a model with nothing to watch, a pattern matching nothing
         self.clip = ClipPolicy(mode="none", max_norm=0.0, norm_type=2.0, value=0.0)
         self._probe_names, self._activation = tuple(probes), activation
         self._loss_scale = None if scaler is None else _LossScale(scaler)

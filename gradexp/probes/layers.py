@@ -40,27 +40,28 @@ def has_capability(module: nn.Module, capability: str) -> bool:
     return capability in getattr(type(module), "gradexp_capabilities", frozenset())
 
 
-def watched_layers(model: nn.Module, patterns: Sequence[str] = ()) -> Layers:
-    """The ordered (name, module) list the instruments watch; raises NoLayersFound when it would be empty."""
+def watched_layers(model: nn.Module, patterns: Sequence[str] = (), key: str = "model.watch") -> Layers:
+    """The ordered (name, module) list the instruments watch; raises NoLayersFound when it would be empty. `key`:
+    where the user gave the patterns (the Monitor's argument is `watch`)."""
     if patterns:
-        layers = matching(model, patterns)
+        layers = matching(model, patterns, key)
     elif callable(getattr(model, "watched_layers", None)):
         layers = list(model.watched_layers())
     else:
         layers = discover(model)
     if not layers:
-        raise NoLayersFound("model", type(model).__name__, "a model with parameters to watch, or model.watch"
+        raise NoLayersFound("model", type(model).__name__, f"a model with parameters to watch, or {key}"
                             " patterns that match its modules (it has none)")
     return layers
 
 
-def matching(model: nn.Module, patterns: Sequence[str]) -> Layers:
+def matching(model: nn.Module, patterns: Sequence[str], key: str = "model.watch") -> Layers:
     """Modules whose name matches any pattern, in registration (forward) order; each pattern must match."""
     named = [(name, m) for name, m in model.named_modules() if name]
     for pattern in patterns:
         if not any(fnmatchcase(name, pattern) for name, _ in named):
             sample = ", ".join(name for name, _ in named[:6])
-            raise NoLayersFound("model.watch", pattern, f"fnmatch patterns that match module names, e.g. {sample}")
+            raise NoLayersFound(key, pattern, f"fnmatch patterns that match module names, e.g. {sample}")
     return [(name, m) for name, m in named if any(fnmatchcase(name, p) for p in patterns)]
 
 
