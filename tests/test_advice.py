@@ -97,3 +97,13 @@ def test_the_options_a_config_was_composed_with_are_read_from_hydras_record():
         "--config-dir", "/c", "--config-name", "mine"]
     assert composition_options(recorded([("hydra.conf", "pkg", "hydra"), ("/p", "file", "main")])) == [
         "--config-path", "/p"]
+
+
+def test_an_interrupted_sweep_job_points_to_the_sweeps_command():
+    """Found by a new user's walkthrough: Ctrl-C in job 0 of a sweep printed `resume=<job 0>`, which continues that
+    job alone and leaves the jobs the interrupt kept from starting undone."""
+    from gradexp.sinks.terminal import closing_lines
+
+    last = closing_lines("interrupted", "/s/0_a=1", (), ["a=1"], sweep=True)[-1]
+    assert last.startswith("resume with: the same gradexp run -m command") and "resume=" not in last
+    assert "resume with" not in " ".join(closing_lines("completed", "/s/0_a=1", sweep=True))

@@ -159,3 +159,19 @@ def test_resume_never_imports_code_the_run_folder_names(tmp_path):
     refused = gradexp(tmp_path, "resume=outputs/run1", env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert refused.returncode == 2 and not marker.exists(), refused.stderr
     assert "only the command line may name" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_in_a_sweep_says_to_re_run_the_sweep_which_finishes_it(tmp_path):
+    """The printed way on is the sweep's own command: it continues the interrupted job and runs the one not started."""
+    args = ["-m", "activation=relu,tanh", "train.steps=100000", "train.checkpoint_every=40", "device=cpu",
+            "hydra.sweep.dir=sw"]
+    proc = subprocess.Popen([sys.executable, "-m", "gradexp", "run", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while not glob.glob(str(tmp_path / "sw" / "0_*" / "checkpoint.pt")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "resume with: the same gradexp run -m command" in err and "resume with: gradexp run resume=" not in err
+    assert len(glob.glob(str(tmp_path / "sw" / "*_activation=*"))) == 1  # job 1 never started

@@ -91,7 +91,8 @@ def _sole_job(cfg: DictConfig, interrupts: Interrupts, hydra_cfg: Any, run_dir: 
         _import_stack(interrupts, run_dir, overrides, options)
         from gradexp.training.run import run_experiment
 
-        outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts, options=options)
+        outcome = run_experiment(cfg, run_dir=run_dir, overrides=overrides, stop=interrupts, options=options,
+                                 sweep=hydra_cfg.mode == RunMode.MULTIRUN)
     except ConfigError as err:
         print(f"gradexp: {err}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.RUN:
@@ -136,7 +137,8 @@ def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str
 
         _record_outcome(run_dir, overrides, "interrupted")
         print("interrupted before the first step", file=sys.stderr)
-        for line in closing_lines("interrupted", run_dir, options, overrides):
+        for line in closing_lines("interrupted", run_dir, options, overrides,
+                                  sweep=HydraConfig.get().mode == RunMode.MULTIRUN):
             print(line, file=sys.stderr)
         sys.exit(interrupts.exit_code)
 

@@ -24,10 +24,11 @@ VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "d
 
 class TerminalSink:
     def __init__(self, total_steps: int, run_dir: str, console: Optional[Console] = None,
-                 overrides: Sequence[str] = (), options: Sequence[str] = ()):
+                 overrides: Sequence[str] = (), options: Sequence[str] = (), sweep: bool = False):
         self.console = console or Console(stderr=True)
         # options: Hydra's command-line options of the run (--config-dir X), repeated in every command printed
         self.run_dir, self.overrides, self.options = run_dir, list(overrides), list(options)
+        self.sweep = sweep  # a job of a sweep: the sweep's own command continues it, and the jobs not yet run
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("‖g‖ {task.fields[grad]}"),
@@ -76,17 +77,22 @@ class TerminalSink:
             # outside the box, unwrapped: pasteable
             for line in command_lines(outcome.verdict, self.overrides, self.options):
                 self.console.print(line, style="cyan", soft_wrap=True, markup=False, highlight=False)
-        for line in closing_lines(outcome.status, self.run_dir, self.options, self.overrides):
+        for line in closing_lines(outcome.status, self.run_dir, self.options, self.overrides, self.sweep):
             # soft_wrap: a path is never broken across lines, also at a pipe's 80 columns, so it stays copy-pasteable
             self.console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
-def closing_lines(status: str, run_dir: str, options: Sequence[str] = (), overrides: Sequence[str] = ()) -> list[str]:
+def closing_lines(status: str, run_dir: str, options: Sequence[str] = (), overrides: Sequence[str] = (),
+                  sweep: bool = False) -> list[str]:
     """Where the run is, how to look at it, and for an interrupted run the exact command that continues it (with the
-    user's model class, which resuming takes only from the command line)."""
+    user's model class, which resuming takes only from the command line). A sweep's job is continued by the sweep's
+    own command, which also runs the jobs an interrupt kept from starting."""
     logdir = shlex.quote(_shortest(run_dir))
     lines = [f"run folder: {logdir}", f"dashboards: tensorboard --logdir {logdir}", FLOW_PAGES]
-    if status == "interrupted":
+    if status == "interrupted" and sweep:
+        lines.append("resume with: the same gradexp run -m command (finished jobs are skipped, this one continues "
+                     "from its checkpoint, and the jobs not yet run start)")
+    elif status == "interrupted":
         again = "".join(shlex.quote(o) + " " for o in overrides if names_users_class(o))
         lines.append(f"resume with: {_gradexp_run(options)}resume={logdir} {again}".rstrip())
     return lines

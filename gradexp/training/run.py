@@ -35,12 +35,13 @@ class _NoStop:
 
 
 def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None, console: Optional[Console] = None,
-                   stop: Any = _NoStop(), options: Sequence[str] = ()) -> Outcome:
+                   stop: Any = _NoStop(), options: Sequence[str] = (), sweep: bool = False) -> Outcome:
     """Train the composed config `cfg` (gradexp.compose) and leave `run_dir` as `gradexp run` does: TensorBoard
     events, summary.json, checkpoints. `overrides` are recorded as the run's own (the command line that made it).
     `stop.requested` turning true (gradexp.training.interrupt.Interrupts) ends the run after the current step,
     with a checkpoint and status 'interrupted'. Bad input raises ConfigError before anything is written. `options`:
-    the Hydra options the run was started with (--config-dir X), repeated in the commands the terminal prints."""
+    the Hydra options the run was started with (--config-dir X), repeated in the commands the terminal prints. `sweep`:
+    the run is a job of a sweep (how to continue it is the sweep's command)."""
     overrides = list(overrides or [])
     validate(cfg)
     apply_explicit_threads(cfg.train.threads)  # before anything computes: results depend on the count
@@ -54,7 +55,8 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
         config = fingerprint(cfg)
         start = resume.restore(run, state, cfg.train.steps, config)  # another run's checkpoint: refused, nothing written
         os.makedirs(run_dir, exist_ok=True)
-        sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console, options)
+        sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console, options,
+                               sweep)
         run.sinks = sinks
         checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states, config)
         run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
@@ -62,7 +64,8 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
 
 
 def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, layer_names: list[str], state: Optional[dict],
-           console: Optional[Console], options: Sequence[str] = ()) -> tuple[list, Callable[[], dict]]:
+           console: Optional[Console], options: Sequence[str] = (), sweep: bool = False
+           ) -> tuple[list, Callable[[], dict]]:
     """The sinks in closing order, and what of theirs goes into a checkpoint (history behind end-of-run images)."""
     baseline = theory.baseline(cfg, task.x_train)  # mean-field prediction (plain MLPs); None elsewhere
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
@@ -70,7 +73,7 @@ def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, layer_names:
     hparams = {**run_hparams(cfg, overrides), "perf.torch_threads": torch.get_num_threads()}
     views = TensorBoardViews(tensorboard.writer, hparams, layer_names)  # one event writer for the run folder
     sinks = [views, tensorboard, summary,  # views before tensorboard, which closes the writer
-             TerminalSink(cfg.train.steps, run_dir, console=console, overrides=overrides, options=options)]
+             TerminalSink(cfg.train.steps, run_dir, console=console, overrides=overrides, options=options, sweep=sweep)]
     stateful = {"summary": summary, "views": views, "tensorboard": tensorboard}
     if baseline is not None:
         stateful["theory"] = TheorySink(baseline, tensorboard.writer)
