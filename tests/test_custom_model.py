@@ -169,3 +169,12 @@ def test_the_cli_refuses_in_one_line_with_exit_2(tmp_path, target, says):
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 2 and says in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_a_constructor_that_fails_on_the_users_key_names_that_key():
+    """Found by a new user's walkthrough: +model.hidden=-1 was refused as model._target_ without naming the key."""
+    with pytest.raises(ConfigError) as refused:
+        build.run(_cfg(f"model._target_={HERE}.Net", "+model.hidden=-1"))
+    message = str(refused.value)
+    assert "a class gradexp can build with +model.hidden=-1 and gradexp's ['input_shape', 'num_outputs']: " \
+           "RuntimeError" in message and "\n" not in message

@@ -88,8 +88,10 @@ def custom_model(cfg: Any, task_: Task) -> nn.Module:
     try:
         net = cls(**{**offered, **own})
     except Exception as err:
+        given = "".join(f"+model.{k}={v} " for k, v in own.items())  # your keys first: the likelier culprit
         raise ConfigError("model._target_", cfg.model._target_,
-                          f"a class gradexp can build with {sorted({**offered, **own})}: {described(err)}") from None
+                          f"a class gradexp can build with {given}{'and ' if given else ''}gradexp's "
+                          f"{sorted(offered)}: {described(err)}") from None
     if cfg.init.scheme != "default":
         init_weights(net, scheme=cfg.init.scheme, gain=cfg.init.gain, std=cfg.init.std, activation=cfg.activation.name,
                      recurrent=cfg.init.recurrent, recurrent_gain=cfg.init.recurrent_gain)
