@@ -307,6 +307,9 @@ def validate(cfg: Any) -> None:
     unknown = sorted(k for k in set(_leaves(cfg)) - set(schema_keys()) if not (custom and k.startswith("model.")))
     if unknown:
         raise ConfigError(unknown[0], _get(cfg, unknown[0]), "a key of the schema (gradexp run --help lists them)")
+    if custom and cfg.model._target_ == CUSTOM:  # model=custom's placeholder: the class was not given
+        raise ConfigError("model._target_", "(not set)", "model=custom trains your own nn.Module: give "
+                          "model._target_=mypkg.module.Class")
     if custom:
         import_model_class(cfg.model._target_)
     for key, allowed in _choices():
