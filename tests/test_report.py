@@ -313,3 +313,10 @@ def test_a_folder_of_unrelated_runs_prints_their_overrides_in_one_column(tmp_pat
     assert "overrides" in out and "key3.x=3" in out and "healthy" in out
     header = (tmp_path / "outputs" / "report.csv").read_text().splitlines()[0].split(",")
     assert {f"key{i}.x" for i in range(FACTOR_COLUMNS + 2)} <= set(header)
+
+
+def test_the_report_of_one_run_folder_names_the_run_by_its_folder(tmp_path, capsys):
+    """Found by a new user's walkthrough: `gradexp report <a run folder>` named the run '.'."""
+    write_run(tmp_path / "12-00-00-000001", ["activation=relu"], norms=geometric(0.9))
+    assert main([str(tmp_path / "12-00-00-000001"), "--format", "json"]) == 0
+    assert [r["run"] for r in json.loads(capsys.readouterr().out)] == ["12-00-00-000001"]

@@ -124,7 +124,9 @@ def _check_version(summary: Any, known: int) -> None:
 
 def load_run(folder: str, root: str) -> RunRecord:
     """The run in `folder`; status `unreadable` (and `problem` saying why) where its files cannot be trusted."""
-    path = printable(os.path.relpath(folder, root))
+    relative = os.path.relpath(folder, root)
+    # the report of one run folder names the run by its folder, not "."
+    path = printable(os.path.basename(os.path.abspath(folder)) if relative == os.curdir else relative)
     try:
         return _read_run(folder, path)
     except Unreadable as err:  # its overrides still name it, where .hydra/ can be read
