@@ -21,6 +21,7 @@ def test_optuna_preset_returns_each_trials_objective_and_report_lists_the_trials
                "device=cpu", "hydra.sweep.dir=sweep"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "setup plugin" not in done.stdout + done.stderr  # alembic's 7 INFO lines (found by a new user's walkthrough)
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
     assert len(summaries) == 3
     best = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")

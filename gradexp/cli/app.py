@@ -2,6 +2,7 @@
 run over to `gradexp.training.run.run_experiment`, which tests call directly with a composed config."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -189,6 +190,8 @@ def run_app() -> int:
     except ConfigError as err:
         print(f"gradexp: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # the Optuna sweeper imports alembic, whose plugin set-up logs 7 INFO lines through Hydra's root handler
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     global _interrupts, _app_pid
     # HYDRA_FULL_ERROR: Hydra re-raises instead of printing, and gradexp reports below (full traces where the user set
     # it). Interrupts from the first moment: a signal during start-up is a request the run honours once its folder
