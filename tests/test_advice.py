@@ -107,3 +107,16 @@ def test_an_interrupted_sweep_job_points_to_the_sweeps_command():
     last = closing_lines("interrupted", "/s/0_a=1", (), ["a=1"], sweep=True)[-1]
     assert last.startswith("resume with: the same gradexp run -m command") and "resume=" not in last
     assert "resume with" not in " ".join(closing_lines("completed", "/s/0_a=1", sweep=True))
+
+
+def test_a_users_model_at_its_own_init_is_not_blamed_on_gradexps_init_scale():
+    """Found by a new user's walkthrough: model=custom (init=default: the class keeps its own init) got the cause
+    "init scale (default, gain 1)" beside "mean-field theory does not apply"."""
+    from gradexp.analysis.advice import Evidence, Factors, suggest
+
+    evidence = Evidence(when="first", saturation=0.0, gain=0.5, time_gain=None, theory_gain=None,
+                        theory_alternatives={}, measured_init_gain=None, underflow=None)
+    cause, _, _ = suggest("vanishing", "depth", Factors(family="custom", depth=4), evidence)
+    assert cause == "depth (4 layers) at the model's own init"
+    cause, _, _ = suggest("vanishing", "depth", Factors(family="mlp", depth=4), evidence)
+    assert cause == "init scale (default, gain 1)"  # gradexp's own MLP: its default init is gradexp's to judge

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from gradexp.config.registry import ACTIVATIONS, MODELS, PRECISIONS, precision_name
+from gradexp.config.schema import CUSTOM
 
 UNDERFLOW_LOST = 0.05   # an fp16 run that flushes this share of a layer's gradient entries is told so
 SATURATED = 0.2          # a layer with this share of saturated entries (dead units) is blamed on them
@@ -135,6 +136,8 @@ def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
                 ["activation=relu init=kaiming_normal", *_depth(f)])
     if f.activation == "sigmoid":
         return "activation (sigmoid): its derivative is at most 1/4", quiet, ["activation=relu init=kaiming_normal", *_depth(f)]
+    if f.family == CUSTOM and f.init == "default":  # the user's class keeps its own init: gradexp cannot blame it
+        return f"depth ({f.depth} layers) at the model's own init", quiet, [_matched_init(f), *_depth(f)]
     if _init_too_small(f):
         return f"init scale ({f.init}, gain {f.init_gain:g})", quiet, [_matched_init(f), *_depth(f)]
     return f"depth ({f.depth} layers)", quiet, _depth(f) or [_matched_init(f)]
