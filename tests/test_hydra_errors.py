@@ -54,5 +54,6 @@ def test_an_option_hydra_refuses_is_one_line(args, says):
 def test_options_hydra_takes_pass_the_check():
     from gradexp.cli.argv import hydra_args
 
-    for args in (["--cfg", "job"], ["-m", "train.steps=3"], ["--info"], ["--info", "searchpath"], ["--help"]):
+    for args in (["--cfg", "job"], ["-m", "train.steps=3"], ["--info"], ["--info", "searchpath"], ["--help"],
+                 ["--info", "seed=1"]):  # a bare --info before an override: gradexp moves it last
         hydra_args(args)  # no OptionError

@@ -17,8 +17,8 @@ def hydra_args(args: list[str]) -> list[str]:
     """The command line Hydra should see: Hydra's options (--config-dir X) first, as its parser wants them (given after
     an override, they made it print its usage), then the overrides; for `resume=FOLDER` the run's saved overrides, then
     the new ones."""
-    refuse_bad_options(args)
     options, overrides, bare = split_options(args)
+    refuse_bad_options([*options, *overrides, *bare])  # in the order Hydra will see them (a bare --info last)
     given = [a for a in overrides if resume_folder(a) is not None]
     if not given:
         return [*options, *overrides, *bare]
@@ -71,9 +71,10 @@ def resume_folder(override: str) -> Optional[str]:
 
 
 def split_options(args: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(Hydra's options with their values, the overrides, `--info` given without a value), each in the given order. An
+    """(Hydra's options with their values, the overrides, options given without a value), each in the given order. An
     option's value is the next argument for an option that takes one (--config-dir X); `--config-dir=X` is one
-    argument. A bare `--info` goes last on Hydra's line: before an override it would take that as its value."""
+    argument. A bare `--info` goes last on Hydra's line: before an override it would take that as its value; so does
+    a `--config-dir` that ends the line, which before an override took it for a folder."""
     from hydra._internal.utils import get_args_parser
 
     valued = {flag for action in get_args_parser()._actions if action.nargs in (None, "?")  # store: one value
@@ -86,8 +87,8 @@ def split_options(args: list[str]) -> tuple[list[str], list[str], list[str]]:
         elif arg in valued and i + 1 < len(args) and not (arg in _OPTIONAL_VALUE and "=" in args[i + 1]):
             options += [arg, args[i + 1]]
             i += 1
-        else:
-            (bare if arg in _OPTIONAL_VALUE else options).append(arg)
+        else:  # a flag; or an option whose value is missing (last on Hydra's line, so that its parser says so)
+            (bare if arg in valued else options).append(arg)
         i += 1
     return options, overrides, bare
 
