@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -243,6 +244,35 @@ def test_another_runs_checkpoint_is_refused_even_where_its_shapes_fit(tmp_path, 
     before = {name: open(os.path.join(run_dir, name), "rb").read() for name in ("summary.json", "checkpoint.pt")}
     with pytest.raises(ResumeError, match="written by a run of another config"):
         resume(run_dir, LONG, quiet_console)
+    assert before == {name: open(os.path.join(run_dir, name), "rb").read() for name in before}
+
+
+def _forge(group: dict, state: dict, change: str) -> None:
+    if change == "state shape":
+        state[0]["exp_avg"] = torch.zeros(3)
+    else:
+        key, value = change.split("=")
+        group[key] = eval(value)  # noqa: S307 (the test's own literals)
+
+
+@pytest.mark.parametrize("change,says", [
+    ("lr='abc'", "lr 'abc'"), ("lr=-5.0", "lr -5.0"), ("lr=1.0", "lr 1.0"), ("betas=(0.5, 0.999)", "betas (0.5, 0.999)"),
+    ("maximize=True", "maximize True"), ("weight_decay=1e30", "weight_decay 1e+30"),
+    ("state shape", "parameter 0 does not fit")])
+def test_a_forged_optimizer_state_is_refused_and_the_folder_kept(tmp_path, quiet_console, change, says):
+    """Found by an adversarial test: load_state_dict took a forged checkpoint's param groups as they were; lr='abc'
+    failed mid-step with a traceback (and the run was marked failed), lr=-5 trained by gradient ascent."""
+    run_dir = str(tmp_path / "run")
+    overrides = [*LONG, "optimizer=adam"]
+    start(run_dir, overrides, quiet_console, stop=StopAfter(6))
+    path = os.path.join(run_dir, checkpoint.CHECKPOINT_NAME)
+    state = torch.load(path, weights_only=True)
+    _forge(state["optimizer"]["param_groups"][0], state["optimizer"]["state"], change)
+    torch.save(state, path)
+    before = {name: open(os.path.join(run_dir, name), "rb").read() for name in ("summary.json", "checkpoint.pt")}
+    with pytest.raises(ResumeError, match=re.escape(says)) as refused:
+        resume(run_dir, overrides, quiet_console)
+    assert "\n" not in str(refused.value)
     assert before == {name: open(os.path.join(run_dir, name), "rb").read() for name in before}
 
 

@@ -88,6 +88,7 @@ def restore(run: Run, state: dict[str, Any], total_steps: int, config: str) -> i
     step = state["step"]
     if type(step) is not int or not 0 <= step <= total_steps:  # a forged step would end the run 'completed' at once
         raise CheckpointError(f"its step {step!r} is not one of this run's (0 to train.steps={total_steps})")
+    check_optimizer_state(run.optimizer, state["optimizer"])
     try:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -100,6 +101,40 @@ def restore(run: Run, state: dict[str, Any], total_steps: int, config: str) -> i
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
         raise CheckpointError(f"the checkpoint does not fit this run's model and optimizer "
                               f"({first_line(err)})") from None
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any) -> None:
+    """CheckpointError unless `saved` is a state this run's optimizer could have written: in every param group the
+    config's settings (betas, weight decay, maximize, ...) and an lr its schedule can reach (0 to the group's
+    initial_lr; the config's lr without a schedule), and per parameter tensors of its shape or single numbers.
+    load_state_dict takes whatever it is given: a forged lr='abc' failed mid-step with a traceback, and lr=-5
+    trained by gradient ascent (found by an adversarial test)."""
+    mine = optimizer.state_dict()
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or len(groups) != len(mine["param_groups"]) or \
+            not isinstance(saved.get("state"), dict):
+        raise CheckpointError("its optimizer state is not one this run's optimizer writes")
+    for own, theirs in zip(mine["param_groups"], groups):
+        needed = {"lr", "params"} | ({"initial_lr"} & set(own))
+        if not isinstance(theirs, dict) or not needed <= set(theirs) <= set(own):  # older torch: fewer keys
+            raise CheckpointError("its optimizer's settings are not this run's optimizer's")
+        for key, value in theirs.items():
+            if key != "lr" and (type(value) is not type(own[key]) or value != own[key]):
+                raise CheckpointError(f"its optimizer's {key} {value!r} is not this run's ({own[key]!r})")
+        _check_lr(theirs["lr"], own.get("initial_lr"), own["lr"])
+    shapes = [p.shape for group in optimizer.param_groups for p in group["params"]]
+    for index, values in saved["state"].items():
+        if type(index) is not int or not 0 <= index < len(shapes) or not isinstance(values, dict) or not all(
+                (isinstance(v, torch.Tensor) and (v.shape == shapes[index] or v.numel() == 1))
+                or (type(v) in (int, float)) for v in values.values()):
+            raise CheckpointError(f"its optimizer state for parameter {index!r} does not fit this run's model")
+
+
+def _check_lr(lr: Any, initial: Any, configured: float) -> None:
+    ceiling = initial if initial is not None else configured  # a schedule never goes above its base lr
+    if type(lr) is not float or not (0.0 <= lr <= ceiling * (1 + 1e-9) and (initial is not None or lr == configured)):
+        raise CheckpointError(f"its optimizer's lr {lr!r} is not one this run's optimizer reaches "
+                              f"({'0 to ' if initial is not None else ''}{ceiling!r})")
 
 
 class Checkpointer:
