@@ -122,14 +122,17 @@ def test_a_model_that_cannot_take_the_shape_is_refused():
         validate(compose_config(["model=cnn", "data=text", "data.path=x.txt"]))
 
 
-@pytest.mark.parametrize("kind", ["junk", "bomb"])
+@pytest.mark.parametrize("kind", ["junk", "bomb", "fifo"])
 def test_an_image_that_cannot_be_decoded_is_refused_in_one_line(tmp_path, kind, monkeypatch):
     """Junk bytes named .jpg, and an image over Pillow's decompression-bomb limit (DecompressionBombError, which is
-    no OSError): one line naming data.root and the file."""
+    no OSError): one line naming data.root and the file. A FIFO named like an image blocked forever, past SIGTERM
+    (found by an adversarial test): refused, unopened."""
     make_folder(tmp_path / "imgs")
     bad = tmp_path / "imgs" / "cat" / "bad.png"
     if kind == "junk":
         bad.write_bytes(b"not an image at all")
+    elif kind == "fifo":
+        os.mkfifo(bad)
     else:
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses above twice the limit: 20x20 is a 'bomb'
         Image.new("RGB", (20, 20)).save(bad)

@@ -4,7 +4,8 @@ tenth (data.n_val to choose), standardised per channel with train statistics."""
 from __future__ import annotations
 
 import os
-from typing import Optional
+import stat
+from typing import BinaryIO, Optional
 
 import torch
 from torch import Tensor
@@ -34,7 +35,7 @@ def _decode(path: str, size: int) -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with _regular_file(path) as f, Image.open(f) as img:
             img = img.convert("RGB").resize((size, size), Image.BILINEAR)
             raw = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:  # the last: a huge image
@@ -42,6 +43,17 @@ def _decode(path: str, size: int) -> Tensor:
                         f"cannot decode {path} ({first_line(err)}); allowed: image files Pillow can read, of at most "
                         f"{Image.MAX_IMAGE_PIXELS * 2:,} pixels each") from None
     return raw.reshape(size, size, 3).permute(2, 0, 1).float() / 255
+
+
+def _regular_file(path: str) -> BinaryIO:
+    """The file at `path` opened for reading, or OSError where it is no regular file. Opened without waiting: a FIFO
+    named x.jpg made Pillow's open block forever, past SIGTERM (found by an adversarial test)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError("not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _check_root(root: Optional[str]) -> dict[str, list[str]]:
