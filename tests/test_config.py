@@ -80,6 +80,10 @@ def test_typos_and_wrong_types_fail_at_composition(override):
 
 
 BAD = [
+    # above float32's range (found by an adversarial test: tracebacks at the first step or in the theory)
+    (["optimizer.lr=1e39"], "optimizer.lr"), (["optimizer.weight_decay=1e308"], "optimizer.weight_decay"),
+    (["init=normal", "init.std=1e300"], "init.std"), (["init=xavier_normal", "init.gain=1e160"], "init.gain"),
+    (["clip=norm_1.0", "clip.max_norm=1e39"], "clip.max_norm"), (["reg.l2=1e39"], "reg.l2"),
     (["model.depth=0"], "model.depth"), (["model.depth=-3"], "model.depth"), (["model.width=-1"], "model.width"),
     (["optimizer.lr=0"], "optimizer.lr"), (["clip.max_norm=-1"], "clip.max_norm"), (["train.steps=0"], "train.steps"),
     (["log.every=0"], "log.every"), (["reg.l2=-1"], "reg.l2"), (["activation.name=swish"], "activation.name"),

@@ -242,20 +242,25 @@ def import_model_class(target: str) -> Any:
     return cls
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
+_FLOAT32 = f"<= {FLOAT32_MAX:.4g}, float32's largest"  # torch computes with these in float32
+
+
 # (key, test, what is allowed) — checked in order; the first failure is reported
 _RANGES = [
     ("model.depth", lambda v: v >= 1, "an integer >= 1"),
     ("model.width", lambda v: v >= 1, "an integer >= 1"),
-    ("init.gain", lambda v: 0 < v < math.inf, "a finite number > 0"),
-    ("init.std", lambda v: 0 < v < math.inf, "a finite number > 0"),
-    ("optimizer.lr", lambda v: 0 < v < math.inf, "a finite number > 0"),
-    ("init.recurrent_gain", lambda v: v is None or 0 < v < math.inf, "a finite number > 0, or null for init.gain"),
+    ("init.gain", lambda v: 0 < v <= FLOAT32_MAX, f"a number > 0 and {_FLOAT32}"),
+    ("init.std", lambda v: 0 < v <= FLOAT32_MAX, f"a number > 0 and {_FLOAT32}"),
+    ("optimizer.lr", lambda v: 0 < v <= FLOAT32_MAX, f"a number > 0 and {_FLOAT32}"),
+    ("init.recurrent_gain", lambda v: v is None or 0 < v <= FLOAT32_MAX,
+     f"a number > 0 and {_FLOAT32}, or null for init.gain"),
     ("optimizer.momentum", lambda v: v is None or 0 <= v < 1, "a number in [0, 1)"),
     ("optimizer.betas", lambda v: v is None or (len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1), e.g. [0.9,0.999]"),
-    ("optimizer.weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    ("clip.max_norm", lambda v: 0 < v < math.inf, "a finite number > 0"),
+    ("optimizer.weight_decay", lambda v: 0 <= v <= FLOAT32_MAX, f"a number >= 0 and {_FLOAT32}"),
+    ("clip.max_norm", lambda v: 0 < v <= FLOAT32_MAX, f"a number > 0 and {_FLOAT32}"),
     ("clip.norm_type", lambda v: v > 0, "a number > 0 (inf for the max norm)"),
-    ("clip.value", lambda v: 0 < v < math.inf, "a finite number > 0"),
+    ("clip.value", lambda v: 0 < v <= FLOAT32_MAX, f"a number > 0 and {_FLOAT32}"),
     ("data.n_train", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
     ("data.n_val", lambda v: v is None or v >= 1, "an integer >= 1, or null for the task's default"),
     ("data.download_timeout", lambda v: 0 < v < math.inf, "a finite number of seconds > 0"),
@@ -270,8 +275,8 @@ _RANGES = [
     ("train.checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: checkpoint only when interrupted)"),
     ("train.threads", lambda v: v is None or v >= 1, "an integer >= 1, or null for the launcher's share / torch's default"),
     ("log.every", lambda v: v >= 1, "an integer >= 1"),
-    ("reg.l1", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    ("reg.l2", lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    ("reg.l1", lambda v: 0 <= v <= FLOAT32_MAX, f"a number >= 0 and {_FLOAT32}"),
+    ("reg.l2", lambda v: 0 <= v <= FLOAT32_MAX, f"a number >= 0 and {_FLOAT32}"),
     ("seed", lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
     ("diagnose.vanishing_gain", lambda v: 0 < v < 1, "a number in (0, 1)"),
     ("diagnose.exploding_gain", lambda v: v > 1, "a number > 1"),
@@ -517,7 +522,6 @@ def _check_seq_len(task: str, seq_len: int) -> None:
         raise ConfigError("data.seq_len", seq_len, f"an integer >= {entry.min_seq_len} for data={task}")
 
 
-FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
 
 
 def _check_precision(train: Any) -> None:
