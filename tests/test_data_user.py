@@ -139,3 +139,15 @@ def test_an_image_that_cannot_be_decoded_is_refused_in_one_line(tmp_path, kind, 
     with pytest.raises(DataError, match=r"^data\.root=.*imgs: cannot decode .*bad\.png \(") as err:
         make_task("image_folder", 0, root=str(tmp_path / "imgs"))
     assert "\n" not in str(err.value)
+
+
+def test_one_train_example_is_shifted_not_turned_into_nan(tmp_path):
+    """Found by an adversarial test: with data.n_train=1 the std of one example is NaN (unbiased), every input was
+    NaN, and the run was logged as diverged and blamed on the learning rate. One example, or a constant feature, is
+    only shifted by the train mean."""
+    task = make_task("blobs", 0, n_train=1, n_val=4)
+    assert torch.isfinite(task.x_train).all() and torch.isfinite(task.x_val).all()
+    assert torch.equal(task.x_train, torch.zeros_like(task.x_train))  # the one example minus itself
+    make_folder(tmp_path / "imgs")
+    task = make_task("image_folder", 0, n_train=1, n_val=2, root=str(tmp_path / "imgs"), image_size=1)
+    assert torch.isfinite(task.x_train).all() and torch.isfinite(task.x_val).all()

@@ -78,7 +78,11 @@ def image_folder(seed: int, n_train: Optional[int], n_val: Optional[int], seq_le
     y = torch.tensor([label for _, label in paths])
     perm = torch.randperm(len(paths), generator=_rng(seed, 0))
     val, train = perm[:n_val], perm[n_val:][:n_train]
-    mean, std = x[train].mean((0, 2, 3), keepdim=True), x[train].std((0, 2, 3), keepdim=True)
-    std = torch.where(std < 1e-6, torch.ones_like(std), std)  # a constant channel (grey images as RGB) is only shifted
+    mean = x[train].mean((0, 2, 3), keepdim=True)
+    # a constant channel (grey images as RGB), or one train pixel (std undefined; found by an adversarial test), is
+    # only shifted
+    one = x[train][:, 0].numel() < 2
+    std = torch.ones_like(mean) if one else x[train].std((0, 2, 3), keepdim=True)
+    std = torch.where(std >= 1e-6, std, torch.ones_like(std))
     xt, xv = (x[train] - mean) / std, (x[val] - mean) / std
     return Task("image_folder", "classification", xt, y[train], xv, y[val], tuple(xt.shape[1:]), len(classes), False, 0)

@@ -82,7 +82,12 @@ def _rng(seed: int, stream: int) -> torch.Generator:
 def _standardize(train: Tensor, val: Tensor, dim: int | None) -> tuple[Tensor, Tensor]:
     """Shift and scale both splits with train statistics (per feature, or global if dim is None)."""
     mean = train.mean() if dim is None else train.mean(dim, keepdim=True)
+    # a constant feature, or one train example (whose std is undefined), is only shifted: NaN inputs everywhere were
+    # logged as a diverged run and blamed on the learning rate (found by an adversarial test)
+    if (train.numel() if dim is None else train.shape[dim]) < 2:
+        return train - mean, val - mean
     std = train.std() if dim is None else train.std(dim, keepdim=True)
+    std = torch.where(std >= 1e-6, std, torch.ones_like(std))
     return (train - mean) / std, (val - mean) / std
 
 
