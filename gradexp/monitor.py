@@ -111,11 +111,12 @@ class Monitor:
                  probes: Sequence[str] = DEFAULT_PROBES, activation: Optional[str] = None, sinks: Sequence = (),
                  steps: Optional[int] = None, step_hooks: bool = True,
                  scaler: Optional[torch.amp.GradScaler] = None):
-        _check(every, probes, activation)
+        check_options(every, probes, activation)
+        optimizers, sinks = _check_arguments(model, run_dir, watch, optimizers, sinks, steps, step_hooks, scaler)
         # a DDP-wrapped model is watched through the module it wraps: the same tags as one process
         model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.model, self.every, self.planned = model, every, steps
-        self.optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+        self.optimizers = optimizers
         self.step_hooks = step_hooks  # False: the caller calls before_update() and update_skipped() itself
         self.layers = watched_layers(model, list(watch), key="watch")  # refuses a model with nothing to watch, a pattern matching nothing
         self.clip = ClipPolicy(mode="none", max_norm=0.0, norm_type=2.0, value=0.0)
@@ -185,6 +186,11 @@ class Monitor:
             with self.instruments.watch(), self._optimizer_hooks(), noted:
                 yield self
                 self.gradients_ready()
+                if not self.optimizers and self.step_hooks and self._phase == "backward":
+                    # no optimizer to hook: the update is not seen (no update ratio, no skipped step), the
+                    # gradients and the clip are (found by an adversarial test: every step logged as an AMP skip)
+                    self.instruments.after_clip(self._clip_norm)
+                    self._phase = "unseen"
             self._after_update()
         except BaseException:
             self.instruments = self._instruments()  # a fresh set: no probe keeps this step's half-gathered state
@@ -236,11 +242,12 @@ class Monitor:
     def _after_update(self) -> None:
         if self._phase == "clipped":
             self.instruments.after_step()
-        else:  # no optimizer stepped after backward (or update_skipped()): an AMP scaler skipped the update
+        elif self._phase != "unseen":  # no optimizer stepped after backward (or update_skipped()): a scaler skipped it
             self.skipped_steps += 1
             self.instruments.pending["amp/skipped_step"] = 1.0
         values = self._collect()
-        self._watch_for_nonfinite(values, updated=self._phase == "clipped")
+        updated = self._phase == "clipped" or (self._phase == "unseen" and self._loss_scale is None)
+        self._watch_for_nonfinite(values, updated=updated)
         self.writer.log(self.steps, values)
         for sink in self._callers_sinks:
             sink.log(self.steps, values)
@@ -282,6 +289,8 @@ class Monitor:
 
     def clip_grad_norm_(self, parameters: Iterable[nn.Parameter], max_norm: float, norm_type: float = 2.0) -> Tensor:
         """torch.nn.utils.clip_grad_norm_, with the gradients read before it and the clip telemetry kept."""
+        _positive("clip_grad_norm_(max_norm=...)", max_norm, finite=True)
+        _positive("clip_grad_norm_(norm_type=...)", norm_type, finite=False)
         self.clip.mode, self.clip.max_norm, self.clip.norm_type = "norm", float(max_norm), float(norm_type)
         self.gradients_ready()
         self._clip_norm = self.clip.apply([p for p in parameters])
@@ -289,6 +298,7 @@ class Monitor:
 
     def clip_grad_value_(self, parameters: Iterable[nn.Parameter], clip_value: float) -> None:
         """torch.nn.utils.clip_grad_value_, with the gradients read before it and the clip telemetry kept."""
+        _positive("clip_grad_value_(clip_value=...)", clip_value, finite=True)
         self.clip.mode, self.clip.value = "value", float(clip_value)  # before the gradients are read: value mode counts entries
         self.gradients_ready()
         self.clip.apply([p for p in parameters])
@@ -343,14 +353,58 @@ class Monitor:
         self.close(error if isinstance(error, Exception) else None, interrupted=isinstance(error, KeyboardInterrupt))
 
 
-def _check(every: Any, probes: Sequence[str], activation: Optional[str]) -> None:
+def check_options(every: Any, probes: Sequence[str], activation: Optional[str]) -> None:
+    """ConfigError for an `every`, `probes` or `activation` the Monitor (and the Lightning callback) cannot use."""
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ConfigError("every", every, "a whole number >= 1")
+    if isinstance(probes, str):  # iterated, it named its first character as an unknown probe
+        raise ConfigError("probes", probes, "a list of probe names, e.g. ['grad_norm']")
     for name in probes:
         if name not in PROBES:
             raise ConfigError("probes", name, f"one of {', '.join(PROBES)}")
     if activation is not None and activation not in ACTIVATIONS:  # else close() fails in the advice, no summary
         raise ConfigError("activation", activation, f"None | {' | '.join(ACTIVATIONS)}")
+
+
+def _check_arguments(model: Any, run_dir: Any, watch: Any, optimizers: Any, sinks: Any, steps: Any, step_hooks: Any,
+                     scaler: Any) -> tuple[list, list]:
+    """ConfigError (one line) for an argument the Monitor cannot work with, before any folder is made: found by an
+    adversarial test, each gave a traceback, some only at the first step, after the run folder existed. Returns the
+    optimizers and the sinks as lists (an iterator is read once)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError("model", _argument(model), "an nn.Module")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise ConfigError("run_dir", _argument(run_dir), "a folder path, or None for runs/monitor-<time>")
+    if run_dir is not None and os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError("run_dir", os.fspath(run_dir), "a new or empty folder (this is a file)")
+    for name, value in (("watch", watch), ("optimizers", optimizers), ("sinks", sinks)):
+        if isinstance(value, str) or (name != "optimizers" and not isinstance(value, Iterable)):
+            raise ConfigError(name, _argument(value), "a list (a string would be read one character at a time)")
+    if isinstance(optimizers, torch.optim.Optimizer):
+        optimizers = [optimizers]
+    elif not isinstance(optimizers, Iterable) or isinstance(optimizers, nn.Module):
+        raise ConfigError("optimizers", _argument(optimizers), "a torch.optim.Optimizer, or a list of them")
+    optimizers, sinks = list(optimizers), list(sinks)
+    for optimizer in optimizers:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError("optimizers", _argument(optimizer), "torch.optim.Optimizer objects")
+    for sink in sinks:
+        if not (callable(getattr(sink, "log", None)) and callable(getattr(sink, "close", None))):
+            raise ConfigError("sinks", _argument(sink), "objects with log(step, values) and close(outcome)")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise ConfigError("steps", _argument(steps), "a whole number >= 1, or None")
+    if not isinstance(step_hooks, bool):
+        raise ConfigError("step_hooks", _argument(step_hooks), "True | False")
+    if scaler is not None and not all(callable(getattr(scaler, m, None)) for m in ("is_enabled", "get_scale")):
+        raise ConfigError("scaler", _argument(scaler), "a torch.amp.GradScaler, or None")
+    return optimizers, sinks
+
+
+def _positive(name: str, value: Any, finite: bool) -> None:
+    """A clip threshold as gradexp run's clip.* keys allow it: -1 reversed the gradients, NaN was taken."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and value > 0 and (value < math.inf or not finite)):
+        raise ConfigError(name, _argument(value), "a finite number > 0" if finite else "a number > 0 (inf for the max)")
 
 
 def _one_number(name: str, value: Any) -> Tensor:
@@ -371,6 +425,11 @@ def _one_number(name: str, value: Any) -> Tensor:
 def _shown(value: Any) -> str:
     """What a refused record() value was, briefly: a tensor by its shape, anything else by its type."""
     return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
+
+
+def _argument(value: Any) -> Any:
+    """A refused argument as the one-line error shows it: a number, string or None as it is, else its type."""
+    return value if value is None or isinstance(value, (int, float, str)) else f"a {type(value).__name__}"
 
 
 def _refuse_a_used_folder(run_dir: str) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch", reason="the lightning extra is not installed (pip install 'gradexp[lightning]')")
 
 import gradexp  # noqa: E402
+from gradexp.config.schema import ConfigError  # noqa: E402
 from gradexp.integrations.lightning import GradexpCallback  # noqa: E402
 from lightning.pytorch.plugins import MixedPrecision  # noqa: E402
 from tests.conftest import Capture, activation_expectations, float64_step  # noqa: E402
@@ -152,3 +153,10 @@ def test_the_example_runs_twice_and_leaves_runs_gradexp_report_reads(tmp_path):
     for run_dir in runs:
         summary = gradexp.load_summary(run_dir)
         assert summary["status"] == "completed" and summary["steps"] == 8 and summary["verdict"]["label"]
+
+
+@pytest.mark.parametrize("options", [{"every": 0}, {"probes": "grad_norm"}, {"activation": "ReLU"}])
+def test_the_callback_refuses_a_bad_option_when_made(options):
+    """Found by an adversarial test: GradexpCallback(every=0) was accepted until the fit started."""
+    with pytest.raises(ConfigError):
+        GradexpCallback(**options)

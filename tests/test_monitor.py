@@ -433,3 +433,87 @@ def test_the_example_runs_and_leaves_a_run_gradexp_report_reads(tmp_path):
     for run_dir in runs:
         summary = gradexp.load_summary(run_dir)
         assert summary["status"] == "completed" and summary["steps"] == 12 and summary["verdict"]["label"]
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+@pytest.mark.parametrize("arguments, says", [
+    ({"model": None}, "model: null (allowed: an nn.Module)"),
+    ({"model": lambda x: x}, "model: 'a function'"),
+    ({"run_dir": 5}, "run_dir: 5 (allowed: a folder path"),
+    ({"run_dir": "FILE"}, "(allowed: a new or empty folder (this is a file))"),
+    ({"steps": "10"}, "steps: '10'"), ({"steps": -3}, "steps: -3"),
+    ({"optimizers": [1]}, "optimizers: 1 (allowed: torch.optim.Optimizer objects)"),
+    ({"optimizers": "MODEL"}, "optimizers: 'a Sequential'"),
+    ({"scaler": "yes"}, "scaler: 'yes'"), ({"sinks": [1]}, "sinks: 1"), ({"step_hooks": "no"}, "step_hooks: 'no'"),
+    ({"probes": "grad_norm"}, "probes: 'grad_norm' (allowed: a list of probe names"), ({"watch": "0"}, "watch: '0'"),
+])
+def test_arguments_the_monitor_cannot_use_are_refused_in_one_line_before_a_folder(tmp_path, arguments, says):
+    """Found by an adversarial test: each gave a traceback, some at the first step, after the run folder existed
+    (which then refused the folder's reuse); a string of probes was read one character at a time."""
+    model = _mlp()
+    (tmp_path / "FILE").write_text("mine")
+    given = {"model": model, "run_dir": str(tmp_path / "run"), **arguments}
+    given = {k: model if v == "MODEL" else str(tmp_path / "FILE") if v == "FILE" else v for k, v in given.items()}
+    with pytest.raises(ConfigError) as refused:
+        gradexp.Monitor(given.pop("model"), **given)
+    assert says in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "run").exists() and (tmp_path / "FILE").read_text() == "mine"
+
+
+@pytest.mark.parametrize("call", ["norm -1", "norm nan", "norm_type 0", "value nan", "value -1"])
+def test_a_clip_threshold_gradexp_run_would_refuse_is_refused(tmp_path, call):
+    """Found by an adversarial test: clip_grad_norm_(..., -1.0) reversed the gradients (the loss rose, status completed)."""
+    model = _mlp()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1)
+    kind, value = call.split()
+    with pytest.raises(ConfigError, match="allowed: a"), monitor.step():
+        model(torch.randn(16, 4)).pow(2).mean().backward()
+        if kind == "norm":
+            monitor.clip_grad_norm_(model.parameters(), float(value))
+        elif kind == "norm_type":
+            monitor.clip_grad_norm_(model.parameters(), 1.0, norm_type=float(value))
+        else:
+            monitor.clip_grad_value_(model.parameters(), float(value))
+    monitor.close()
+
+
+def test_without_optimizers_the_update_is_unseen_not_an_amp_skip(tmp_path):
+    """Found by an adversarial test: with no optimizers= every logging step logged amp/skipped_step = 1 (and
+    perf.amp_skipped_steps the step count), no clip telemetry, and a NaN gradient went unflagged. Now the gradients
+    and the clip are measured against a float64 oracle, no update ratio is claimed, and nothing counts as skipped."""
+    model, seen = _mlp(), []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    class Values:
+        def log(self, step, values):
+            seen.append(values)
+
+        def close(self, outcome):
+            pass
+
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, sinks=[Values()])
+    expected = []
+    for step in range(3):
+        with monitor.step():
+            loss = model(torch.randn(16, 4)).pow(2).mean()
+            loss.backward()
+            expected.append(math.sqrt(math.fsum(p.grad.double().pow(2).sum().item() for p in model.parameters())))
+            monitor.clip_grad_norm_(model.parameters(), 0.1)
+            opt.step()
+            opt.zero_grad()
+            monitor.record(loss=loss)
+    outcome = monitor.close()
+    assert outcome.status == "completed" and outcome.perf["amp_skipped_steps"] == 0
+    assert [v["grad_norm/total"] for v in seen] == pytest.approx(expected, rel=1e-6)
+    assert all("amp/skipped_step" not in v and "clip/scale" in v for v in seen)
+    assert not any(k.startswith("update_ratio/") for k in seen[0])
+
+    nan_model = _mlp()
+    monitor = gradexp.Monitor(nan_model, run_dir=str(tmp_path / "nan"), every=1)
+    with monitor.step():
+        (nan_model(torch.randn(16, 4)).sum() * math.nan).backward()
+    assert monitor.close().status == "diverged"  # the NaN gradient is flagged

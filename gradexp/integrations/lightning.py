@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import lightning.pytorch as pl
 from torch import Tensor
 
-from gradexp.monitor import DEFAULT_PROBES, Monitor
+from gradexp.monitor import DEFAULT_PROBES, Monitor, check_options
 
 
 class GradexpCallback(pl.Callback):
@@ -33,6 +33,7 @@ class GradexpCallback(pl.Callback):
 
     def __init__(self, run_dir: Optional[str] = None, every: int = 25, watch: Sequence[str] = (),
                  probes: Sequence[str] = DEFAULT_PROBES, activation: Optional[str] = None, sinks: Sequence = ()):
+        check_options(every, probes, activation)  # refused here, not when the fit starts (an adversarial test)
         self.options = dict(run_dir=run_dir, every=every, watch=watch, probes=probes, activation=activation,
                             sinks=sinks)
         self.monitor: Optional[Monitor] = None
