@@ -210,3 +210,56 @@ def test_warmed_joblib_workers_give_the_basic_launchers_results(tmp_path):
     basic = sweep(tmp_path / "basic", ["train.threads=1"])
     joblib = sweep(tmp_path / "joblib", ["train.threads=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])
     assert [s["final"] for s in joblib] == [s["final"] for s in basic] and basic[0]["final"]
+
+
+@pytest.mark.slow
+def test_a_signal_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_path):
+    """Found by an adversarial test: a SIGTERM to `gradexp run -m hydra/launcher=joblib` reached the parent alone;
+    the jobs trained on to the end, and outlived it. Now the parent passes it on: the running jobs stop after their
+    step (interrupted, with a checkpoint), the queued one is recorded interrupted without starting, the command exits
+    143, and no worker process is left."""
+    import os
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "gradexp", "run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+               "seed=0,1,2", "train.steps=1000000", "train.checkpoint_every=100", "device=cpu", "hydra.sweep.dir=sw"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        while len(glob.glob(str(tmp_path / "sw" / "*" / "checkpoint.pt"))) < 2:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                      text=True).stdout.split()]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a failure leaves no sweep training on
+        for pid in [proc.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    statuses = [json.load(open(p))["status"] for p in sorted(glob.glob(str(tmp_path / "sw" / "*" / "summary.json")))]
+    assert statuses == ["interrupted"] * 3
+    assert workers and _still_running(workers, within=10.0) == []  # none outlived the sweep
+
+
+def _still_running(pids: list[int], within: float) -> list[int]:
+    """Those of `pids` still running (not gone, not a zombie awaiting its reaper) after up to `within` seconds."""
+    import time
+
+    deadline = time.monotonic() + within
+    while True:
+        running = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        running.append(pid)
+            except FileNotFoundError:
+                pass
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.2)

@@ -32,6 +32,11 @@ _app_pid: Optional[int] = None
 _task_started = False  # distinguishes Hydra's composition errors (bad input) from failures inside a run
 
 
+class _Stopped(BaseException):
+    """A joblib worker's job that a signal stopped: it ends by returning (see _end_interrupted). A BaseException, so
+    that no `except Exception` on the way records it as a failure."""
+
+
 class JobFailed(Exception):
     """A sweep job's bad value; the sweep runs the other jobs, then reports it as one line and exits 1."""
 
@@ -44,7 +49,12 @@ def _task(cfg: DictConfig) -> Optional[float]:
     if _app_pid == os.getpid():  # `gradexp run` itself: its Interrupts has been catching signals since start-up
         return _job(cfg, _interrupts)
     with Interrupts() as interrupts:  # a launcher's worker process (submitit, joblib): no run_app around it
-        return _job(cfg, interrupts)
+        # a joblib worker stopped during an earlier job starts none after it: the job is recorded as interrupted
+        interrupts.signum = Interrupts.received
+        try:
+            return _job(cfg, interrupts)
+        except _Stopped:
+            return None
 
 
 def _job(cfg: DictConfig, interrupts: Interrupts) -> Optional[float]:
@@ -112,8 +122,18 @@ def _sole_job(cfg: DictConfig, interrupts: Interrupts, hydra_cfg: Any, run_dir: 
         raise
     if outcome.status == "interrupted":
         interrupts.hand_over()  # submitit's timeout signal: its own handler requeues the job, which then resumes
-        sys.exit(interrupts.exit_code)  # also stops a sweep: SystemExit is not a job failure Hydra would swallow
+        _end_interrupted(interrupts)
     return _objective(cfg, run_dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def _end_interrupted(interrupts: Interrupts) -> None:
+    """An interrupted run or job exits with the signal's status, which also stops a sweep (SystemExit is not a job
+    failure Hydra would swallow). A joblib worker's job returns instead (_Stopped): joblib answers a job's exception
+    by killing every worker, and with them the other jobs still writing their checkpoint and summary.json (found by an
+    adversarial test). `gradexp run`, which caught the signal and passed it on, then exits with its status."""
+    if _app_pid != os.getpid() and launchers.is_joblib_launcher(HydraConfig.get().launcher):
+        raise _Stopped
+    sys.exit(interrupts.exit_code)
 
 
 def composition_options(hydra_cfg: Any) -> list[str]:
@@ -141,7 +161,7 @@ def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str
         for line in closing_lines("interrupted", run_dir, options, overrides,
                                   sweep=HydraConfig.get().mode == RunMode.MULTIRUN):
             print(line, file=sys.stderr)
-        sys.exit(interrupts.exit_code)
+        _end_interrupted(interrupts)
 
 
 def _import_stack(interrupts: Interrupts, run_dir: str, overrides: list[str], options: list[str]) -> None:
@@ -197,9 +217,12 @@ def run_app() -> int:
     # it). Interrupts from the first moment: a signal during start-up is a request the run honours once its folder
     # exists
     with environment_variable("HYDRA_FULL_ERROR", "1") as users, Interrupts() as _interrupts:
+        _interrupts.on_signal = launchers.signal_loky_workers  # a joblib sweep's jobs stop with it
         _app_pid = os.getpid()
         try:
             code = _run_task(users == "1")
+            if code == 0 and _interrupts.requested:  # a joblib sweep whose jobs stopped with the signal returned
+                code = _interrupts.exit_code
         finally:
             _app_pid = None
             launchers.release_loky_workers()  # a joblib sweep that stopped early (ReleaseWorkers ends a finished one)

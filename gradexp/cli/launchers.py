@@ -6,6 +6,7 @@ the sweep folder is never created."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,9 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     # hydra-joblib-launcher runs loky whatever is set (threads do not suit Hydra's jobs): another name was ignored
     ("backend", lambda v: v in (None, "loky"), "null | loky (the joblib launcher always runs loky)"),
 ]
+
+
+_signalled = False  # a signal was passed on to loky's workers (signal_loky_workers): release them gently
 
 
 class LauncherError(Exception):
@@ -73,7 +77,13 @@ def _ok(ok: Callable[[Any], bool], value: Any) -> bool:
 
 
 def is_joblib(config: Any) -> bool:
-    return str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith("JoblibLauncher")
+    return is_joblib_launcher(OmegaConf.select(config, "hydra.launcher", default=None))
+
+
+def is_joblib_launcher(launcher: Any) -> bool:
+    """Whether the `hydra.launcher` node is hydra-joblib-launcher's."""
+    return str(OmegaConf.select(launcher, "_target_", default="") if launcher is not None else "").endswith(
+        "JoblibLauncher")
 
 
 class WarmWorkers(Callback):
@@ -177,4 +187,22 @@ def release_loky_workers() -> None:
     reusable_executor = sys.modules.get("joblib.externals.loky.reusable_executor")  # no joblib import otherwise
     executor = getattr(reusable_executor, "_executor", None)
     if executor is not None:
-        executor.shutdown(wait=True, kill_workers=True)  # SIGKILL, then joined: no worker outlives the sweep
+        # SIGKILL, then joined: no worker outlives the sweep. After a signal passed on, the workers' jobs are
+        # stopping (checkpoint, summary.json) and the jobs still queued end at once: they are waited for
+        executor.shutdown(wait=True, kill_workers=not _signalled)
+
+
+def signal_loky_workers(signum: int) -> None:
+    """Send `signum` to the worker processes of joblib's loky pool, if this process started one: the jobs of a joblib
+    sweep run there, each under its own Interrupts, and stop after their step as a run does (status interrupted,
+    a checkpoint to resume from). Without it a SIGTERM to `gradexp run -m` reached the parent alone: the jobs
+    trained on, and outlived it (found by an adversarial test)."""
+    global _signalled
+    reusable_executor = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(reusable_executor, "_executor", None)
+    _signalled = _signalled or executor is not None
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        try:
+            os.kill(process.pid, signum)
+        except (ProcessLookupError, AttributeError, TypeError):  # gone already
+            pass

@@ -12,15 +12,20 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Optional
+from typing import Callable, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class Interrupts:
+    received: Optional[int] = None  # the first signal this process caught: a joblib worker starts no job after it
+
     def __init__(self) -> None:
         self.signum: Optional[int] = None
         self._previous: dict[int, object] = {}
+        # called with each signal caught: `gradexp run` passes it on to a joblib sweep's worker processes, where the
+        # jobs run (a scheduler's SIGTERM to the parent alone left them training, orphaned once it exited)
+        self.on_signal: Optional[Callable[[int], None]] = None
 
     @property
     def requested(self) -> bool:
@@ -32,11 +37,14 @@ class Interrupts:
         return 128 + (self.signum or signal.SIGINT)
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.on_signal is not None:
+            self.on_signal(signum)
         if self.signum is not None:
             sys.stderr.write("\ngradexp: second interrupt, exiting now (the last periodic checkpoint is kept)\n")
             sys.stderr.flush()
             os._exit(128 + signum)
         self.signum = signum
+        Interrupts.received = Interrupts.received or signum
         sys.stderr.write(f"\ngradexp: {signal.Signals(signum).name} received, stopping after this step "
                          "(press Ctrl-C again to exit at once)\n")
 
