@@ -113,3 +113,11 @@ def test_bad_values_name_key_value_and_allowed(overrides, key):
 def test_cuda_without_gpu_is_a_bad_value():
     with pytest.raises(ConfigError, match="device"):
         validate(compose_config(["device=cuda"]))
+
+
+def test_a_long_logging_interval_is_not_refused_for_a_key_the_model_does_not_use():
+    """Found by an adversarial test: log.every=1000 on an MLP was refused for log.bptt_every (100), which only
+    recurrent layers use; on an LSTM it still is."""
+    validate(compose_config(["log.every=1000"]))
+    with pytest.raises(ConfigError, match="log.bptt_every: 100"):
+        validate(compose_config(["model=lstm", "data=adding", "log.every=1000"]))

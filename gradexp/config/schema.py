@@ -407,7 +407,11 @@ def _check_intervals(cfg: Any) -> None:
     for name in cfg.log.probes:
         if name not in registry.PROBES:
             raise ConfigError(f"log.probes.{name}", cfg.log.probes[name], "a probe among " + " | ".join(registry.PROBES))
-    keys = ["log.histograms_every", "log.bptt_every", *(f"log.probes.{name}" for name in cfg.log.probes)]
+    family = model_family(cfg)
+    # bptt applies to recurrent layers only: its default (100) refused log.every=1000 on an MLP (an adversarial test)
+    through_time = family == CUSTOM or registry.MODELS[family].recurrent
+    keys = ["log.histograms_every", *(["log.bptt_every"] if through_time else []),
+            *(f"log.probes.{name}" for name in cfg.log.probes if through_time or name != "bptt")]
     for key in keys:
         value = _get(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value % cfg.log.every:
