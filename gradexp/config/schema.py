@@ -410,11 +410,11 @@ def _check_intervals(cfg: Any) -> None:
     family = model_family(cfg)
     # bptt applies to recurrent layers only: its default (100) refused log.every=1000 on an MLP (an adversarial test)
     through_time = family == CUSTOM or registry.MODELS[family].recurrent
-    keys = ["log.histograms_every", *(["log.bptt_every"] if through_time else []),
-            *(f"log.probes.{name}" for name in cfg.log.probes if through_time or name != "bptt")]
+    keys = ["log.histograms_every", "log.bptt_every", *(f"log.probes.{name}" for name in cfg.log.probes)]
     for key in keys:
         value = _get(cfg, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value % cfg.log.every:
+        applies = through_time or key not in ("log.bptt_every", "log.probes.bptt")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (applies and value % cfg.log.every):
             raise ConfigError(key, value, f"0 (off) or a multiple of log.every={cfg.log.every}")
 
 
