@@ -95,12 +95,14 @@ def time_plain(cfg, task, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def time_handmade(cfg, task, steps: int) -> float:
-    """The plain loop, with scripts/handmade.py's probes on the steps gradexp logs at (0, every log.every-th, last)."""
+def time_handmade(cfg, task, steps: int, every: int | None = None, make_probes=None) -> float:
+    """The plain loop, with scripts/handmade.py's probes (or those `make_probes(run)` gives: scripts/bench_worker.py)
+    on the steps gradexp logs at (0, every log.every-th or `every`-th, last)."""
     run = make_run(cfg, task, probes=False, sinks=[])
     model, opt, batches = run.model, run.optimizer, run.batches
-    probes = handmade.Handmade([layer for _, layer in run.layers], list(model.parameters()))
-    every = cfg.log.every
+    probes = make_probes(run) if make_probes else handmade.Handmade([layer for _, layer in run.layers],
+                                                                    list(model.parameters()))
+    every = every or cfg.log.every
     sync(task.x_train.device)
     t0 = time.perf_counter()
     for step in range(steps):
@@ -117,6 +119,8 @@ def time_handmade(cfg, task, steps: int) -> float:
         if logging:
             probes.after_step()
             loss.item()  # the loss, read as gradexp's logging steps read it
+    if hasattr(probes, "flush"):
+        probes.flush()  # computed elsewhere (a worker process): its numbers are part of the run
     evaluate(run)
     sync(task.x_train.device)
     return time.perf_counter() - t0

@@ -145,30 +145,10 @@ class Handed:
 
 
 def time_loop(cfg, task, steps: int, every: int, probes) -> float:
-    """bench_overhead.time_handmade's loop; `probes` None is the plain loop."""
-    run = bench.make_run(cfg, task, probes=False, sinks=[])
-    model, opt, batches = run.model, run.optimizer, run.batches
-    if probes is not None:
-        probes.rebind(run)
-    t0 = time.perf_counter()
-    for step in range(steps):
-        logging = probes is not None and (step % every == 0 or step == steps - 1)
-        if logging:
-            probes.attach()
-        x, y = batches.next()
-        loss = task.loss(model(task.inputs(x)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if logging:
-            probes.after_backward()
-        opt.step()
-        if logging:
-            probes.after_step()
-            loss.item()
-    if probes is not None and hasattr(probes, "flush"):
-        probes.flush()  # the worker's numbers are part of the run
-    bench.evaluate(run)
-    return time.perf_counter() - t0
+    """bench_overhead.py's plain loop (`probes` None), or its handmade loop with these probes."""
+    if probes is None:
+        return bench.time_plain(cfg, task, steps)
+    return bench.time_handmade(cfg, task, steps, every, make_probes=lambda run: probes.rebind(run) or probes)
 
 
 def rebind_inline(self, run) -> None:

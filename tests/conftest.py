@@ -81,3 +81,19 @@ def activation_expectations(outs) -> dict[str, float]:
         expected[f"act_mean/{name}"] = pooled.mean().item()
         expected[f"act_std/{name}"] = pooled.std(correction=0).item()
     return expected
+
+
+def run_example_twice(example: str, cwd, steps: int) -> list[dict]:
+    """An example script run twice as the README says (`python examples/X.py --steps N`): each run writes a new
+    runs/monitor-<time>/ (a fixed folder made the second run fail). The two runs' summaries."""
+    import os
+    import subprocess
+    import sys
+
+    for _ in range(2):
+        done = subprocess.run([sys.executable, os.path.abspath(example), "--steps", str(steps)], cwd=cwd,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    runs = gradexp.find_runs(str(cwd / "runs"))
+    assert len(runs) == 2 and all(os.path.basename(r).startswith("monitor-") for r in runs)
+    return [gradexp.load_summary(run_dir) for run_dir in runs]

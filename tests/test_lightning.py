@@ -17,7 +17,7 @@ import gradexp  # noqa: E402
 from gradexp.config.schema import ConfigError  # noqa: E402
 from gradexp.integrations.lightning import GradexpCallback  # noqa: E402
 from lightning.pytorch.plugins import MixedPrecision  # noqa: E402
-from tests.conftest import Capture, activation_expectations, float64_step  # noqa: E402
+from tests.conftest import Capture, activation_expectations, float64_step, run_example_twice  # noqa: E402
 
 # Lightning's notices about this machine (srun on PATH) and its own deprecated torch calls: not ours to act on
 pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command", "ignore:.*LeafSpec")
@@ -144,14 +144,7 @@ def test_an_update_the_amp_scaler_skips_logs_no_update_ratio(tmp_path):
 def test_the_example_runs_twice_and_leaves_runs_gradexp_report_reads(tmp_path):
     """Run as the README says, twice: a new folder each time (a fixed default folder failed the second run, found
     by a new user's walkthrough)."""
-    for _ in range(2):
-        done = subprocess.run([sys.executable, os.path.abspath(EXAMPLE), "--steps", "8"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    runs = gradexp.find_runs(str(tmp_path / "runs"))
-    assert len(runs) == 2 and all(os.path.basename(r).startswith("monitor-") for r in runs)
-    for run_dir in runs:
-        summary = gradexp.load_summary(run_dir)
+    for summary in run_example_twice(EXAMPLE, tmp_path, steps=8):
         assert summary["status"] == "completed" and summary["steps"] == 8 and summary["verdict"]["label"]
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import gradexp
 from gradexp.config.schema import ConfigError
-from tests.conftest import activation_expectations, float64_step
+from tests.conftest import activation_expectations, float64_step, run_example_twice
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "monitor_loop.py")
 
@@ -424,14 +424,7 @@ def test_the_verdict_offers_no_gradexp_override_for_a_users_model(tmp_path):
 
 @pytest.mark.slow
 def test_the_example_runs_and_leaves_a_run_gradexp_report_reads(tmp_path):
-    for _ in range(2):  # run again: a new folder, not a refusal of the first one's
-        done = subprocess.run([sys.executable, os.path.abspath(EXAMPLE), "--steps", "12"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    runs = gradexp.find_runs(str(tmp_path / "runs"))
-    assert len(runs) == 2 and all(os.path.basename(r).startswith("monitor-") for r in runs)
-    for run_dir in runs:
-        summary = gradexp.load_summary(run_dir)
+    for summary in run_example_twice(EXAMPLE, tmp_path, steps=12):  # again: a new folder, no refusal
         assert summary["status"] == "completed" and summary["steps"] == 12 and summary["verdict"]["label"]
 
 
