@@ -3,8 +3,6 @@ float64, with Lightning's gradient accumulation and its own clipping (norm and v
 in training_step; the example. Skipped where the extra is not installed (`pip install 'gradexp[lightning]'`)."""
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch

@@ -5,8 +5,6 @@ import copy
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
