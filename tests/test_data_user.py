@@ -94,8 +94,8 @@ def test_text_that_is_not_utf8_is_refused_not_replaced(tmp_path, content):
 def test_text_missing_file_is_refused(tmp_path):
     with pytest.raises(DataError, match="data.path=.*allowed: an existing text file"):
         make_task("text", 0, seq_len=10, path=str(tmp_path / "nope.txt"))
-    with pytest.raises(DataError, match=r"^data.path=\(not set\): data=text trains on a file of yours: give "
-                                        r"data.path=<a UTF-8 text file>$"):  # not "data.path=None" (a walkthrough)
+    with pytest.raises(DataError, match=r"^data.path=\(not set\): allowed: a UTF-8 text file of yours, which "
+                                        r"data=text trains on \(give data.path=FILE\)$"):  # not "data.path=None"
         make_task("text", 0, seq_len=10, path=None)
 
 

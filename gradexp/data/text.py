@@ -18,8 +18,8 @@ def _read(path: Optional[str]) -> str:
     """The file's characters. Decoded strictly: a file that is not UTF-8 text (a compressed corpus, another encoding)
     would otherwise train on U+FFFD stand-ins for every byte that does not decode, and look like a working run."""
     if path is None:
-        raise DataError("data.path", "(not set)", "data=text trains on a file of yours: give data.path=<a UTF-8 "
-                        "text file>")
+        raise DataError("data.path", "(not set)", "allowed: a UTF-8 text file of yours, which data=text trains on "
+                        "(give data.path=FILE)")
     if not os.path.isfile(path):
         raise DataError("data.path", path, "allowed: an existing text file (UTF-8)")
     with open(path, "rb") as f:
