@@ -82,8 +82,7 @@ def is_joblib(config: Any) -> bool:
 
 def is_joblib_launcher(launcher: Any) -> bool:
     """Whether the `hydra.launcher` node is hydra-joblib-launcher's."""
-    return str(OmegaConf.select(launcher, "_target_", default="") if launcher is not None else "").endswith(
-        "JoblibLauncher")
+    return launcher is not None and str(OmegaConf.select(launcher, "_target_", default="")).endswith("JoblibLauncher")
 
 
 class WarmWorkers(Callback):
@@ -184,8 +183,7 @@ class ReleaseWorkers(Callback):
 def release_loky_workers() -> None:
     """End the process-wide pool joblib's loky backend reuses, if this process started one (run_app also calls
     this when a sweep stops early: a typo in its overrides must not wait for WarmWorkers' imports to finish)."""
-    reusable_executor = sys.modules.get("joblib.externals.loky.reusable_executor")  # no joblib import otherwise
-    executor = getattr(reusable_executor, "_executor", None)
+    executor = _loky_executor()
     if executor is not None:
         # SIGKILL, then joined: no worker outlives the sweep. After a signal passed on, the workers' jobs are
         # stopping (checkpoint, summary.json) and the jobs still queued end at once: they are waited for
@@ -198,11 +196,16 @@ def signal_loky_workers(signum: int) -> None:
     a checkpoint to resume from). Without it a SIGTERM to `gradexp run -m` reached the parent alone: the jobs
     trained on, and outlived it (found by an adversarial test)."""
     global _signalled
-    reusable_executor = sys.modules.get("joblib.externals.loky.reusable_executor")
-    executor = getattr(reusable_executor, "_executor", None)
+    executor = _loky_executor()
     _signalled = _signalled or executor is not None
     for process in list((getattr(executor, "_processes", None) or {}).values()):
         try:
             os.kill(process.pid, signum)
         except (ProcessLookupError, AttributeError, TypeError):  # gone already
             pass
+
+
+def _loky_executor() -> Any:
+    """The process-wide pool joblib's loky backend reuses, if this process started one (None otherwise; joblib is
+    not imported for the asking)."""
+    return getattr(sys.modules.get("joblib.externals.loky.reusable_executor"), "_executor", None)
