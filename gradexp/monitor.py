@@ -170,6 +170,8 @@ class Monitor:
         inside the `with` only and are removed whatever happens; an exception drops this step's values."""
         if self._closed:
             raise RuntimeError("this Monitor is closed")
+        if self._phase != "idle":  # else the inner step ended the outer one's phase: record() then blamed the user
+            raise RuntimeError("Monitor.step() inside another `with monitor.step():`: one step() per update, not nested")
         if not self.is_logging_step():
             self._phase = "ordinary"
             try:
@@ -320,6 +322,8 @@ class Monitor:
         `interrupted`: it was stopped (Ctrl-C) before its loop ended."""
         if self._closed:
             return self.outcome
+        if self._phase != "idle":  # the summary would leave out the step being taken, and its values were lost
+            raise RuntimeError("Monitor.close() inside `with monitor.step():`: close it after the step has ended")
         self._closed = True
         self.outcome.steps = self.steps
         ended = "diverged" if self.outcome.nonfinite is not None else "completed"
@@ -418,18 +422,16 @@ def _one_number(name: str, value: Any) -> Tensor:
             return torch.tensor(float(value))  # Python and numpy numbers, one-element arrays
         except (TypeError, ValueError):
             pass
-    raise ConfigError(f"record({name}=...)", _shown(value), "a number or a one-element tensor (a per-example loss: "
+    raise ConfigError(f"record({name}=...)", _argument(value), "a number or a one-element tensor (a per-example loss: "
                       "reduce it first, e.g. loss.mean())")
 
 
-def _shown(value: Any) -> str:
-    """What a refused record() value was, briefly: a tensor by its shape, anything else by its type."""
-    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
-
-
 def _argument(value: Any) -> Any:
-    """A refused argument as the one-line error shows it: a number, string or None as it is, else its type."""
-    return value if value is None or isinstance(value, (int, float, str)) else f"a {type(value).__name__}"
+    """A refused argument or record() value as the one-line error shows it: a number, string or None as it is, a
+    tensor by its shape, anything else by its type."""
+    if value is None or isinstance(value, (int, float, str)):
+        return value
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
 
 
 def _refuse_a_used_folder(run_dir: str) -> None:

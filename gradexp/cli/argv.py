@@ -4,6 +4,7 @@ saved overrides (training/resume.py says which are trusted), the folder as hydra
 so that Hydra does not rewrite the run's .hydra/ record."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -52,6 +53,13 @@ def refuse_bad_options(args: list[str]) -> None:
     8-line usage and the error; gradexp says the error in one line (OptionError)."""
     if any(a in _EXITING for a in args):
         return
+    _hydra_parser().parse_args(args)
+
+
+@functools.lru_cache(maxsize=1)
+def _hydra_parser():
+    """Hydra's argument parser, built once for both the split and the check (Hydra builds its own), with its parse
+    errors raised as OptionError."""
     from hydra._internal.utils import get_args_parser
 
     parser = get_args_parser()
@@ -60,7 +68,7 @@ def refuse_bad_options(args: list[str]) -> None:
         raise OptionError(f"{message} (gradexp run --help lists the options)")
 
     parser.error = refuse  # argparse reports every parse error through error(); it would print usage and exit
-    parser.parse_args(args)
+    return parser
 
 
 def resume_folder(override: str) -> Optional[str]:
@@ -75,9 +83,7 @@ def split_options(args: list[str]) -> tuple[list[str], list[str], list[str]]:
     option's value is the next argument for an option that takes one (--config-dir X); `--config-dir=X` is one
     argument. A bare `--info` goes last on Hydra's line: before an override it would take that as its value; so does
     a `--config-dir` that ends the line, which before an override took it for a folder."""
-    from hydra._internal.utils import get_args_parser
-
-    valued = {flag for action in get_args_parser()._actions if action.nargs in (None, "?")  # store: one value
+    valued = {flag for action in _hydra_parser()._actions if action.nargs in (None, "?")  # store: one value
               for flag in action.option_strings}
     options, overrides, bare, i = [], [], [], 0
     while i < len(args):
