@@ -21,6 +21,16 @@ def test_the_bar_ends_on_the_last_logged_step(tmp_path, monkeypatch):
     assert task.completed == 50 and task.fields["loss"] == "40" and task.fields["grad"] == "139"
 
 
+def test_a_short_run_ends_with_its_speed_on_the_bar(tmp_path):
+    """rich has no speed for a bar updated only once: a short run's bar read "- steps/s" to the end."""
+    out = io.StringIO()
+    sink = TerminalSink(3, str(tmp_path), console=Console(file=out, width=120, force_terminal=False))
+    sink.log(0, {"loss/train": 1.0})
+    sink.close(Outcome(status="completed", steps=3, perf={"steps_per_s": 123.4}))
+    assert sink.progress.tasks[0].fields["speed"] == "123"
+    assert "123 steps/s" in out.getvalue() and "- steps/s" not in out.getvalue()
+
+
 def _rendered(verdict: dict, width: int = 80) -> list[str]:
     out = io.StringIO()
     Console(file=out, width=width, force_terminal=False).print(terminal.verdict_panel(verdict))

@@ -39,7 +39,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = _Parser(prog="gradexp report", description=__doc__.split(";")[0])
-    parser.add_argument("path", help="a run folder or a sweep folder (e.g. multirun/2024-05-01/12-00-00)")
+    parser.add_argument("path", help="a run folder, a sweep folder (e.g. multirun/2024-05-01/12-00-00-123456) or a "
+                        "folder of them (e.g. runs/)")
     parser.add_argument("--sort", metavar="KEY", help="column to sort by, e.g. gain; --sort=-gain for descending")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="what to print")
     parser.add_argument("--out", metavar="DIR", help="where report.csv and report.png go (default: PATH)")

@@ -67,10 +67,12 @@ class TerminalSink:
 
     def close(self, outcome: Outcome) -> None:
         self._show()  # the last logged step's fields
-        self.progress.update(self.task_id, completed=outcome.steps)
+        speed = outcome.perf.get("steps_per_s", 0.0)
+        # rich has no speed for a bar updated once or twice (a short run): the bar showed "- steps/s" to the end
+        shown = {} if self.progress.tasks[0].speed else {"speed": f"{speed:.0f}"}
+        self.progress.update(self.task_id, completed=outcome.steps, **shown)
         self.progress.stop()
         style = STATUS_STYLE.get(outcome.status, "white")
-        speed = outcome.perf.get("steps_per_s", 0.0)
         self.console.print(f"[{style}]{outcome.status}[/] after {outcome.steps} steps ({speed:.0f} steps/s)")
         if outcome.verdict:
             self.console.print(verdict_panel(outcome.verdict))
