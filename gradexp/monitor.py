@@ -216,6 +216,8 @@ class Monitor:
         if self._phase == "backward":
             self.instruments.after_clip(self._clip_norm)
             self._phase = "clipped"
+            if self.optimizers:  # the rate this update uses: a scheduler stepped inside the `with` moves it on after
+                self.instruments.pending["lr"] = float(self.optimizers[0].param_groups[0]["lr"])  # a host number
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
         """The optimizer's pre-step hook. optimizer.step(closure) runs it before the closure's backward, so then the
@@ -311,8 +313,8 @@ class Monitor:
         """The step's values in one host transfer (under DDP, after one all_reduce for the per-shard quantities)."""
         values = {**self._recorded, **self.instruments.pending}
         self.instruments.pending, self._recorded = {}, {}
-        if self.optimizers:
-            values["lr"] = float(self.optimizers[0].param_groups[0]["lr"])  # a host number: no tensor, no copy
+        if self.optimizers and "lr" not in values:  # no update announced (a scaler skipped it): the rate as it stands
+            values["lr"] = float(self.optimizers[0].param_groups[0]["lr"])
         if _world() > 1:
             values = global_values(per_tag(values))
         return to_host(values)

@@ -239,6 +239,22 @@ def test_a_nested_step_or_a_close_inside_a_step_is_refused_and_the_run_fails_who
     assert all(not m._forward_hooks for m in model.modules()) and not opt_a._optimizer_step_pre_hooks
 
 
+def test_lr_is_the_rate_the_update_used_with_the_scheduler_stepped_inside_the_step(tmp_path):
+    """Found by a user: lr was read when the `with` ended, after a scheduler stepped inside it, one update ahead."""
+    model, opt_a, opt_b = _build()
+    schedule = torch.optim.lr_scheduler.StepLR(opt_a, step_size=1, gamma=0.5)
+    capture = Capture()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt_a, opt_b],
+                              sinks=[capture])
+    for step in range(3):
+        with monitor.step():
+            F.cross_entropy(model(_data(step)[0]), _data(step)[1]).backward()
+            opt_a.step(), opt_b.step(), schedule.step()
+            opt_a.zero_grad(), opt_b.zero_grad()
+    monitor.close()
+    assert [capture.logged[step]["lr"] for step in range(3)] == [0.1, 0.05, 0.025]
+
+
 def test_a_ctrl_c_inside_the_with_block_is_an_interrupted_run(tmp_path):
     """KeyboardInterrupt is no Exception: it was recorded as 'completed'. The run was stopped: 'interrupted'."""
     model, opt_a, opt_b = _build()

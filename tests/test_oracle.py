@@ -97,3 +97,24 @@ def test_summary_layers_match_event_files(run_tiny):
         first = sum(logged[t][steps[0]] ** 2 for t in param_tags) ** 0.5
         assert layer["grad_norm"]["first"] == pytest.approx(first, rel=1e-6)
     assert summary["final"]["loss/val"] == pytest.approx(logged["loss/val"][max(logged["loss/val"])])
+
+
+def test_the_logged_lr_is_the_rate_the_update_used(run_tiny):
+    """Found by a user: `lr` was read after the scheduler had stepped, one update ahead (a 4-step warmup logged
+    0.5, 0.75, 1, 1 x lr for updates that used 0.25, 0.5, 0.75, 1). Oracle: a plain SGD step moves the parameters by
+    exactly lr x gradient, so the rate each update used is ||theta_after - theta_before|| / ||grad||."""
+    lr, warm = 0.1, 4
+    outcome, run_dir = run_tiny(["optimizer=sgd", f"optimizer.lr={lr}", "optimizer.momentum=0",
+                                 "optimizer.weight_decay=0", f"schedule.warmup_steps={warm}", "train.steps=6"])
+    assert outcome.status == "completed"
+    logged = read_scalars(run_dir)
+    name = "layers.0.linear.weight"
+    for step in range(6):
+        assert logged["lr"][step] == pytest.approx(lr * min(1.0, (step + 1) / warm), rel=1e-6), step
+    cfg = compose_config(["optimizer=sgd", f"optimizer.lr={lr}", "optimizer.momentum=0", "optimizer.weight_decay=0",
+                          f"schedule.warmup_steps={warm}", "train.steps=6"])
+    task = build.task(cfg, build.device(cfg))
+    model = build.model(cfg, task, build.device(cfg))
+    before = dict(model.named_parameters())[name].detach().double().norm().item()
+    used = logged[f"update_ratio/{name}"][0] * before / logged[f"grad_norm/{name}"][0]
+    assert used == pytest.approx(logged["lr"][0], rel=1e-4)  # the rate update 0 moved the weights by

@@ -113,6 +113,9 @@ def train_step(run: Run, settings: Settings, logging: bool) -> dict[str, Tensor 
     clip_norm = run.clip.apply(run.params)
     if logging:
         run.instruments.after_clip(clip_norm)
+        # the rate this update uses, read before the step: after it a scheduler has moved on to the next update's
+        # (found by a user: a warmup's logged lr ran one update ahead). A host number: no tensor, no copy
+        lr = float(run.optimizer.param_groups[0]["lr"])
     run.precision.step(run.optimizer)
     if logging:
         run.instruments.after_step()
@@ -123,7 +126,7 @@ def train_step(run: Run, settings: Settings, logging: bool) -> dict[str, Tensor 
     if logging:
         metrics = run.task.metrics(output.detach(), y)
         scalars.update({f"{k}/train": v for k, v in metrics.items()})
-        scalars["lr"] = float(run.optimizer.param_groups[0]["lr"])  # a host number: no tensor, no copy
+        scalars["lr"] = lr
     return scalars
 
 
