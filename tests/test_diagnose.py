@@ -37,6 +37,19 @@ def test_sigmoid_profile_is_vanishing_with_numbers_and_relu_advice():
     assert "model.residual=true" in verdict["suggestions"] and "norm=batchnorm" in verdict["suggestions"]
 
 
+def test_frozen_first_layers_leave_the_flow_to_the_layers_the_gradient_reaches():
+    """Found by a user fine-tuning with a frozen first layer: its layer has no gradient, and the run got no verdict
+    ('Fewer than two hidden layers ... nothing to judge') with two more layers measured."""
+    s = summary(geometric(0.25, n=6))
+    for frozen in s["layers"][:2]:
+        frozen["act_std"] = frozen.pop("act_grad_norm")  # what a frozen layer logs: statistics, no gradient
+    verdict = diagnose(s, Factors(activation="sigmoid", init="xavier_normal", depth=6), CONF)
+    assert verdict["label"] == "vanishing" and verdict["gain"] == pytest.approx(0.25)
+    assert f"layer 2 gets {0.25 ** 3:.2g} of layer 5's gradient" in verdict["evidence"]
+    s["layers"][3].pop("act_grad_norm")  # a gap after the first layer reached: no flow claimed across it
+    assert depth_flow(s) is None
+
+
 def test_flat_profile_is_healthy_without_suggestions():
     verdict = diagnose(summary(geometric(0.97)), Factors(activation="relu", init="kaiming_normal"), CONF)
     assert verdict["label"] == "healthy" and verdict["suggestions"] == [] and verdict["cause"] == ""

@@ -17,6 +17,7 @@ measured gain against the mean-field gain, gain through time). Nothing here touc
 dict, so `gradexp report` and tests can call it on any run."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -37,6 +38,7 @@ class Flow:
     gain: dict[str, Optional[float]]  # "first"/"last" -> factor per layer (per time step) travelled backward
     ratio: dict[str, Optional[float]]  # "first"/"last" -> norm at index 0 / norm at the last index
     length: int                       # layers (or time steps) measured
+    start: int = 0                    # the index of the first one (leading frozen layers take in no gradient)
 
     def worst(self) -> str:
         """'first' or 'last': the step whose gain is farthest from 1 (gradexp report's gain column)."""
@@ -47,12 +49,17 @@ class Flow:
 
 
 def depth_flow(summary: dict[str, Any]) -> Optional[Flow]:
-    """Flow across hidden layers, from act_grad_norm when every layer has it, else the layers' grad_norm."""
-    layers = summary.get("layers") or []
+    """Flow across hidden layers, from act_grad_norm when every layer has it, else the layers' grad_norm. Leading
+    layers without either are left out: frozen first layers (fine-tuning) take in no gradient, and the flow starts
+    at the first layer the gradient reaches (found by a user: a frozen first layer left a run with no verdict)."""
+    layers, start = summary.get("layers") or [], 0
+    while start < len(layers) and not any(quantity in layers[start] for quantity in ("act_grad_norm", "grad_norm")):
+        start += 1
+    reached = layers[start:]
     for quantity in ("act_grad_norm", "grad_norm"):
-        if len(layers) >= 2 and all(quantity in layer for layer in layers):
-            series = {w: [_num(layer[quantity][w]) for layer in layers] for w in ("first", "last")}
-            return _flow(quantity, series, len(layers))
+        if len(reached) >= 2 and all(quantity in layer for layer in reached):
+            series = {w: [_num(layer[quantity][w]) for layer in reached] for w in ("first", "last")}
+            return dataclasses.replace(_flow(quantity, series, len(reached)), start=start)
     return None
 
 
@@ -207,7 +214,7 @@ def _clause(flow: Flow, when: str, what: str, unit: str, per: str) -> str:
         return f"{what}: no finite norms"
     text = f"{what} {'shrinks' if gain < 1 else 'grows'} ×{gain:.3g} {per}"
     if ratio is not None:
-        text += f", {unit} 0 gets {ratio:.2g} of {unit} {flow.length - 1}'s gradient"
+        text += f", {unit} {flow.start} gets {ratio:.2g} of {unit} {flow.start + flow.length - 1}'s gradient"
     return text
 
 
