@@ -120,3 +120,13 @@ def test_a_users_model_at_its_own_init_is_not_blamed_on_gradexps_init_scale():
     assert cause == "depth (4 layers) at the model's own init"
     cause, _, _ = suggest("vanishing", "depth", Factors(family="mlp", depth=4), evidence)
     assert cause == "init scale (default, gain 1)"  # gradexp's own MLP: its default init is gradexp's to judge
+
+
+def test_a_users_model_has_the_depth_it_is_watched_at_not_gradexps_model_depth():
+    """Found by a user: a 2-hidden-layer class's cause read "depth (6 layers)", gradexp's own model.depth default."""
+    from gradexp.analysis.advice import Factors
+
+    custom = compose_config(["model=custom", "model._target_=tests.test_custom_model.Net"])
+    assert Factors.from_cfg(custom, watched=2).depth == 2
+    assert Factors.from_cfg(compose_config(["model.depth=6"]), watched=2).depth == 6  # gradexp's MLP: its key
+

@@ -44,7 +44,9 @@ class Factors:
     theory_note: Optional[str] = None
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> "Factors":
+    def from_cfg(cls, cfg: Any, watched: Optional[int] = None) -> "Factors":
+        """watched: the hidden layers measured. A user's class (model=custom) has that depth, whatever gradexp's own
+        model.depth key says (found by a user: a 2-layer model's cause read "depth (6 layers)")."""
         from gradexp.analysis.theory import not_applicable
         from gradexp.config.schema import model_family
 
@@ -56,7 +58,8 @@ class Factors:
         family = model_family(cfg)
         takes_position = family in MODELS and "norm_position" in MODELS[family].keys
         position = (cfg.model.norm_position or "pre") if takes_position else None  # the constructor's default
-        return cls(family, cfg.model.depth, cfg.model.residual, cfg.activation.name, cfg.init.scheme,
+        depth = watched if family == CUSTOM and watched is not None else cfg.model.depth
+        return cls(family, depth, cfg.model.residual, cfg.activation.name, cfg.init.scheme,
                    cfg.init.gain, cfg.norm.name, cfg.optimizer.lr, c.mode, cfg.init.recurrent, cfg.init.recurrent_gain,
                    option, precision, scale, position, cfg.schedule.warmup_steps, cfg.train.steps, not_applicable(cfg))
 

@@ -100,7 +100,8 @@ def _train(cfg: Any, run: Run, start: int, checkpoints: Checkpointer, stop: Any)
     outcome.perf["torch_threads"] = torch.get_num_threads()  # shows how a parallel launcher divided the CPUs
     summary = next(s for s in run.sinks if isinstance(s, SummarySink))
     # decide from what the summary holds, so summary.json, TensorBoard and the terminal show one verdict
-    outcome.verdict = diagnose(summary.build(outcome), Factors.from_cfg(cfg), cfg.diagnose)
+    built = summary.build(outcome)
+    outcome.verdict = diagnose(built, Factors.from_cfg(cfg, watched=len(built.get("layers") or [])), cfg.diagnose)
     failure = _close(run.sinks, outcome, failure, checkpoints.path)
     if isinstance(failure, OSError):
         raise WriteFailed(outcome.error) from failure
