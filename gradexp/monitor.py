@@ -136,6 +136,9 @@ class Monitor:
         self._recorded: dict[str, Tensor] = {}
         self._phase = "idle"     # idle | forward (logging step, before clipping) | backward | clipped | skipped | ordinary
         self._clip_norm: Optional[Tensor] = None
+        # with several optimizers, each parameter's gradient as the update was announced (tensor, version): another
+        # optimizer stepping on gradients of a later backward is refused (_refuse_a_second_backward)
+        self._announced: Optional[dict[int, tuple[Optional[Tensor], int]]] = None
         self._closed = False
 
     def _instruments(self) -> Instruments:
@@ -182,7 +185,7 @@ class Monitor:
             self.steps += 1
             return
         self.instruments.begin(self.steps)
-        self._phase, self._clip_norm = "forward", None
+        self._phase, self._clip_norm, self._announced = "forward", None, None
         try:
             noted = self._loss_scale.noted_in(self.model) if self._loss_scale else contextlib.nullcontext()
             with self.instruments.watch(), self._optimizer_hooks(), noted:
@@ -218,6 +221,9 @@ class Monitor:
             self._phase = "clipped"
             if self.optimizers:  # the rate this update uses: a scheduler stepped inside the `with` moves it on after
                 self.instruments.pending["lr"] = float(self.optimizers[0].param_groups[0]["lr"])  # a host number
+            if len(self.optimizers) > 1:
+                self._announced = {id(p): (p.grad, -1 if p.grad is None else p.grad._version)
+                                   for p in _parameters(self.optimizers)}
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
         """The optimizer's pre-step hook. optimizer.step(closure) runs it before the closure's backward, so then the
@@ -225,6 +231,8 @@ class Monitor:
         closure's first evaluation, at the parameters the update starts from (LBFGS evaluates it again later)."""
         # torch hands the hook step()'s own args, the optimizer first: (optimizer, closure?)
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if self._announced is not None:  # another optimizer of this step: it must step on the gradients read
+            self._refuse_a_second_backward(optimizer, closure is not None)
         if closure is None:
             self.before_update()
             return None
@@ -237,6 +245,21 @@ class Monitor:
         if "closure" in kwargs:
             return args, {**kwargs, "closure": measured}
         return (args[0], measured, *args[2:]), kwargs
+
+    def _refuse_a_second_backward(self, optimizer: torch.optim.Optimizer, has_closure: bool) -> None:
+        """The gradients of a logging step are read once, when its first optimizer is about to step. A second
+        optimizer is fine on those gradients (several optimizers after one backward); on the gradients of another
+        backward (a GAN's D step, then its G step) its parameters' gradients, and its update, would be silently missing
+        (found by a user). Alternating updates are one step() each, on one Monitor per network."""
+        changed = has_closure or any(
+            self._announced.get(id(p), (None, -1)) != (p.grad, -1 if p.grad is None else p.grad._version)
+            for p in _parameters([optimizer]))
+        if changed:
+            number = next(i for i, o in enumerate(self.optimizers, 1) if o is optimizer)
+            raise RuntimeError(
+                f"Monitor: optimizer {number} of {len(self.optimizers)} stepped on the gradients of another backward "
+                "inside one step(): alternating updates (a GAN's D and G steps) are one `with monitor.step():` each, "
+                "on one Monitor per network, e.g. Monitor(D, optimizers=[opt_d]) and Monitor(G, optimizers=[opt_g])")
 
     def update_skipped(self) -> None:
         """The update announced by before_update() did not happen (an AMP scaler found inf/NaN gradients)."""
@@ -357,6 +380,10 @@ class Monitor:
     def __exit__(self, kind, error, traceback) -> None:
         """A Ctrl-C inside the `with` is an interrupted run, not a completed one; an exception, a failed one."""
         self.close(error if isinstance(error, Exception) else None, interrupted=isinstance(error, KeyboardInterrupt))
+
+
+def _parameters(optimizers: Iterable[torch.optim.Optimizer]) -> Iterator[Tensor]:
+    return (p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"])
 
 
 def check_options(every: Any, probes: Sequence[str], activation: Optional[str]) -> None:

@@ -1,6 +1,7 @@
 """gradexp.Monitor on a model gradexp does not know (built here) and the user's own loop: every logged value against
 plain torch in float64, the awkward loops (accumulation, weight sharing, frozen and several optimizers, user
 clipping, AMP-skipped steps, exceptions), and the cost discipline (no hook outside logging steps)."""
+import contextlib
 import copy
 import json
 import math
@@ -253,6 +254,76 @@ def test_lr_is_the_rate_the_update_used_with_the_scheduler_stepped_inside_the_st
             opt_a.zero_grad(), opt_b.zero_grad()
     monitor.close()
     assert [capture.logged[step]["lr"] for step in range(3)] == [0.1, 0.05, 0.025]
+
+
+def _gan():
+    torch.manual_seed(0)
+
+    def net(inputs, outputs):
+        return nn.Sequential(nn.Linear(inputs, 16), *[nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(3)],
+                             nn.Linear(16, outputs))
+
+    g, d = net(4, 2), net(2, 1)
+    return g, d, torch.optim.SGD(g.parameters(), lr=0.1), torch.optim.SGD(d.parameters(), lr=0.1)
+
+
+def _gan_step(g, d, opt_g, opt_d, step, seen, step_d=contextlib.nullcontext, step_g=contextlib.nullcontext,
+              whole=contextlib.nullcontext):
+    """A GAN's alternating updates: D on real and fake, then G through D. `seen` gets each network's gradient norms
+    (float64) as its optimizer is about to step."""
+    gen = torch.Generator().manual_seed(step)
+    real, z = torch.randn(8, 2, generator=gen) + 2, torch.randn(8, 4, generator=gen)
+    bce = F.binary_cross_entropy_with_logits
+    with whole():
+        with step_d():
+            fake = g(z)
+            (bce(d(real), torch.ones(8, 1)) + bce(d(fake.detach()), torch.zeros(8, 1))).backward()
+            seen.update({f"grad_norm/{n}": p.grad.double().norm().item() for n, p in d.named_parameters()})
+            opt_d.step()
+            opt_d.zero_grad(), opt_g.zero_grad()
+        with step_g():
+            bce(d(fake), torch.ones(8, 1)).backward()
+            seen.update({f"grad_norm/{n}": p.grad.double().norm().item() for n, p in g.named_parameters()})
+            opt_g.step()
+            opt_g.zero_grad(), opt_d.zero_grad()
+
+
+def test_alternating_updates_are_one_monitor_per_network_and_one_monitor_for_both_is_refused(tmp_path):
+    """Found by a user: with optimizers=[opt_d, opt_g] around a GAN's two updates, everything after D's step was
+    dropped: no G gradient norms or update ratios, a D-only total, and a verdict from D alone, all silently. One Monitor
+    per network measures each update; one Monitor for both refuses in one line at its first logging step."""
+    g, d, opt_g, opt_d = _gan()
+    capture_d, capture_g, seen = Capture(), Capture(), {}
+    mon_d = gradexp.Monitor(d, run_dir=str(tmp_path / "d"), every=1, optimizers=[opt_d], sinks=[capture_d])
+    mon_g = gradexp.Monitor(g, run_dir=str(tmp_path / "g"), every=1, optimizers=[opt_g], sinks=[capture_g])
+    for step in range(2):
+        seen.clear()
+        _gan_step(g, d, opt_g, opt_d, step, seen, step_d=mon_d.step, step_g=mon_g.step)
+        logged = {**capture_d.logged[step], **capture_g.logged[step]}
+        for tag, value in seen.items():
+            assert logged[tag] == pytest.approx(value, rel=1e-6), (step, tag)
+        assert all(f"update_ratio/{n}" in capture_g.logged[step] for n, _ in g.named_parameters())
+    assert mon_d.close().status == mon_g.close().status == "completed"
+
+    g, d, opt_g, opt_d = _gan()
+    run_dir = tmp_path / "both"
+    with pytest.raises(RuntimeError, match=r"optimizer 2 of 2 stepped on the gradients of another backward .*"
+                                           r"one Monitor per network"):
+        with gradexp.Monitor(nn.ModuleDict({"g": g, "d": d}), run_dir=str(run_dir), every=1,
+                             optimizers=[opt_d, opt_g]) as both:
+            _gan_step(g, d, opt_g, opt_d, 0, {}, whole=both.step)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+def test_several_optimizers_after_one_backward_need_nothing_more(tmp_path):
+    """The supported case beside the refused one: every optimizer steps on the gradients of the step's backward(s)."""
+    model, opt_a, opt_b = _build()
+    capture = Capture()
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt_b, opt_a],
+                              sinks=[capture])
+    _user_step(monitor, model, [opt_a, opt_b], [_data(0), _data(1)])
+    assert monitor.close().status == "completed"
+    assert all(f"update_ratio/{n}" in capture.logged[0] for n, p in model.named_parameters() if p.requires_grad)
 
 
 def test_a_ctrl_c_inside_the_with_block_is_an_interrupted_run(tmp_path):
