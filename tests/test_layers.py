@@ -147,3 +147,14 @@ def test_bad_log_probes_are_one_line_refusals(override, key):
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose_config(["log.every=2", override]))
+
+
+def test_a_pattern_matching_a_block_and_its_parts_watches_the_block():
+    """Found by a user: fnmatch's `*` also matches dots, so the README's own `watch=["blocks.*"]` watched blocks.0,
+    blocks.0.conv, blocks.1, ... and the depth profile interleaved the blocks with their parts."""
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Sequential(nn.Linear(3, 3), nn.ReLU()) for _ in range(3)])
+    assert [name for name, _ in watched_layers(model, ["blocks.*"])] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert [name for name, _ in watched_layers(model, ["blocks.*.0"])] == ["blocks.0.0", "blocks.1.0", "blocks.2.0"]
+    assert [name for name, _ in watched_layers(model, ["blocks.1", "blocks.1.0", "blocks.2.1"])] == ["blocks.1",
+                                                                                                      "blocks.2.1"]

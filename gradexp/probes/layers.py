@@ -56,13 +56,21 @@ def watched_layers(model: nn.Module, patterns: Sequence[str] = (), key: str = "m
 
 
 def matching(model: nn.Module, patterns: Sequence[str], key: str = "model.watch") -> Layers:
-    """Modules whose name matches any pattern, in registration (forward) order; each pattern must match."""
+    """Modules whose name matches any pattern, in registration (forward) order; each pattern must match. A module
+    inside another matched one is left out: fnmatch's `*` also matches dots, so `blocks.*` matched blocks.0 and
+    blocks.0.conv alike, and the depth profile interleaved blocks with their own parts (found by a user)."""
     named = [(name, m) for name, m in model.named_modules() if name]
     for pattern in patterns:
         if not any(fnmatchcase(name, pattern) for name, _ in named):
             sample = ", ".join(name for name, _ in named[:6])
             raise NoLayersFound(key, pattern, f"fnmatch patterns that match module names, e.g. {sample}")
-    return [(name, m) for name, m in named if any(fnmatchcase(name, p) for p in patterns)]
+    matched = [(name, m) for name, m in named if any(fnmatchcase(name, p) for p in patterns)]
+    outer: list[str] = []  # matched names so far that are not inside another (registration order: parents first)
+    for name, _ in matched:
+        if not any(name.startswith(f"{parent}.") for parent in outer):
+            outer.append(name)
+    kept = set(outer)
+    return [(name, m) for name, m in matched if name in kept]
 
 
 def discover(model: nn.Module) -> Layers:
