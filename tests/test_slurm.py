@@ -52,6 +52,15 @@ def wait_for(condition, timeout: float, what: str):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def start_now(job: str) -> bool:
+    """SLURM holds a requeued job (Reason=BeginTime) ~2 minutes before it may start again: once it is pending, let it
+    start now, as `scontrol update` lets its owner (the test's longest wait otherwise: 223 s of the SLURM tier's)."""
+    state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    if "JobState=PENDING" not in state:
+        return False
+    return subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True).returncode == 0
+
+
 def mid_run(folder) -> list[str]:
     """Running jobs that are training: a checkpoint in their folder (array index i -> folder i_*), no summary yet."""
     def training(job: str) -> bool:
@@ -65,11 +74,12 @@ def test_sweep_survives_scancel_and_requeue_and_resumes_when_rerun(tmp_path):
     parent = subprocess.Popen(gradexp_sweep(folder), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
     try:
-        # two cores, one CPU per job: two jobs train at once; SLURM holds a requeued job ~2 min before it restarts
+        # two cores, one CPU per job: two jobs train at once
         cancelled, requeued = wait_for(lambda: mid_run(folder)[:2] if len(mid_run(folder)) >= 2 else None, 240,
                                        "two jobs training")
         subprocess.run(["scancel", cancelled], check=True)
         subprocess.run(["scontrol", "requeue", requeued], check=True)
+        wait_for(lambda: start_now(requeued), 60, "the requeued job to be pending")
         _, stderr = parent.communicate(timeout=600)
     finally:
         if parent.poll() is None:
