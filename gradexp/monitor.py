@@ -16,7 +16,8 @@ The phases of a logging step are found without the user's help: the gradients ar
 first of `clip_grad_norm_` / `clip_grad_value_` / `gradients_ready()` / the first optimizer's pre-step hook, "after
 clipping" at the first optimizer pre-step hook, and the parameters "after the update" when the step's `with` ends
 (after every optimizer has stepped). An optimizer step skipped by an AMP GradScaler (inf/NaN gradients) fires no
-pre-step hook: that step logs amp/skipped_step = 1 and no update ratio. Everything a step did between backward
+pre-step hook: that step logs no update ratio, and amp/skipped_steps (design.md's tag) counts the skipped updates seen
+so far (on logging steps; it is logged on every logging step of a loop with a scaler). Everything a step did between backward
 passes accumulates, as the gradients do: gradient accumulation and a module called twice (weight sharing) pool
 every call's activations and activation gradients.
 
@@ -271,7 +272,8 @@ class Monitor:
             self.instruments.after_step()
         elif self._phase != "unseen":  # no optimizer stepped after backward (or update_skipped()): a scaler skipped it
             self.skipped_steps += 1
-            self.instruments.pending["amp/skipped_step"] = 1.0
+        if self._loss_scale is not None or self.skipped_steps:  # a count, as gradexp run logs it (it logged a 1 flag,
+            self.instruments.pending["amp/skipped_steps"] = float(self.skipped_steps)  # which summary.json kept as is)
         values = self._collect()
         updated = self._phase == "clipped" or (self._phase == "unseen" and self._loss_scale is None)
         self._watch_for_nonfinite(values, updated=updated)

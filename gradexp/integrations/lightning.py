@@ -12,7 +12,7 @@ How Lightning's hooks map onto the Monitor's step (one optimizer update):
 - Lightning's own clipping (Trainer(gradient_clip_val=..., gradient_clip_algorithm=...)) is applied by this callback
   instead, with the same torch call on the same parameters (the optimizer's), so that the clip telemetry sees the
   pre-clip norm with no second norm pass; the Trainer's setting is handed back when the fit ends;
-- a step a GradScaler skips (fp16 with inf/NaN gradients) never reaches the optimizer: amp/skipped_step = 1;
+- a step a GradScaler skips (fp16 with inf/NaN gradients) never reaches the optimizer: no update ratio, and amp/skipped_steps counts it;
 - loss/train is the update's loss: the sum of Lightning's per-batch losses, which it divides by the accumulation;
 - an exception (on_exception, KeyboardInterrupt included) drops the open step, removes the hooks and writes a whole
   summary.json with status failed."""
