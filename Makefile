@@ -24,12 +24,15 @@ install: $(BIN)/gradexp
 demo: install
 	$(BIN)/gradexp run
 
-# every tier CI runs: the fast tier on every core (pytest-xdist, as `check`), then the slow and gpu tiers in one process
-# (subprocesses, sweeps, wheel, SLURM: they time and start processes of their own); gpu tests skip without CUDA.
+# every tier CI runs: the fast tier on every core (pytest-xdist, as `check`), then the slow and gpu tiers (subprocesses,
+# sweeps, wheel, SLURM), also one worker per core; gpu tests skip without CUDA. Each slow test's processes keep to one
+# torch thread (OMP_NUM_THREADS=1; a test that divides threads sets its own): two workers' runs at torch's default
+# of one thread per core would oversubscribe the cores, and every slow test takes its time from the longest few, so
+# worksteal. On 2 cores the slow tier took 553 s this way, 1,195 s in one process.
 # Between them every test runs once; the first failing tier stops make (exit 2)
 test: install
 	$(BIN)/python -m pytest -q -rs -n auto -m "not slow and not gpu"
-	$(BIN)/python -m pytest -q -rs -m "slow or gpu"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs -n auto --dist worksteal -m "slow or gpu"
 
 # the fast tier to run constantly: oracles, registries, in-process runs; one worker process per core (pytest-xdist):
 # ~75-85 s on 2 idle cores

@@ -77,6 +77,27 @@ def test_an_escaped_interpolation_in_the_folder_is_refused(tmp_path, key, multir
     assert not [p for p in os.listdir(tmp_path) if p.startswith("dol")]
 
 
+def test_hydras_own_subfolders_stay_inside_the_run_and_one_per_job(tmp_path):
+    """Found by an adversarial test: hydra.sweep.subdir or hydra.output_subdir outside the run folder rewrote another
+    run's .hydra/ record before any job ran (a finished run was then 'skipped', an interrupted one no longer resumed),
+    and a sweep.subdir the same for every job had job 2 skip itself on job 1's summary. Refused in one line, before
+    Hydra writes anything."""
+    assert gradexp(tmp_path, *FAST, "train.steps=2", "hydra.run.dir=foreign").returncode == 0
+    before = snapshot(tmp_path / "foreign")
+    sweep = ["-m", "seed=1,2", *FAST, "hydra.sweep.dir=sw"]
+    for args, key in [((*sweep, f"hydra.sweep.subdir={tmp_path}/foreign"), "hydra.sweep.subdir"),
+                      ((*sweep, "hydra.sweep.subdir=../foreign"), "hydra.sweep.subdir"),
+                      ((*sweep, "hydra.sweep.subdir=fixed"), "hydra.sweep.subdir"),
+                      ((*FAST, "hydra.run.dir=new", f"hydra.output_subdir={tmp_path}/foreign/.hydra"),
+                       "hydra.output_subdir"),
+                      ((*FAST, "model.depth=0", "hydra.run.dir=new", "hydra.output_subdir=../outside"),
+                       "hydra.output_subdir")]:
+        line = one_line_refusal(gradexp(tmp_path, *args))
+        assert line.startswith(f"gradexp: invalid value for {key}: ") and "allowed: a folder" in line, line
+    assert snapshot(tmp_path / "foreign") == before
+    assert sorted(os.listdir(tmp_path)) == ["foreign"]  # no sw/, new/ or outside/
+
+
 def test_a_run_dir_made_only_part_of_the_way_leaves_no_folder_behind(tmp_path):
     """30 levels of 200-character names: the system makes the first ~20 and then refuses ('File name too long'); the
     refusal removes the empty folders this invocation made, as it does for any refused run."""

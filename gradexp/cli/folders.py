@@ -114,8 +114,35 @@ def _folder(config: Any, key: str) -> str:
     return folder
 
 
+PER_JOB = ("hydra.job.num", "hydra.job.id", "hydra.job.override_dirname")  # what tells a sweep's jobs apart
+
+
+def check_subfolders(config: Any, sweep: bool) -> None:
+    """Hydra writes .hydra/ to hydra.output_subdir (under the run folder) and each sweep job into hydra.sweep.subdir
+    (under the sweep folder), before any job's code runs. Found by an adversarial test: an absolute or `..` path
+    there rewrote another run's .hydra/ record, and a sweep.subdir the same for every job (`fixed`) had job 2 find
+    job 1's summary and skip itself, a sweep half run and reported complete."""
+    raw = OmegaConf.to_container(config.hydra, resolve=False)
+    keys = [("hydra.output_subdir", raw.get("output_subdir"))]
+    if sweep:
+        keys.append(("hydra.sweep.subdir", (raw.get("sweep") or {}).get("subdir")))
+    for key, value in keys:
+        if value is None and key == "hydra.output_subdir":
+            continue
+        path = str(value)
+        if not path or os.path.isabs(path) or ".." in path.replace("\\", "/").split("/") or path == ".":
+            raise Refused(f"invalid value for {key}: {value!r} (allowed: a folder inside the "
+                          f"{'sweep' if key == 'hydra.sweep.subdir' else 'run'} folder, without '..'"
+                          f"{'' if key == 'hydra.sweep.subdir' else ', or null'})")
+    if sweep and not any(name in str(keys[1][1]) for name in PER_JOB):
+        raise Refused(f"invalid value for hydra.sweep.subdir: {keys[1][1]!r} (allowed: a folder per job, named with "
+                      "${hydra.job.num} or ${hydra.job.override_dirname}: one folder for every job would have each "
+                      "job find the last one's run)")
+
+
 class FolderGuard(Callback):
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        check_subfolders(config, sweep=False)
         run_dir = _folder(config, "hydra.run.dir")
         check_writable("hydra.run.dir", run_dir)
         resuming = OmegaConf.select(config, "resume") is not None  # resume.prepare checks it names this folder
@@ -144,6 +171,7 @@ class FolderGuard(Callback):
         let_go()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        check_subfolders(config, sweep=True)
         sweep_dir = _folder(config, "hydra.sweep.dir")
         check_writable("hydra.sweep.dir", sweep_dir)
         try:
