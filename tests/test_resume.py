@@ -150,17 +150,23 @@ def test_a_folder_holding_a_run_is_never_overwritten(tmp_path, quiet_console):
     assert open(os.path.join(run_dir, "summary.json")).read() == before
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
+# b"hello world\n" and a passwd file: found by an adversarial test, torch's weights-only unpickler failed with
+# KeyError / IndexError, which gave a traceback
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"hello world\n", b"root:x:0:0:root:/root:/bin/bash\n",
+                                     None, "folder"])
 def test_truncated_or_foreign_checkpoint_is_a_clear_error(tmp_path, quiet_console, content):
     path = str(tmp_path / checkpoint.CHECKPOINT_NAME)
     if content is None:
         torch.save({"model": {}}, path)  # a torch file, but not ours
+    elif content == "folder":
+        os.mkdir(path)  # "no checkpoint ... stopped before its first checkpoint" was not the reason
     else:
         with open(path, "wb") as f:
             f.write(content)
     with pytest.raises(checkpoint.CheckpointError) as err:
         checkpoint.load(path)
     assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+    assert ("not a regular file" in str(err.value)) == (content == "folder")
 
 
 def test_truncated_real_checkpoint(tmp_path, quiet_console):
