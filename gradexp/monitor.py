@@ -380,8 +380,14 @@ class Monitor:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        """A Ctrl-C inside the `with` is an interrupted run, not a completed one; an exception, a failed one."""
-        self.close(error if isinstance(error, Exception) else None, interrupted=isinstance(error, KeyboardInterrupt))
+        """A Ctrl-C inside the `with` is an interrupted run, not a completed one; an exception, a failed one, and so
+        is sys.exit() with an error code (found by an adversarial test: 'completed'); sys.exit(0) ends it normally."""
+        if isinstance(error, KeyboardInterrupt):
+            self.close(interrupted=True)
+        elif isinstance(error, SystemExit) and error.code in (0, None):
+            self.close()
+        else:
+            self.close(error)
 
 
 def _parameters(optimizers: Iterable[torch.optim.Optimizer]) -> Iterator[Tensor]:

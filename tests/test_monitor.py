@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -254,6 +255,21 @@ def test_lr_is_the_rate_the_update_used_with_the_scheduler_stepped_inside_the_st
             opt_a.zero_grad(), opt_b.zero_grad()
     monitor.close()
     assert [capture.logged[step]["lr"] for step in range(3)] == [0.1, 0.05, 0.025]
+
+
+@pytest.mark.parametrize("code, status", [(3, "failed"), ("bad config", "failed"), (0, "completed"),
+                                          (None, "completed")])
+def test_sys_exit_inside_the_with_block_ends_the_run_by_its_code(tmp_path, code, status):
+    """Found by an adversarial test: sys.exit(3) inside `with Monitor(...)` left a summary with status completed."""
+    model, opt_a, opt_b = _build()
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        with gradexp.Monitor(model, run_dir=str(run_dir), every=1, optimizers=[opt_a]) as monitor:
+            _user_step(monitor, model, [opt_a, opt_b], [_data(0)])
+            sys.exit(code)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == (status, 1)
+    assert (summary.get("error") is None) == (status == "completed")
 
 
 def _gan():
