@@ -197,3 +197,17 @@ def test_resume_keeps_a_folder_name_with_quotes_and_spaces_literal(tmp_path):
     args = hydra_args([f"resume={run}"])
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(args)}
     assert parsed["resume"] == run and parsed["hydra.run.dir"] == run
+
+
+@pytest.mark.parametrize("planted", ["fifo", "aliases"])
+def test_a_sweep_folder_whose_multirun_yaml_is_planted_is_another_sweep_at_once(tmp_path, planted):
+    """Found by an adversarial test: a FIFO named multirun.yaml blocked the sweep's start past SIGTERM, and a file of
+    nested YAML aliases grew past 500 MB; both are read with the run folder's limits, and are not this sweep."""
+    path = tmp_path / "multirun.yaml"
+    if planted == "fifo":
+        os.mkfifo(path)
+    else:
+        lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+        lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+        path.write_text("\n".join(lines) + "\n")
+    assert folders._same_sweep(str(tmp_path), config=None) is False

@@ -190,11 +190,13 @@ class FolderGuard(Callback):
 
 def _same_sweep(sweep_dir: str, config: Any) -> bool:
     """True for a new folder, or one whose multirun.yaml records the same sweep overrides as this invocation."""
+    from gradexp.training.resume import load_run_yaml
+
     saved_path = os.path.join(sweep_dir, "multirun.yaml")
-    if not os.path.exists(saved_path):
+    if not os.path.lexists(saved_path):
         return True
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(saved_path).hydra.overrides.task, resolve=False)
+    try:  # with the run folder's limits: a FIFO or a file of nested aliases there hung the sweep past SIGTERM
+        saved = load_run_yaml(saved_path)["hydra"]["overrides"]["task"]
     except Exception:  # unreadable or foreign: not a sweep gradexp can continue
         return False
     return saved == OmegaConf.to_container(config.hydra.overrides.task, resolve=False)

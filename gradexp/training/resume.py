@@ -37,7 +37,7 @@ def trusted_overrides(path: str, named: Sequence[str] = ()) -> list[str]:
     input, and anything else there (hydra.* callbacks, a foreign _target_, environment resolvers) could run code
     or write files when re-applied. `named`: the command line's own overrides, the one source trusted to name the
     user's model class (model=custom)."""
-    saved = _load_yaml(path)
+    saved = load_run_yaml(path)
     if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
         raise ResumeError(f"{path}: not a list of overrides")
     for override in saved:
@@ -53,13 +53,16 @@ def _unreadable(path: str, err: Exception) -> ResumeError:
     return ResumeError(f"{path}: cannot read it ({first_line(err)})")
 
 
-def _load_yaml(path: str) -> Any:
-    """A YAML file of the run folder (Hydra's record of it), as plain containers; ResumeError (one line) for one that
+def load_run_yaml(path: str) -> Any:
+    """A YAML file of a run or sweep folder (Hydra's record of it), as plain containers; ResumeError (one line) for
+    one that is not a regular file (a FIFO's open blocks: found by an adversarial test, a sweep hung past SIGTERM),
     is too large, does not parse, or holds anchors and aliases: Hydra writes none, and OmegaConf expands every alias
     in full (a crafted 2 KB file of nested aliases took minutes and gigabytes to load)."""
     import yaml
 
     try:
+        if not os.path.isfile(path):
+            raise ValueError("not a regular file")
         with open(path, encoding="utf-8") as f:
             text = f.read(YAML_LIMIT + 1)
         if len(text) > YAML_LIMIT:
@@ -178,7 +181,7 @@ def _check_same_config(cfg: Any, run_dir: str) -> None:
     saved_path = os.path.join(run_dir, ".hydra", "config.yaml")
     if not os.path.isfile(saved_path):
         raise ResumeError(f"resume={cfg.resume}: not a gradexp run folder (no .hydra/config.yaml there)")
-    saved = _load_yaml(saved_path)
+    saved = load_run_yaml(saved_path)
     if not isinstance(saved, dict):
         raise ResumeError(f"{saved_path}: not a run's config (a mapping of keys)")
     saved = _flat(saved)
