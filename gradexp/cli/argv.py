@@ -53,7 +53,12 @@ def refuse_bad_options(args: list[str]) -> None:
     8-line usage and the error; gradexp says the error in one line (OptionError)."""
     if any(a in _EXITING for a in args):
         return
-    _hydra_parser().parse_args(args)
+    parser = _hydra_parser()
+    parsed = parser.parse_args(args)
+    for action in parser._actions:  # argparse reads `--config-dir=--` as an empty list: Hydra then failed on it
+        if action.nargs in (None, "?") and isinstance(getattr(parsed, action.dest, None), list):
+            raise OptionError(f"argument {'/'.join(action.option_strings)}: expected one value, not '--' "
+                              "(gradexp run --help lists the options)")
 
 
 @functools.lru_cache(maxsize=1)

@@ -65,7 +65,11 @@ def mean_spread(values: list[float]) -> tuple[float, float] | None:
         return None
     if len(set(finite)) == 1:  # equal values: spread 0, not stdev's rounding residue (3e-17 for three 0.408s)
         return finite[0], 0.0
-    return statistics.fmean(finite), statistics.stdev(finite)
+    # in units of the largest: fsum and the squares overflowed for values near float's largest (1e308 and 1.7e308,
+    # found by an adversarial test: a traceback after report.csv was written)
+    unit = max(abs(v) for v in finite)
+    scaled = [v / unit for v in finite]
+    return statistics.fmean(scaled) * unit, statistics.stdev(scaled) * unit
 
 
 def _common(values: list[Any]) -> str:

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from typing import Any, Optional
 
@@ -54,6 +55,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         args = parse(sys.argv[1:] if argv is None else argv)
     except SystemExit as exit_:  # argparse printed usage (--help: 0) or one error line (2)
         return int(exit_.code or 0)
+    for option in ("sort", "out", "dpi"):  # argparse reads `--sort=--` as an empty list (found by an adversarial test)
+        if isinstance(getattr(args, option), list):
+            return _bad(f"invalid value for --{option}: '--' (allowed: a value; see gradexp report --help)")
     if not 10 <= args.dpi <= 600:
         return _bad(f"invalid value for --dpi: {args.dpi} (allowed: an integer from 10 to 600)")
     if not os.path.isdir(args.path):
@@ -142,6 +146,7 @@ def sort_rows(rows: list[dict[str, Any]], key: str, descending: bool) -> list[di
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
+    rows = [{_csv_cell(k): _csv_cell(v) for k, v in r.items()} for r in rows]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -150,11 +155,34 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+_PLAIN_SIGNED = re.compile(r"[+-][\w.]*")  # "-", "+model.hidden", "-1e-3": no formula a spreadsheet would run
+
+
+def _csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (=HYPERLINK(...), @SUM(...), -cmd|...) gets a leading
+    quote, as OWASP advises: a run folder is untrusted, and its overrides and summary reach report.csv as they are
+    (found by an adversarial test)."""
+    if isinstance(value, str) and value[:1] in ("=", "@", "\t", "\r", "+", "-") and not _PLAIN_SIGNED.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no inf or NaN: json.dump wrote Infinity, which strict parsers refuse; null, as summary.json has it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _print(rows: list[dict[str, Any]], records: list[RunRecord], fmt: str, figure: Optional[str], out: str) -> None:
     if fmt == "csv":
         sys.stdout.write(to_csv(rows))
     elif fmt == "json":
-        json.dump(rows, sys.stdout, indent=2, ensure_ascii=False)
+        json.dump(_json_safe(rows), sys.stdout, indent=2, ensure_ascii=False, allow_nan=False)
         sys.stdout.write("\n")
     else:
         from rich.console import Console
