@@ -320,3 +320,13 @@ def test_the_report_of_one_run_folder_names_the_run_by_its_folder(tmp_path, caps
     write_run(tmp_path / "12-00-00-000001", ["activation=relu"], norms=geometric(0.9))
     assert main([str(tmp_path / "12-00-00-000001"), "--format", "json"]) == 0
     assert [r["run"] for r in json.loads(capsys.readouterr().out)] == ["12-00-00-000001"]
+
+
+def test_a_runs_attempt_folders_are_not_runs_of_their_own(tmp_path):
+    """Found by an adversarial test: a rerun moves an earlier attempt's files into attempt-N/ inside the run, and
+    the report listed each as a run (interrupted, unfinished), inflating the sweep's table and figure."""
+    write_run(tmp_path / "sweep" / "0_a", ["activation=relu"], norms=geometric(0.7))
+    write_run(tmp_path / "sweep" / "0_a" / "attempt-1", ["activation=relu"], status="interrupted", hydra=False)
+    write_run(tmp_path / "sweep" / "attempt-2", ["activation=tanh"], norms=geometric(0.7))  # a run named so: kept
+    assert [os.path.relpath(f, tmp_path) for f in find_runs(str(tmp_path / "sweep"))] == ["sweep/0_a",
+                                                                                         "sweep/attempt-2"]

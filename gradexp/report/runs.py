@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -19,6 +20,7 @@ from gradexp.report import schema
 from gradexp.report.untrusted import MEGABYTE, Unreadable, one_line, printable, read_text
 
 SUMMARY = "summary.json"
+ATTEMPT = re.compile(r"attempt-\d+")  # where a rerun moves an earlier attempt's files (training/resume.py)
 OVERRIDES = os.path.join(".hydra", "overrides.yaml")
 UNREADABLE = "unreadable"
 # real summaries weigh kilobytes (a few hundred bytes per layer, ~25 per bptt time step): the caps only stop a file
@@ -65,7 +67,9 @@ def find_runs(root: str) -> list[str]:
 def walk_runs(root: str) -> tuple[list[str], list[tuple[str, str]]]:
     """find_runs's folders, and each folder below root that could not be listed with the reason (its runs, if any,
     are left out: the report says so). Iterative, so a tree of any depth is walked; symbolic links to folders are
-    not followed, and folders whose name starts with a dot (.hydra, .submitit: bookkeeping) are not runs."""
+    not followed, and folders whose name starts with a dot (.hydra, .submitit: bookkeeping) are not runs; nor are a
+    run's attempt-N/ folders, the files of an attempt a rerun moved aside (training/resume.py move_aside): they were
+    listed as runs of their own (found by an adversarial test)."""
     found, unlisted, pending = [], [], [root]
     while pending:
         folder = pending.pop()
@@ -76,16 +80,16 @@ def walk_runs(root: str) -> tuple[list[str], list[tuple[str, str]]]:
             unlisted.append((folder, err.strerror or str(err)))
             continue
         names = {e.name for e in entries}
-        if SUMMARY in names or any(e.name == ".hydra" and e.is_dir() for e in entries):
+        is_run = SUMMARY in names or any(e.name == ".hydra" and e.is_dir() for e in entries)
+        if is_run:
             found.append(folder)
-        pending.extend(e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+        pending.extend(e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+                       and not (is_run and ATTEMPT.fullmatch(e.name)))
     return sorted(found, key=_natural), unlisted
 
 
 def _natural(path: str) -> list:
     """'multirun/x/10_a' after 'multirun/x/9_a'."""
-    import re
-
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
