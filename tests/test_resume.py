@@ -282,6 +282,22 @@ def test_a_forged_optimizer_state_is_refused_and_the_folder_kept(tmp_path, quiet
     assert before == {name: open(os.path.join(run_dir, name), "rb").read() for name in before}
 
 
+@pytest.mark.parametrize("extra", [[], ["data.workers=1"]], ids=["batches", "loader"])
+def test_a_forged_step_that_its_data_position_does_not_match_is_refused(tmp_path, quiet_console, extra):
+    """Found by an adversarial test: a checkpoint's step set to train.steps ended the run 'completed' after the few
+    updates it had done. One batch per update: the data position says how many were done."""
+    run_dir = str(tmp_path / "run")
+    overrides = [*LONG, *extra]
+    start(run_dir, overrides, quiet_console, stop=StopAfter(6))
+    path = os.path.join(run_dir, checkpoint.CHECKPOINT_NAME)
+    state = torch.load(path, weights_only=True)
+    state["step"] += 1
+    torch.save(state, path)
+    with pytest.raises(ResumeError, match=f"its step {state['step']} does not match its data position") as refused:
+        resume(run_dir, overrides, quiet_console)
+    assert "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize("key,value", [("scale", "abc"), ("scale", -1.0), ("scale", math.nan),
                                        ("growth_interval", 0), ("_growth_tracker", -2), ("backoff_factor", 2.0)])
 def test_a_tampered_loss_scaler_state_is_refused(key, value):

@@ -248,6 +248,18 @@ class Batches:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "generator": self._epoch_state.clone()}
 
+    def check_drawn(self, batches: int, state: dict) -> None:
+        """ValueError unless `state` is where this stream stands after `batches` batches (epochs are concatenated
+        and the next one starts only when a batch needs it): a checkpoint's step and data position must agree. Found
+        by an adversarial test: a forged step of 3000 ended a run 'completed' after ~150 real updates."""
+        drawn, size = batches * self.batch_size, len(self.x)
+        epoch = (drawn - 1) // size if drawn else 0
+        expected = (epoch, drawn - epoch * size)
+        if (state.get("epoch"), state.get("position")) != expected:
+            raise ValueError(f"after {batches} batches of {self.batch_size} the data stands at epoch {expected[0]}, "
+                             f"position {expected[1]}; the checkpoint says epoch {state.get('epoch')!r}, position "
+                             f"{state.get('position')!r}")
+
     def load_state_dict(self, state: dict) -> None:
         """ValueError for a state this stream cannot have been in (a tampered checkpoint): a position past the end of
         the data would make next() loop forever."""

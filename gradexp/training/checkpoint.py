@@ -91,6 +91,10 @@ def restore(run: Run, state: dict[str, Any], total_steps: int, config: str) -> i
     if type(step) is not int or not 0 <= step <= total_steps:  # a forged step would end the run 'completed' at once
         raise CheckpointError(f"its step {step!r} is not one of this run's (0 to train.steps={total_steps})")
     check_optimizer_state(run.optimizer, state["optimizer"])
+    try:  # one batch per update: a step the data position does not match is not one this run wrote
+        run.batches.check_drawn(step, state["batches"] if isinstance(state["batches"], dict) else {})
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"its step {step} does not match its data position ({first_line(err)})") from None
     try:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
