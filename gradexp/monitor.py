@@ -155,7 +155,11 @@ class Monitor:
         if not self.writes:
             return []
         _refuse_a_used_folder(self.run_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+        except OSError as err:  # under a file, a name too long, under /proc: a raw OSError (adversarial test)
+            raise ConfigError("run_dir", os.fspath(self.run_dir), f"a folder path this process can create "
+                              f"({err.strerror or err})") from None
         names = [name for name, _ in self.layers]
         tensorboard = TensorBoardSink(self.run_dir)
         hparams = {"model": type(self.model).__name__, "log.every": self.every, "monitor": True}
@@ -452,12 +456,13 @@ def _one_number(name: str, value: Any) -> Tensor:
     """A recorded value as a 0-d tensor (on its device: no host sync), or ConfigError for one that is not a single
     number: close() would fail on it, and the run's summary.json would never be written."""
     if isinstance(value, Tensor):
-        if value.numel() == 1:
+        # a complex value lost its imaginary part, a meta tensor failed when the step ended (adversarial test)
+        if value.numel() == 1 and not value.is_complex() and not value.is_meta:
             return value.detach().reshape(())
-    else:
+    elif not isinstance(value, (str, bytes, bool)):  # "1.5" and True were taken as numbers
         try:
             return torch.tensor(float(value))  # Python and numpy numbers, one-element arrays
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range (10**400)
             pass
     raise ConfigError(f"record({name}=...)", _argument(value), "a number or a one-element tensor (a per-example loss: "
                       "reduce it first, e.g. loss.mean())")

@@ -527,6 +527,10 @@ def test_values_close_could_not_write_are_refused_where_they_are_given(tmp_path)
             monitor.record(loss=losses)
         with pytest.raises(ConfigError, match=r"record\(loss=...\): 'a list'"):
             monitor.record(loss=[1.0, 2.0])
+        # found by the eighth session's adversarial test: taken as numbers, or failing only when the step ended
+        for bad in ["1.5", True, 10 ** 400, torch.tensor(1 + 2j), torch.empty((), device="meta")]:
+            with pytest.raises(ConfigError, match=re.escape("record(loss=...): ") + ".*allowed: a number or a one"):
+                monitor.record(loss=bad)
         losses.mean().backward()
         monitor.record(loss=losses.mean(), acc=0.5, np_value=np.float32(0.25), count=np.int64(3),
                        one=torch.tensor([0.5]))  # one number each: taken (numpy scalars were refused for a while)
@@ -561,6 +565,7 @@ def _mlp() -> nn.Module:
     ({"model": lambda x: x}, "model: 'a function'"),
     ({"run_dir": 5}, "run_dir: 5 (allowed: a folder path"),
     ({"run_dir": "FILE"}, "(allowed: a new or empty folder (this is a file))"),
+    ({"run_dir": "UNDER_FILE"}, "(allowed: a folder path this process can create (Not a directory))"),  # an OSError
     ({"steps": "10"}, "steps: '10'"), ({"steps": -3}, "steps: -3"),
     ({"optimizers": [1]}, "optimizers: 1 (allowed: torch.optim.Optimizer objects)"),
     ({"optimizers": "MODEL"}, "optimizers: 'a Sequential'"),
@@ -573,7 +578,8 @@ def test_arguments_the_monitor_cannot_use_are_refused_in_one_line_before_a_folde
     model = _mlp()
     (tmp_path / "FILE").write_text("mine")
     given = {"model": model, "run_dir": str(tmp_path / "run"), **arguments}
-    given = {k: model if v == "MODEL" else str(tmp_path / "FILE") if v == "FILE" else v for k, v in given.items()}
+    named = {"MODEL": model, "FILE": str(tmp_path / "FILE"), "UNDER_FILE": str(tmp_path / "FILE" / "run")}
+    given = {k: named[v] if isinstance(v, str) and v in named else v for k, v in given.items()}
     with pytest.raises(ConfigError) as refused:
         gradexp.Monitor(given.pop("model"), **given)
     assert says in str(refused.value) and "\n" not in str(refused.value)
