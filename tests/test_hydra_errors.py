@@ -1,6 +1,8 @@
 """Hydra's multi-line composition errors become one line that keeps the key, the value and the options."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gradexp.cli.errors import BAD_INPUT, one_line
@@ -60,3 +62,14 @@ def test_options_hydra_takes_pass_the_check():
     for args in (["--cfg", "job"], ["-m", "train.steps=3"], ["--info"], ["--info", "searchpath"], ["--help"],
                  ["--info", "seed=1"]):  # a bare --info before an override: gradexp moves it last
         hydra_args(args)  # no OptionError
+
+
+def test_resume_of_a_folder_whose_overrides_file_is_a_fifo_says_so(tmp_path):
+    """Found by an adversarial test: it read 'not a gradexp run folder (no .hydra/overrides.yaml there)'."""
+    from gradexp.cli.argv import hydra_args
+    from gradexp.training.resume import ResumeError
+
+    (tmp_path / ".hydra").mkdir()
+    os.mkfifo(tmp_path / ".hydra" / "overrides.yaml")
+    with pytest.raises(ResumeError, match="its .hydra/overrides.yaml is not a regular file"):
+        hydra_args([f"resume={tmp_path}"])

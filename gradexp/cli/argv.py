@@ -28,6 +28,8 @@ def hydra_args(args: list[str]) -> list[str]:
             a.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in overrides):
         raise ResumeError(f"resume={folder} continues one run in its own folder: drop -m/--multirun and hydra.*.dir")
     saved = os.path.join(folder, ".hydra", "overrides.yaml")
+    if os.path.lexists(saved) and not os.path.isfile(saved):  # a FIFO or folder: "no ... there" was not the reason
+        raise ResumeError(f"resume={folder}: its .hydra/overrides.yaml is not a regular file")
     if not os.path.isfile(saved):
         raise ResumeError(f"resume={folder}: not a gradexp run folder (no .hydra/overrides.yaml there)")
     original = trusted_overrides(saved, named=overrides)

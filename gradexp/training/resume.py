@@ -189,7 +189,9 @@ def _check_same_config(cfg: Any, run_dir: str) -> None:
     changed = [f"{k}={now.get(k)!r} (the run has {saved.get(k)!r})"
                for k in sorted(set(saved) | set(now)) if k != "resume" and now.get(k) != saved.get(k)]
     if changed:
-        raise ResumeError(f"resume keeps the run's config; these overrides change it: {', '.join(changed)}")
+        # not "these overrides change it": with no override given, an edited config.yaml read so (adversarial test)
+        raise ResumeError(f"resume keeps the run's config; composed now, it differs from the run's "
+                          f".hydra/config.yaml: {', '.join(changed)}")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
