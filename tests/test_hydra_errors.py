@@ -73,3 +73,19 @@ def test_resume_of_a_folder_whose_overrides_file_is_a_fifo_says_so(tmp_path):
     os.mkfifo(tmp_path / ".hydra" / "overrides.yaml")
     with pytest.raises(ResumeError, match="its .hydra/overrides.yaml is not a regular file"):
         hydra_args([f"resume={tmp_path}"])
+
+
+@pytest.mark.parametrize("name", ["ends in a backslash\\", "two\\\\", "it's", "x\\'y", "a\\b", "a,b=c d"])
+def test_resume_names_any_run_folder_to_hydra_as_it_is(tmp_path, name):
+    """Found by an adversarial test: a folder whose name ended in a backslash could not be resumed (Hydra's parser
+    read the backslash as escaping the closing quote)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from gradexp.cli.argv import hydra_args
+
+    folder = tmp_path / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("- train.steps=3\n")
+    line = hydra_args([f"resume={folder}"])
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(line)}
+    assert parsed["hydra.run.dir"] == parsed["resume"] == str(folder)

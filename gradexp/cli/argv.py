@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Optional
 
 from gradexp.config.schema import ConfigError
@@ -107,6 +108,7 @@ def split_options(args: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 
 def _quoted(path: str) -> str:
-    """A Hydra override value that keeps spaces, '=', ',' and quotes in a path literal (Hydra reads \\' inside a
-    quoted value as a quote)."""
-    return "'" + path.replace("'", "\\'") + "'"
+    """A Hydra override value that keeps spaces, '=', ',', quotes and backslashes in a path literal: Hydra reads \\'
+    inside a quoted value as a quote, and backslashes only before a quote (the closing one too) as escapes, so those
+    are doubled (found by an adversarial test: a folder whose name ended in a backslash could not be resumed)."""
+    return "'" + re.sub(r"(\\+)(?='|$)", r"\1\1", path).replace("'", "\\'") + "'"
