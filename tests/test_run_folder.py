@@ -7,6 +7,7 @@ import errno
 import glob
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -211,3 +212,25 @@ def test_a_sweep_folder_whose_multirun_yaml_is_planted_is_another_sweep_at_once(
         lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
         path.write_text("\n".join(lines) + "\n")
     assert folders._same_sweep(str(tmp_path), config=None) is False
+
+
+@pytest.mark.parametrize("subdir, output_subdir, refused", [
+    ("${hydra.job.num}_${hydra.job.override_dirname}", ".hydra", None),  # gradexp's own
+    ("${hydra.job.id}", None, None), ("lr_${optimizer.lr}", "hydra_cfg/inner", None), ("${hydra:job.num}", ".hydra", None),
+    ("fixed", ".hydra", "hydra.sweep.subdir: 'fixed' (allowed: a folder per job"),
+    ("../x_${hydra.job.num}", ".hydra", "hydra.sweep.subdir: '../x_${hydra.job.num}' (allowed: a folder inside"),
+    ("/abs/${hydra.job.num}", ".hydra", "hydra.sweep.subdir: '/abs/${hydra.job.num}' (allowed: a folder inside"),
+    ("${hydra.job.num}", "../out", "hydra.output_subdir: '../out' (allowed: a folder inside the run folder"),
+    ("${hydra.job.num}", "/etc", "hydra.output_subdir: '/etc'"), ("${hydra.job.num}", ".", "hydra.output_subdir: '.'"),
+])
+def test_hydras_subfolders_that_may_differ_per_job_are_taken_and_others_refused(subdir, output_subdir, refused):
+    """A review found sensible subdirs refused (lr_${optimizer.lr}, ${hydra:job.num}) by a list of known names: any
+    interpolation may differ per job; a constant, absolute or `..` one is refused (tests/test_user_owns.py runs it)."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({"hydra": {"output_subdir": output_subdir, "sweep": {"subdir": subdir}}})
+    if refused is None:
+        folders.check_subfolders(config, sweep=True)
+    else:
+        with pytest.raises(folders.Refused, match=re.escape(f"invalid value for {refused}")):
+            folders.check_subfolders(config, sweep=True)

@@ -1,6 +1,7 @@
 """A built wheel carries the YAML config tree (a wheel without it is lightning-hydra-template issue 448)."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -17,8 +18,14 @@ def build_wheel(out: Path) -> Path:
 
 
 def _build(out: Path) -> tuple[Path, str]:
+    """From a copy of the source tree: setuptools builds in the tree's build/, which two builds at once (the slow tier
+    runs on every core) shared and broke (found by a review: 4 of 9 builds failed three at a time)."""
+    source = out / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info",
+                                                                  "__pycache__", ".pytest_cache", "outputs",
+                                                                  "multirun", "runs"))
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                           str(ROOT)], check=True, capture_output=True, text=True)
+                           str(source)], check=True, capture_output=True, text=True)
     return next(out.glob("gradexp-*.whl")), done.stdout + done.stderr
 
 

@@ -36,7 +36,7 @@ class Flow:
     """How a gradient norm changes along one axis (depth or time) at the first and last logged step."""
     quantity: str                     # act_grad_norm | grad_norm | bptt_grad_norm/<layer>
     gain: dict[str, Optional[float]]  # "first"/"last" -> factor per layer (per time step) travelled backward
-    ratio: dict[str, Optional[float]]  # "first"/"last" -> norm at index 0 / norm at the last index
+    ratio: dict[str, Optional[float]]  # "first"/"last" -> norm at index `start` / norm at the last index
     length: int                       # layers (or time steps) measured
     start: int = 0                    # the index of the first one (leading frozen layers take in no gradient)
 

@@ -114,14 +114,12 @@ def _folder(config: Any, key: str) -> str:
     return folder
 
 
-PER_JOB = ("hydra.job.num", "hydra.job.id", "hydra.job.override_dirname")  # what tells a sweep's jobs apart
-
-
 def check_subfolders(config: Any, sweep: bool) -> None:
     """Hydra writes .hydra/ to hydra.output_subdir (under the run folder) and each sweep job into hydra.sweep.subdir
     (under the sweep folder), before any job's code runs. Found by an adversarial test: an absolute or `..` path
     there rewrote another run's .hydra/ record, and a sweep.subdir the same for every job (`fixed`) had job 2 find
-    job 1's summary and skip itself, a sweep half run and reported complete."""
+    job 1's summary and skip itself, a sweep half run and reported complete. A subdir with an interpolation may differ
+    per job (${hydra.job.num}, or a swept key's value: lr=${optimizer.lr}), and is taken as it is."""
     raw = OmegaConf.to_container(config.hydra, resolve=False)
     keys = [("hydra.output_subdir", raw.get("output_subdir"))]
     if sweep:
@@ -134,10 +132,10 @@ def check_subfolders(config: Any, sweep: bool) -> None:
             raise Refused(f"invalid value for {key}: {value!r} (allowed: a folder inside the "
                           f"{'sweep' if key == 'hydra.sweep.subdir' else 'run'} folder, without '..'"
                           f"{'' if key == 'hydra.sweep.subdir' else ', or null'})")
-    if sweep and not any(name in str(keys[1][1]) for name in PER_JOB):
+    if sweep and "${" not in str(keys[1][1]):
         raise Refused(f"invalid value for hydra.sweep.subdir: {keys[1][1]!r} (allowed: a folder per job, named with "
-                      "${hydra.job.num} or ${hydra.job.override_dirname}: one folder for every job would have each "
-                      "job find the last one's run)")
+                      "an interpolation such as ${hydra.job.num}: one folder for every job would have each job find "
+                      "the last one's run)")
 
 
 class FolderGuard(Callback):

@@ -96,9 +96,9 @@ class Loader:
 
     def check_drawn(self, batches: int, state: dict) -> None:
         """ValueError unless `state` is this loader's after `batches` batches (Batches.check_drawn)."""
-        if state.get("batch") != batches:
-            raise ValueError(f"the loader's batch count {state.get('batch')!r} is not the {batches} batches drawn")
-        self.stream.check_drawn(batches, state.get("stream") or {})
+        if not isinstance(state, dict) or state.get("batch") != batches:
+            raise ValueError(f"the loader's batch count is not the {batches} batches drawn")
+        self.stream.check_drawn(batches, state.get("stream"))
 
     def load_state_dict(self, state: dict) -> None:
         if type(state["batch"]) is not int or state["batch"] < 0:  # a tampered checkpoint (Batches checks the stream)

@@ -252,13 +252,15 @@ class Batches:
         """ValueError unless `state` is where this stream stands after `batches` batches (epochs are concatenated
         and the next one starts only when a batch needs it): a checkpoint's step and data position must agree. Found
         by an adversarial test: a forged step of 3000 ended a run 'completed' after ~150 real updates."""
+        if not isinstance(state, dict):  # a list gave an AttributeError, a tensor a traceback (a review)
+            raise ValueError(f"the data stream's state is a {type(state).__name__}, not a mapping")
         drawn, size = batches * self.batch_size, len(self.x)
         epoch = (drawn - 1) // size if drawn else 0
         expected = (epoch, drawn - epoch * size)
-        if (state.get("epoch"), state.get("position")) != expected:
-            raise ValueError(f"after {batches} batches of {self.batch_size} the data stands at epoch {expected[0]}, "
-                             f"position {expected[1]}; the checkpoint says epoch {state.get('epoch')!r}, position "
-                             f"{state.get('position')!r}")
+        if (state.get("epoch"), state.get("position")) != expected:  # or the data has changed size since
+            raise ValueError(f"after {batches} batches of {self.batch_size} from {size} examples the data stands at "
+                             f"epoch {expected[0]}, position {expected[1]}; the checkpoint says epoch "
+                             f"{state.get('epoch')!r}, position {state.get('position')!r}")
 
     def load_state_dict(self, state: dict) -> None:
         """ValueError for a state this stream cannot have been in (a tampered checkpoint): a position past the end of

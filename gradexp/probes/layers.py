@@ -56,21 +56,22 @@ def watched_layers(model: nn.Module, patterns: Sequence[str] = (), key: str = "m
 
 
 def matching(model: nn.Module, patterns: Sequence[str], key: str = "model.watch") -> Layers:
-    """Modules whose name matches any pattern, in registration (forward) order; each pattern must match. A module
-    inside another matched one is left out: fnmatch's `*` also matches dots, so `blocks.*` matched blocks.0 and
-    blocks.0.conv alike, and the depth profile interleaved blocks with their own parts (found by a user)."""
+    """Modules whose name matches any pattern, in registration (forward) order; each pattern must match. Of one
+    pattern's matches, a module inside another is left out: fnmatch's `*` also matches dots, so `blocks.*` matched
+    blocks.0 and blocks.0.conv alike, and the depth profile interleaved blocks with their own parts (found by a user).
+    A module another pattern names stays (watch=["backbone", "backbone.layer4"] watches both)."""
     named = [(name, m) for name, m in model.named_modules() if name]
+    kept: set[str] = set()
     for pattern in patterns:
-        if not any(fnmatchcase(name, pattern) for name, _ in named):
+        outer: list[str] = []  # this pattern's matches not inside another of them (registration order: parents first)
+        for name, _ in named:
+            if fnmatchcase(name, pattern) and not any(name.startswith(f"{parent}.") for parent in outer):
+                outer.append(name)
+        if not outer:
             sample = ", ".join(name for name, _ in named[:6])
             raise NoLayersFound(key, pattern, f"fnmatch patterns that match module names, e.g. {sample}")
-    matched = [(name, m) for name, m in named if any(fnmatchcase(name, p) for p in patterns)]
-    outer: list[str] = []  # matched names so far that are not inside another (registration order: parents first)
-    for name, _ in matched:
-        if not any(name.startswith(f"{parent}.") for parent in outer):
-            outer.append(name)
-    kept = set(outer)
-    return [(name, m) for name, m in matched if name in kept]
+        kept.update(outer)
+    return [(name, m) for name, m in named if name in kept]
 
 
 def discover(model: nn.Module) -> Layers:

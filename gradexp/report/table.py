@@ -155,7 +155,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-_PLAIN_SIGNED = re.compile(r"[+-][\w.]*")  # "-", "+model.hidden", "-1e-3": no formula a spreadsheet would run
+# "-", "+model.hidden", "-1e-3", "+1.5E+07": no formula a spreadsheet would run
+_PLAIN_SIGNED = re.compile(r"[+-]([\w.]*|\d*\.?\d*([eE][+-]?\d+)?)")
 
 
 def _csv_cell(value: Any) -> Any:

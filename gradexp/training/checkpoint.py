@@ -92,7 +92,7 @@ def restore(run: Run, state: dict[str, Any], total_steps: int, config: str) -> i
         raise CheckpointError(f"its step {step!r} is not one of this run's (0 to train.steps={total_steps})")
     check_optimizer_state(run.optimizer, state["optimizer"])
     try:  # one batch per update: a step the data position does not match is not one this run wrote
-        run.batches.check_drawn(step, state["batches"] if isinstance(state["batches"], dict) else {})
+        run.batches.check_drawn(step, state["batches"])
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"its step {step} does not match its data position ({first_line(err)})") from None
     try:
