@@ -213,18 +213,22 @@ def test_warmed_joblib_workers_give_the_basic_launchers_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_signal_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["to the parent", "to the group (Ctrl-C)"])
+def test_a_signal_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_path, to_group):
     """Found by an adversarial test: a SIGTERM to `gradexp run -m hydra/launcher=joblib` reached the parent alone;
     the jobs trained on to the end, and outlived it. Now the parent passes it on: the running jobs stop after their
     step (interrupted, with a checkpoint), the queued one is recorded interrupted without starting, the command exits
-    143, and no worker process is left."""
+    143, and no worker process is left. Found by a new user: a terminal's Ctrl-C reaches the whole process group, and
+    with the parent's pass the workers got it twice at once: each exited at the 'second interrupt' without its
+    summary, and the parent ended in joblib's TerminatedWorkerError traceback."""
     import os
     import signal
     import time
 
     command = [sys.executable, "-m", "gradexp", "run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                "seed=0,1,2", "train.steps=1000000", "train.checkpoint_every=100", "device=cpu", "hydra.sweep.dir=sw"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=to_group)  # its own group, as a terminal's foreground job has
     workers: list[int] = []
     try:
         while len(glob.glob(str(tmp_path / "sw" / "*" / "checkpoint.pt"))) < 2:
@@ -232,7 +236,10 @@ def test_a_signal_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_pat
             time.sleep(0.2)
         workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                                                       text=True).stdout.split()]
-        proc.send_signal(signal.SIGTERM)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:  # a failure leaves no sweep training on
         for pid in [proc.pid, *workers]:
@@ -240,7 +247,7 @@ def test_a_signal_to_a_joblib_sweep_stops_every_job_and_leaves_no_worker(tmp_pat
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert proc.returncode == (130 if to_group else 143) and "Traceback" not in err, err
     statuses = [json.load(open(p))["status"] for p in sorted(glob.glob(str(tmp_path / "sw" / "*" / "summary.json")))]
     assert statuses == ["interrupted"] * 3
     assert workers and _still_running(workers, within=10.0) == []  # none outlived the sweep

@@ -224,3 +224,25 @@ def test_bad_launcher_option_leaves_nothing_behind(tmp_path):
     assert done.stderr.strip() == ("gradexp: invalid value for hydra.launcher.timeout_min: -1 "
                                    "(allowed: an integer > 0 (minutes))")
     assert os.listdir(tmp_path) == []
+
+
+def test_the_same_signal_twice_at_once_is_one_interrupt_a_later_one_exits(monkeypatch):
+    """Found by a new user: a terminal's Ctrl-C reaches a joblib sweep's whole process group and the parent passes it
+    on too, so a worker could get SIGINT twice within milliseconds: it exited at the 'second interrupt' with no
+    summary, and the parent ended in joblib's TerminatedWorkerError traceback. Twice at once is one interrupt; a
+    signal after SAME_INTERRUPT_S, or another signal, is the second (os._exit)."""
+    from gradexp.training import interrupt
+
+    exits: list[int] = []
+    monkeypatch.setattr(Interrupts, "received", None)  # class-wide: put back after the test
+    monkeypatch.setattr(interrupt.os, "_exit", exits.append)
+    clock = [100.0]
+    monkeypatch.setattr(interrupt.time, "monotonic", lambda: clock[0])
+    for later, other in [(0.0, False), (interrupt.SAME_INTERRUPT_S, False), (0.0, True)]:
+        handler, exits[:] = Interrupts(), []
+        handler._handle(signal.SIGINT, None)
+        handler._handle(signal.SIGINT, None)  # the group's and the parent's, together
+        assert handler.requested and exits == []
+        clock[0] += later
+        handler._handle(signal.SIGTERM if other else signal.SIGINT, None)
+        assert exits == ([] if later == 0.0 and not other else [128 + (signal.SIGTERM if other else signal.SIGINT)])
