@@ -213,6 +213,22 @@ def test_cause_follows_the_evidence_saturation_and_dead_units(activation, fracti
     assert f"{fraction:.0%}" in verdict["evidence"]
 
 
+@pytest.mark.parametrize("init, predicted, cause, first", [
+    ("xavier_normal", 0.707, "init scale (xavier_normal, gain 1)", "init=kaiming_normal"),
+    ("kaiming_normal", 1.0, "dead units (relu)", "activation=leaky_relu"),
+])
+def test_dead_units_are_not_blamed_where_mean_field_theory_blames_the_init(init, predicted, cause, first):
+    """Found by a new user: he2015's Xavier job was 'vanishing - dead units (relu)' while its Kaiming twin, with the
+    same dead units (a ReLU net is scale-invariant), was healthy; theory names Xavier's 1/sqrt(2) per layer."""
+    s = summary(geometric(predicted if predicted < 0.8 else 0.5),
+                theory={"predicted_gain": predicted, "measured_gain": predicted,
+                        "alternatives": {"init=xavier_normal": 0.707, "init=kaiming_normal": 1.0}})
+    for layer in s["layers"]:
+        layer["act_saturation"] = {"first": 0.48, "last": 0.48}
+    verdict = diagnose(s, Factors(activation="relu", init=init), CONF)
+    assert verdict["cause"] == cause and verdict["suggestions"][0] == first
+
+
 @pytest.mark.parametrize("activation", ["gelu", "elu", "selu", "mish", "leaky_relu"])
 def test_units_below_zero_are_not_blamed_where_the_activation_still_passes_gradient(activation):
     """Only a ReLU unit <= 0 for the whole batch is dead (derivative 0); a GELU/ELU/SELU/Mish/leaky unit there still

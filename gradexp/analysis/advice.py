@@ -121,22 +121,22 @@ def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
         what = "dead units" if ACTIVATIONS[f.activation].saturation == "dead_units" else "saturating activation"
         at = "at step 0" if ev.when == "first" else "at the end of training"
         why = f"Up to {ev.saturation:.0%} of a layer's {'units are dead' if what == 'dead units' else 'entries are saturated'} {at} (act_saturation)."
+        theory = _theory_cause(f, ev, why)
+        if what == "dead units" and theory is not None and theory[0].startswith("init scale") \
+                and ev.theory_gain < HEALTHY_THEORY:  # this init's predicted gain is low, another's is healthy
+            # a ReLU net is scale-invariant: its dead units are the same at every init scale, so they cannot tell a
+            # bad init from a good one; mean-field theory can (found by a new user: he2015's Xavier job was blamed on
+            # dead units its healthy Kaiming twin had as well)
+            return theory
         fixes = ["activation=leaky_relu init=kaiming_normal"] if what == "dead units" else ["activation=relu init=kaiming_normal"]
         return f"{what} ({f.activation})", why, [*fixes, *_depth(f)]
     at = "At step 0" if ev.when == "first" else "At the end of training"
     quiet = "" if ev.saturation is None else f"{at} saturation is not the cause (act_saturation ≤ {ev.saturation:.3f} in every layer)."
     if f.norm_position == "post":  # xiong2020: post-LN's gradient shrinks toward the input blocks; pre-LN or warmup fix it
         return "post-LN (the norm after each residual add)", quiet, [*_post_norm(f), *_depth(f)]
-    best = _best_alternative(ev)
-    if ev.theory_gain is not None and ev.measured_init_gain is not None and best is not None:
-        override, predicted = best
-        other = f"{override} predicts ×{predicted:.3g}" if override != f"init={f.init}" else "no other init predicts more"
-        why = (f"{quiet} Measured gain at step 0 ×{ev.measured_init_gain:.3g} per layer, mean-field theory ×{ev.theory_gain:.3g} for "
-               f"init={f.init}; {other}.").strip()
-        if predicted >= HEALTHY_THEORY:
-            return f"init scale ({f.init}, gain {f.init_gain:g})", why, [override, *_depth(f)]
-        return (f"activation ({f.activation}): low gain at any init", why,
-                ["activation=relu init=kaiming_normal", *_depth(f)])
+    theory = _theory_cause(f, ev, quiet)
+    if theory is not None:
+        return theory
     if f.activation == "sigmoid":
         return "activation (sigmoid): its derivative is at most 1/4", quiet, ["activation=relu init=kaiming_normal", *_depth(f)]
     if f.family == CUSTOM and f.init == "default":  # the user's class keeps its own init: gradexp cannot blame it
@@ -144,6 +144,21 @@ def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
     if _init_too_small(f):
         return f"init scale ({f.init}, gain {f.init_gain:g})", quiet, [_matched_init(f), *_depth(f)]
     return f"depth ({f.depth} layers)", quiet, _depth(f) or [_matched_init(f)]
+
+
+def _theory_cause(f: Factors, ev: Evidence, said: str) -> Optional[tuple[str, str, list[str]]]:
+    """Where mean-field theory has a prediction for this run: the init scale, when a proper init predicts a healthy
+    gain, else the activation (low gain at any init); None without a prediction. `said`: the evidence so far."""
+    best = _best_alternative(ev)
+    if ev.theory_gain is None or ev.measured_init_gain is None or best is None:
+        return None
+    override, predicted = best
+    other = f"{override} predicts ×{predicted:.3g}" if override != f"init={f.init}" else "no other init predicts more"
+    why = (f"{said} Measured gain at step 0 ×{ev.measured_init_gain:.3g} per layer, mean-field theory ×{ev.theory_gain:.3g} for "
+           f"init={f.init}; {other}.").strip()
+    if predicted >= HEALTHY_THEORY:
+        return f"init scale ({f.init}, gain {f.init_gain:g})", why, [override, *_depth(f)]
+    return f"activation ({f.activation}): low gain at any init", why, ["activation=relu init=kaiming_normal", *_depth(f)]
 
 
 def _best_alternative(ev: Evidence) -> Optional[tuple[str, float]]:
