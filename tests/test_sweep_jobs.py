@@ -142,7 +142,7 @@ def test_bad_launcher_options_are_one_line_naming_key_value_and_allowed(key, val
 
 
 def test_slurm_launcher_without_sbatch_is_refused_and_good_options_pass():
-    launchers.check(slurm_launcher(), which=lambda _: "/usr/bin/sbatch", answers=lambda: True)
+    launchers.check(slurm_launcher(), which=lambda _: "/usr/bin/sbatch", answers=lambda: True, partitions=lambda: None)
     with pytest.raises(launchers.LauncherError, match="no SLURM controller answers") as err:
         launchers.check(slurm_launcher(), which=lambda _: "/usr/bin/sbatch", answers=lambda: False)
     assert "\n" not in str(err.value)
@@ -155,6 +155,26 @@ def test_slurm_launcher_without_sbatch_is_refused_and_good_options_pass():
     launchers.check(OmegaConf.create({"_target_": "x.JoblibLauncher", "n_jobs": 2, "backend": None}))
     with pytest.raises(launchers.LauncherError, match=r"backend: 'nope' \(allowed: null \| loky"):
         launchers.check(OmegaConf.create({"_target_": "x.JoblibLauncher", "n_jobs": 2, "backend": "nope"}))
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"partition": "cpu"}, "hydra.launcher.partition: 'cpu' (allowed: a partition of this cluster: debug | gpu;"),
+    ({"cpus_per_task": 4}, "hydra.launcher.cpus_per_task: 4 (allowed: at most 2, the most CPUs a node of this cluster"),
+    ({"partition": "debug", "cpus_per_task": 3}, "cpus_per_task: 3 (allowed: at most 2, the most CPUs a node of debug"),
+])
+def test_a_slurm_sweep_the_cluster_cannot_run_is_refused(changes, says):
+    """Found by a new user: partition=cpu on a cluster without one failed in sbatch with a hint to re-run, which
+    failed the same way; cpus_per_task=4 on 2-CPU nodes stayed pending forever, the sweep waiting past SIGTERM."""
+    cluster = {"debug": 2, "gpu": None}  # gpu's nodes differ in size ('8+'): not judged
+    if "partition" not in changes:  # without one, the largest node of a cluster whose sizes are all known
+        cluster.pop("gpu")
+    with pytest.raises(launchers.LauncherError) as err:
+        launchers.check(slurm_launcher(**changes), which=lambda _: "/usr/bin/sbatch", answers=lambda: True,
+                        partitions=lambda: cluster)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    for fits in ({"partition": "gpu", "cpus_per_task": 64}, {"partition": "debug", "cpus_per_task": 2}):
+        launchers.check(slurm_launcher(**fits), which=lambda _: "/usr/bin/sbatch", answers=lambda: True,
+                        partitions=lambda: {"debug": 2, "gpu": None})
 
 
 @pytest.mark.slow

@@ -41,9 +41,11 @@ class LauncherError(Exception):
 
 
 def check(launcher: Any, which: Callable[[str], Optional[str]] = shutil.which,
-          answers: Callable[[], bool] = lambda: controller_answers()) -> None:
+          answers: Callable[[], bool] = lambda: controller_answers(),
+          partitions: Callable[[], Optional[dict[str, Optional[int]]]] = lambda: cluster_partitions()) -> None:
     """Raise LauncherError for the first launcher option that makes no sense, or a SLURM launcher without sbatch or
-    without a controller that answers (sbatch would fail after the sweep folder exists, with its error twice)."""
+    without a controller that answers (sbatch would fail after the sweep folder exists, with its error twice), a
+    partition the cluster does not have, or more CPUs a task than any node of it has."""
     for key, ok, allowed in _RANGES:
         value = OmegaConf.select(launcher, key, default=None) if key in launcher else None
         if key in launcher and not _ok(ok, value):
@@ -56,6 +58,43 @@ def check(launcher: Any, which: Callable[[str], Optional[str]] = shutil.which,
     if not answers():
         raise LauncherError("a SLURM launcher: sbatch is here but no SLURM controller answers (scontrol ping: "
                             "down or unreachable); run the sweep where the cluster answers, or use hydra/launcher=joblib")
+    _check_fits_the_cluster(launcher, partitions())
+
+
+def _check_fits_the_cluster(launcher: Any, cluster: Optional[dict[str, Optional[int]]]) -> None:
+    """Found by a new user: an unknown partition failed in sbatch with a hint to re-run (which failed the same way),
+    and a task asking for more CPUs than a node has stayed pending forever, the sweep waiting on it past SIGTERM."""
+    if not cluster:
+        return
+    partition = launcher.get("partition")
+    if partition is not None and str(partition) not in cluster:
+        raise LauncherError(f"invalid value for hydra.launcher.partition: {partition!r} (allowed: a partition of this "
+                            f"cluster: {' | '.join(sorted(cluster))}; sinfo lists them)")
+    sizes = [cluster[str(partition)]] if partition is not None else list(cluster.values())
+    cpus = launcher.get("cpus_per_task")
+    most = None if None in sizes else max(sizes)
+    if isinstance(cpus, int) and most is not None and cpus > most:
+        raise LauncherError(f"invalid value for hydra.launcher.cpus_per_task: {cpus} (allowed: at most {most}, the "
+                            f"most CPUs a node of {partition or 'this cluster'} has; SLURM would keep the job pending)")
+
+
+def cluster_partitions(timeout: float = 30.0) -> Optional[dict[str, Optional[int]]]:
+    """Partition -> the CPUs of its nodes (None where they differ: sinfo writes '2+'), from `sinfo -h -o '%P %c'`
+    (the default partition's name ends in '*'); None where sinfo is missing or does not answer: sbatch will say."""
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        listed = subprocess.run(["sinfo", "-h", "-o", "%P %c"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listed.returncode != 0:
+        return None
+    cluster: dict[str, Optional[int]] = {}
+    for line in listed.stdout.splitlines():
+        name, _, cpus = line.strip().partition(" ")
+        if name:
+            cluster[name.rstrip("*")] = int(cpus) if cpus.strip().isdigit() else None
+    return cluster or None
 
 
 def controller_answers(timeout: float = 30.0) -> bool:
