@@ -231,6 +231,14 @@ def test_hydras_subfolders_that_may_differ_per_job_are_taken_and_others_refused(
     config = OmegaConf.create({"hydra": {"output_subdir": output_subdir, "sweep": {"subdir": subdir}}})
     if refused is None:
         folders.check_subfolders(config, sweep=True)
+    elif subdir == "fixed":  # a sweep of one job may name its folder (tests/test_sole_writer.py does)
+        one = OmegaConf.create({"hydra": {"output_subdir": output_subdir, "sweep": {"subdir": subdir},
+                                          "sweeper": {"_target_": "hydra._internal.core_plugins.BasicSweeper",
+                                                      "params": None}, "overrides": {"task": ["seed=1"]}}})
+        folders.check_subfolders(one, sweep=True)
+        one.hydra.overrides.task = ["seed=1,2"]
+        with pytest.raises(folders.Refused, match=re.escape(f"invalid value for {refused}")):
+            folders.check_subfolders(one, sweep=True)
     else:
         with pytest.raises(folders.Refused, match=re.escape(f"invalid value for {refused}")):
             folders.check_subfolders(config, sweep=True)

@@ -105,3 +105,30 @@ def test_sweep_survives_scancel_and_requeue_and_resumes_when_rerun(tmp_path):
     assert [(s["status"], s["steps"]) for s in summaries] == [("completed", 20000)] * 4
     assert {s["perf"]["torch_threads"] for s in summaries} == {1}
     assert not list(folder.glob("*/attempt-*"))  # every job continued its own run; nothing started over
+
+
+def test_a_signal_to_a_slurm_sweep_stops_its_running_jobs_and_cancels_the_pending(tmp_path):
+    """Found by a new user: SIGTERM or Ctrl-C to `gradexp run -m hydra/launcher=slurm` said 'stopping after this
+    step' and waited on: the jobs trained on (a pending one even started after it). The parent passes the signal on:
+    the running jobs stop after their step (interrupted, a checkpoint), the pending ones are cancelled, and the command
+    exits 143 with one line saying how to continue."""
+    import signal
+
+    folder = tmp_path / "sweep"
+    command = [arg if not arg.startswith("train.steps=") else "train.steps=2000000" for arg in gradexp_sweep(folder)]
+    parent = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(mid_run(folder)) >= 2, 240, "two jobs training")
+        parent.send_signal(signal.SIGTERM)
+        _, stderr = parent.communicate(timeout=180)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        wait_for(lambda: not our_jobs(folder) or subprocess.run(["scancel", *our_jobs(folder)]).returncode is None,
+                 120, "the sweep's jobs to end")  # none is left behind, whatever happened
+    assert parent.returncode == 143, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("gradexp: ")]
+    assert lines[-1].startswith("gradexp: the sweep stopped (SIGTERM)") and "Traceback" not in stderr, stderr[-3000:]
+    # a pending job SLURM started as a running one stopped is cancelled running: interrupted too, or never started
+    statuses = [json.loads(p.read_text())["status"] for p in folder.glob("*/summary.json")]
+    assert 2 <= len(statuses) <= 4 and set(statuses) == {"interrupted"}, statuses

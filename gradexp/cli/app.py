@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from typing import Any, Optional
@@ -217,7 +218,7 @@ def run_app() -> int:
     # it). Interrupts from the first moment: a signal during start-up is a request the run honours once its folder
     # exists
     with environment_variable("HYDRA_FULL_ERROR", "1") as users, Interrupts() as _interrupts:
-        _interrupts.on_signal = launchers.signal_loky_workers  # a joblib sweep's jobs stop with it
+        _interrupts.on_signal = launchers.signal_jobs  # a joblib or SLURM sweep's jobs stop with it
         _app_pid = os.getpid()
         try:
             code = _run_task(users == "1")
@@ -265,6 +266,11 @@ def _report(err: Exception, full: bool) -> int:
     if isinstance(err, JobFailed) and not full:
         print(err, file=sys.stderr)
         return 1
+    if _is_submitit_failure(err) and _interrupts.requested and not full:  # its pending jobs, cancelled with it
+        print(f"gradexp: the sweep stopped ({signal.Signals(_interrupts.signum).name}): its running SLURM jobs stopped "
+              "after their step, its pending ones were cancelled; re-run the same command to continue it",
+              file=sys.stderr)
+        return _interrupts.exit_code
     if _is_submitit_failure(err) and not full:  # scancel, OOM, a node lost: the parent waited on a job that died
         print(f"gradexp: a SLURM job ended without a result: {first_line(err)} (its log is in the sweep folder's "
               ".submitit/<job id>/; re-run the same command to continue the sweep)", file=sys.stderr)

@@ -119,7 +119,8 @@ def check_subfolders(config: Any, sweep: bool) -> None:
     (under the sweep folder), before any job's code runs. Found by an adversarial test: an absolute or `..` path
     there rewrote another run's .hydra/ record, and a sweep.subdir the same for every job (`fixed`) had job 2 find
     job 1's summary and skip itself, a sweep half run and reported complete. A subdir with an interpolation may differ
-    per job (${hydra.job.num}, or a swept key's value: lr=${optimizer.lr}), and is taken as it is."""
+    per job (${hydra.job.num}, or a swept key's value: lr=${optimizer.lr}), and is taken as it is; so is any subdir
+    of a sweep of one job."""
     raw = OmegaConf.to_container(config.hydra, resolve=False)
     keys = [("hydra.output_subdir", raw.get("output_subdir"))]
     if sweep:
@@ -132,7 +133,7 @@ def check_subfolders(config: Any, sweep: bool) -> None:
             raise Refused(f"invalid value for {key}: {value!r} (allowed: a folder inside the "
                           f"{'sweep' if key == 'hydra.sweep.subdir' else 'run'} folder, without '..'"
                           f"{'' if key == 'hydra.sweep.subdir' else ', or null'})")
-    if sweep and "${" not in str(keys[1][1]):
+    if sweep and "${" not in str(keys[1][1]) and launchers.sweep_jobs(config) != 1:  # one job may name its folder
         raise Refused(f"invalid value for hydra.sweep.subdir: {keys[1][1]!r} (allowed: a folder per job, named with "
                       "an interpolation such as ${hydra.job.num}: one folder for every job would have each job find "
                       "the last one's run)")
@@ -184,6 +185,8 @@ class FolderGuard(Callback):
                           "re-run that same sweep (or choose another hydra.sweep.dir)")
         created.remember(sweep_dir)
         make_folder("hydra.sweep.dir", sweep_dir)
+        if str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith("SlurmLauncher"):
+            launchers.slurm_sweep = sweep_dir  # a signal to this process goes on to the sweep's jobs
 
 
 def _same_sweep(sweep_dir: str, config: Any) -> bool:

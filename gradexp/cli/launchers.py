@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -138,12 +139,17 @@ class WarmWorkers(Callback):
 def sweep_size(config: Any) -> Optional[int]:
     """How many jobs the basic sweeper's first batch holds (the product of the swept values), or None when that is
     not known here (another sweeper, a sweep Hydra must expand itself such as glob(), or one it will refuse)."""
-    counts = _swept_value_counts(config)
-    if counts is None:
+    size = sweep_jobs(config)
+    if size is None:
         return None
-    size = math.prod(counts.values())
     batch = OmegaConf.select(config, "hydra.sweeper.max_batch_size", default=None)
     return min(size, batch) if batch else size
+
+
+def sweep_jobs(config: Any) -> Optional[int]:
+    """How many jobs the basic sweeper launches in all (the product of the swept values), or None where not known."""
+    counts = _swept_value_counts(config)
+    return None if counts is None else math.prod(counts.values())
 
 
 def empty_sweep(config: Any) -> Optional[str]:
@@ -241,6 +247,37 @@ def signal_loky_workers(signum: int) -> None:
         try:
             os.kill(process.pid, signum)
         except (ProcessLookupError, AttributeError, TypeError):  # gone already
+            pass
+
+
+slurm_sweep: Optional[str] = None  # the sweep folder of a SLURM sweep this process submits (FolderGuard sets it)
+
+
+def signal_jobs(signum: int) -> None:
+    """Pass a signal the parent caught on to the jobs of its sweep: joblib's workers, or a SLURM sweep's jobs."""
+    signal_loky_workers(signum)
+    if slurm_sweep is not None:
+        signal_slurm_jobs(slurm_sweep, signum)
+
+
+def signal_slurm_jobs(sweep_dir: str, signum: int) -> None:
+    """A SLURM sweep's parent waits on jobs that run on the cluster: Ctrl-C or SIGTERM to it left them training, and
+    the parent waiting on them (found by a new user). Its running jobs get the signal (each stops after its step:
+    interrupted, a checkpoint), its pending ones are cancelled; re-running the sweep's command continues them all."""
+    try:  # -r: one line per array task (a pending array reads 77_[2-3%4] otherwise, which scancel does not take)
+        listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T %o"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    ours = [line.split() for line in listed.stdout.splitlines() if len(line.split()) >= 3
+            and os.path.join(sweep_dir, ".submitit") in line]
+    running = [job for job, state, *_ in ours if state in ("RUNNING", "COMPLETING", "CONFIGURING")]
+    pending = [job for job, state, *_ in ours if state == "PENDING"]
+    name = signal.Signals(signum).name.removeprefix("SIG")
+    for command in ([["scancel", f"--signal={name}", *running]] if running else []) + \
+                   ([["scancel", *pending]] if pending else []):
+        try:
+            subprocess.run(command, capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
             pass
 
 
