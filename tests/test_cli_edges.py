@@ -48,6 +48,8 @@ def test_an_existing_run_folder_is_refused_not_overwritten(tmp_path):
     before = (tmp_path / "run" / "summary.json").read_text()
     again = gradexp(tmp_path, *FAST, "hydra.run.dir=run")
     assert again.returncode == 2 and "never overwrites" in again.stderr
+    # a finished run is not offered resume=, which would be refused in turn (found by a new user)
+    assert "finished run (completed)" in again.stderr and "resume=" not in again.stderr
     assert (tmp_path / "run" / "summary.json").read_text() == before
 
 

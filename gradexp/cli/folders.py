@@ -94,6 +94,13 @@ def make_folder(key: str, folder: str) -> None:
 
 
 def refuse_existing_run(folder: str) -> None:
+    from gradexp.cli.jobs import read_summary
+    from gradexp.training.resume import FINISHED
+
+    status = (read_summary(folder) or {}).get("status")
+    if status in FINISHED:  # resume= would be refused in turn: nothing left to do (found by a new user)
+        raise Refused(f"{folder} already holds a finished run ({status}); gradexp never overwrites one: choose "
+                      "another hydra.run.dir")
     raise Refused(f"{folder} already holds a run; gradexp never overwrites one, it only continues it: "
                   f"gradexp run resume={folder} (or choose another hydra.run.dir)")
 

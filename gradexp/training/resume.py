@@ -186,12 +186,19 @@ def _check_same_config(cfg: Any, run_dir: str) -> None:
         raise ResumeError(f"{saved_path}: not a run's config (a mapping of keys)")
     saved = _flat(saved)
     now = _flat(OmegaConf.to_container(cfg))
-    changed = [f"{k}={now.get(k)!r} (the run has {saved.get(k)!r})"
+    changed = [f"{k}={_as_written(now.get(k))} (the run has {_as_written(saved.get(k))})"
                for k in sorted(set(saved) | set(now)) if k != "resume" and now.get(k) != saved.get(k)]
     if changed:
         # not "these overrides change it": with no override given, an edited config.yaml read so (adversarial test)
         raise ResumeError(f"resume keeps the run's config; composed now, it differs from the run's "
                           f".hydra/config.yaml: {', '.join(changed)}")
+
+
+def _as_written(value: Any) -> str:
+    """A config value as an override or the YAML writes it: null, true, 0.1, 'text' ("the run has None" read oddly)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
