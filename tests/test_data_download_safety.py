@@ -87,7 +87,19 @@ def test_an_interrupted_download_leaves_no_temporary_file(tmp_path, served_blob,
     monkeypatch.setattr(data_download, "_copy", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fetch(str(tmp_path / "c"), "blob.bin", url, want, 5)
-    assert os.listdir(tmp_path / "c") == []
+    assert not (tmp_path / "c").exists()  # nor the folder this call made
+
+
+def test_a_refused_download_leaves_no_folder_it_made_and_keeps_the_users(tmp_path):
+    """Found by a new user: offline, data=mnist data.root=cache was refused in one line but left an empty
+    cache/mnist/ that had not been there."""
+    with pytest.raises(DataError):
+        fetch(str(tmp_path / "cache" / "mnist"), "blob.bin", CLOSED, "0" * 32, 1.0)
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError):
+        fetch(str(tmp_path / "mine" / "mnist"), "blob.bin", CLOSED, "0" * 32, 1.0)
+    assert os.listdir(tmp_path) == ["mine"] and os.listdir(tmp_path / "mine") == []
 
 
 def test_a_download_gets_the_mode_the_umask_gives(tmp_path, served_blob):
@@ -287,7 +299,7 @@ def test_a_reply_that_is_not_http_is_refused_in_one_line(tmp_path, reply):
             fetch(str(tmp_path / "c"), "blob.bin", f"http://127.0.0.1:{server.getsockname()[1]}", "0" * 32, 5)
     finally:
         server.close()
-    assert "\n" not in str(err.value) and os.listdir(tmp_path / "c") == []
+    assert "\n" not in str(err.value) and not (tmp_path / "c").exists()
 
 
 def test_a_data_root_that_cannot_be_made_is_refused_naming_it(tmp_path, served_blob):

@@ -87,7 +87,7 @@ def test_bad_checksum_of_a_download_is_refused_in_one_line_and_the_download_disc
     message = str(err.value)
     assert "\n" not in message and "train-images-idx3-ubyte.gz as downloaded has md5" in message
     assert message.startswith(f"data.url={url}: ") and "discarded" in message
-    assert os.listdir(tmp_path / "cache" / "mnist") == []  # neither the download nor its lock is left
+    assert not (tmp_path / "cache").exists()  # neither the download nor its lock, nor the folders made for them
 
 
 def test_no_network_says_where_to_put_the_files(tmp_path):
@@ -97,7 +97,7 @@ def test_no_network_says_where_to_put_the_files(tmp_path):
     files = ", ".join(data_images._MNIST_FILES)
     assert "\n" not in message and f"put {files} (from {data_images.SOURCES['mnist'].url}) into " \
         f"{os.path.join(str(tmp_path / 'cache'), 'mnist')}" in message
-    assert os.listdir(tmp_path / "cache" / "mnist") == []  # no partial file, no lock left
+    assert not (tmp_path / "cache").exists()  # no partial file, no lock, no folder made for them
 
 
 def test_fetch_names_the_path_it_could_not_fill(tmp_path):

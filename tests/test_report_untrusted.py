@@ -403,3 +403,10 @@ def test_an_option_whose_value_is_a_double_dash_is_one_line(run_root, capsys, op
     assert error_lines(capsys) == [f"gradexp report: invalid value for {option[:-3]}: '--' (allowed: a value; see "
                                    "gradexp report --help)"]
     assert not (run_root / "report.csv").exists()
+
+
+def test_a_descending_sort_written_with_a_space_says_how_to_write_it(run_root, capsys):
+    """Found by a new user: `--sort -gain` read 'expected one argument' and nothing more."""
+    assert main([str(run_root), "--sort", "-gain"]) == 2
+    assert "a descending sort is written --sort=-KEY" in error_lines(capsys)[0]
+

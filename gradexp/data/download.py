@@ -116,21 +116,49 @@ def fetch(folder: str, name: str, url: str, checksum: str, timeout: float) -> st
     if os.path.isfile(path):  # renamed into place whole: checked without the lock (a read-only shared cache works)
         _check_found(folder, path, checksum)
         return path
+    topmost = _topmost_missing(folder)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:  # under a file, read-only, a name too long
         raise DataError("data.root", folder, f"cannot create it ({err.strerror or err}; allowed: a folder gradexp "
                         f"can create or write, or the files put there by hand)") from None
-    with locked(folder):
-        if os.path.isfile(path):
-            _check_found(folder, path, checksum)
-        elif os.path.lexists(path):  # a folder, a dangling link: not ours to replace
-            raise DataError("data.root", folder, f"{path} is there but is not a file; it was left as it is (allowed: "
-                            f"the published file there; move it away so gradexp downloads a fresh copy, or point "
-                            f"data.root at another folder)")
-        else:
-            _download(url, name, path, checksum, timeout)
+    try:
+        with locked(folder):
+            if os.path.isfile(path):
+                _check_found(folder, path, checksum)
+            elif os.path.lexists(path):  # a folder, a dangling link: not ours to replace
+                raise DataError("data.root", folder, f"{path} is there but is not a file; it was left as it is "
+                                f"(allowed: the published file there; move it away so gradexp downloads a fresh "
+                                f"copy, or point data.root at another folder)")
+            else:
+                _download(url, name, path, checksum, timeout)
+    except BaseException:  # a refused or failed download leaves no folder it made (found by a new user: data.root/mnist/)
+        _remove_empty(folder, topmost)
+        raise
     return path
+
+
+def _topmost_missing(folder: str) -> Optional[str]:
+    """The highest folder on the way to `folder` that does not exist yet (None: it exists)."""
+    missing = None
+    while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+        missing, folder = folder, os.path.dirname(folder)
+    return missing
+
+
+def _remove_empty(folder: str, topmost: Optional[str]) -> None:
+    """The folders this call made, innermost first, up to `topmost`, each only while empty (another process's
+    download, or the user's files put there meanwhile, keep theirs)."""
+    if topmost is None:
+        return
+    while True:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        if folder == topmost:
+            return
+        folder = os.path.dirname(folder)
 
 
 def _check_found(folder: str, path: str, checksum: str) -> None:

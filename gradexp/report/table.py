@@ -34,6 +34,8 @@ VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "d
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, as every refusal (argparse prints its usage block first)
+        if message.startswith("argument --sort") and "expected one argument" in message:  # `--sort -gain`
+            message += " (a descending sort is written --sort=-KEY)"
         print(f"gradexp report: {message} (see gradexp report --help)", file=sys.stderr)
         raise SystemExit(2)
 
