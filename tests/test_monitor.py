@@ -491,6 +491,44 @@ def test_a_complex_weights_gradient_norm_and_update_ratio_against_float64(tmp_pa
                                                                    rel=1e-5)
 
 
+class TiedLM(nn.Module):
+    """A language model whose output head shares the embedding's weight (GPT-2 style)."""
+
+    def __init__(self, vocab=20, width=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.hidden = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.hidden(self.embed(x))))
+
+
+def test_a_tied_weight_counts_in_every_layer_that_owns_it_and_once_in_the_total(tmp_path):
+    torch.manual_seed(0)
+    model, capture = TiedLM().double(), Capture()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt], sinks=[capture],
+                              watch=["embed", "hidden", "head"])
+    x = torch.randint(0, 20, (8,))
+    with monitor.step():
+        F.cross_entropy(model(x), x).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}  # the tied weight once, as embed.weight
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step()
+    monitor.close()
+    logged = capture.logged[0]
+    tied = grads["embed.weight"].norm().item()
+    assert logged["grad_norm/head.weight"] == logged["grad_norm/embed.weight"] == pytest.approx(tied, rel=1e-12)
+    total = math.sqrt(sum(g.pow(2).sum().item() for g in grads.values()))  # each tensor once
+    assert logged["grad_norm/total"] == pytest.approx(total, rel=1e-12)
+    moved = (model.embed.weight.detach() - before["embed.weight"]).norm() / before["embed.weight"].norm()
+    assert logged["update_ratio/head.weight"] == pytest.approx(moved.item(), rel=1e-10)
+    layers = {entry["name"]: entry for entry in json.load(open(tmp_path / "run" / "summary.json"))["layers"]}
+    assert layers["head"]["grad_norm"]["first"] == pytest.approx(tied, rel=1e-12)  # the head owns the tied weight too
+
+
 def test_a_skipped_step_divides_out_the_scale_its_backward_ran_with(tmp_path):
     """Found by a review: on a step the scaler skips, with no gradients_ready() call, the activation gradients were read
     at the `with`'s end, after scaler.update() had halved the scale: act_grad_norm read 2x too large."""

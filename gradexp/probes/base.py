@@ -27,6 +27,7 @@ Scalars = dict[str, Tensor]
 _TAGS: dict[tuple, tuple[str, ...]] = {}
 _PARAMS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
 _NAMES: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+_ALIASES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -43,6 +44,34 @@ def parameter_names(model: nn.Module) -> list[str]:
     if found is None:
         found = _NAMES[model] = [name for name, _ in named_parameters(model)]
     return found
+
+
+def tied_names(model: nn.Module) -> dict[str, list[str]]:
+    """Tied parameters: the name named_parameters(model) lists each under -> the other names it has ({} for most
+    models). torch lists a parameter once, under its first name: a language model whose head shares the embedding's
+    weight has no `head.weight`, and the head layer's per-layer quantities would miss the gradient it owns."""
+    found = _ALIASES.get(model)
+    if found is None:
+        first: dict[int, str] = {}
+        found = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            known = first.setdefault(id(p), name)
+            if known != name:
+                found.setdefault(known, []).append(name)
+        _ALIASES[model] = found
+    return found
+
+
+def with_tied(model: nn.Module, prefix: str, names: Sequence[str], values: Tensor) -> Scalars:
+    """The entry {(prefix + name,): values} for the names, and one more for the tied names of those parameters
+    (tied_names), with the same values: `head.weight`'s tag reads the embedding weight's number."""
+    entry = {tags(prefix, names): values}
+    aliases = tied_names(model)
+    if aliases:
+        at = [(i, alias) for i, name in enumerate(names) for alias in aliases.get(name, ())]
+        if at:
+            entry[tags(prefix, [alias for _, alias in at])] = values[[i for i, _ in at]]
+    return entry
 
 
 def tags(prefix: str, names: Sequence[str]) -> tuple[str, ...]:

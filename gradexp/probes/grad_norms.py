@@ -5,7 +5,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars, named_parameters, parameter_names, tags
+from gradexp.probes.base import Probe, Scalars, named_parameters, parameter_names, with_tied
 from gradexp.probes.norms import norms_and_total
 
 
@@ -31,7 +31,7 @@ class GradNorms(Probe):
             return {}
         norms, total = norms_and_total(grads)  # batched, exact down to subnormals; (P,) float64 and the total
         self.seen = (grads, [g._version for g in grads], total)
-        return {tags("grad_norm/", names): norms, "grad_norm/total": total}
+        return {**with_tied(model, "grad_norm/", names, norms), "grad_norm/total": total}
 
     def after_clip(self, model: nn.Module, clip_norm: Optional[Tensor]) -> Scalars:
         _, grads = _named_grads(model)

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, Scalars, named_parameters, tags
+from gradexp.probes.base import Probe, Scalars, named_parameters, with_tied
 from gradexp.probes.norms import host_norms, host_vector, norm_vector
 from gradexp.probes.scratch import Scratch
 
@@ -98,11 +98,11 @@ class UpdateRatio(Probe):
             return {}
         copies, count = self.copies, len(self.params)
         copies.take_step(self.params)
-        names = tags("update_ratio/", self.names)
-        self.names, self.params = [], []
+        names, self.names, self.params = self.names, [], []
         values = host_norms(copies.before + copies.moved)  # CPU: host floats, one batched pass
         if values is not None:  # zero denominator: inf, never 0/0 = NaN
-            return {names: host_vector([m / s if s > 0 else math.inf for s, m in zip(values[:count], values[count:])])}
+            ratios = host_vector([m / s if s > 0 else math.inf for s, m in zip(values[:count], values[count:])])
+            return with_tied(model, "update_ratio/", names, ratios)
         norms = norm_vector(copies.before + copies.moved)  # (2P,) float64, on the device
         size, moved = norms[:count], norms[count:]
-        return {names: torch.where(size > 0, moved / size, torch.inf)}
+        return with_tied(model, "update_ratio/", names, torch.where(size > 0, moved / size, torch.inf))
