@@ -429,6 +429,40 @@ def test_a_step_the_amp_scaler_skips_logs_no_update(tmp_path):
     assert gradexp.load_summary(str(tmp_path / "run"))["amp"]["skipped_steps"] == 1  # read "skipped_step": 1.0
 
 
+def test_steps_an_fp16_scaler_skips_at_the_start_give_no_first_values_and_the_verdict_says_where_first_is(tmp_path):
+    """A scale of 2^30 overflows fp16 activation gradients until the scaler has halved it enough: those logged steps'
+    norms are inf. summary.json's first values (and the at-initialisation verdict) come from the first logged step
+    the scaler kept, not from inf ("no finite norms")."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(32, 32), nn.Tanh()) for _ in range(4)], nn.Linear(32, 4))
+    opt, capture = torch.optim.SGD(model.parameters(), lr=0.1), Capture()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 30)
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=5, optimizers=[opt], scaler=scaler,
+                              sinks=[capture])
+    x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
+    for _ in range(30):
+        with monitor.step():
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+    monitor.close()
+    summary = gradexp.load_summary(str(tmp_path / "run"))
+    tag = lambda layer: f"act_grad_norm/{layer}"  # noqa: E731
+    overflowed = [step for step, values in sorted(capture.logged.items())
+                  if not all(math.isfinite(values[tag(layer["name"])]) for layer in summary["layers"])]
+    assert overflowed and overflowed[0] == 0  # the case: step 0 (and maybe more) overflowed at the scale
+    kept = min(step for step in capture.logged if step not in overflowed)
+    assert summary["first_step"] == kept
+    for layer in summary["layers"]:
+        assert layer["act_grad_norm"]["first"] == capture.logged[kept][tag(layer["name"])]
+    verdict = summary["verdict"]
+    assert verdict["at_init"]["gain"] is not None and "no finite norms" not in verdict["evidence"]
+    assert f"At step {kept}, the first logged step the loss scaler kept:" in verdict["evidence"]
+
+
 def _scaled_loop(tmp_path, name, scaler, handed_over):
     model, opt_a, _ = _build()
     capture = Capture()

@@ -80,6 +80,7 @@ class Factors:
 class Evidence:
     """What the logs say at the step that decided the verdict (diagnose.gather)."""
     when: str = "first"                       # "first" | "last" logged step
+    first_step: int = 0                       # the step "first" is (later than 0 where a loss scaler skipped step 0)
     saturation: Optional[float] = None        # the largest act_saturation over layers (dead share for ReLUs)
     gain: Optional[float] = None              # measured per-layer gain
     time_gain: Optional[float] = None         # measured per-time-step gain (recurrent models)
@@ -119,7 +120,7 @@ def _blocks_gradient(activation: str) -> bool:
 def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
     if ev.saturation is not None and ev.saturation >= SATURATED and _blocks_gradient(f.activation):
         what = "dead units" if ACTIVATIONS[f.activation].saturation == "dead_units" else "saturating activation"
-        at = "at step 0" if ev.when == "first" else "at the end of training"
+        at = f"at step {ev.first_step}" if ev.when == "first" else "at the end of training"
         why = f"Up to {ev.saturation:.0%} of a layer's {'units are dead' if what == 'dead units' else 'entries are saturated'} {at} (act_saturation)."
         theory = _theory_cause(f, ev, why)
         if what == "dead units" and theory is not None and theory[0].startswith("init scale") \
@@ -130,7 +131,7 @@ def _vanishing(f: Factors, ev: Evidence) -> tuple[str, str, list[str]]:
             return theory
         fixes = ["activation=leaky_relu init=kaiming_normal"] if what == "dead units" else ["activation=relu init=kaiming_normal"]
         return f"{what} ({f.activation})", why, [*fixes, *_depth(f)]
-    at = "At step 0" if ev.when == "first" else "At the end of training"
+    at = f"At step {ev.first_step}" if ev.when == "first" else "At the end of training"
     quiet = "" if ev.saturation is None else f"{at} saturation is not the cause (act_saturation ≤ {ev.saturation:.3f} in every layer)."
     if f.norm_position == "post":  # xiong2020: post-LN's gradient shrinks toward the input blocks; pre-LN or warmup fix it
         return "post-LN (the norm after each residual add)", quiet, [*_post_norm(f), *_depth(f)]
@@ -154,7 +155,7 @@ def _theory_cause(f: Factors, ev: Evidence, said: str) -> Optional[tuple[str, st
         return None
     override, predicted = best
     other = f"{override} predicts ×{predicted:.3g}" if override != f"init={f.init}" else "no other init predicts more"
-    why = (f"{said} Measured gain at step 0 ×{ev.measured_init_gain:.3g} per layer, mean-field theory ×{ev.theory_gain:.3g} for "
+    why = (f"{said} Measured gain at step {ev.first_step} ×{ev.measured_init_gain:.3g} per layer, mean-field theory ×{ev.theory_gain:.3g} for "
            f"init={f.init}; {other}.").strip()
     if predicted >= HEALTHY_THEORY:
         return f"init scale ({f.init}, gain {f.init_gain:g})", why, [override, *_depth(f)]

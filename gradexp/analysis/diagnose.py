@@ -164,7 +164,7 @@ def diagnose(summary: dict[str, Any], factors: Factors, conf: Any) -> dict[str, 
         cause = "fp16 underflow: gradients below fp16's range flush to zero"
     suggestions = list(dict.fromkeys([*remedies, *suggestions]))  # the precision fix first: it is the cheapest
     sentences = [diverged_evidence(summary)] if label == "diverged" else []
-    sentences += [moment_sentence(depth, times[w], w) for w in ("first", "last")]
+    sentences += [moment_sentence(depth, times[w], w, summary.get("first_step") or 0) for w in ("first", "last")]
     sentences += [training_sentence(summary, trains), why, lost]
     return {
         "label": label, "decided_by": decisive, "cause": cause,
@@ -185,7 +185,7 @@ def gather(summary: dict[str, Any], when: str, judged: dict, since_init: bool) -
     theory = summary.get("theory") or {}
     underflow = {k: v for k, v in ((summary.get("amp") or {}).get("underflow_max") or {}).items() if v is not None}
     return Evidence(
-        when=when, saturation=max(fractions) if fractions else None,
+        when=when, first_step=summary.get("first_step") or 0, saturation=max(fractions) if fractions else None,
         gain=judged["gain"], time_gain=judged["time_gain"],
         theory_gain=theory.get("predicted_gain") if since_init else None,
         theory_alternatives=(theory.get("alternatives") or {}) if since_init else {},
@@ -194,9 +194,10 @@ def gather(summary: dict[str, Any], when: str, judged: dict, since_init: bool) -
     )
 
 
-def moment_sentence(depth: Optional[Flow], time: Optional[Flow], when: str) -> str:
+def moment_sentence(depth: Optional[Flow], time: Optional[Flow], when: str, first_step: int = 0) -> str:
     """'At initialisation (step 0): ‖∂L/∂h‖ shrinks ×0.41 per layer, layer 0 gets 0.012 of layer 5's gradient.'
-    A recurrent model with one layer has only the through-time clause (no depth to speak of)."""
+    A recurrent model with one layer has only the through-time clause (no depth to speak of). `first_step`: the
+    step the first values come from (summary.json's first_step: a loss scaler skipped the ones before)."""
     parts = []
     if depth is not None:
         parts.append(_clause(depth, when, SYMBOL[depth.quantity], "layer", "per layer"))
@@ -205,7 +206,8 @@ def moment_sentence(depth: Optional[Flow], time: Optional[Flow], when: str) -> s
         parts.append(_clause(time, when, f"through time in {layer}, ‖∂L/∂h_t‖", "time step", "per time step"))
     if not parts:
         return "" if when == "last" else "Fewer than two hidden layers and no time steps measured: nothing to judge."
-    return f"{WHEN[when][0].upper()}{WHEN[when][1:]}: " + "; ".join(parts) + "."
+    moment = WHEN[when] if when == "last" or not first_step else f"at step {first_step}, the first logged step the loss scaler kept"
+    return f"{moment[0].upper()}{moment[1:]}: " + "; ".join(parts) + "."
 
 
 def _clause(flow: Flow, when: str, what: str, unit: str, per: str) -> str:

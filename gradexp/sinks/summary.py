@@ -46,6 +46,7 @@ class _Routes(NamedTuple):
 # the accumulated fields of a SummarySink (state_dict: everything but _SETTINGS) -> the shape its values must have
 _STATE_FIELDS = {
     "latest": named(lambda v: number(v) or numbers(v)),  # 1-d profiles (bptt) are lists
+    "first_step": lambda v: v is None or (type(v) is int and v >= 0),
     "initial": named(number), "first": named(number), "last": named(number), "underflow_max": named(number),
     "profiles": named(named(lambda v: number(v) or numbers(v))),  # layer -> first/last lists and their steps
     "theory": lambda v: v is None or (isinstance(v, dict) and json_like(v)),
@@ -58,7 +59,8 @@ class SummarySink:
         self.overrides, self.layer_names, self.baseline = overrides, layer_names, baseline
         self.latest: dict[str, float] = {}
         self.initial: dict[str, float] = {}  # FINAL_KEYS at the step they were first logged: did the run train?
-        self.first: dict[str, float] = {}    # per-layer quantities at the first logged step
+        self.first: dict[str, float] = {}    # per-layer quantities at the first logged step (first_step)
+        self.first_step: Optional[int] = None  # that step: 0, or later where a loss scaler skipped the first ones
         self.last: dict[str, float] = {}
         self.profiles: dict[str, dict[str, list]] = {}  # layer -> {"first": [...], "last": [...]}
         self.theory: Optional[dict[str, Any]] = None  # the baseline beside the first complete step; null without one
@@ -74,12 +76,15 @@ class SummarySink:
         for tag, layer in routes.bptt:  # full per-time-step profile at the first and last logged step
             entry = self.profiles.setdefault(layer, {"first": values[tag], "first_step": step})
             entry.update(last=values[tag], last_step=step)
-        if self.baseline is not None and self.theory is None and self.baseline.complete(values):
-            self.theory = self.baseline.section(step, values)
         for tag, layer in routes.underflow:
             self.underflow_max[layer] = max(values[tag], self.underflow_max.get(layer, 0.0))
         per_layer = layer_quantities(values, self.layer_names)
-        if tags not in self._firsts:  # a tuple of tags seen before brings no quantity that is not in `first` yet
+        skipped = _skipped_overflow(values, per_layer)
+        if self.baseline is not None and self.theory is None and not skipped and self.baseline.complete(values):
+            self.theory = self.baseline.section(step, values)
+        if tags not in self._firsts and not skipped:  # a tuple of tags seen before brings nothing new to `first`
+            if per_layer and self.first_step is None:
+                self.first_step = step
             for key, value in per_layer.items():
                 self.first.setdefault(key, value)
             if len(self._firsts) >= FIRSTS:  # forgetting costs only the setdefaults above, once more
@@ -125,6 +130,8 @@ class SummarySink:
             "verdict": outcome.verdict,
             "perf": outcome.perf,
         }
+        if self.first_step:  # a loss scaler skipped the first logged steps: `first` is the first step it kept
+            summary["first_step"] = self.first_step
         if self.profiles:
             summary["bptt"] = {layer: {k: _finite_list(v) for k, v in entry.items()} for layer, entry in self.profiles.items()}
         clip = {k: _finite_or_none(v) for k, v in self.latest.items() if k.startswith("clip/")}
@@ -149,6 +156,13 @@ class SummarySink:
             if key in self.first:
                 entry[quantity] = {"first": _finite_or_none(self.first[key]), "last": _finite_or_none(self.last[key])}
         return entry
+
+
+def _skipped_overflow(values: dict, per_layer: dict[str, float]) -> bool:
+    """A step a loss scaler skipped because its gradients overflowed at the scale: its per-layer norms hold that
+    overflow's inf, which says nothing about the model, and the scaler threw it away. `first` comes from the first
+    step the scaler kept (fp16 with a large initial scale skips a few; found by a researcher: "no finite norms")."""
+    return values.get("amp/skipped_steps", 0) > 0 and not all(math.isfinite(v) for v in per_layer.values())
 
 
 def _finite_or_none(value: float) -> Optional[float]:
