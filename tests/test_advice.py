@@ -85,7 +85,7 @@ EXPECTED = {  # the remedy the presets show to work is among the suggestions
 def test_the_options_a_config_was_composed_with_are_read_from_hydras_record():
     from omegaconf import OmegaConf
 
-    from gradexp.cli.app import composition_options
+    from gradexp.cli.argv import composition_options
 
     def recorded(sources, name="config"):
         return OmegaConf.create({"job": {"config_name": name}, "runtime": {"config_sources": [

@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from omegaconf import OmegaConf
 
 from gradexp.training import checkpoint
 
@@ -83,6 +84,28 @@ def test_resume_keeps_hydras_options_in_front_of_the_overrides(tmp_path):
     assert hydra_args(["--config-dir=/cfg", f"resume={run}"])[0] == "--config-dir=/cfg"
     assert hydra_args(["train.steps=5", "--config-dir", "/cfg", "-m", "seed=1,2"]) == [  # not resuming: only reordered
         "--config-dir", "/cfg", "-m", "train.steps=5", "seed=1,2"]
+
+
+@pytest.mark.parametrize("recorded, needs", [
+    ([("/my cfg", "file", "command-line")], "--config-dir '/my cfg'"),
+    ([("/p", "file", "main")], "--config-path /p"),
+])
+def test_a_run_composed_with_a_config_dir_resumes_only_with_one_and_is_told_the_command(tmp_path, recorded, needs):
+    """Without it Hydra said "Could not find 'model/wide'" and no more. The option is never taken from the folder (a
+    config source can run code through Hydra's callbacks): the command is named instead."""
+    run = saved_run(tmp_path)
+    sources = [{"path": "hydra.conf", "schema": "pkg", "provider": "hydra"}, *(
+        {"path": path, "schema": schema, "provider": provider} for path, schema, provider in recorded)]
+    (tmp_path / "run" / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml(
+        {"hydra": {"job": {"config_name": "config"}, "runtime": {"config_sources": sources}}}))
+    with pytest.raises(ResumeError) as err:
+        hydra_args([f"resume={run}"])
+    flag = needs.split()[0]
+    assert str(err.value) == (f"resume={run}: the run was composed with {flag}; "
+                              f"resume it with: gradexp run {needs} resume={run}")
+    short = {"--config-dir": "-cd", "--config-path": "-cp"}[flag]
+    for given in ([flag, "/elsewhere"], [f"{flag}=/elsewhere"], [short, "/elsewhere"]):  # any dir: the user's choice
+        assert hydra_args([*given, f"resume={run}"])[:len(given)] == given
 
 
 @pytest.mark.parametrize("spelling", ["+resume", "++resume"])

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradexp.cli import jobs
 from gradexp.cli import folders
 from gradexp.cli import launchers
+from gradexp.cli.argv import composition_options
 from gradexp.cli.environ import environment_variable
 from gradexp.config.schema import (CUSTOM, ConfigError, check_overrides, first_line, model_family, register_schema,
                                    validate)
@@ -135,20 +136,6 @@ def _end_interrupted(interrupts: Interrupts) -> None:
     if _app_pid != os.getpid() and launchers.is_joblib_launcher(HydraConfig.get().launcher):
         raise _Stopped
     sys.exit(interrupts.exit_code)
-
-
-def composition_options(hydra_cfg: Any) -> list[str]:
-    """The options the run's config was composed with, for the commands it prints (resume, suggestions) to compose
-    the same one: --config-dir X (Hydra records it among the config sources as the command line's), --config-path X
-    (it replaces gradexp's own configs as the main source) and --config-name N (a primary config other than gradexp's
-    `config`, from either)."""
-    options = []
-    for source in hydra_cfg.runtime.config_sources:
-        if source.schema == "file" and source.provider in ("command-line", "main"):
-            options += ["--config-dir" if source.provider == "command-line" else "--config-path", source.path]
-    if hydra_cfg.job.config_name != "config":
-        options += ["--config-name", hydra_cfg.job.config_name]
-    return options
 
 
 def _stop_if_requested(interrupts: Interrupts, run_dir: str, overrides: list[str], options: list[str]) -> None:

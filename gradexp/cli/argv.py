@@ -7,11 +7,13 @@ from __future__ import annotations
 import functools
 import os
 import re
-from typing import Optional
+import shlex
+from typing import Any, Optional
 
 from gradexp.config.schema import ConfigError
-from gradexp.training.resume import PREFIX, ResumeError, trusted_overrides
+from gradexp.training.resume import PREFIX, ResumeError, load_run_yaml, trusted_overrides
 
+_SHORT = {"-cd": "--config-dir", "-cp": "--config-path", "-cn": "--config-name"}  # Hydra's short spellings
 _OPTIONAL_VALUE = ("--info", "-i")  # `--info` alone is valid: a following key=value is an override, not its value
 
 
@@ -33,11 +35,47 @@ def hydra_args(args: list[str]) -> list[str]:
         raise ResumeError(f"resume={folder}: its .hydra/overrides.yaml is not a regular file")
     if not os.path.isfile(saved):
         raise ResumeError(f"resume={folder}: not a gradexp run folder (no .hydra/overrides.yaml there)")
+    _check_composition(folder, options)
     original = trusted_overrides(saved, named=overrides)
     extra = [a for a in overrides if resume_folder(a) is None and a not in original]
     path = os.path.abspath(folder)
     return [*options, *original, *extra, f"{PREFIX}{_quoted(path)}", f"hydra.run.dir={_quoted(path)}",
             "hydra.output_subdir=null", *bare]
+
+
+def composition_options(hydra_cfg: Any) -> list[str]:
+    """The options the run's config was composed with, for the commands it prints (resume, suggestions) to compose
+    the same one: --config-dir X (Hydra records it among the config sources as the command line's), --config-path X
+    (it replaces gradexp's own configs as the main source) and --config-name N (a primary config other than gradexp's
+    `config`, from either). `hydra_cfg`: the run's `hydra` node, live or as read from its .hydra/hydra.yaml."""
+    options = []
+    for source in hydra_cfg["runtime"]["config_sources"]:
+        if source["schema"] == "file" and source["provider"] in ("command-line", "main"):
+            options += ["--config-dir" if source["provider"] == "command-line" else "--config-path", source["path"]]
+    if hydra_cfg["job"]["config_name"] != "config":
+        options += ["--config-name", hydra_cfg["job"]["config_name"]]
+    return options
+
+
+def _check_composition(folder: str, options: list[str]) -> None:
+    """A run composed with --config-dir (--config-path, --config-name) resumes only with one too: without it Hydra
+    said "Could not find 'model/wide'" and no more (found by a new user), though the run had printed the right line.
+    The options are never taken from the folder itself: a config source can run code (Hydra's callbacks), and a run
+    folder is untrusted input. So the command to give is named, in one line."""
+    record = os.path.join(folder, ".hydra", "hydra.yaml")
+    if not os.path.isfile(record):
+        return
+    try:
+        needed = composition_options((load_run_yaml(record) or {})["hydra"])
+    except (KeyError, TypeError):  # not Hydra's shape: the resume's own checks say what is wrong with the folder
+        return
+    flags = {arg.split("=", 1)[0] for arg in options}
+    given = {_SHORT.get(flag, flag) for flag in flags}
+    missing = [flag for flag in needed[::2] if flag not in given]
+    if missing:
+        command = shlex.join(["gradexp", "run", *needed, f"resume={folder}"])
+        raise ResumeError(f"resume={folder}: the run was composed with {' '.join(dict.fromkeys(missing))}; "
+                          f"resume it with: {command}")
 
 
 class OptionError(ConfigError):
