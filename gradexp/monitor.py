@@ -79,7 +79,7 @@ class _LossScale:
     def noted_in(self, model: nn.Module) -> Iterator[None]:
         """For one logging step: the scale noted at its backward (a model whose output is no tensor: read later)."""
         def on_output(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, Tensor) and output.requires_grad:
+            if module is model and isinstance(output, Tensor) and output.requires_grad:  # not a deepcopy's (only_on)
                 output.register_hook(self.note)
 
         self.noted = None

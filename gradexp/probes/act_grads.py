@@ -10,7 +10,7 @@ from typing import ContextManager
 from torch import Tensor, nn
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
-from gradexp.probes.layers import Layers
+from gradexp.probes.layers import Layers, layer_output
 from gradexp.probes.norms import combined_norm, norm_vector
 
 
@@ -38,7 +38,8 @@ class ActGrads(Probe):
 
     def _forward_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            if isinstance(output, Tensor) and output.requires_grad:
+            output = layer_output(output)
+            if output is not None and output.requires_grad:
                 calls = self.grads.setdefault(name, [])
                 calls.append(None)  # this call's slot: a second backward through the same output replaces, not adds
                 # list.__setitem__ as the hook: the gradient goes into its slot with no Python frame during backward

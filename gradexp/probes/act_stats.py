@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, tags
-from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability
+from gradexp.probes.layers import ACTIVATION_SITE, Layers, has_capability, layer_output
 from gradexp.probes.norms import LONG, ROW, host_vector, in_doubt, long_norms, norm_vector
 from gradexp.probes.scratch import Scratch
 from gradexp.config.registry import ACTIVATIONS
@@ -135,7 +135,14 @@ def _same(a: Tensor, b: Tensor) -> bool:
 
 class ActStats(Probe):
     """Forward hooks only keep references to the layers' outputs (detached); the statistics are computed
-    after backward, batched across layers of the same shape."""
+    after backward, batched across layers of the same shape.
+
+    A reference is only as good as the memory behind it: an in-place operation after the layer (nn.ReLU(inplace=True)
+    after a watched Linear) rewrites the output before the statistics are taken, and they described the ReLU's
+    output under the Linear's name (found by a researcher). Each kept output's version counter says whether that
+    happened. At the first logging step every output is copied, so its values are right whatever follows a layer;
+    a layer whose output was rewritten is copied at every logging step from then on; one rewritten where it was not
+    copied (an in-place operation that only some steps run) logs no statistics at that step rather than wrong ones."""
 
     def __init__(self, activation: Optional[str], layers: Layers) -> None:
         self.activation, self.layers = activation, layers
@@ -144,6 +151,9 @@ class ActStats(Probe):
         self.unit_dim = 1
         self.hooks: Optional[Hooks] = None  # made at the first watch
         self.scratch = Scratch()
+        self.kept: list[tuple[str, Tensor, int]] = []  # (layer, its output, that output's version) of this step
+        self.copied: set[str] = set()  # layers whose output an in-place operation rewrote: copied in the hook
+        self.copy_all = True           # the first logging step copies every output (class docstring)
 
     @classmethod
     def from_context(cls, context: ProbeContext) -> "ActStats":
@@ -154,6 +164,7 @@ class ActStats(Probe):
             self.hooks = self._make_hooks()
         self.outputs.clear()  # a fresh step: forwards after the last after_backward (LBFGS's closure) are not this step's
         self.activated.clear()
+        self.kept.clear()
         return self.hooks.attached()
 
     def _make_hooks(self) -> Hooks:
@@ -178,15 +189,33 @@ class ActStats(Probe):
     def _keep(self, store: dict[str, list[Tensor]], name: str, also: Optional[dict[str, list[Tensor]]] = None):
         """A forward hook keeping the module's output (detached) under `name` in `store`, and in `also` if given."""
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
-            if isinstance(output, Tensor):  # a module may return a tuple (e.g. attention): not a layer output to measure
-                kept = output.detach()
-                store.setdefault(name, []).append(kept)
-                if also is not None:
-                    also.setdefault(name, []).append(kept)
+            output = layer_output(output)
+            if output is None:
+                return
+            kept = output.detach()  # shares the output's version counter
+            self.kept.append((name, kept, kept._version))
+            if self.copy_all or name in self.copied:
+                kept = kept.clone()
+            store.setdefault(name, []).append(kept)
+            if also is not None:
+                also.setdefault(name, []).append(kept)
         return hook
+
+    def _drop_rewritten(self) -> None:
+        """The layers whose kept output an in-place operation rewrote since the hook (class docstring): copied from
+        now on, and where this step kept no copy, their values are not measured."""
+        rewritten = {name for name, kept, version in self.kept if kept._version != version}
+        self.kept.clear()
+        wrong = set() if self.copy_all else rewritten - self.copied
+        self.copied |= rewritten
+        self.copy_all = False
+        for name in wrong:
+            self.outputs.pop(name, None)
+            self.activated.pop(name, None)
 
     def after_backward(self, model: nn.Module) -> Scalars:
         values: Scalars = {}
+        self._drop_rewritten()
         outputs = {name: pooled(calls, flatten=True) for name, calls in self.outputs.items()}
         activated = {name: pooled(calls, flatten=False) for name, calls in self.activated.items()}
         at = 0  # the saturation stacks first, then the outputs, side by side in the scratch buffer

@@ -95,10 +95,12 @@ class Hooks:
         self.entries: list[tuple[dict, int, Any]] = []  # (the module's hook table, handle id, hook)
 
     def forward(self, module: nn.Module, hook: Any) -> None:
-        self._made(module.register_forward_hook(hook), hook)
+        guarded = only_on(module, hook)
+        self._made(module.register_forward_hook(guarded), guarded)
 
     def forward_pre(self, module: nn.Module, hook: Any) -> None:
-        self._made(module.register_forward_pre_hook(hook), hook)
+        guarded = only_on(module, hook)
+        self._made(module.register_forward_pre_hook(guarded), guarded)
 
     def _made(self, handle: Any, hook: Any) -> None:
         self.entries.append((handle.hooks_dict_ref(), handle.id, hook))
@@ -116,6 +118,17 @@ class Hooks:
     def __exit__(self, *exc: Any) -> None:
         for table, key, _ in self.entries:
             table.pop(key, None)
+
+
+def only_on(module: nn.Module, hook: Any) -> Any:
+    """The module hook, run for `module` only. copy.deepcopy of a model while the hooks are in its tables (a teacher or
+    EMA model made at a logging step) copies them into the copy's tables for good (a function is copied as itself),
+    where they pooled the copy's outputs with the model's at every later logging step (found by a researcher)."""
+    def guarded(called: nn.Module, *args: Any) -> Any:
+        if called is module:
+            return hook(called, *args)
+        return None
+    return guarded
 
 
 @contextlib.contextmanager

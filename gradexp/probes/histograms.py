@@ -29,7 +29,7 @@ from torch._utils import _flatten_dense_tensors
 
 from gradexp.probes.aside import Aside
 from gradexp.probes.base import Hooks, Probe, ProbeContext, Scalars, named_parameters
-from gradexp.probes.layers import Layers
+from gradexp.probes.layers import Layers, layer_output
 from gradexp.probes.scratch import Scratch as Buffers
 
 PREFIX = "hist/"
@@ -223,7 +223,9 @@ class Histograms(Probe):
 
     def _act_hook(self, name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-            self.outputs[name] = output.detach()
+            output = layer_output(output)
+            if output is not None:  # a module returning a dict or None: nothing to bin (it raised AttributeError)
+                self.outputs[name] = output.detach()
 
         return hook
 

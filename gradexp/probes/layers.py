@@ -12,9 +12,9 @@ attribute name: a layer declares the class attribute `gradexp_capabilities = fro
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from gradexp.config.schema import ConfigError
 
@@ -34,6 +34,17 @@ ATTENTION = "attention"
 
 class NoLayersFound(ConfigError):
     """Nothing to watch: a one-line refusal like any bad value (the CLI exits 2)."""
+
+
+def layer_output(output: Any) -> Optional[Tensor]:
+    """The tensor a layer's output stands for, which the instruments measure: the output itself, or the first tensor of
+    a tuple or list (nn.MultiheadAttention's (output, weights), a block's (x, aux_loss), a Hugging Face layer's
+    (hidden_states, ...)): a tuple lost every activation tag in silence (found by a researcher). None otherwise."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((t for t in output if isinstance(t, Tensor)), None)
+    return None
 
 
 def has_capability(module: nn.Module, capability: str) -> bool:

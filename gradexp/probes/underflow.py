@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from gradexp.probes.base import Probe, ProbeContext, Scalars, removed_on_exit
-from gradexp.probes.layers import Layers
+from gradexp.probes.base import Probe, ProbeContext, Scalars, only_on, removed_on_exit
+from gradexp.probes.layers import Layers, layer_output
 
 PREFIX = "amp/underflow/"
 
@@ -40,12 +40,16 @@ class Underflow(Probe):
         outputs: dict[str, Tensor] = {}
 
         def keep(name: str):
-            return lambda module, inputs, output: outputs.__setitem__(name, output) if isinstance(output, Tensor) else None
+            def on_output(module: nn.Module, inputs: tuple, output: Any) -> None:
+                output = layer_output(output)
+                if output is not None:
+                    outputs[name] = output
+            return on_output
 
         # the buffers are put back after the backward: batchnorm's backward reads the running statistics it saved,
         # and putting them back in place before it would bump their version under autograd's feet
         with _buffers_kept(model):
-            with removed_on_exit([m.register_forward_hook(keep(n)) for n, m in self.layers]):
+            with removed_on_exit([m.register_forward_hook(only_on(m, keep(n))) for n, m in self.layers]):
                 loss = loss_fn()
             wrt = {name: ([outputs[name]] if name in outputs else []) + list(layer.parameters())
                    for name, layer in self.layers}
@@ -57,11 +61,12 @@ class Underflow(Probe):
     def watch(self, model: nn.Module) -> contextlib.AbstractContextManager:
         def hook(name: str):
             def on_output(module: nn.Module, inputs: tuple, output: Any) -> None:
-                if isinstance(output, Tensor) and output.requires_grad:
+                output = layer_output(output)
+                if output is not None and output.requires_grad:
                     output.register_hook(lambda g: self.output_grads.__setitem__(name, g.detach()))
             return on_output
 
-        return removed_on_exit([layer.register_forward_hook(hook(n)) for n, layer in self.layers])
+        return removed_on_exit([layer.register_forward_hook(only_on(layer, hook(n))) for n, layer in self.layers])
 
     def after_backward(self, model: nn.Module) -> Scalars:
         """Parameter gradients are unscaled by now: times the scale again gives the value the pass computed."""
