@@ -134,7 +134,12 @@ class Monitor:
         self.writer, self._callers_sinks = SinkWriter(own), list(sinks)
         self.outcome = Outcome()
         self.steps = 0           # updates done (`with step()` blocks that ended normally)
-        self.skipped_steps = 0   # of those, updates an AMP scaler skipped (logging steps only: skips are seen there)
+        self.skipped_steps = 0   # of those, updates an AMP scaler skipped (no optimizer stepped), on every step
+        # optimizer steps taken, counted by post-step hooks that live as long as the Monitor (a counter: no device
+        # work, no sync): an ordinary step whose update a scaler skipped is counted too (found by a researcher: a
+        # count of the skips that fell on logging steps, 3 of 8). The caller says so itself with step_hooks=False.
+        self._updates, self._skipped_now = 0, False
+        self._count_hooks = [opt.register_step_post_hook(self._count_update) for opt in optimizers if step_hooks]
         self._recorded: dict[str, Tensor] = {}
         self._phase = "idle"     # idle | forward (logging step, before clipping) | backward | clipped | skipped | ordinary
         self._clip_norm: Optional[Tensor] = None
@@ -183,7 +188,7 @@ class Monitor:
         if self._phase != "idle":  # else the inner step ended the outer one's phase: record() then blamed the user
             raise RuntimeError("Monitor.step() inside another `with monitor.step():`: one step() per update, not nested")
         if not self.is_logging_step():
-            self._phase = "ordinary"
+            self._phase, updates, self._skipped_now = "ordinary", self._updates, False
             try:
                 yield self
             finally:
@@ -191,6 +196,7 @@ class Monitor:
             self._recorded.clear()
             if not self._closed:  # closed from inside the step (close(interrupted=True)): the step is dropped
                 self.steps += 1
+                self.skipped_steps += self._skipped_now or bool(self._count_hooks and self._updates == updates)
             return
         self.instruments.begin(self.steps)
         self._phase, self._clip_norm = "forward", None
@@ -277,9 +283,15 @@ class Monitor:
                 "on one Monitor per network, e.g. Monitor(D, optimizers=[opt_d]) and Monitor(G, optimizers=[opt_g])")
 
     def update_skipped(self) -> None:
-        """The update announced by before_update() did not happen (an AMP scaler found inf/NaN gradients)."""
+        """The update of this step did not happen (an AMP scaler found inf/NaN gradients): said by the caller with
+        step_hooks=False, on any step."""
         if self._phase == "clipped":
             self._phase = "skipped"
+        elif self._phase == "ordinary":
+            self._skipped_now = True
+
+    def _count_update(self, *_: Any) -> None:
+        self._updates += 1
 
     def _after_update(self) -> None:
         if self._phase == "clipped":
@@ -370,6 +382,8 @@ class Monitor:
             raise RuntimeError("Monitor.close() inside `with monitor.step():`: close it after the step has ended, or "
                                "close(interrupted=True) to stop the run there (the open step is dropped)")
         self._closed = True
+        for handle in self._count_hooks:
+            handle.remove()
         self.outcome.steps = self.steps
         ended = "diverged" if self.outcome.nonfinite is not None else "completed"
         self.outcome.status = "failed" if error is not None else "interrupted" if interrupted else ended

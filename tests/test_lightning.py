@@ -56,8 +56,8 @@ def _batches(n):
     return [(torch.randn(BATCH, 5, generator=g), torch.randint(0, 3, (BATCH,), generator=g)) for _ in range(n)]
 
 
-def _fit(model, tmp_path, steps=2, capture=None, **trainer_options):
-    callback = GradexpCallback(run_dir=str(tmp_path / "run"), every=1, sinks=[capture] if capture else [])
+def _fit(model, tmp_path, steps=2, capture=None, every=1, **trainer_options):
+    callback = GradexpCallback(run_dir=str(tmp_path / "run"), every=every, sinks=[capture] if capture else [])
     trainer = pl.Trainer(callbacks=[callback], max_steps=steps, accumulate_grad_batches=ACCUMULATE, logger=False,
                          accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(tmp_path), **trainer_options)
@@ -138,6 +138,17 @@ def test_an_update_the_amp_scaler_skips_logs_no_update_ratio(tmp_path):
     assert act_grads and all(capture.steps[0][t] == pytest.approx(plain.steps[0][t], rel=1e-2) for t in act_grads)
 
 
+def test_updates_the_amp_scaler_skips_between_logging_steps_are_counted_too(tmp_path):
+    """It counted the skips that fell on logging steps only: 3 of 9 (found by a researcher)."""
+    model, capture = Net(poison_at=1), Capture()  # update 1 is not a logging step at every=2
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
+    _, callback = _fit(model, tmp_path, steps=3, every=2, capture=capture,
+                       plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert sorted(capture.steps) == [0, 2] and capture.steps[2]["amp/skipped_steps"] == 1.0
+    assert gradexp.load_summary(str(tmp_path / "run"))["perf"]["amp_skipped_steps"] == 1
+    assert not callback._hooks and all(not opt._optimizer_step_post_hooks for opt in model.trainer.optimizers)
+
+
 @pytest.mark.slow
 def test_the_example_runs_twice_and_leaves_runs_gradexp_report_reads(tmp_path):
     """Run as the README says, twice: a new folder each time (a fixed default folder failed the second run, found
@@ -151,3 +162,42 @@ def test_the_callback_refuses_a_bad_option_when_made(options):
     """Found by an adversarial test: GradexpCallback(every=0) was accepted until the fit started."""
     with pytest.raises(ConfigError):
         GradexpCallback(**options)
+
+
+class GAN(pl.LightningModule):
+    """Alternating updates by hand: D's step, then G's, in one batch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.G = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 5))
+        self.D = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def training_step(self, batch, batch_idx):
+        opt_d, opt_g = self.optimizers()
+        real, noise = batch[0], torch.randn(len(batch[0]), 4)
+        d_loss = F.softplus(-self.D(real)).mean() + F.softplus(self.D(self.G(noise).detach())).mean()
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        g_loss = F.softplus(-self.D(self.G(noise))).mean()
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.D.parameters(), lr=0.1), torch.optim.SGD(self.G.parameters(), lr=0.1)
+
+
+def test_manual_optimization_with_two_optimizers_is_refused_when_the_fit_starts(tmp_path):
+    """The callback read G's gradients at D's step, before G's backward: missing at step 0, one batch old after, and
+    a verdict computed from them, in silence (found by a researcher)."""
+    callback = GradexpCallback(run_dir=str(tmp_path / "run"), every=1)
+    trainer = pl.Trainer(callbacks=[callback], max_steps=4, logger=False, accelerator="cpu", devices=1,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(tmp_path))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 5)), batch_size=4)
+    with pytest.raises(RuntimeError, match=r"steps 2 optimizers by hand .* one gradexp.Monitor per network"):
+        trainer.fit(GAN(), train_dataloaders=loader)
+    assert not (tmp_path / "run").exists()  # refused before the Monitor made its folder

@@ -460,7 +460,33 @@ def test_steps_an_fp16_scaler_skips_at_the_start_give_no_first_values_and_the_ve
         assert layer["act_grad_norm"]["first"] == capture.logged[kept][tag(layer["name"])]
     verdict = summary["verdict"]
     assert verdict["at_init"]["gain"] is not None and "no finite norms" not in verdict["evidence"]
-    assert f"At step {kept}, the first logged step the loss scaler kept:" in verdict["evidence"]
+    assert f"At step {kept}, the first logged step whose norms are finite (the loss scaler skipped step 0):" in verdict["evidence"]
+
+
+@pytest.mark.parametrize("handed_over", [True, False])
+def test_steps_the_scaler_skips_between_logging_steps_are_counted_too(tmp_path, handed_over):
+    """amp/skipped_steps counted the skips that fell on logging steps only: 3 of 8 (found by a researcher)."""
+    model, opt_a, _ = _build()
+    capture = Capture()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=4, optimizers=[opt_a], sinks=[capture],
+                              steps=9, scaler=scaler if handed_over else None)
+    poisoned = {1, 2, 5, 8}  # 8 is the last step, which logs; 1, 2 and 5 do not
+    for step in range(9):
+        with monitor.step():
+            x, y = _data(step)
+            loss = F.cross_entropy(model(x), y) * (math.inf if step in poisoned else 1.0)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt_a)
+            monitor.gradients_ready()
+            scaler.step(opt_a)
+            scaler.update()
+            opt_a.zero_grad(set_to_none=True)
+    assert sorted(capture.logged) == [0, 4, 8]
+    assert capture.logged[4]["amp/skipped_steps"] == 2.0 and capture.logged[8]["amp/skipped_steps"] == 4.0
+    assert monitor.close().perf["amp_skipped_steps"] == 4
+    assert gradexp.load_summary(str(tmp_path / "run"))["amp"]["skipped_steps"] == 4
+    assert not opt_a._optimizer_step_post_hooks  # the counting hooks go with the Monitor
 
 
 def _scaled_loop(tmp_path, name, scaler, handed_over):

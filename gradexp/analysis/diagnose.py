@@ -206,7 +206,8 @@ def moment_sentence(depth: Optional[Flow], time: Optional[Flow], when: str, firs
         parts.append(_clause(time, when, f"through time in {layer}, ‖∂L/∂h_t‖", "time step", "per time step"))
     if not parts:
         return "" if when == "last" else "Fewer than two hidden layers and no time steps measured: nothing to judge."
-    moment = WHEN[when] if when == "last" or not first_step else f"at step {first_step}, the first logged step the loss scaler kept"
+    moment = WHEN[when] if when == "last" or not first_step else (
+        f"at step {first_step}, the first logged step whose norms are finite (the loss scaler skipped step 0)")
     return f"{moment[0].upper()}{moment[1:]}: " + "; ".join(parts) + "."
 
 

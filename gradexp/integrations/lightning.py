@@ -15,7 +15,9 @@ How Lightning's hooks map onto the Monitor's step (one optimizer update):
 - a step a GradScaler skips (fp16 with inf/NaN gradients) never reaches the optimizer: no update ratio, and amp/skipped_steps counts it;
 - loss/train is the update's loss: the sum of Lightning's per-batch losses, which it divides by the accumulation;
 - an exception (on_exception, KeyboardInterrupt included) drops the open step, removes the hooks and writes a whole
-  summary.json with status failed."""
+  summary.json with status failed;
+- manual optimization with several optimizers (a GAN's alternating updates in one batch) is refused when the fit
+  starts: one Monitor per network measures it."""
 from __future__ import annotations
 
 import math
@@ -40,13 +42,22 @@ class GradexpCallback(pl.Callback):
         self._step: Any = None          # the open `monitor.step()` context, between its first and last batch
         self._stepped_at = 0            # trainer.global_step when the open step began
         self._loss: Optional[Tensor] = None
-        self._hooks: list = []          # optimizer post-step hooks, during a logging step only
-        self._updated = False           # set by them: the optimizer did update
+        self._hooks: list = []          # optimizer post-step hooks, for the fit (a counter: no work, no sync)
+        self._updated = False           # set by them: the optimizer did update in the open step
         self._clip: tuple = (None, None)  # the Trainer's (gradient_clip_val, algorithm), applied here, handed back
 
     # ---- the fit -------------------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if not pl_module.automatic_optimization and len(trainer.optimizers) > 1:
+            # each batch is one step here; alternating updates in one batch (a GAN's D and G steps) were read at the
+            # first optimizer's step, before the second backward: G's gradients missing or a batch old, in silence
+            # (found by a researcher). The Monitor refuses the same loop; one Monitor per network measures it.
+            raise RuntimeError(
+                f"GradexpCallback: {type(pl_module).__name__} steps {len(trainer.optimizers)} optimizers by hand "
+                "(automatic_optimization=False), and the callback measures one update per batch: measure alternating "
+                "updates (a GAN's D and G steps) with one gradexp.Monitor per network inside training_step, e.g. "
+                "Monitor(D, optimizers=[opt_d]) and Monitor(G, optimizers=[opt_g])")
         planned = trainer.estimated_stepping_batches
         # step_hooks=False: Lightning runs optimizer.step(closure), whose pre-step hooks fire before the closure's
         # backward; on_before_optimizer_step (after backward and clipping's inputs are final) says it instead
@@ -56,6 +67,8 @@ class GradexpCallback(pl.Callback):
                                steps=int(planned) if math.isfinite(planned) else None, **self.options)
         self._clip = (trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
         trainer.gradient_clip_val = None  # this callback clips in on_before_optimizer_step (module docstring)
+        # did each step's update happen (a GradScaler may skip it)? Every step: amp/skipped_steps counts them all
+        self._hooks = [opt.register_step_post_hook(self._on_update) for opt in trainer.optimizers]
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._end_step()
@@ -66,11 +79,11 @@ class GradexpCallback(pl.Callback):
             return
         if self._step is not None:
             step, self._step = self._step, None
-            self._remove_hooks()
             step.__exit__(type(error), error, error.__traceback__)  # drops the step's values, removes its hooks
         self._finish(trainer, error)
 
     def _finish(self, trainer: "pl.Trainer", error: Optional[BaseException] = None) -> None:
+        self._remove_hooks()
         trainer.gradient_clip_val, trainer.gradient_clip_algorithm = self._clip
         if self.monitor is not None:
             self.monitor.close(error)
@@ -81,9 +94,7 @@ class GradexpCallback(pl.Callback):
                              batch_idx: int) -> None:
         if self._step is None:  # the first micro-batch of an update
             self._step, self._stepped_at, self._loss = self.monitor.step(), trainer.global_step, None
-            if self.monitor.is_logging_step():  # did the optimizer update? (a GradScaler may skip it): post-step hooks
-                self._updated = False
-                self._hooks = [opt.register_step_post_hook(self._on_update) for opt in trainer.optimizers]
+            self._updated = False
             self._step.__enter__()
 
     def _on_update(self, *_: Any) -> None:
@@ -113,10 +124,9 @@ class GradexpCallback(pl.Callback):
             return
         if self._loss is not None:
             self.monitor.record(loss=self._loss)
-        if self._hooks and not self._updated:
+        if not self._updated:
             self.monitor.update_skipped()
         step, self._step = self._step, None
-        self._remove_hooks()
         step.__exit__(None, None, None)
 
     def _remove_hooks(self) -> None:
