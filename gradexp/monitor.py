@@ -41,7 +41,7 @@ from gradexp.config.registry import ACTIVATIONS, PROBES, resolve
 from gradexp.config.schema import ConfigError, DiagnoseConf
 from gradexp.outcome import Outcome
 from gradexp.probes.base import Instruments, ProbeContext, per_tag, to_host
-from gradexp.probes.layers import watched_layers
+from gradexp.probes.layers import depths, watched_layers
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews
 from gradexp.sinks.tensorboard import TensorBoardSink
@@ -170,9 +170,10 @@ class Monitor:
         names = [name for name, _ in self.layers]
         tensorboard = TensorBoardSink(self.run_dir)
         hparams = {"model": type(self.model).__name__, "log.every": self.every, "monitor": True}
-        self._summary = SummarySink(self.run_dir, [f"model={type(self.model).__name__}"], names)
+        at = depths(self.model, self.layers)
+        self._summary = SummarySink(self.run_dir, [f"model={type(self.model).__name__}"], names, depths=at)
         # views before tensorboard, which closes the writer they share
-        return [TensorBoardViews(tensorboard.writer, hparams, names), tensorboard, self._summary]
+        return [TensorBoardViews(tensorboard.writer, hparams, names, at), tensorboard, self._summary]
 
     # ---- the step -------------------------------------------------------------------------------------------
 

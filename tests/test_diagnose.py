@@ -1,6 +1,7 @@
 """Verdicts on constructed summaries: known per-layer profiles in, label/evidence/suggestions out."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -48,6 +49,42 @@ def test_frozen_first_layers_leave_the_flow_to_the_layers_the_gradient_reaches()
     assert f"layer 2 gets {0.25 ** 3:.2g} of layer 5's gradient" in verdict["evidence"]
     s["layers"][3].pop("act_grad_norm")  # a gap after the first layer reached: no flow claimed across it
     assert depth_flow(s) is None
+
+
+@pytest.mark.parametrize("index, at", [
+    ([0, 5], [0, 5]),              # model.watch=[layers.0,layers.5]
+    ([1, 3, 4], [1, 3, 4]),
+    ([0, "2", 4], [0, 1, 2]),      # a summary is untrusted input: not whole numbers, places in the list
+    ([0, 3, 3], [0, 1, 2]),        # not increasing: places
+])
+def test_a_watched_subset_is_fitted_at_the_depths_summary_json_gives(index, at):
+    """Found by a new user: model.watch=[layers.0,layers.5] read x0.058 per layer (one step from 0 to 5) where the
+    six layers read x0.565, and called layers.5 'layer 1'."""
+    s = summary([0.5 ** (at[-1] - i) for i in at])
+    for layer, i in zip(s["layers"], index):
+        layer["index"] = i
+    verdict = diagnose(s, Factors(activation="tanh", init="xavier_normal", depth=6), CONF)
+    assert verdict["gain"] == pytest.approx(0.5)
+    assert f"layer {at[0]} gets {0.5 ** (at[-1] - at[0]):.2g} of layer {at[-1]}'s gradient" in verdict["evidence"]
+
+
+def test_a_run_watching_a_subset_gives_the_gain_of_all_its_layers(tmp_path, quiet_console):
+    """End to end: gradexp run's model.watch=[layers.0,layers.5] against the same run watching all six layers."""
+    from gradexp.training.run import run_experiment
+
+    verdicts, layers = {}, {}
+    for name, watch in (("two", "[layers.0,layers.5]"), ("all", "[]")):
+        overrides = ["activation=tanh", "model.depth=6", "train.steps=3", "log.every=1", f"model.watch={watch}"]
+        outcome = run_experiment(compose_config(overrides), run_dir=str(tmp_path / name), overrides=overrides,
+                                 console=quiet_console)
+        verdicts[name] = outcome.verdict
+        layers[name] = json.load(open(tmp_path / name / "summary.json"))["layers"]
+    assert [layer.get("index") for layer in layers["two"]] == [0, 5]
+    assert [layer.get("index") for layer in layers["all"]] == [None] * 6  # all six: no index written
+    ratio = verdicts["all"]["at_init"]["first_last_ratio"]
+    assert verdicts["two"]["at_init"]["first_last_ratio"] == pytest.approx(ratio, rel=1e-9)  # the same two norms
+    assert verdicts["two"]["at_init"]["gain"] == pytest.approx(ratio ** (1 / 5), rel=1e-9)
+    assert f"layer 0 gets {ratio:.2g} of layer 5's gradient" in verdicts["two"]["evidence"]
 
 
 def test_flat_profile_is_healthy_without_suggestions():

@@ -36,9 +36,15 @@ class Flow:
     """How a gradient norm changes along one axis (depth or time) at the first and last logged step."""
     quantity: str                     # act_grad_norm | grad_norm | bptt_grad_norm/<layer>
     gain: dict[str, Optional[float]]  # "first"/"last" -> factor per layer (per time step) travelled backward
-    ratio: dict[str, Optional[float]]  # "first"/"last" -> norm at index `start` / norm at the last index
+    ratio: dict[str, Optional[float]]  # "first"/"last" -> norm at index `start` / norm at index `end`
     length: int                       # layers (or time steps) measured
     start: int = 0                    # the index of the first one (leading frozen layers take in no gradient)
+    end: Optional[int] = None         # the index of the last one: start + length - 1 unless the indices skip some
+
+    @property
+    def span(self) -> int:
+        """Layers (time steps) the gradient travels through from the last index back to the first."""
+        return (self.start + self.length - 1 if self.end is None else self.end) - self.start
 
     def worst(self) -> str:
         """'first' or 'last': the step whose gain is farthest from 1 (gradexp report's gain column)."""
@@ -56,11 +62,21 @@ def depth_flow(summary: dict[str, Any]) -> Optional[Flow]:
     while start < len(layers) and not any(quantity in layers[start] for quantity in ("act_grad_norm", "grad_norm")):
         start += 1
     reached = layers[start:]
+    at = _depths(layers)[start:]  # a watched subset skips layers
     for quantity in ("act_grad_norm", "grad_norm"):
         if len(reached) >= 2 and all(quantity in layer for layer in reached):
             series = {w: [_num(layer[quantity][w]) for layer in reached] for w in ("first", "last")}
-            return dataclasses.replace(_flow(quantity, series, len(reached)), start=start)
+            return dataclasses.replace(_flow(quantity, series, len(reached), at), start=at[0], end=at[-1])
     return None
+
+
+def _depths(layers: list) -> list[int]:
+    """Each layer's depth: its `index` (summary.json writes one for a watched subset that skips layers,
+    probes.layers.depths) where every entry has a whole, increasing one (a summary is untrusted input), else its place."""
+    found = [layer.get("index") if isinstance(layer, dict) else None for layer in layers]
+    if all(type(i) is int for i in found) and all(a < b for a, b in zip(found, found[1:])):
+        return found
+    return list(range(len(layers)))
 
 
 def time_flows(summary: dict[str, Any]) -> list[Flow]:
@@ -77,8 +93,8 @@ def time_flow(summary: dict[str, Any], when: Optional[str] = None) -> Optional[F
     return max(known, key=lambda fw: abs(math.log(fw[0].gain[fw[1]])), default=(None, None))[0]
 
 
-def _flow(quantity: str, series: dict[str, list[float]], length: int) -> Flow:
-    return Flow(quantity, {w: per_layer_gain(s) for w, s in series.items()},
+def _flow(quantity: str, series: dict[str, list[float]], length: int, at: Optional[list[int]] = None) -> Flow:
+    return Flow(quantity, {w: per_layer_gain(s, at) for w, s in series.items()},
                 {w: first_last_ratio(s) for w, s in series.items()}, length)
 
 
@@ -96,7 +112,7 @@ def classify(flow: Optional[Flow], when: str, low_gain: float, high_gain: float,
     if flow is None:
         return "healthy"
     gain, ratio = flow.gain[when], flow.ratio[when]
-    across = gain ** (flow.length - 1) if gain is not None else None  # the fit's first/last ratio
+    across = gain ** flow.span if gain is not None else None  # the fit's first/last ratio
     low = gain is not None and gain < low_gain and (strict or across < conf.vanishing_ratio)
     high = gain is not None and gain > high_gain and (strict or across > conf.exploding_ratio)
     if low or (ratio is not None and ratio < conf.vanishing_ratio):
@@ -217,7 +233,7 @@ def _clause(flow: Flow, when: str, what: str, unit: str, per: str) -> str:
         return f"{what}: no finite norms"
     text = f"{what} {'shrinks' if gain < 1 else 'grows'} ×{gain:.3g} {per}"
     if ratio is not None:
-        text += f", {unit} {flow.start} gets {ratio:.2g} of {unit} {flow.start + flow.length - 1}'s gradient"
+        text += f", {unit} {flow.start} gets {ratio:.2g} of {unit} {flow.start + flow.span}'s gradient"
     return text
 
 

@@ -10,10 +10,12 @@ from operator import itemgetter
 from typing import Callable, Optional, Sequence
 
 
-def per_layer_gain(norms: Sequence[float]) -> Optional[float]:
-    """exp(-slope) of a least-squares fit of log(norm) against layer index: the factor per layer travelled backward.
-    None when fewer than two positive finite norms exist (the fit would be meaningless)."""
-    points = [(i, math.log(n)) for i, n in enumerate(norms) if n is not None and math.isfinite(n) and n > 0]
+def per_layer_gain(norms: Sequence[float], at: Optional[Sequence[int]] = None) -> Optional[float]:
+    """exp(-slope) of a least-squares fit of log(norm) against layer index (`at`: each norm's depth, default its
+    place): the factor per layer travelled backward. None when fewer than two positive finite norms exist (the fit
+    would be meaningless)."""
+    points = [(i, math.log(n)) for i, n in zip(range(len(norms)) if at is None else at, norms)
+              if n is not None and math.isfinite(n) and n > 0]
     if len(points) < 2:
         return None
     mean_i = sum(i for i, _ in points) / len(points)

@@ -66,6 +66,21 @@ def watched_layers(model: nn.Module, patterns: Sequence[str] = (), key: str = "m
     return layers
 
 
+def depths(model: nn.Module, layers: Layers) -> list[int]:
+    """Each watched layer's depth: its place among the layers watched by default (the model's own declaration, else
+    discovery) where the watched ones are some of those, in order; else its place in the list. A watched subset,
+    model.watch=[layers.0,layers.5], spans 5 layers, not 1 (found by a new user: its gain read x0.058 per layer where
+    all six layers read x0.565, and layers.5 was called 'layer 1')."""
+    try:
+        place = {id(module): i for i, (_, module) in enumerate(watched_layers(model))}
+    except NoLayersFound:
+        place = {}
+    found = [place.get(id(module)) for _, module in layers]
+    if all(i is not None for i in found) and all(a < b for a, b in zip(found, found[1:])):
+        return found
+    return list(range(len(layers)))
+
+
 def matching(model: nn.Module, patterns: Sequence[str], key: str = "model.watch") -> Layers:
     """Modules whose name matches any pattern, in registration (forward) order; each pattern must match. Of one
     pattern's matches, a module inside another is left out: fnmatch's `*` also matches dots, so `blocks.*` matched

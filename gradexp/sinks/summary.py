@@ -25,7 +25,7 @@ SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
 UNDERFLOW_PREFIX = "amp/underflow/"
 # given at construction, and what tuples of tags were seen (a cache); everything else is run state
-_SETTINGS = ("path", "overrides", "layer_names", "baseline", "_firsts")
+_SETTINGS = ("path", "overrides", "layer_names", "depths", "baseline", "_firsts")
 FIRSTS = 16  # distinct tuples of tags remembered as seen (a run has a few); beyond, start over
 
 
@@ -54,9 +54,12 @@ _STATE_FIELDS = {
 
 
 class SummarySink:
-    def __init__(self, run_dir: str, overrides: list[str], layer_names: list[str], baseline: Optional[Baseline] = None):
+    def __init__(self, run_dir: str, overrides: list[str], layer_names: list[str], baseline: Optional[Baseline] = None,
+                 depths: Optional[list[int]] = None):
         self.path = os.path.join(run_dir, SUMMARY_NAME)
         self.overrides, self.layer_names, self.baseline = overrides, layer_names, baseline
+        # each layer's depth where the watched layers skip some (probes.layers.depths): each entry's "index"
+        self.depths = dict(zip(layer_names, depths)) if depths and depths != list(range(len(layer_names))) else {}
         self.latest: dict[str, float] = {}
         self.initial: dict[str, float] = {}  # FINAL_KEYS at the step they were first logged: did the run train?
         self.first: dict[str, float] = {}    # per-layer quantities at the first logged step (first_step)
@@ -151,6 +154,8 @@ class SummarySink:
 
     def _layer_entry(self, name: str) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": name}
+        if name in self.depths:
+            entry["index"] = self.depths[name]
         for quantity in ("grad_norm", "act_grad_norm", *ACT_STATS, *ATTENTION_STATS):
             key = f"{quantity}/{name}"
             if key in self.first:

@@ -56,10 +56,12 @@ def layout(layer_names: list[str]) -> dict[str, dict[str, list]]:
     }
 
 
-def flow_scalars(norms: list[Optional[float]], layer_names: list[str]) -> dict[str, float]:
-    """The grad_flow/* scalars of one logging step from the per-layer norms (forward order)."""
+def flow_scalars(norms: list[Optional[float]], layer_names: list[str],
+                 depths: Optional[list[int]] = None) -> dict[str, float]:
+    """The grad_flow/* scalars of one logging step from the per-layer norms (forward order) at their depths (default:
+    their places; probes.layers.depths)."""
     out: dict[str, float] = {}
-    gain, ratio = per_layer_gain(norms), first_last_ratio(norms)
+    gain, ratio = per_layer_gain(norms, depths), first_last_ratio(norms)
     if gain is not None:
         out[GAIN_TAG] = gain
     if ratio is not None and ratio > 0:
@@ -74,8 +76,9 @@ def flow_scalars(norms: list[Optional[float]], layer_names: list[str]) -> dict[s
 
 
 class TensorBoardViews:
-    def __init__(self, writer: SummaryWriter, hparam_dict: dict[str, Any], layer_names: list[str]):
-        self.writer, self.hparam_dict, self.layer_names = writer, hparam_dict, layer_names
+    def __init__(self, writer: SummaryWriter, hparam_dict: dict[str, Any], layer_names: list[str],
+                 depths: Optional[list[int]] = None):
+        self.writer, self.hparam_dict, self.layer_names, self.depths = writer, hparam_dict, layer_names, depths
         self.latest: dict[str, float] = {}
         self.history: dict[int, dict[str, float]] = {}  # logged step -> per-layer quantities
         self.events = ScalarEvents()
@@ -91,7 +94,7 @@ class TensorBoardViews:
         if quantity is None:
             return
         norms = [per_layer.get(f"{quantity}/{name}") for name in self.layer_names]
-        scalars = flow_scalars(norms, self.layer_names)
+        scalars = flow_scalars(norms, self.layer_names, self.depths)
         event = self.events.event(tuple(scalars), scalars.values())
         self.writer._get_file_writer().add_event(event, step)  # one event for the step's flow scalars
 

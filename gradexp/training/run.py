@@ -28,6 +28,7 @@ from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.sinks.terminal import TerminalSink
 from gradexp.outcome import Outcome, WriteFailed  # WriteFailed: importable from here too
 from gradexp.training.loop import Run, train
+from gradexp.probes.layers import depths
 
 
 class _NoStop:
@@ -55,23 +56,23 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
         config = fingerprint(cfg)
         start = resume.restore(run, state, cfg.train.steps, config)  # another run's checkpoint: refused, nothing written
         os.makedirs(run_dir, exist_ok=True)
-        sinks, states = _sinks(cfg, run_dir, overrides, task, [name for name, _ in run.layers], state, console, options,
-                               sweep)
+        sinks, states = _sinks(cfg, run_dir, overrides, task, run, state, console, options, sweep)
         run.sinks = sinks
         checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states, config)
         run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
         return _train(cfg, run, start, checkpoints, stop)
 
 
-def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, layer_names: list[str], state: Optional[dict],
+def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, run: Run, state: Optional[dict],
            console: Optional[Console], options: Sequence[str] = (), sweep: bool = False
            ) -> tuple[list, Callable[[], dict]]:
     """The sinks in closing order, and what of theirs goes into a checkpoint (history behind end-of-run images)."""
     baseline = theory.baseline(cfg, task.x_train)  # mean-field prediction (plain MLPs); None elsewhere
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
-    summary = SummarySink(run_dir, overrides, layer_names, baseline)
+    layer_names, at = [name for name, _ in run.layers], depths(run.model, run.layers)  # model.watch may skip some
+    summary = SummarySink(run_dir, overrides, layer_names, baseline, depths=at)
     hparams = {**run_hparams(cfg, overrides), "perf.torch_threads": torch.get_num_threads()}
-    views = TensorBoardViews(tensorboard.writer, hparams, layer_names)  # one event writer for the run folder
+    views = TensorBoardViews(tensorboard.writer, hparams, layer_names, at)  # one event writer for the run folder
     sinks = [views, tensorboard, summary,  # views before tensorboard, which closes the writer
              TerminalSink(cfg.train.steps, run_dir, console=console, overrides=overrides, options=options, sweep=sweep)]
     stateful = {"summary": summary, "views": views, "tensorboard": tensorboard}
