@@ -118,6 +118,20 @@ def test_ratio_threshold_catches_a_drop_the_gain_misses():
     assert diagnose(summary(norms), Factors(), loose)["label"] == "vanishing"
 
 
+def test_a_moment_with_no_finite_norms_is_labelled_so_not_healthy():
+    """Found by a new user: a diverged run's panel read 'at the end of training: healthy' over 'no finite norms'."""
+    last = [float("nan")] * 6
+    s = summary(geometric(0.5, n=6), [None] * 6, status="diverged", nonfinite={"step": 40, "tensor": "loss/train"})
+    verdict = diagnose(s, Factors(), CONF)
+    assert verdict["label"] == "diverged" and verdict["at_end"]["label"] == "no finite norms"
+    assert verdict["at_end"]["axis"] is None and "At the end of training: ‖∂L/∂h‖: no finite norms" in verdict["evidence"]
+    assert verdict["at_init"]["label"] == "vanishing"
+    s = summary(geometric(0.5, n=6), last, initial={"loss/train": 2.0}, final={"loss/train": 2.0}, steps=50)
+    verdict = diagnose(s, Factors(), CONF)  # not diverged, not trained: judged at its start, never by the unknown end
+    assert (verdict["label"], verdict["decided_by"], verdict["at_end"]["label"]) == ("vanishing", "at_init",
+                                                                                      "no finite norms")
+
+
 def test_diverged_wins_and_suggests_a_lower_lr_and_clipping():
     s = summary(geometric(1.0), status="diverged", nonfinite={"step": 7, "tensor": "loss/train"})
     verdict = diagnose(s, Factors(lr=0.5), CONF)

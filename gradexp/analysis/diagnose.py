@@ -29,6 +29,8 @@ SYMBOL = {"act_grad_norm": "‖∂L/∂h‖", "grad_norm": "‖∂L/∂θ‖"}
 MOMENTS = {"at_init": "first", "at_end": "last"}  # verdict key -> summary key of the logged step it judges
 WHEN = {"first": "at initialisation (step 0)", "last": "at the end of training"}
 TRAINED_LOSS_RATIO = 0.5  # "trains": the last logged train loss is at most half the first
+LABELS = ("vanishing", "exploding")  # a moment's findings; else healthy, or NO_FINITE where nothing could be judged
+NO_FINITE = "no finite norms"
 
 
 @dataclass
@@ -131,12 +133,18 @@ def moment(depth: Optional[Flow], time: Optional[Flow], when: str, conf: Any, st
         time_label = classify(time, when, conf.time_vanishing_gain, conf.time_exploding_gain, conf, rule)
         labels[rule] = (depth_label, "depth") if depth_label != "healthy" else (time_label, "time")
     label, axis = labels[strict]
+    if _no_finite_norms(depth, when) and _no_finite_norms(time, when) and (depth or time):
+        label = NO_FINITE  # nothing to judge there: "healthy" read as a finding (found by a new user, diverged run)
     return {
-        "label": label, "axis": axis if label != "healthy" else None, "usable": labels[False][0],
+        "label": label, "axis": axis if label in LABELS else None, "usable": labels[False][0],
         "gain": depth.gain[when] if depth else None, "first_last_ratio": depth.ratio[when] if depth else None,
         "time_gain": time.gain[when] if time else None, "time_first_last_ratio": time.ratio[when] if time else None,
         "time_layer": time.quantity.split("/", 1)[1] if time else None,
     }
+
+
+def _no_finite_norms(flow: Optional[Flow], when: str) -> bool:
+    return flow is None or (flow.gain[when] is None and flow.ratio[when] is None)
 
 
 def trained(summary: dict[str, Any]) -> Optional[bool]:
@@ -157,7 +165,7 @@ def headline(summary: dict[str, Any], at_init: dict, at_end: dict, trains: Optio
         return at_end["usable"], "at_end"
     if trains is not True:
         for key, judged in (("at_init", at_init), ("at_end", at_end)):
-            if judged["label"] != "healthy":
+            if judged["label"] in LABELS:
                 return judged["label"], key
     return "healthy", "at_end"
 
