@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+import gradexp
+
 from gradexp.config.schema import validate
 from gradexp.sinks.terminal import command_line, merged_overrides
 from tests.conftest import compose_config
@@ -122,11 +124,26 @@ def test_a_users_model_at_its_own_init_is_not_blamed_on_gradexps_init_scale():
     assert cause == "init scale (default, gain 1)"  # gradexp's own MLP: its default init is gradexp's to judge
 
 
-def test_a_users_model_has_the_depth_it_is_watched_at_not_gradexps_model_depth():
-    """Found by a user: a 2-hidden-layer class's cause read "depth (6 layers)", gradexp's own model.depth default."""
+def test_a_models_depth_is_the_layers_it_has_not_gradexps_model_depth_key(tmp_path, quiet_console):
+    """Found by a user: a 2-hidden-layer class's cause read "depth (6 layers)", gradexp's own model.depth default; by a
+    new user: a non-residual ResNet's read "depth (3 layers)" (blocks per stage) over 10 layers, and got no
+    model.residual=true; and model.watch measuring 2 of 6 layers is still a 6-layer model."""
     from gradexp.analysis.advice import Factors
+    from gradexp.training.run import run_experiment
 
     custom = compose_config(["model=custom", "model._target_=tests.test_custom_model.Net"])
     assert Factors.from_cfg(custom, watched=2).depth == 2
-    assert Factors.from_cfg(compose_config(["model.depth=6"]), watched=2).depth == 6  # gradexp's MLP: its key
+    overrides = ["model=resnet", "model.residual=false", "model.width=4", "train.steps=2", "log.every=1"]
+    outcome = run_experiment(compose_config(overrides), run_dir=str(tmp_path / "resnet"), overrides=overrides,
+                             console=quiet_console)
+    assert outcome.verdict["label"] == "exploding"
+    cfg = compose_config(overrides)
+    layers = len(gradexp.load_summary(str(tmp_path / "resnet"))["layers"])
+    assert layers == 1 + 3 * cfg.model.depth  # the stem and 3 stages of model.depth blocks
+    assert outcome.verdict["cause"] == f"depth ({layers} layers)"
+    assert "model.residual=true" in outcome.verdict["suggestions"]
+    overrides = ["model.depth=6", "model.watch=[layers.0,layers.5]", "train.steps=2", "log.every=1"]
+    outcome = run_experiment(compose_config(overrides), run_dir=str(tmp_path / "watch"), overrides=overrides,
+                             console=quiet_console)
+    assert "(2 layers)" not in outcome.verdict["cause"]
 

@@ -45,8 +45,10 @@ class Factors:
 
     @classmethod
     def from_cfg(cls, cfg: Any, watched: Optional[int] = None) -> "Factors":
-        """watched: the hidden layers measured. A user's class (model=custom) has that depth, whatever gradexp's own
-        model.depth key says (found by a user: a 2-layer model's cause read "depth (6 layers)")."""
+        """watched: the model's hidden layers (those watched by default), the depth the verdict's cause names: a
+        user's class (model=custom) has that depth whatever gradexp's model.depth key says (found by a user: a
+        2-layer model's cause read "depth (6 layers)"), and so does a ResNet, whose model.depth counts the blocks of
+        one stage (found by a new user: "depth (3 layers)" over 10 layers measured)."""
         from gradexp.analysis.theory import not_applicable
         from gradexp.config.schema import model_family
 
@@ -58,7 +60,7 @@ class Factors:
         family = model_family(cfg)
         takes_position = family in MODELS and "norm_position" in MODELS[family].keys
         position = (cfg.model.norm_position or "pre") if takes_position else None  # the constructor's default
-        depth = watched if family == CUSTOM and watched is not None else cfg.model.depth
+        depth = cfg.model.depth if watched is None else watched
         return cls(family, depth, cfg.model.residual, cfg.activation.name, cfg.init.scheme,
                    cfg.init.gain, cfg.norm.name, cfg.optimizer.lr, c.mode, cfg.init.recurrent, cfg.init.recurrent_gain,
                    option, precision, scale, position, cfg.schedule.warmup_steps, cfg.train.steps, not_applicable(cfg))
@@ -173,7 +175,7 @@ def _exploding(f: Factors) -> tuple[str, str, list[str]]:
     fixes = [_matched_init(f)] if f.init_gain > 1 or f.init in ("normal", "default") else []
     if f.init_gain > 1:
         fixes.append("init.gain=1.0")
-    fixes += [*_post_norm(f), *_norm(f), *_clip(f), f"optimizer.lr={f.lr / 10:g}"]
+    fixes += [*_post_norm(f), *_norm(f), *_residual(f), *_clip(f), f"optimizer.lr={f.lr / 10:g}"]
     cause = f"init scale ({f.init}, gain {f.init_gain:g})" if f.init_gain > 1 or f.init == "normal" else f"depth ({f.depth} layers)"
     return cause, "", fixes
 
@@ -231,9 +233,13 @@ def _depth(f: Factors) -> list[str]:
         return []
     if f.norm_position is not None:  # a transformer: its blocks are always residual
         return [*_post_norm(f), *_norm(f)]
-    if MODELS[f.family].residual:
-        return [*_norm(f), *([] if f.residual else ["model.residual=true"])]
-    return _norm(f)
+    return [*_norm(f), *_residual(f)]
+
+
+def _residual(f: Factors) -> list[str]:
+    """Skips where the family takes them and the run has none: the gradient crosses fewer layers' Jacobians (a
+    non-residual ResNet's exploding gradient got only clipping and a lower rate; found by a new user)."""
+    return ["model.residual=true"] if f.family in MODELS and MODELS[f.family].residual and not f.residual else []
 
 
 def _norm(f: Factors) -> list[str]:
