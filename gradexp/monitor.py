@@ -144,7 +144,7 @@ class Monitor:
         self._phase = "idle"     # idle | forward (logging step, before clipping) | backward | clipped | skipped | ordinary
         self._clip_norm: Optional[Tensor] = None
         # with several optimizers, the parameters autograd accumulated a gradient into after the update was announced
-        # (a later backward): an optimizer stepping on those is refused (_refuse_a_second_backward)
+        # (a later backward): an optimizer stepping on those is refused (refuse_a_second_backward)
         self._accumulated: Optional[set[int]] = None
         self._accumulate_hooks: list = []
         self._closed = False
@@ -238,7 +238,7 @@ class Monitor:
             self._phase = "clipped"
             if self.optimizers:  # the rate this update uses: a scheduler stepped inside the `with` moves it on after
                 self.instruments.pending["lr"] = float(self.optimizers[0].param_groups[0]["lr"])  # a host number
-            if len(self.optimizers) > 1 and self.step_hooks:
+            if len(self.optimizers) > 1:
                 self._watch_for_a_second_backward()
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
@@ -248,13 +248,13 @@ class Monitor:
         # torch hands the hook step()'s own args, the optimizer first: (optimizer, closure?)
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            self._refuse_a_second_backward(optimizer)
+            self.refuse_a_second_backward(optimizer)
             self.before_update()
             return None
 
         def measured() -> Any:
             loss = closure()
-            self._refuse_a_second_backward(optimizer)
+            self.refuse_a_second_backward(optimizer)
             self.before_update()
             return loss
 
@@ -274,8 +274,9 @@ class Monitor:
         self._accumulate_hooks = [p.register_post_accumulate_grad_hook(lambda q: self._accumulated.add(id(q)))
                                   for p in params.values()]
 
-    def _refuse_a_second_backward(self, optimizer: torch.optim.Optimizer) -> None:
-        """Alternating updates are one step() each, on one Monitor per network (_watch_for_a_second_backward)."""
+    def refuse_a_second_backward(self, optimizer: torch.optim.Optimizer) -> None:
+        """Alternating updates are one step() each, on one Monitor per network (_watch_for_a_second_backward). The
+        optimizer pre-step hook calls it, or the caller with step_hooks=False (integrations/lightning.py)."""
         if self._accumulated and any(id(p) in self._accumulated for p in _parameters([optimizer])):
             number = next(i for i, o in enumerate(self.optimizers, 1) if o is optimizer)
             raise RuntimeError(

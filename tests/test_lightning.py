@@ -165,39 +165,53 @@ def test_the_callback_refuses_a_bad_option_when_made(options):
 
 
 class GAN(pl.LightningModule):
-    """Alternating updates by hand: D's step, then G's, in one batch."""
+    """Alternating updates by hand: D's step, then G's, in one batch (alternate=True); or one backward, then both
+    optimizers (a body and a head optimizer, alternate=False)."""
 
-    def __init__(self):
+    def __init__(self, alternate=True):
         super().__init__()
         torch.manual_seed(0)
-        self.automatic_optimization = False
+        self.automatic_optimization, self.alternate = False, alternate
         self.G = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 5))
         self.D = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
 
     def training_step(self, batch, batch_idx):
         opt_d, opt_g = self.optimizers()
         real, noise = batch[0], torch.randn(len(batch[0]), 4)
-        d_loss = F.softplus(-self.D(real)).mean() + F.softplus(self.D(self.G(noise).detach())).mean()
         opt_d.zero_grad()
-        self.manual_backward(d_loss)
-        opt_d.step()
-        g_loss = F.softplus(-self.D(self.G(noise))).mean()
         opt_g.zero_grad()
-        self.manual_backward(g_loss)
+        if not self.alternate:
+            self.manual_backward(F.softplus(-self.D(self.G(noise))).mean() + F.softplus(-self.D(real)).mean())
+            opt_d.step()
+            opt_g.step()
+            return
+        self.manual_backward(F.softplus(-self.D(real)).mean() + F.softplus(self.D(self.G(noise).detach())).mean())
+        opt_d.step()
+        self.manual_backward(F.softplus(-self.D(self.G(noise))).mean())
         opt_g.step()
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.D.parameters(), lr=0.1), torch.optim.SGD(self.G.parameters(), lr=0.1)
 
 
-def test_manual_optimization_with_two_optimizers_is_refused_when_the_fit_starts(tmp_path):
+@pytest.mark.parametrize("alternate", [True, False])
+def test_manual_optimization_alternating_updates_are_refused_and_one_backward_for_two_optimizers_is_measured(
+        tmp_path, alternate):
     """The callback read G's gradients at D's step, before G's backward: missing at step 0, one batch old after, and
-    a verdict computed from them, in silence (found by a researcher)."""
-    callback = GradexpCallback(run_dir=str(tmp_path / "run"), every=1)
+    a verdict computed from them, in silence (found by a researcher). Two optimizers on one backward are fine (a
+    review: a first fix refused every module with two optimizers)."""
+    capture = Capture()
+    callback = GradexpCallback(run_dir=str(tmp_path / "run"), every=1, sinks=[capture])
     trainer = pl.Trainer(callbacks=[callback], max_steps=4, logger=False, accelerator="cpu", devices=1,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=str(tmp_path))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 5)), batch_size=4)
-    with pytest.raises(RuntimeError, match=r"steps 2 optimizers by hand .* one gradexp.Monitor per network"):
-        trainer.fit(GAN(), train_dataloaders=loader)
-    assert not (tmp_path / "run").exists()  # refused before the Monitor made its folder
+    model = GAN(alternate)
+    if alternate:
+        with pytest.raises(RuntimeError, match="optimizer 2 of 2 stepped on the gradients of another backward"):
+            trainer.fit(model, train_dataloaders=loader)
+        assert gradexp.load_summary(str(tmp_path / "run"))["status"] == "failed"
+        return
+    trainer.fit(model, train_dataloaders=loader)
+    logged = capture.steps[0]
+    assert {"grad_norm/G.0.weight", "grad_norm/D.0.weight", "update_ratio/G.0.weight"} <= set(logged)

@@ -16,8 +16,9 @@ How Lightning's hooks map onto the Monitor's step (one optimizer update):
 - loss/train is the update's loss: the sum of Lightning's per-batch losses, which it divides by the accumulation;
 - an exception (on_exception, KeyboardInterrupt included) drops the open step, removes the hooks and writes a whole
   summary.json with status failed;
-- manual optimization with several optimizers (a GAN's alternating updates in one batch) is refused when the fit
-  starts: one Monitor per network measures it."""
+- manual optimization: several optimizers stepping on one backward are one update; an optimizer stepping on the
+  gradients of a later backward in the same batch (a GAN's D step, then its G step) is refused at the first logging
+  step, as the Monitor refuses it: one Monitor per network measures alternating updates."""
 from __future__ import annotations
 
 import math
@@ -49,15 +50,6 @@ class GradexpCallback(pl.Callback):
     # ---- the fit -------------------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if not pl_module.automatic_optimization and len(trainer.optimizers) > 1:
-            # each batch is one step here; alternating updates in one batch (a GAN's D and G steps) were read at the
-            # first optimizer's step, before the second backward: G's gradients missing or a batch old, in silence
-            # (found by a researcher). The Monitor refuses the same loop; one Monitor per network measures it.
-            raise RuntimeError(
-                f"GradexpCallback: {type(pl_module).__name__} steps {len(trainer.optimizers)} optimizers by hand "
-                "(automatic_optimization=False), and the callback measures one update per batch: measure alternating "
-                "updates (a GAN's D and G steps) with one gradexp.Monitor per network inside training_step, e.g. "
-                "Monitor(D, optimizers=[opt_d]) and Monitor(G, optimizers=[opt_g])")
         planned = trainer.estimated_stepping_batches
         # step_hooks=False: Lightning runs optimizer.step(closure), whose pre-step hooks fire before the closure's
         # backward; on_before_optimizer_step (after backward and clipping's inputs are final) says it instead
@@ -101,6 +93,9 @@ class GradexpCallback(pl.Callback):
         self._updated = True
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer) -> None:
+        # a GAN's G step after its D step, in one batch: G's gradients come from a later backward than those read
+        # (found by a researcher: missing at step 0, a batch old after, in silence)
+        self.monitor.refuse_a_second_backward(optimizer)
         value, algorithm = self._clip
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if value is None or value <= 0:
