@@ -188,3 +188,21 @@ def test_a_copy_of_the_model_made_at_a_logging_step_is_not_measured_with_it(tmp_
             assert capture.logged[step][f"act_std/{name}"] == pytest.approx(std, rel=1e-5), (step, name)
     monitor.close()
     assert math.isfinite(capture.logged[2]["act_grad_norm/1"])
+
+
+def test_a_forward_under_inference_mode_inside_a_logging_step_is_measured_like_any_call(tmp_path):
+    """A review found the version check raising on it: inference tensors track no version."""
+    model, capture = _inplace_net(), Capture()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt], sinks=[capture],
+                              watch=["0", "2"])
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for _ in range(2):
+        with monitor.step():
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            with torch.inference_mode():
+                model(x)  # an accuracy pass inside the step: a second call, pooled with the first (README)
+    assert monitor.close().status == "completed"
+    assert all(math.isfinite(capture.logged[step]["act_std/0"]) for step in (0, 1))

@@ -193,7 +193,8 @@ class ActStats(Probe):
             if output is None:
                 return
             kept = output.detach()  # shares the output's version counter
-            self.kept.append((name, kept, kept._version))
+            if not kept.is_inference():  # an inference tensor has none (a forward under torch.inference_mode())
+                self.kept.append((name, kept, kept._version))
             if self.copy_all or name in self.copied:
                 kept = kept.clone()
             store.setdefault(name, []).append(kept)
