@@ -49,3 +49,47 @@ def test_a_restored_summary_goes_on_as_an_uninterrupted_one(tmp_path):
         resumed.log(step, step_values(step))
     outcome = Outcome(status="completed", steps=5)
     assert resumed.build(outcome) == whole.build(outcome)
+
+
+def skipped(step: int, values: dict, count: int) -> dict:
+    """A logging step an fp16 scaler skipped: its gradients overflowed at the scale (inf), `count` skips so far."""
+    return {**{tag: (math.inf if tag.startswith(("grad_norm", "act_grad")) else v) for tag, v in values.items()},
+            **({"bptt_grad_norm/layers.0": [math.inf, 1.0]} if "bptt_grad_norm/layers.0" in values else {}),
+            "amp/skipped_steps": float(count)}
+
+
+def test_first_values_come_from_the_first_step_with_finite_norms_and_bptt_too(tmp_path):
+    sink = SummarySink(str(tmp_path), [], LAYERS)
+    sink.log(0, skipped(0, step_values(0), 1))
+    sink.log(1, skipped(1, step_values(1), 2))
+    for step in range(2, 5):
+        sink.log(step, {**step_values(step), "amp/skipped_steps": 2.0})
+    summary = sink.build(Outcome(status="completed", steps=5))
+    assert summary["first_step"] == 2
+    assert summary["layers"][0]["grad_norm"]["first"] == math.hypot(5.0, 4.0)
+    assert summary["bptt"]["layers.0"]["first"] == [3, 1.0] and summary["bptt"]["layers.0"]["first_step"] == 3
+
+
+def test_a_run_whose_every_logged_step_was_skipped_keeps_its_layer_entries(tmp_path):
+    """A review found every layer's first and last gone: 'Fewer than two hidden layers ... nothing to judge'."""
+    sink = SummarySink(str(tmp_path), [], LAYERS)
+    for step in range(3):
+        sink.log(step, skipped(step, step_values(step), step + 1))
+    summary = sink.build(Outcome(status="completed", steps=3))
+    assert "first_step" not in summary
+    assert summary["layers"][0]["grad_norm"] == {"first": None, "last": None}
+    assert summary["layers"][0]["act_std"] == {"first": 0.5, "last": 2.5}
+
+
+def test_a_checkpoint_from_before_first_step_keeps_its_first_values(tmp_path):
+    """A review: the first step logged after resuming such a checkpoint became first_step, over step 0's values."""
+    old = SummarySink(str(tmp_path), [], LAYERS)
+    for step in range(2):
+        old.log(step, step_values(step))
+    state = old.state_dict()
+    del state["first_step"]
+    resumed = SummarySink(str(tmp_path), [], LAYERS)
+    resumed.load_state_dict(state)
+    resumed.log(2, step_values(2))
+    summary = resumed.build(Outcome(status="completed", steps=3))
+    assert "first_step" not in summary and summary["layers"][0]["act_std"]["first"] == 0.5

@@ -76,23 +76,29 @@ class SummarySink:
         routes = _Routes.of(tags)
         for key in routes.final:
             self.initial.setdefault(key, values[key])
+        per_layer = layer_quantities(values, self.layer_names)
+        skipped = _skipped_overflow(values, per_layer, routes.bptt)
         for tag, layer in routes.bptt:  # full per-time-step profile at the first and last logged step
             entry = self.profiles.setdefault(layer, {"first": values[tag], "first_step": step})
+            if not skipped and _overflowed(entry["first"]):  # the first was a skipped step's: this one replaces it
+                entry.update(first=values[tag], first_step=step)
             entry.update(last=values[tag], last_step=step)
         for tag, layer in routes.underflow:
             self.underflow_max[layer] = max(values[tag], self.underflow_max.get(layer, 0.0))
-        per_layer = layer_quantities(values, self.layer_names)
-        skipped = _skipped_overflow(values, per_layer)
         if self.baseline is not None and self.theory is None and not skipped and self.baseline.complete(values):
             self.theory = self.baseline.section(step, values)
-        if tags not in self._firsts and not skipped:  # a tuple of tags seen before brings nothing new to `first`
-            if per_layer and self.first_step is None:
-                self.first_step = step
+        if per_layer and not skipped and self.first_step is None:
+            # the first step whose values count: they replace what skipped steps left in `first` (kept there, so
+            # that a run whose every logged step was skipped still has its entries: "no finite norms")
+            self.first.update(per_layer)
+            self.first_step, self._firsts = step, {tags}
+        elif tags not in self._firsts:  # a tuple of tags seen before brings nothing new to `first`
             for key, value in per_layer.items():
                 self.first.setdefault(key, value)
             if len(self._firsts) >= FIRSTS:  # forgetting costs only the setdefaults above, once more
                 self._firsts.clear()
-            self._firsts.add(tags)
+            if not skipped:
+                self._firsts.add(tags)
         self.last.update(per_layer)
 
     def state_dict(self) -> dict[str, Any]:
@@ -114,6 +120,8 @@ class SummarySink:
             if check is None or not check(value):
                 raise ValueError(f"the summary's state has {'an unknown field' if check is None else 'a bad'} {key!r}")
         self._firsts = set()  # `first` is replaced
+        if "first_step" not in state and state.get("first"):  # a checkpoint from before first_step: its first is
+            state["first_step"] = 0                           # final (a resumed run must not take it for provisional)
         for key, value in state.items():
             setattr(self, key, copy.deepcopy(value))
 
@@ -163,11 +171,18 @@ class SummarySink:
         return entry
 
 
-def _skipped_overflow(values: dict, per_layer: dict[str, float]) -> bool:
-    """A step a loss scaler skipped because its gradients overflowed at the scale: its per-layer norms hold that
-    overflow's inf, which says nothing about the model, and the scaler threw it away. `first` comes from the first
-    step the scaler kept (fp16 with a large initial scale skips a few; found by a researcher: "no finite norms")."""
-    return values.get("amp/skipped_steps", 0) > 0 and not all(math.isfinite(v) for v in per_layer.values())
+def _skipped_overflow(values: dict, per_layer: dict[str, float], bptt: tuple = ()) -> bool:
+    """A step a loss scaler skipped because its gradients overflowed at the scale: its per-layer norms (and bptt
+    profiles) hold that overflow's inf, which says nothing about the model, and the scaler threw it away. `first`
+    comes from the first step with finite norms (fp16 with a large initial scale skips a few; found by a researcher:
+    "no finite norms")."""
+    return values.get("amp/skipped_steps", 0) > 0 and (
+        not all(math.isfinite(v) for v in per_layer.values()) or any(_overflowed(values[tag]) for tag, _ in bptt))
+
+
+def _overflowed(profile: Any) -> bool:
+    """A per-time-step profile (a list) or a number holding an inf or NaN."""
+    return not all(math.isfinite(v) for v in (profile if isinstance(profile, list) else [profile]))
 
 
 def _finite_or_none(value: float) -> Optional[float]:
