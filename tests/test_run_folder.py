@@ -103,6 +103,9 @@ def test_a_run_composed_with_a_config_dir_resumes_only_with_one_and_is_told_the_
     flag = needs.split()[0]
     assert str(err.value) == (f"resume={run}: the run was composed with {flag}; "
                               f"resume it with: gradexp run {needs} resume={run}")
+    (tmp_path / "run" / "summary.json").write_text('{"status": "completed"}')  # finished: that is said first
+    with pytest.raises(ResumeError, match="that run is completed; there is nothing to resume"):
+        hydra_args([f"resume={run}"])
     short = {"--config-dir": "-cd", "--config-path": "-cp"}[flag]
     for given in ([flag, "/elsewhere"], [f"{flag}=/elsewhere"], [short, "/elsewhere"]):  # any dir: the user's choice
         assert hydra_args([*given, f"resume={run}"])[:len(given)] == given

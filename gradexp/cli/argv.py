@@ -11,7 +11,7 @@ import shlex
 from typing import Any, Optional
 
 from gradexp.config.schema import ConfigError
-from gradexp.training.resume import PREFIX, ResumeError, load_run_yaml, trusted_overrides
+from gradexp.training.resume import PREFIX, ResumeError, load_run_yaml, refuse_finished, trusted_overrides
 
 _SHORT = {"-cd": "--config-dir", "-cp": "--config-path", "-cn": "--config-name"}  # Hydra's short spellings
 _OPTIONAL_VALUE = ("--info", "-i")  # `--info` alone is valid: a following key=value is an override, not its value
@@ -73,6 +73,7 @@ def _check_composition(folder: str, options: list[str]) -> None:
     given = {_SHORT.get(flag, flag) for flag in flags}
     missing = [flag for flag in needed[::2] if flag not in given]
     if missing:
+        refuse_finished(folder)  # the command named would be refused next: say that first (found by a review)
         command = shlex.join(["gradexp", "run", *needed, f"resume={folder}"])
         raise ResumeError(f"resume={folder}: the run was composed with {' '.join(dict.fromkeys(missing))}; "
                           f"resume it with: {command}")

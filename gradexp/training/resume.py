@@ -136,8 +136,7 @@ def prepare(cfg: Any, run_dir: str) -> Optional[dict[str, Any]]:
         # found (or silently replaced) when the resumed run ends
         raise ResumeError(f"resume={cfg.resume}: {summary} is there but is not a file the run wrote; it was left as it "
                           f"is (move it away to resume)")
-    if status in FINISHED:
-        raise ResumeError(f"resume={cfg.resume}: that run is {status}; there is nothing to resume")
+    refuse_finished(cfg.resume, status)
     _check_same_config(cfg, run_dir)
     from gradexp.training import checkpoint  # torch: here, not at import (`gradexp run --help` needs none of it)
 
@@ -163,6 +162,13 @@ def move_aside(run_dir: str) -> str:
     for name in run_artefacts(run_dir):
         os.replace(os.path.join(run_dir, name), os.path.join(aside, name))
     return aside
+
+
+def refuse_finished(folder: str, status: Optional[str] = None) -> None:
+    """ResumeError for a folder whose run ended (completed, diverged): nothing to resume (`status`: known already)."""
+    status = _status(folder) if status is None else status
+    if status in FINISHED:
+        raise ResumeError(f"resume={folder}: that run is {status}; there is nothing to resume")
 
 
 def _status(run_dir: str) -> Optional[str]:
