@@ -40,7 +40,7 @@ from gradexp.analysis.diagnose import diagnose
 from gradexp.config.registry import ACTIVATIONS, PROBES, resolve
 from gradexp.config.schema import ConfigError, DiagnoseConf
 from gradexp.outcome import Outcome
-from gradexp.probes.base import Instruments, ProbeContext, per_tag, to_host
+from gradexp.probes.base import Instruments, ProbeContext, only_on, per_tag, to_host
 from gradexp.probes.layers import depths, watched_layers
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews
@@ -79,11 +79,11 @@ class _LossScale:
     def noted_in(self, model: nn.Module) -> Iterator[None]:
         """For one logging step: the scale noted at its backward (a model whose output is no tensor: read later)."""
         def on_output(module: nn.Module, inputs: Any, output: Any) -> None:
-            if module is model and isinstance(output, Tensor) and output.requires_grad:  # not a deepcopy's (only_on)
+            if isinstance(output, Tensor) and output.requires_grad:
                 output.register_hook(self.note)
 
         self.noted = None
-        handle = model.register_forward_hook(on_output)
+        handle = model.register_forward_hook(only_on(model, on_output))  # not a deepcopy's output
         try:
             yield
         finally:

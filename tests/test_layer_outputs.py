@@ -188,6 +188,8 @@ def test_a_copy_of_the_model_made_at_a_logging_step_is_not_measured_with_it(tmp_
             assert capture.logged[step][f"act_std/{name}"] == pytest.approx(std, rel=1e-5), (step, name)
     monitor.close()
     assert math.isfinite(capture.logged[2]["act_grad_norm/1"])
+    left = [hook for m in teacher.modules() for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    assert not [hook for hook in left if "only_on" in hook.__qualname__]  # gone at their first call (the test's stay)
 
 
 def test_a_forward_under_inference_mode_inside_a_logging_step_is_measured_like_any_call(tmp_path):

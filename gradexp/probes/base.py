@@ -123,10 +123,14 @@ class Hooks:
 def only_on(module: nn.Module, hook: Any) -> Any:
     """The module hook, run for `module` only. copy.deepcopy of a model while the hooks are in its tables (a teacher or
     EMA model made at a logging step) copies them into the copy's tables for good (a function is copied as itself),
-    where they pooled the copy's outputs with the model's at every later logging step (found by a researcher)."""
+    where they pooled the copy's outputs with the model's at every later logging step (found by a researcher). In a
+    copy's table the hook takes itself out at its first call (torch runs a snapshot of the table: safe)."""
     def guarded(called: nn.Module, *args: Any) -> Any:
         if called is module:
             return hook(called, *args)
+        for table in (called._forward_hooks, called._forward_pre_hooks):
+            for key in [key for key, entry in table.items() if entry is guarded]:
+                del table[key]
         return None
     return guarded
 
