@@ -139,7 +139,12 @@ class Monitor:
         # work, no sync): an ordinary step whose update a scaler skipped is counted too (found by a researcher: a
         # count of the skips that fell on logging steps, 3 of 8). The caller says so itself with step_hooks=False.
         self._updates, self._skipped_now = 0, False
-        self._count_hooks = [opt.register_step_post_hook(self._count_update) for opt in optimizers if step_hooks]
+        self._count_hooks = [opt.register_step_post_hook(self.note_update) for opt in optimizers if step_hooks]
+        # a fused optimizer (Adam(fused=True)) takes a GradScaler's skip inside its own kernel: the scaler calls its
+        # step() either way, with found_inf, and the post-step hook fires. Each step's found_inf is kept (no sync)
+        # and read at the next logging step (a review: a skipped logging step ended the run "diverged")
+        self._found_inf: list[Tensor] = []
+        self._found_at = 0  # len(_found_inf) when the open logging step began
         self._recorded: dict[str, Tensor] = {}
         self._phase = "idle"     # idle | forward (logging step, before clipping) | backward | clipped | skipped | ordinary
         self._clip_norm: Optional[Tensor] = None
@@ -200,7 +205,7 @@ class Monitor:
                 self.skipped_steps += self._skipped_now or bool(self._count_hooks and self._updates == updates)
             return
         self.instruments.begin(self.steps)
-        self._phase, self._clip_norm = "forward", None
+        self._phase, self._clip_norm, self._found_at = "forward", None, len(self._found_inf)
         try:
             noted = self._loss_scale.noted_in(self.model) if self._loss_scale else contextlib.nullcontext()
             with self.instruments.watch(), self._optimizer_hooks(), noted:
@@ -292,10 +297,28 @@ class Monitor:
         elif self._phase == "ordinary":
             self._skipped_now = True
 
-    def _count_update(self, *_: Any) -> None:
+    def note_update(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """The optimizer stepped: its post-step hook calls it, or the caller with step_hooks=False (the Lightning
+        callback's hook). A fused optimizer's step may have been a scaler's skip: its found_inf is kept to read."""
         self._updates += 1
+        found = getattr(optimizer, "found_inf", None)
+        if isinstance(found, Tensor):
+            self._found_inf.append(found)
+
+    def _read_found_inf(self) -> tuple[int, bool]:
+        """(skips a fused optimizer took before the open logging step, whether it took this step's): one transfer."""
+        found, at = self._found_inf, self._found_at
+        self._found_inf, self._found_at = [], 0
+        if not found:
+            return 0, False
+        flags = torch.stack([f.reshape(()).to(found[0].device, torch.float32) for f in found]).gt(0).tolist()
+        return sum(flags[:at]), any(flags[at:])
 
     def _after_update(self) -> None:
+        earlier, now = self._read_found_inf()
+        self.skipped_steps += earlier
+        if now and self._phase == "clipped":  # a fused optimizer's step that was a scaler's skip
+            self._phase = "skipped"
         if self._phase == "clipped":
             self.instruments.after_step()
         elif self._phase != "unseen":  # no optimizer stepped after backward (or update_skipped()): a scaler skipped it
@@ -386,6 +409,8 @@ class Monitor:
         self._closed = True
         for handle in self._count_hooks:
             handle.remove()
+        self._found_at = len(self._found_inf)  # the ordinary steps since the last logging one
+        self.skipped_steps += self._read_found_inf()[0]
         self.outcome.steps = self.steps
         ended = "diverged" if self.outcome.nonfinite is not None else "completed"
         self.outcome.status = "failed" if error is not None else "interrupted" if interrupted else ended

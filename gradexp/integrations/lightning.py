@@ -89,8 +89,9 @@ class GradexpCallback(pl.Callback):
             self._updated = False
             self._step.__enter__()
 
-    def _on_update(self, *_: Any) -> None:
+    def _on_update(self, optimizer: Any, *_: Any) -> None:
         self._updated = True
+        self.monitor.note_update(optimizer)  # a fused optimizer's step may be a scaler's skip (Monitor.note_update)
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer) -> None:
         # a GAN's G step after its D step, in one batch: G's gradients come from a later backward than those read
