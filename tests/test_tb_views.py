@@ -121,6 +121,13 @@ def test_flow_images_are_written_from_the_logged_norms(run_tiny, monkeypatch):
     assert acc.Images(PROFILE_TAG)[-1].encoded_image_string[:4] == b"\x89PNG"
 
 
+def test_a_one_layer_model_gets_no_depth_images(run_tiny):
+    """Found by a new user: a one-layer RNN's heatmap was a blank white bar ("level") over a gradient that vanished
+    through time to 2e-21; its flow is the bptt profile's."""
+    _, run_dir = run_tiny(["model=rnn", "model.depth=1", "train.steps=3", "log.every=1"])
+    assert not {HEATMAP_TAG, PROFILE_TAG} & set(accumulator(run_dir).Tags()["images"])
+
+
 def test_heatmap_colours_are_log10_relative_to_the_last_layer_on_one_scale():
     import torch
 

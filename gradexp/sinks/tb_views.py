@@ -132,8 +132,8 @@ class TensorBoardViews:
 
     def write_images(self, outcome: Outcome) -> None:
         quantity = self._quantity()
-        if quantity is None:
-            return
+        if quantity is None or len(self.layer_names) < 2:  # one layer has no flow across depth to draw: a blank bar
+            return                                          # said "level" (a one-layer RNN's is through time: bptt)
         from gradexp.sinks import flow_images as figures  # matplotlib only when a run ends
 
         steps = sorted(self.history)
