@@ -242,6 +242,16 @@ def test_seeds_fold_the_measured_gain_into_its_mean_and_spread(tmp_path, capsys)
     assert "0.408 ± 0" in out and "e-17" not in out
 
 
+def test_a_spread_below_the_shown_digits_of_its_mean_reads_zero(tmp_path, capsys):
+    """Found by a new user: "theory gain 0.568 ± 4.6e-10", rounding noise of one number computed per seed."""
+    for seed, gain in enumerate([0.568, 0.568 + 4.6e-10, 0.568 - 3e-10]):
+        theory = {"predicted_gain": gain, "measured_gain": 0.5}
+        write_run(tmp_path / "sweep" / f"{seed}_seed={seed}", [f"seed={seed}"], norms=geometric(0.5), theory=theory)
+    assert main([str(tmp_path / "sweep")]) == 0
+    out = capsys.readouterr().out
+    assert "0.568 ± 0" in out and "e-10" not in out
+
+
 def test_mixed_sweeps_keep_every_run_and_column_in_csv_and_json(mixed, capsys):
     root, _ = mixed
     assert main([str(root), "--format", "json"]) == 0

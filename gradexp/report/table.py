@@ -260,11 +260,17 @@ def _style(column: str, value: Any) -> str:
     return VERDICT_STYLE.get(value, "white") if column == "verdict" and isinstance(value, str) and value else ""
 
 
+BELOW_SHOWN = 5e-4  # half a unit in the third significant digit, relative: a spread below it cannot show in the mean
+
+
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, tuple):  # (mean, spread) over seeds
-        return f"{_cell(column, value[0])} ± {value[1]:.2g}"
+        mean, spread = value
+        if isinstance(mean, float) and spread < BELOW_SHOWN * abs(mean):  # below the mean's last shown digit:
+            spread = 0.0  # "0.568 ± 4.6e-10" was rounding noise of one number (found by a new user); csv/json keep it
+        return f"{_cell(column, mean)} ± {spread:.2g}"
     if isinstance(value, float):
         if column == "steps/s":
             return f"{value:.0f}"
