@@ -347,3 +347,38 @@ def test_a_loss_that_fell_but_did_not_halve_is_not_called_untrained():
     summary = {"initial": {"loss/train": 2.33}, "final": {"loss/train": 1.32}}
     assert training_sentence(summary, False) == "Train loss 2.33 → 1.32: not halved, so it does not count as trained."
     assert training_sentence(summary, True) == "Train loss 2.33 → 1.32: it trains (halved)."
+
+
+def test_a_loss_halved_only_down_to_an_input_blind_prediction_is_not_trained():
+    """Found by a new user: on the adding problem, 0.96 -> 0.186 read "it trains (halved)", while predicting the
+    targets' mean (0.167) reaches as much without the input."""
+    from gradexp.analysis.diagnose import trained, training_sentence
+
+    blind = {"initial": {"loss/train": 0.96, "loss/constant": 0.167}, "final": {"loss/train": 0.186}, "steps": 500}
+    assert trained(blind) is False
+    assert training_sentence(blind, False) == ("Train loss 0.96 → 0.186: halved, but not below half of 0.167, what "
+                                               "predicting without the input reaches, so it does not count as trained.")
+    solved = {**blind, "final": {"loss/train": 0.01}}
+    assert trained(solved) is True and "it trains (below half of 0.167" in training_sentence(solved, True)
+    digits = {"initial": {"loss/train": 2.33, "loss/constant": 2.302}, "final": {"loss/train": 1.2}, "steps": 500}
+    assert trained(digits) is False and trained({**digits, "final": {"loss/train": 1.1}}) is True
+    forged = {**blind, "initial": {"loss/train": 0.96, "loss/constant": "0.1"}}  # a summary is untrusted input
+    assert trained(forged) is True
+
+
+@pytest.mark.parametrize("data", ["digits", "adding", "copy", "blobs"])
+def test_the_input_blind_loss_is_the_targets_variance_or_entropy_in_float64(data):
+    import torch
+
+    from gradexp.training import factory
+
+    cfg = compose_config([f"data={data}"] + (["model=lstm"] if data in ("adding", "copy") else []))
+    task = factory.task(cfg, torch.device("cpu"))
+    y = task.y_train
+    if task.kind == "regression":
+        expected = torch.var(y.reshape(len(y), -1).double(), dim=0, correction=0).mean().item()
+    else:
+        labels = y.reshape(-1)
+        p = torch.tensor([(labels == c).double().mean().item() for c in labels.unique()], dtype=torch.float64)
+        expected = -(p * p.log()).sum().item()
+    assert task.constant_loss() == pytest.approx(expected, rel=1e-12)

@@ -148,12 +148,19 @@ def _no_finite_norms(flow: Optional[Flow], when: str) -> bool:
 
 
 def trained(summary: dict[str, Any]) -> Optional[bool]:
-    """Did the train loss fall to TRAINED_LOSS_RATIO of its first logged value? None when it cannot be told."""
+    """Did the train loss fall to TRAINED_LOSS_RATIO of its first logged value, and of the loss of the best prediction
+    that ignores the input where the run knows it (initial.loss/constant, Task.constant_loss)? None when it cannot be
+    told."""
     first = (summary.get("initial") or {}).get("loss/train")
     last = (summary.get("final") or {}).get("loss/train")
     if first is None or last is None or not first > 0 or summary.get("steps", 0) < 2:
         return None
-    return last <= TRAINED_LOSS_RATIO * first
+    return last <= TRAINED_LOSS_RATIO * min(first, _constant(summary) or first)
+
+
+def _constant(summary: dict[str, Any]) -> Optional[float]:
+    value = (summary.get("initial") or {}).get("loss/constant")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
 def headline(summary: dict[str, Any], at_init: dict, at_end: dict, trains: Optional[bool]) -> tuple[str, str]:
@@ -249,9 +256,14 @@ def training_sentence(summary: dict[str, Any], trains: Optional[bool]) -> str:
     if trains is None:
         return ""
     first, last = summary["initial"]["loss/train"], summary["final"]["loss/train"]
+    constant = _constant(summary)
+    said = f"Train loss {first:.3g} → {last:.3g}: "
+    if constant is not None and constant < first and last <= TRAINED_LOSS_RATIO * first:  # halved, to no avail?
+        return said + (f"it trains (below half of {constant:.3g}, what predicting without the input reaches)."
+                       if trains else f"halved, but not below half of {constant:.3g}, what predicting without the "
+                                      "input reaches, so it does not count as trained.")
     # "not halved" rather than "does not train": a short run whose loss fell by 40 % read "it does not train"
-    return f"Train loss {first:.3g} → {last:.3g}: " + ("it trains (halved)." if trains else
-                                                      "not halved, so it does not count as trained.")
+    return said + ("it trains (halved)." if trains else "not halved, so it does not count as trained.")
 
 
 def diverged_evidence(summary: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ SUMMARY_NAME = "summary.json"
 BPTT_PREFIX = "bptt_grad_norm/"
 UNDERFLOW_PREFIX = "amp/underflow/"
 # given at construction, and what tuples of tags were seen (a cache); everything else is run state
-_SETTINGS = ("path", "overrides", "layer_names", "depths", "baseline", "_firsts")
+_SETTINGS = ("path", "overrides", "layer_names", "depths", "baseline", "constant_loss", "_firsts")
 FIRSTS = 16  # distinct tuples of tags remembered as seen (a run has a few); beyond, start over
 
 
@@ -55,8 +55,9 @@ _STATE_FIELDS = {
 
 class SummarySink:
     def __init__(self, run_dir: str, overrides: list[str], layer_names: list[str], baseline: Optional[Baseline] = None,
-                 depths: Optional[list[int]] = None):
+                 depths: Optional[list[int]] = None, constant_loss: Optional[float] = None):
         self.path = os.path.join(run_dir, SUMMARY_NAME)
+        self.constant_loss = constant_loss  # the task's loss of the best input-blind prediction: initial.loss/constant
         self.overrides, self.layer_names, self.baseline = overrides, layer_names, baseline
         # each layer's depth where the watched layers skip some (probes.layers.depths): each entry's "index"
         self.depths = dict(zip(layer_names, depths)) if depths and depths != list(range(len(layer_names))) else {}
@@ -134,7 +135,8 @@ class SummarySink:
             "status": outcome.status,
             "steps": outcome.steps,
             "overrides": self.overrides,
-            "initial": {k: _finite_or_none(v) for k, v in self.initial.items()},
+            "initial": {**{k: _finite_or_none(v) for k, v in self.initial.items()},
+                        **({} if self.constant_loss is None else {"loss/constant": _finite_or_none(self.constant_loss)})},
             "final": {k: _finite_or_none(self.latest[k]) for k in FINAL_KEYS if k in self.latest},
             "layers": [self._layer_entry(name) for name in self.layer_names],
             "nonfinite": outcome.nonfinite,

@@ -70,7 +70,7 @@ def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, run: Run, st
     baseline = theory.baseline(cfg, task.x_train)  # mean-field prediction (plain MLPs); None elsewhere
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
     layer_names, at = [name for name, _ in run.layers], depths(run.model, run.layers)  # model.watch may skip some
-    summary = SummarySink(run_dir, overrides, layer_names, baseline, depths=at)
+    summary = SummarySink(run_dir, overrides, layer_names, baseline, depths=at, constant_loss=task.constant_loss())
     hparams = {**run_hparams(cfg, overrides), "perf.torch_threads": torch.get_num_threads()}
     views = TensorBoardViews(tensorboard.writer, hparams, layer_names, at)  # one event writer for the run folder
     sinks = [views, tensorboard, summary,  # views before tensorboard, which closes the writer
