@@ -12,17 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradexp
-
-
-class Capture:
-    def __init__(self):
-        self.logged = {}
-
-    def log(self, step, values):
-        self.logged[step] = values
-
-    def close(self, outcome):
-        pass
+from tests.conftest import Capture
 
 
 def _stats(t: torch.Tensor) -> tuple[float, float]:
@@ -68,8 +58,8 @@ def test_an_output_rewritten_in_place_after_the_layer_is_measured_as_the_layer_g
     monitor.close()
     for step, expected in truth.items():
         for name, (mean, std) in expected.items():
-            assert capture.logged[step][f"act_mean/{name}"] == pytest.approx(mean, rel=1e-5, abs=1e-7), (step, name)
-            assert capture.logged[step][f"act_std/{name}"] == pytest.approx(std, rel=1e-5), (step, name)
+            assert capture.steps[step][f"act_mean/{name}"] == pytest.approx(mean, rel=1e-5, abs=1e-7), (step, name)
+            assert capture.steps[step][f"act_std/{name}"] == pytest.approx(std, rel=1e-5), (step, name)
 
 
 def test_an_in_place_rewrite_only_some_steps_run_logs_nothing_rather_than_a_wrong_number(tmp_path):
@@ -85,9 +75,9 @@ def test_an_in_place_rewrite_only_some_steps_run_logs_nothing_rather_than_a_wron
             opt.step()
             opt.zero_grad()
     monitor.close()
-    assert "act_mean/0" in capture.logged[0] and "act_grad_norm/0" in capture.logged[1]
-    assert "act_mean/0" not in capture.logged[1] and "act_std/0" not in capture.logged[1]
-    assert "act_mean/0" in capture.logged[2]  # copied from then on
+    assert "act_mean/0" in capture.steps[0] and "act_grad_norm/0" in capture.steps[1]
+    assert "act_mean/0" not in capture.steps[1] and "act_std/0" not in capture.steps[1]
+    assert "act_mean/0" in capture.steps[2]  # copied from then on
 
 
 class TupleBlock(nn.Module):
@@ -137,7 +127,7 @@ def test_a_layer_that_returns_a_tuple_is_measured_on_its_first_tensor(tmp_path, 
         (F.cross_entropy(logits, y) + 0.1 * aux).backward()
         opt.step()
     monitor.close()
-    logged = capture.logged[0]
+    logged = capture.steps[0]
     for name, out in seen.items():
         mean, std = _stats(out)
         assert logged[f"act_mean/{name}"] == pytest.approx(mean, rel=1e-5, abs=1e-7)
@@ -184,10 +174,10 @@ def test_a_copy_of_the_model_made_at_a_logging_step_is_not_measured_with_it(tmp_
             opt.zero_grad()
         for name, out in outputs.items():
             mean, std = _stats(out)
-            assert capture.logged[step][f"act_mean/{name}"] == pytest.approx(mean, rel=1e-5, abs=1e-7), (step, name)
-            assert capture.logged[step][f"act_std/{name}"] == pytest.approx(std, rel=1e-5), (step, name)
+            assert capture.steps[step][f"act_mean/{name}"] == pytest.approx(mean, rel=1e-5, abs=1e-7), (step, name)
+            assert capture.steps[step][f"act_std/{name}"] == pytest.approx(std, rel=1e-5), (step, name)
     monitor.close()
-    assert math.isfinite(capture.logged[2]["act_grad_norm/1"])
+    assert math.isfinite(capture.steps[2]["act_grad_norm/1"])
     left = [hook for m in teacher.modules() for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
     assert not [hook for hook in left if "only_on" in hook.__qualname__]  # gone at their first call (the test's stay)
 
@@ -207,4 +197,4 @@ def test_a_forward_under_inference_mode_inside_a_logging_step_is_measured_like_a
             with torch.inference_mode():
                 model(x)  # an accuracy pass inside the step: a second call, pooled with the first (README)
     assert monitor.close().status == "completed"
-    assert all(math.isfinite(capture.logged[step]["act_std/0"]) for step in (0, 1))
+    assert all(math.isfinite(capture.steps[step]["act_std/0"]) for step in (0, 1))

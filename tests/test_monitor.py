@@ -407,21 +407,26 @@ def test_a_loop_whose_loss_goes_nan_ends_diverged_with_where(tmp_path):
     assert summary["nonfinite"]["tensor"] in ("loss/train", "grad_norm/total") and summary["nonfinite"]["step"] >= 1
 
 
+def _scaled_step(monitor, model, opt, scaler, step, poison):
+    """One update of the README's AMP recipe; a poisoned loss (inf) makes the scaler skip it."""
+    with monitor.step():
+        x, y = _data(step)
+        loss = F.cross_entropy(model(x), y) * (math.inf if poison else 1.0)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        monitor.gradients_ready()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+
 def test_a_step_the_amp_scaler_skips_logs_no_update(tmp_path):
     model, opt_a, _ = _build()
     capture = Capture()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4)
     monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt_a], sinks=[capture])
     for step, poison in enumerate([False, True]):
-        with monitor.step():
-            x, y = _data(step)
-            loss = F.cross_entropy(model(x), y) * (math.inf if poison else 1.0)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt_a)
-            monitor.gradients_ready()
-            scaler.step(opt_a)
-            scaler.update()
-            opt_a.zero_grad(set_to_none=True)
+        _scaled_step(monitor, model, opt_a, scaler, step, poison)
     assert capture.logged[0].get("amp/skipped_steps", 0) == 0 and any(t.startswith("update_ratio/") for t in capture.logged[0])
     assert capture.logged[1]["amp/skipped_steps"] == 1.0  # a count, as gradexp run logs it (it was a 1 flag)
     assert not any(t.startswith("update_ratio/") for t in capture.logged[1])
@@ -473,15 +478,7 @@ def test_steps_the_scaler_skips_between_logging_steps_are_counted_too(tmp_path, 
                               steps=9, scaler=scaler if handed_over else None)
     poisoned = {1, 2, 5, 8}  # 8 is the last step, which logs; 1, 2 and 5 do not
     for step in range(9):
-        with monitor.step():
-            x, y = _data(step)
-            loss = F.cross_entropy(model(x), y) * (math.inf if step in poisoned else 1.0)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt_a)
-            monitor.gradients_ready()
-            scaler.step(opt_a)
-            scaler.update()
-            opt_a.zero_grad(set_to_none=True)
+        _scaled_step(monitor, model, opt_a, scaler, step, step in poisoned)
     assert sorted(capture.logged) == [0, 4, 8]
     assert capture.logged[4]["amp/skipped_steps"] == 2.0 and capture.logged[8]["amp/skipped_steps"] == 4.0
     assert monitor.close().perf["amp_skipped_steps"] == 4
