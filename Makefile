@@ -35,7 +35,7 @@ test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs -n auto --dist worksteal -m "slow or gpu"
 
 # the fast tier to run constantly: oracles, registries, in-process runs; one worker process per core (pytest-xdist):
-# ~75-85 s on 2 idle cores
+# 63-165 s on 2 cores (75-85 s on the first machine, 125-165 s on the slower one of later sessions)
 check: install
 	$(BIN)/python -m pytest -q -rs -n auto -m "not slow and not gpu"
 
