@@ -41,7 +41,7 @@ from gradexp.config.registry import ACTIVATIONS, PROBES, resolve
 from gradexp.config.schema import ConfigError, DiagnoseConf
 from gradexp.outcome import Outcome
 from gradexp.probes.base import Instruments, ProbeContext, only_on, per_tag, to_host
-from gradexp.probes.layers import depths, watched_layers
+from gradexp.probes.layers import depths, model_depth, watched_layers
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews
 from gradexp.sinks.tensorboard import TensorBoardSink
@@ -143,8 +143,7 @@ class Monitor:
         # a fused optimizer (Adam(fused=True)) takes a GradScaler's skip inside its own kernel: the scaler calls its
         # step() either way, with found_inf, and the post-step hook fires. Each step's found_inf is kept (no sync)
         # and read at the next logging step (a review: a skipped logging step ended the run "diverged")
-        self._found_inf: list[Tensor] = []
-        self._found_at = 0  # len(_found_inf) when the open logging step began
+        self._found_inf: list[tuple[int, Tensor]] = []  # (step, found_inf) of each fused optimizer step
         self._recorded: dict[str, Tensor] = {}
         self._phase = "idle"     # idle | forward (logging step, before clipping) | backward | clipped | skipped | ordinary
         self._clip_norm: Optional[Tensor] = None
@@ -205,7 +204,7 @@ class Monitor:
                 self.skipped_steps += self._skipped_now or bool(self._count_hooks and self._updates == updates)
             return
         self.instruments.begin(self.steps)
-        self._phase, self._clip_norm, self._found_at = "forward", None, len(self._found_inf)
+        self._phase, self._clip_norm = "forward", None
         try:
             noted = self._loss_scale.noted_in(self.model) if self._loss_scale else contextlib.nullcontext()
             with self.instruments.watch(), self._optimizer_hooks(), noted:
@@ -303,19 +302,21 @@ class Monitor:
         self._updates += 1
         found = getattr(optimizer, "found_inf", None)
         if isinstance(found, Tensor):
-            self._found_inf.append(found)
+            self._found_inf.append((self.steps, found))
 
-    def _read_found_inf(self) -> tuple[int, bool]:
-        """(skips a fused optimizer took before the open logging step, whether it took this step's): one transfer."""
-        found, at = self._found_inf, self._found_at
-        self._found_inf, self._found_at = [], 0
+    def _read_found_inf(self, now: Optional[int] = None) -> tuple[int, bool]:
+        """(the steps before step `now` a fused optimizer skipped, whether it skipped step `now`), in one transfer. A
+        step is skipped once however many fused optimizers it has (a review: two counted each skip twice)."""
+        found, self._found_inf = self._found_inf, []
         if not found:
             return 0, False
-        flags = torch.stack([f.reshape(()).to(found[0].device, torch.float32) for f in found]).gt(0).tolist()
-        return sum(flags[:at]), any(flags[at:])
+        device = found[0][1].device
+        flags = torch.stack([f.reshape(()).to(device, torch.float32) for _, f in found]).gt(0).tolist()
+        skipped = {step for (step, _), flag in zip(found, flags) if flag}
+        return len(skipped - {now}), now in skipped
 
     def _after_update(self) -> None:
-        earlier, now = self._read_found_inf()
+        earlier, now = self._read_found_inf(self.steps)
         self.skipped_steps += earlier
         if now and self._phase == "clipped":  # a fused optimizer's step that was a scaler's skip
             self._phase = "skipped"
@@ -409,8 +410,7 @@ class Monitor:
         self._closed = True
         for handle in self._count_hooks:
             handle.remove()
-        self._found_at = len(self._found_inf)  # the ordinary steps since the last logging one
-        self.skipped_steps += self._read_found_inf()[0]
+        self.skipped_steps += self._read_found_inf()[0]  # the ordinary steps since the last logging one
         self.outcome.steps = self.steps
         ended = "diverged" if self.outcome.nonfinite is not None else "completed"
         self.outcome.status = "failed" if error is not None else "interrupted" if interrupted else ended
@@ -425,7 +425,7 @@ class Monitor:
         else:
             write_error = None
         if self.writes:
-            factors = Factors(family=OWN_FAMILY, depth=len(self.layers), activation=self._activation or "identity",
+            factors = Factors(family=OWN_FAMILY, depth=model_depth(self.model, self.layers), activation=self._activation or "identity",
                               clip=self.clip.mode, theory_note="the user's own model (no theory for this model; it "
                               "covers gradexp's model=mlp only)")
             self.outcome.verdict = diagnose(self._summary.build(self.outcome), factors, DiagnoseConf())

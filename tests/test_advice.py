@@ -142,8 +142,10 @@ def test_a_models_depth_is_the_layers_it_has_not_gradexps_model_depth_key(tmp_pa
     assert layers == 1 + 3 * cfg.model.depth  # the stem and 3 stages of model.depth blocks
     assert outcome.verdict["cause"] == f"depth ({layers} layers)"
     assert "model.residual=true" in outcome.verdict["suggestions"]
-    overrides = ["model.depth=6", "model.watch=[layers.0,layers.5]", "train.steps=2", "log.every=1"]
-    outcome = run_experiment(compose_config(overrides), run_dir=str(tmp_path / "watch"), overrides=overrides,
-                             console=quiet_console)
-    assert "(2 layers)" not in outcome.verdict["cause"]
+    from gradexp.analysis.advice import Evidence, suggest
+
+    by_init = suggest("exploding", "depth", Factors(family="mlp", init="kaiming_normal", init_gain=1.6), Evidence())
+    assert by_init[0].startswith("init scale") and "model.residual=true" not in by_init[2]  # skips add to a growth
+    by_depth = suggest("exploding", "depth", Factors(family="mlp", init="kaiming_normal"), Evidence())
+    assert by_depth[0].startswith("depth") and "model.residual=true" in by_depth[2]
 

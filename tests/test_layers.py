@@ -11,8 +11,10 @@ from gradexp.probes.layers import (
     ACTIVATION_SITE,
     TIME_STEPS,
     NoLayersFound,
+    depths,
     discover,
     has_capability,
+    model_depth,
     watched_layers,
 )
 from tests.conftest import compose_config
@@ -63,6 +65,45 @@ def test_discovery_falls_back_to_leaf_modules_with_parameters():
             self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 1)
 
     assert names(discover(Two())) == ["a", "b"]
+
+
+class TopLevel(nn.Module):
+    """Weights held at the top level: nothing to discover; the user watches its activation modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w0, self.w1, self.w2 = (nn.Parameter(torch.randn(4, 4)) for _ in range(3))
+        self.acts = nn.ModuleList(nn.Tanh() for _ in range(3))
+
+    def forward(self, x):
+        for w, act in zip((self.w0, self.w1, self.w2), self.acts):
+            x = act(x @ w)
+        return x
+
+
+@pytest.mark.parametrize("patterns, expected_depths, expected_model_depth", [
+    ((), [0, 1, 2, 3], 4),
+    (["blocks.1", "blocks.3"], [1, 3], 4),                   # a subset of the default layers keeps its depths
+    (["blocks.0.linear", "blocks.2.linear"], [0, 2], 4),     # parts of default layers: the depth of the layer
+    (["embed", "blocks.*"], [0, 1, 2, 3, 4], 5),             # not among the defaults: places, as many as watched
+    (["blocks.0", "blocks.0.linear"], [0, 1], 2),            # two in one default layer: places
+])
+def test_watched_layers_keep_the_depth_of_the_default_layers_they_are_or_lie_in(patterns, expected_depths,
+                                                                                 expected_model_depth):
+    """Found by a new user: model.watch=[layers.0,layers.5] was fitted as two adjacent layers; by a review: parts
+    of layers too, and a model with nothing to discover failed after training."""
+    net = Residual()
+    layers = watched_layers(net, patterns)
+    assert depths(net, layers) == expected_depths
+    assert model_depth(net, layers) == expected_model_depth
+
+
+def test_a_model_with_nothing_to_discover_has_the_depth_it_is_watched_at():
+    net = TopLevel()
+    with pytest.raises(NoLayersFound):
+        watched_layers(net)
+    layers = watched_layers(net, ["acts.*"])
+    assert depths(net, layers) == [0, 1, 2] and model_depth(net, layers) == 3
 
 
 def test_patterns_override_discovery_in_forward_order_and_each_must_match():

@@ -486,13 +486,16 @@ def test_steps_the_scaler_skips_between_logging_steps_are_counted_too(tmp_path, 
     assert not opt_a._optimizer_step_post_hooks  # the counting hooks go with the Monitor
 
 
-def test_a_fused_optimizer_s_skipped_steps_are_skips_not_updates_or_a_divergence(tmp_path):
+@pytest.mark.parametrize("optimizers", [1, 2])
+def test_a_fused_optimizer_s_skipped_steps_are_skips_not_updates_or_a_divergence(tmp_path, optimizers):
     """A fused optimizer takes the scaler's skip inside its kernel: GradScaler calls its step() either way, so the
-    post-step hook fired and a skipped logging step logged an update and ended the run "diverged" (a review)."""
+    post-step hook fired and a skipped logging step logged an update and ended the run "diverged" (a review); two
+    fused optimizers (body and head) counted each skip twice (a second review)."""
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    groups = [list(model.parameters())] if optimizers == 1 else [list(model[0].parameters()), list(model[2].parameters())]
+    opts = [torch.optim.Adam(params, lr=1e-3, fused=True) for params in groups]
     scaler, capture = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10), Capture()
-    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=4, optimizers=[opt], sinks=[capture],
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=4, optimizers=opts, sinks=[capture],
                               scaler=scaler)
     x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
     poisoned = {1, 2, 4, 9}  # 4 logs; 9 comes after the last logging step (8)
@@ -501,11 +504,15 @@ def test_a_fused_optimizer_s_skipped_steps_are_skips_not_updates_or_a_divergence
             scaler.scale(F.cross_entropy(model(x), y)).backward()
             if step in poisoned:
                 model[0].weight.grad.view(-1)[0] = math.inf
-            scaler.unscale_(opt)
+                model[2].weight.grad.view(-1)[0] = math.inf
+            for opt in opts:
+                scaler.unscale_(opt)
             monitor.gradients_ready()
-            scaler.step(opt)
+            for opt in opts:
+                scaler.step(opt)
             scaler.update()
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
     outcome = monitor.close()
     assert outcome.status == "completed" and outcome.nonfinite is None
     assert capture.logged[4]["amp/skipped_steps"] == 3.0 and not any(t.startswith("update_ratio/") for t in capture.logged[4])

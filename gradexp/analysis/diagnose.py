@@ -42,6 +42,7 @@ class Flow:
     length: int                       # layers (or time steps) measured
     start: int = 0                    # the index of the first one (leading frozen layers take in no gradient)
     end: Optional[int] = None         # the index of the last one: start + length - 1 unless the indices skip some
+    finite: dict[str, bool] = dataclasses.field(default_factory=dict)  # "first"/"last" -> any norm finite (0 is)
 
     @property
     def span(self) -> int:
@@ -97,7 +98,8 @@ def time_flow(summary: dict[str, Any], when: Optional[str] = None) -> Optional[F
 
 def _flow(quantity: str, series: dict[str, list[float]], length: int, at: Optional[list[int]] = None) -> Flow:
     return Flow(quantity, {w: per_layer_gain(s, at) for w, s in series.items()},
-                {w: first_last_ratio(s) for w, s in series.items()}, length)
+                {w: first_last_ratio(s) for w, s in series.items()}, length,
+                finite={w: any(math.isfinite(v) for v in s) for w, s in series.items()})
 
 
 def _num(value: Any) -> float:
@@ -144,18 +146,21 @@ def moment(depth: Optional[Flow], time: Optional[Flow], when: str, conf: Any, st
 
 
 def _no_finite_norms(flow: Optional[Flow], when: str) -> bool:
-    return flow is None or (flow.gain[when] is None and flow.ratio[when] is None)
+    """Every norm of the flow at `when` is inf/NaN (zeros are finite: a gradient that vanished entirely)."""
+    return flow is None or not flow.finite.get(when, True)
 
 
 def trained(summary: dict[str, Any]) -> Optional[bool]:
-    """Did the train loss fall to TRAINED_LOSS_RATIO of its first logged value, and of the loss of the best prediction
-    that ignores the input where the run knows it (initial.loss/constant, Task.constant_loss)? None when it cannot be
-    told."""
+    """Did the train loss fall to TRAINED_LOSS_RATIO of its first logged value, and below the loss of the best
+    prediction that ignores the input where the run knows it (initial.loss/constant, Task.constant_loss: halving a
+    bad start's loss down to the targets' mean is no training; halving that one too would ask a character model to
+    beat the unigram entropy by half, a review found)? None when it cannot be told."""
     first = (summary.get("initial") or {}).get("loss/train")
     last = (summary.get("final") or {}).get("loss/train")
     if first is None or last is None or not first > 0 or summary.get("steps", 0) < 2:
         return None
-    return last <= TRAINED_LOSS_RATIO * min(first, _constant(summary) or first)
+    constant = _constant(summary)
+    return last <= TRAINED_LOSS_RATIO * first and (constant is None or last < constant)
 
 
 def _constant(summary: dict[str, Any]) -> Optional[float]:
@@ -258,10 +263,9 @@ def training_sentence(summary: dict[str, Any], trains: Optional[bool]) -> str:
     first, last = summary["initial"]["loss/train"], summary["final"]["loss/train"]
     constant = _constant(summary)
     said = f"Train loss {first:.3g} → {last:.3g}: "
-    if constant is not None and constant < first and last <= TRAINED_LOSS_RATIO * first:  # halved, to no avail?
-        return said + (f"it trains (below half of {constant:.3g}, what predicting without the input reaches)."
-                       if trains else f"halved, but not below half of {constant:.3g}, what predicting without the "
-                                      "input reaches, so it does not count as trained.")
+    if constant is not None and last <= TRAINED_LOSS_RATIO * first and not last < constant:  # halved, to no avail
+        return said + (f"halved, but no lower than {constant:.3g}, what predicting without the input reaches, so it "
+                       "does not count as trained.")
     # "not halved" rather than "does not train": a short run whose loss fell by 40 % read "it does not train"
     return said + ("it trains (halved)." if trains else "not halved, so it does not count as trained.")
 

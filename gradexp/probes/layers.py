@@ -68,17 +68,35 @@ def watched_layers(model: nn.Module, patterns: Sequence[str] = (), key: str = "m
 
 def depths(model: nn.Module, layers: Layers) -> list[int]:
     """Each watched layer's depth: its place among the layers watched by default (the model's own declaration, else
-    discovery) where the watched ones are some of those, in order; else its place in the list. A watched subset,
-    model.watch=[layers.0,layers.5], spans 5 layers, not 1 (found by a new user: its gain read x0.058 per layer where
-    all six layers read x0.565, and layers.5 was called 'layer 1')."""
+    discovery), or the place of the default layer it is part of (`layers.3.linear` is in `layers.3`), where the watched
+    ones increase along those; else its place in the list. A watched subset, model.watch=[layers.0,layers.5], spans 5
+    layers, not 1 (found by a new user: its gain read x0.058 per layer where all six layers read x0.565, and layers.5
+    was called 'layer 1')."""
+    return _placed(model, layers)[0]
+
+
+def model_depth(model: nn.Module, layers: Layers) -> int:
+    """The hidden layers the gradient crosses, which the verdict's cause names: as many as the model watches by
+    default where the watched layers lie along those (depths), else as many as are watched."""
+    return _placed(model, layers)[1]
+
+
+def _placed(model: nn.Module, layers: Layers) -> tuple[list[int], int]:
+    """(depths, model_depth)."""
     try:
-        place = {id(module): i for i, (_, module) in enumerate(watched_layers(model))}
-    except NoLayersFound:
-        place = {}
-    found = [place.get(id(module)) for _, module in layers]
+        default = watched_layers(model)
+    except NoLayersFound:  # nothing to discover (a user's parameters at the top level): the watched list is all
+        default = []
+    place = {id(module): i for i, (_, module) in enumerate(default)}
+    found = [place.get(id(module), _containing(default, name)) for name, module in layers]
     if all(i is not None for i in found) and all(a < b for a, b in zip(found, found[1:])):
-        return found
-    return list(range(len(layers)))
+        return found, len(default)
+    return list(range(len(layers))), len(layers)
+
+
+def _containing(default: Layers, name: str) -> Optional[int]:
+    """The place of the default layer whose name is a dotted prefix of `name`, None without one."""
+    return next((i for i, (outer, _) in enumerate(default) if name.startswith(f"{outer}.")), None)
 
 
 def matching(model: nn.Module, patterns: Sequence[str], key: str = "model.watch") -> Layers:

@@ -28,7 +28,7 @@ from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.sinks.terminal import TerminalSink
 from gradexp.outcome import Outcome, WriteFailed  # WriteFailed: importable from here too
 from gradexp.training.loop import Run, train
-from gradexp.probes.layers import depths, watched_layers
+from gradexp.probes.layers import depths, model_depth
 
 
 class _NoStop:
@@ -102,7 +102,7 @@ def _train(cfg: Any, run: Run, start: int, checkpoints: Checkpointer, stop: Any)
     summary = next(s for s in run.sinks if isinstance(s, SummarySink))
     # decide from what the summary holds, so summary.json, TensorBoard and the terminal show one verdict
     built = summary.build(outcome)
-    depth = len(watched_layers(run.model))  # the layers the gradient crosses (model.watch may measure fewer)
+    depth = model_depth(run.model, run.layers)  # the layers the gradient crosses (model.watch may measure fewer)
     outcome.verdict = diagnose(built, Factors.from_cfg(cfg, watched=depth), cfg.diagnose)
     failure = _close(run.sinks, outcome, failure, checkpoints.path)
     if isinstance(failure, OSError):
