@@ -111,6 +111,33 @@ def test_a_run_composed_with_a_config_dir_resumes_only_with_one_and_is_told_the_
         assert hydra_args([*given, f"resume={run}"])[:len(given)] == given
 
 
+@pytest.mark.parametrize("path, name", [(123, "config"), (["a"], "config"), ({"a": 1}, "config"), ("/c", 7),
+                                        ("/c", ["a"]), (None, "config")])
+def test_a_tampered_hydra_record_never_gives_a_traceback(tmp_path, path, name):
+    """Found by an adversarial test: a number where Hydra writes a path reached shlex.join: a 31-line TypeError."""
+    run = saved_run(tmp_path)
+    sources = [{"path": path, "schema": "file", "provider": "command-line"}]
+    (tmp_path / "run" / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml(
+        {"hydra": {"job": {"config_name": name}, "runtime": {"config_sources": sources}}}))
+    for given in ([], ["--config-dir", "/elsewhere"]):
+        assert hydra_args([*given, f"resume={run}"])[-3:] == [f"resume='{run}'", f"hydra.run.dir='{run}'",
+                                                              "hydra.output_subdir=null"]
+
+
+def test_the_resume_hint_prints_a_recorded_path_as_what_it_is(tmp_path):
+    """An escape code or a newline from the folder's record reached the terminal as such (an adversarial test)."""
+    import yaml
+
+    run = saved_run(tmp_path)
+    sources = [{"path": "/c\x1b[2J\nx", "schema": "file", "provider": "command-line"}]
+    (tmp_path / "run" / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"job": {"config_name": "config"}, "runtime": {"config_sources": sources}}}))
+    with pytest.raises(ResumeError) as err:
+        hydra_args([f"resume={run}"])
+    message = str(err.value)
+    assert "\x1b" not in message and "\n" not in message and "/c\\x1b[2J\\nx" in message
+
+
 @pytest.mark.parametrize("spelling", ["+resume", "++resume"])
 def test_every_spelling_of_resume_resumes_and_never_rewrites_the_runs_record(tmp_path, spelling):
     run = saved_run(tmp_path)

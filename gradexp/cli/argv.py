@@ -11,6 +11,7 @@ import shlex
 from typing import Any, Optional
 
 from gradexp.config.schema import ConfigError
+from gradexp.report.untrusted import printable
 from gradexp.training.resume import PREFIX, ResumeError, load_run_yaml, refuse_finished, trusted_overrides
 
 _SHORT = {"-cd": "--config-dir", "-cp": "--config-path", "-cn": "--config-name"}  # Hydra's short spellings
@@ -67,16 +68,19 @@ def _check_composition(folder: str, options: list[str]) -> None:
         return
     try:
         needed = composition_options((load_run_yaml(record) or {})["hydra"])
-    except (KeyError, TypeError):  # not Hydra's shape: the resume's own checks say what is wrong with the folder
-        return
+    except (KeyError, TypeError, AttributeError, IndexError):  # not Hydra's shape: the resume's own checks say
+        return                                                 # what is wrong with the folder
+    if not all(isinstance(value, str) and value for value in needed):  # a number or list where Hydra writes text:
+        return                                                           # not its record (an adversarial test)
     flags = {arg.split("=", 1)[0] for arg in options}
     given = {_SHORT.get(flag, flag) for flag in flags}
     missing = [flag for flag in needed[::2] if flag not in given]
     if missing:
         refuse_finished(folder)  # the command named would be refused next: say that first (found by a review)
         command = shlex.join(["gradexp", "run", *needed, f"resume={folder}"])
-        raise ResumeError(f"resume={folder}: the run was composed with {' '.join(dict.fromkeys(missing))}; "
-                          f"resume it with: {command}")
+        # the folder's text as what it is: escape codes or a newline in it do not reach the terminal as such
+        raise ResumeError(printable(f"resume={folder}: the run was composed with {' '.join(dict.fromkeys(missing))}; "
+                                    f"resume it with: {command}"))
 
 
 class OptionError(ConfigError):
