@@ -251,6 +251,7 @@ class Monitor:
         closure's first evaluation, at the parameters the update starts from (LBFGS evaluates it again later)."""
         # torch hands the hook step()'s own args, the optimizer first: (optimizer, closure?)
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        _refuse_scaled_gradients(optimizer)
         if closure is None:
             self.refuse_a_second_backward(optimizer)
             self.before_update()
@@ -447,6 +448,16 @@ class Monitor:
             self.close()
         else:
             self.close(error)
+
+
+def _refuse_scaled_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """A fused optimizer (Adam(fused=True)) stepped by a GradScaler that has not unscaled its gradients divides the
+    scale out inside its own kernel (the scaler hands it optimizer.grad_scale): every gradient read here is the scale
+    times too large (found by an adversarial test: x1024, in silence). The README's recipe unscales first."""
+    if getattr(optimizer, "grad_scale", None) is not None:
+        raise RuntimeError("Monitor: the GradScaler stepped a fused optimizer on gradients it had not unscaled, which "
+                           "the Monitor would read the scale times too large: call scaler.unscale_(optimizer) and "
+                           "monitor.gradients_ready() before scaler.step(optimizer)")
 
 
 def _parameters(optimizers: Iterable[torch.optim.Optimizer]) -> Iterator[Tensor]:

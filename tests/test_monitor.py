@@ -520,6 +520,23 @@ def test_a_fused_optimizer_s_skipped_steps_are_skips_not_updates_or_a_divergence
     assert outcome.perf["amp_skipped_steps"] == 4
 
 
+def test_a_fused_optimizer_stepped_on_scaled_gradients_is_refused_at_a_logging_step(tmp_path):
+    """Without scaler.unscale_, a fused optimizer divides the scale out in its own kernel: the Monitor read every
+    gradient 1024x too large, in silence (found by an adversarial test)."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    monitor = gradexp.Monitor(model, run_dir=str(tmp_path / "run"), every=1, optimizers=[opt], scaler=scaler)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    with pytest.raises(RuntimeError, match=r"call scaler.unscale_\(optimizer\) and monitor.gradients_ready\(\)"):
+        with monitor:
+            with monitor.step():
+                scaler.scale(F.cross_entropy(model(x), y)).backward()
+                scaler.step(opt)
+                scaler.update()
+    assert gradexp.load_summary(str(tmp_path / "run"))["status"] == "failed"
+
+
 def _scaled_loop(tmp_path, name, scaler, handed_over):
     model, opt_a, _ = _build()
     capture = Capture()
