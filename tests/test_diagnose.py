@@ -54,13 +54,16 @@ def test_frozen_first_layers_leave_the_flow_to_the_layers_the_gradient_reaches()
 @pytest.mark.parametrize("index, at", [
     ([0, 5], [0, 5]),              # model.watch=[layers.0,layers.5]
     ([1, 3, 4], [1, 3, 4]),
+    ([0, 3, 3], [0, 3, 3]),        # two parts of one layer
     ([0, "2", 4], [0, 1, 2]),      # a summary is untrusted input: not whole numbers, places in the list
-    ([0, 3, 3], [0, 1, 2]),        # not increasing: places
+    ([0, 3, 2], [0, 1, 2]),        # decreasing: places
+    ([0, 10 ** 18, 2 * 10 ** 18], [0, 1, 2]),  # beyond any model's depth: places
+    ([-1, 0, 1], [0, 1, 2]),
 ])
 def test_a_watched_subset_is_fitted_at_the_depths_summary_json_gives(index, at):
     """Found by a new user: model.watch=[layers.0,layers.5] read x0.058 per layer (one step from 0 to 5) where the
     six layers read x0.565, and called layers.5 'layer 1'."""
-    s = summary([0.5 ** (at[-1] - i) for i in at])
+    s = summary([0.5 ** (at[-1] - i) for i in at])  # a gain of 0.5 per layer at the depths `at`
     for layer, i in zip(s["layers"], index):
         layer["index"] = i
     verdict = diagnose(s, Factors(activation="tanh", init="xavier_normal", depth=6), CONF)

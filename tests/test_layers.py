@@ -85,8 +85,10 @@ class TopLevel(nn.Module):
     ((), [0, 1, 2, 3], 4),
     (["blocks.1", "blocks.3"], [1, 3], 4),                   # a subset of the default layers keeps its depths
     (["blocks.0.linear", "blocks.2.linear"], [0, 2], 4),     # parts of default layers: the depth of the layer
-    (["embed", "blocks.*"], [0, 1, 2, 3, 4], 5),             # not among the defaults: places, as many as watched
-    (["blocks.0", "blocks.0.linear"], [0, 1], 2),            # two in one default layer: places
+    (["embed", "blocks.*"], [0, 1, 2, 3, 4], 5),             # the embedding goes before the default layers
+    (["embed", "blocks.3", "head.0"], [0, 4, 5], 6),         # ... and the head after them
+    (["blocks.0.linear", "blocks.0", "blocks.2"], [0, 0, 2], 4),  # two in one default layer share its depth
+    (["blocks.0", "blocks.0.linear"], [0, 1], 2),            # all at one depth: places
 ])
 def test_watched_layers_keep_the_depth_of_the_default_layers_they_are_or_lie_in(patterns, expected_depths,
                                                                                  expected_model_depth):

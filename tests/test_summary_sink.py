@@ -66,6 +66,8 @@ def test_first_values_come_from_the_first_step_with_finite_norms_and_bptt_too(tm
         sink.log(step, {**step_values(step), "amp/skipped_steps": 2.0})
     summary = sink.build(Outcome(status="completed", steps=5))
     assert summary["first_step"] == 2
+    sink.first_step = 10 ** 30  # a forged checkpoint's (an adversarial test): not a step of this run
+    assert "first_step" not in sink.build(Outcome(status="completed", steps=5))
     assert summary["layers"][0]["grad_norm"]["first"] == math.hypot(5.0, 4.0)
     assert summary["bptt"]["layers.0"]["first"] == [3, 1.0] and summary["bptt"]["layers.0"]["first_step"] == 3
 

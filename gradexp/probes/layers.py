@@ -68,16 +68,19 @@ def watched_layers(model: nn.Module, patterns: Sequence[str] = (), key: str = "m
 
 def depths(model: nn.Module, layers: Layers) -> list[int]:
     """Each watched layer's depth: its place among the layers watched by default (the model's own declaration, else
-    discovery), or the place of the default layer it is part of (`layers.3.linear` is in `layers.3`), where the watched
-    ones increase along those; else its place in the list. A watched subset, model.watch=[layers.0,layers.5], spans 5
-    layers, not 1 (found by a new user: its gain read x0.058 per layer where all six layers read x0.565, and layers.5
-    was called 'layer 1')."""
+    discovery), or the place of the default layer it is part of (`layers.3.linear` is in `layers.3`); a module before
+    the first default layer or after the last (an embedding, a head) goes before or after them, in the order the
+    model registers its modules. Where the watched layers do not run along those places (two parts of one layer may
+    share one), their places in the list. A watched subset, model.watch=[layers.0,layers.5], spans 5 layers, not 1
+    (found by a new user: its gain read x0.058 per layer where all six layers read x0.565, and layers.5 was called
+    'layer 1'). None is below 0 (an embedding before layer 0 is 0, and the rest one further)."""
     return _placed(model, layers)[0]
 
 
 def model_depth(model: nn.Module, layers: Layers) -> int:
     """The hidden layers the gradient crosses, which the verdict's cause names: as many as the model watches by
-    default where the watched layers lie along those (depths), else as many as are watched."""
+    default (and the watched ones outside them) where the watched layers lie along those (depths), else as many as
+    are watched."""
     return _placed(model, layers)[1]
 
 
@@ -89,14 +92,32 @@ def _placed(model: nn.Module, layers: Layers) -> tuple[list[int], int]:
         default = []
     place = {id(module): i for i, (_, module) in enumerate(default)}
     found = [place.get(id(module), _containing(default, name)) for name, module in layers]
-    if all(i is not None for i in found) and all(a < b for a, b in zip(found, found[1:])):
-        return found, len(default)
+    before, after = _outside(model, default, [module for (_, module), i in zip(layers, found) if i is None])
+    found = [i if i is not None else before.get(id(module), after.get(id(module))) for (_, module), i in
+             zip(layers, found)]
+    if all(i is not None for i in found) and all(a <= b for a, b in zip(found, found[1:])) and found[0] < found[-1]:
+        return [i - min(found[0], 0) for i in found], len(default) + len(before) + len(after)
     return list(range(len(layers))), len(layers)
 
 
 def _containing(default: Layers, name: str) -> Optional[int]:
     """The place of the default layer whose name is a dotted prefix of `name`, None without one."""
     return next((i for i, (outer, _) in enumerate(default) if name.startswith(f"{outer}.")), None)
+
+
+def _outside(model: nn.Module, default: Layers, modules: list[nn.Module]) -> tuple[dict[int, int], dict[int, int]]:
+    """Places for modules registered before the first default layer (-k .. -1) and after the last one's
+    (len(default) ..), by registration order; a module between two default layers gets none."""
+    if not default or not modules:
+        return {}, {}
+    order = {id(module): k for k, (_, module) in enumerate(model.named_modules())}
+    first = order[id(default[0][1])]
+    last = max(order[id(module)] for name, module in model.named_modules() if name and any(
+        name == outer or name.startswith(f"{outer}.") for outer, _ in default[-1:]))
+    early = sorted((m for m in modules if order.get(id(m), first) < first), key=lambda m: order[id(m)])
+    late = sorted((m for m in modules if order.get(id(m), last) > last), key=lambda m: order[id(m)])
+    return ({id(m): k - len(early) for k, m in enumerate(early)},
+            {id(m): len(default) + k for k, m in enumerate(late)})
 
 
 def matching(model: nn.Module, patterns: Sequence[str], key: str = "model.watch") -> Layers:

@@ -143,8 +143,8 @@ class SummarySink:
             "verdict": outcome.verdict,
             "perf": outcome.perf,
         }
-        if self.first_step:  # a loss scaler skipped the first logged steps: `first` is the first step it kept
-            summary["first_step"] = self.first_step
+        if self.first_step and self.first_step < max(outcome.steps, 1):  # a scaler skipped the first logged steps:
+            summary["first_step"] = self.first_step  # `first` is from this one (a checkpoint's beyond the run: forged)
         if self.profiles:
             summary["bptt"] = {layer: {k: _finite_list(v) for k, v in entry.items()} for layer, entry in self.profiles.items()}
         clip = {k: _finite_or_none(v) for k, v in self.latest.items() if k.startswith("clip/")}
