@@ -180,3 +180,17 @@ def test_a_constructor_that_fails_on_the_users_key_names_that_key():
     message = str(refused.value)
     assert "a class gradexp can build with +model.hidden=-1 and gradexp's ['input_shape', 'num_outputs']: " \
            "RuntimeError" in message and "\n" not in message
+
+
+def test_a_module_in_the_current_folder_that_does_not_import_gets_the_pythonpath_hint(tmp_path, monkeypatch):
+    """Found by a new user: `gradexp run model._target_=mynets.Net` beside mynets.py failed with 'No module named'
+    and no word of PYTHONPATH, which a console script needs for the current folder."""
+    from gradexp.config.schema import _path_hint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynets.py").write_text("")
+    missing = ModuleNotFoundError("No module named 'mynets'", name="mynets")
+    assert _path_hint("mynets", missing) == "; it is in this folder: run with PYTHONPATH=."
+    assert _path_hint("mynets.sub", missing) == "; it is in this folder: run with PYTHONPATH=."
+    assert _path_hint("other", ModuleNotFoundError("No module named 'other'", name="other")) == ""
+    assert _path_hint("mynets", ImportError("cannot import name 'x'")) == ""  # found, and failed inside: no hint

@@ -24,7 +24,8 @@ def test_composition_errors_become_one_line(override, expected):
 
 @pytest.mark.parametrize("files,override,expected", [
     ({"model/mine.yaml": "_target_: mynets.Net\nhidden: 40\n"}, "model=mine",
-     "In 'model/mine': Key 'hidden' not in 'ModelConf' (model.hidden)"),
+     "In 'model/mine': Key 'hidden' not in 'ModelConf' (model.hidden); a key of your own class goes on the command "
+     "line: +model.hidden=..."),  # the README's way (found by a new user: no pointer to it)
     ({"experiment/bad.yaml": "# @package _global_\ntrain:\n  steps: abc\n"}, "experiment=bad",
      "In 'experiment/bad': Value 'abc' of type 'str' could not be converted to Integer (train.steps)"),
 ])

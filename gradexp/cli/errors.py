@@ -47,4 +47,7 @@ def _composing_cause(message: str) -> str:
     cause = next((line for line in lines if line and not line.startswith(("full_key:", "reference_type=",
                                                                             "object_type="))), "")
     key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), "")
-    return (cause or "an invalid value") + (f" ({key})" if key else "")
+    said = (cause or "an invalid value") + (f" ({key})" if key else "")
+    if key.startswith("model.") and "not in 'ModelConf'" in cause:  # a user's constructor key in a YAML option
+        said += f"; a key of your own class goes on the command line: +{key}=..."  # (found by a new user)
+    return said

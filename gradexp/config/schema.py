@@ -219,6 +219,17 @@ def names_users_class(override: str) -> bool:
     return bool(sep) and key.lstrip("+~") == "model._target_" and registry.model_family(value.strip("'\"")) is None
 
 
+def _path_hint(module: str, err: Exception) -> str:
+    """'; it is in this folder: run with PYTHONPATH=.' where the missing module is a file or package here, which
+    Python does not search for a console script (found by a new user: mynets.py beside the command)."""
+    import os
+
+    top = module.split(".")[0]
+    here = os.path.isfile(f"{top}.py") or os.path.isfile(os.path.join(top, "__init__.py"))
+    missing = isinstance(err, ModuleNotFoundError) and err.name == top
+    return "; it is in this folder: run with PYTHONPATH=." if here and missing else ""
+
+
 def model_family(cfg: Any) -> Optional[str]:
     """'gradexp.models.rnn.LSTM' -> 'lstm'; 'custom' for any other class (the user's own, model=custom)."""
     return registry.model_family(cfg.model._target_) or CUSTOM
@@ -236,7 +247,9 @@ def import_model_class(target: str) -> Any:
     try:
         cls = getattr(importlib.import_module(module), name) if module else None
     except Exception as err:  # ImportError, or an error the user's module raises on import
-        raise ConfigError("model._target_", target, f"{allowed}; import failed: {type(err).__name__}: {err}") from None
+        hint = _path_hint(module, err)
+        raise ConfigError("model._target_", target,
+                          f"{allowed}; import failed: {type(err).__name__}: {err}{hint}") from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ConfigError("model._target_", target, allowed)
     return cls
