@@ -41,7 +41,7 @@ from gradexp.config.registry import ACTIVATIONS, PROBES, resolve
 from gradexp.config.schema import ConfigError, DiagnoseConf
 from gradexp.outcome import Outcome
 from gradexp.probes.base import Instruments, ProbeContext, only_on, per_tag, to_host
-from gradexp.probes.layers import depths, model_depth, watched_layers
+from gradexp.probes.layers import depths_of, watched_layers
 from gradexp.sinks.summary import SummarySink
 from gradexp.sinks.tb_views import TensorBoardViews
 from gradexp.sinks.tensorboard import TensorBoardSink
@@ -121,6 +121,7 @@ class Monitor:
         self.optimizers = optimizers
         self.step_hooks = step_hooks  # False: the caller calls before_update() and update_skipped() itself
         self.layers = watched_layers(model, list(watch), key="watch")  # refuses a model with nothing to watch, a pattern matching nothing
+        self._depths = depths_of(model, self.layers)  # where they lie in the model (a watched subset skips some)
         self.clip = ClipPolicy(mode="none", max_norm=0.0, norm_type=2.0, value=0.0)
         self._probe_names, self._activation = tuple(probes), activation
         self._loss_scale = None if scaler is None else _LossScale(scaler)
@@ -174,7 +175,7 @@ class Monitor:
         names = [name for name, _ in self.layers]
         tensorboard = TensorBoardSink(self.run_dir)
         hparams = {"model": type(self.model).__name__, "log.every": self.every, "monitor": True}
-        at = depths(self.model, self.layers)
+        at = self._depths.per_layer
         self._summary = SummarySink(self.run_dir, [f"model={type(self.model).__name__}"], names, depths=at)
         # views before tensorboard, which closes the writer they share
         return [TensorBoardViews(tensorboard.writer, hparams, names, at), tensorboard, self._summary]
@@ -426,7 +427,7 @@ class Monitor:
         else:
             write_error = None
         if self.writes:
-            factors = Factors(family=OWN_FAMILY, depth=model_depth(self.model, self.layers), activation=self._activation or "identity",
+            factors = Factors(family=OWN_FAMILY, depth=self._depths.model, activation=self._activation or "identity",
                               clip=self.clip.mode, theory_note="the user's own model (no theory for this model; it "
                               "covers gradexp's model=mlp only)")
             self.outcome.verdict = diagnose(self._summary.build(self.outcome), factors, DiagnoseConf())

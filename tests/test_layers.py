@@ -11,10 +11,9 @@ from gradexp.probes.layers import (
     ACTIVATION_SITE,
     TIME_STEPS,
     NoLayersFound,
-    depths,
+    depths_of,
     discover,
     has_capability,
-    model_depth,
     watched_layers,
 )
 from tests.conftest import compose_config
@@ -96,8 +95,7 @@ def test_watched_layers_keep_the_depth_of_the_default_layers_they_are_or_lie_in(
     of layers too, and a model with nothing to discover failed after training."""
     net = Residual()
     layers = watched_layers(net, patterns)
-    assert depths(net, layers) == expected_depths
-    assert model_depth(net, layers) == expected_model_depth
+    assert depths_of(net, layers) == (expected_depths, expected_model_depth)
 
 
 def test_a_model_with_nothing_to_discover_has_the_depth_it_is_watched_at():
@@ -105,7 +103,7 @@ def test_a_model_with_nothing_to_discover_has_the_depth_it_is_watched_at():
     with pytest.raises(NoLayersFound):
         watched_layers(net)
     layers = watched_layers(net, ["acts.*"])
-    assert depths(net, layers) == [0, 1, 2] and model_depth(net, layers) == 3
+    assert depths_of(net, layers) == ([0, 1, 2], 3)
 
 
 def test_patterns_override_discovery_in_forward_order_and_each_must_match():

@@ -78,7 +78,7 @@ MAX_DEPTH = 10 ** 6  # a layer index beyond it is no model's (a forged one space
 
 def _depths(layers: list) -> list[int]:
     """Each layer's depth: its `index` (summary.json writes one where the watched layers skip some,
-    probes.layers.depths) where every entry has a whole one in [0, MAX_DEPTH], they never decrease and the last is
+    probes.layers.depths_of) where every entry has a whole one in [0, MAX_DEPTH], they never decrease and the last is
     past the first (a summary is untrusted input); else its place."""
     found = [layer.get("index") if isinstance(layer, dict) else None for layer in layers]
     if all(type(i) is int and 0 <= i <= MAX_DEPTH for i in found) and found and found[0] < found[-1] and all(

@@ -69,7 +69,7 @@ class Task:
         """The train loss of the best prediction that ignores the input: the targets' mean under MSE, their class
         frequencies under cross-entropy (their entropy). A loss that fell to half of its first value may only have
         found that (the adding problem: 0.96 -> 0.186 against 0.167; found by a new user), so the verdict asks a
-        run to halve the smaller of the two. None where the targets are not at hand."""
+        run that halved its loss to end below this one too. None where the targets are not at hand."""
         y = self.y_train
         if not isinstance(y, Tensor) or not y.numel():
             return None

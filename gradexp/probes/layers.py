@@ -12,7 +12,7 @@ attribute name: a layer declares the class attribute `gradexp_capabilities = fro
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -66,26 +66,22 @@ def watched_layers(model: nn.Module, patterns: Sequence[str] = (), key: str = "m
     return layers
 
 
-def depths(model: nn.Module, layers: Layers) -> list[int]:
+class Depths(NamedTuple):
+    """Where the watched layers lie in the model (depths_of)."""
+    per_layer: list[int]  # each watched layer's depth
+    model: int            # the hidden layers the gradient crosses, which the verdict's cause names
+
+
+def depths_of(model: nn.Module, layers: Layers) -> Depths:
     """Each watched layer's depth: its place among the layers watched by default (the model's own declaration, else
     discovery), or the place of the default layer it is part of (`layers.3.linear` is in `layers.3`); a module before
     the first default layer or after the last (an embedding, a head) goes before or after them, in the order the
     model registers its modules. Where the watched layers do not run along those places (two parts of one layer may
     share one), their places in the list. A watched subset, model.watch=[layers.0,layers.5], spans 5 layers, not 1
     (found by a new user: its gain read x0.058 per layer where all six layers read x0.565, and layers.5 was called
-    'layer 1'). None is below 0 (an embedding before layer 0 is 0, and the rest one further)."""
-    return _placed(model, layers)[0]
-
-
-def model_depth(model: nn.Module, layers: Layers) -> int:
-    """The hidden layers the gradient crosses, which the verdict's cause names: as many as the model watches by
-    default (and the watched ones outside them) where the watched layers lie along those (depths), else as many as
-    are watched."""
-    return _placed(model, layers)[1]
-
-
-def _placed(model: nn.Module, layers: Layers) -> tuple[list[int], int]:
-    """(depths, model_depth)."""
+    'layer 1'). None is below 0 (an embedding before layer 0 is 0, and the rest one further).
+    The model's depth: as many as it watches by default (and the watched ones outside them) where the watched layers
+    lie along those, else as many as are watched. One walk of the model for both (a run needs both)."""
     try:
         default = watched_layers(model)
     except NoLayersFound:  # nothing to discover (a user's parameters at the top level): the watched list is all
@@ -96,8 +92,8 @@ def _placed(model: nn.Module, layers: Layers) -> tuple[list[int], int]:
     found = [i if i is not None else before.get(id(module), after.get(id(module))) for (_, module), i in
              zip(layers, found)]
     if all(i is not None for i in found) and all(a <= b for a, b in zip(found, found[1:])) and found[0] < found[-1]:
-        return [i - min(found[0], 0) for i in found], len(default) + len(before) + len(after)
-    return list(range(len(layers))), len(layers)
+        return Depths([i - min(found[0], 0) for i in found], len(default) + len(before) + len(after))
+    return Depths(list(range(len(layers))), len(layers))
 
 
 def _containing(default: Layers, name: str) -> Optional[int]:

@@ -59,7 +59,7 @@ class SummarySink:
         self.path = os.path.join(run_dir, SUMMARY_NAME)
         self.constant_loss = constant_loss  # the task's loss of the best input-blind prediction: initial.loss/constant
         self.overrides, self.layer_names, self.baseline = overrides, layer_names, baseline
-        # each layer's depth where the watched layers skip some (probes.layers.depths): each entry's "index"
+        # each layer's depth where the watched layers skip some (probes.layers.depths_of): each entry's "index"
         self.depths = dict(zip(layer_names, depths)) if depths and depths != list(range(len(layer_names))) else {}
         self.latest: dict[str, float] = {}
         self.initial: dict[str, float] = {}  # FINAL_KEYS at the step they were first logged: did the run train?

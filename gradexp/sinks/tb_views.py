@@ -59,7 +59,7 @@ def layout(layer_names: list[str]) -> dict[str, dict[str, list]]:
 def flow_scalars(norms: list[Optional[float]], layer_names: list[str],
                  depths: Optional[list[int]] = None) -> dict[str, float]:
     """The grad_flow/* scalars of one logging step from the per-layer norms (forward order) at their depths (default:
-    their places; probes.layers.depths)."""
+    their places; probes.layers.depths_of)."""
     out: dict[str, float] = {}
     gain, ratio = per_layer_gain(norms, depths), first_last_ratio(norms)
     if gain is not None:

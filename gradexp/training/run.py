@@ -28,7 +28,7 @@ from gradexp.sinks.tensorboard import TensorBoardSink
 from gradexp.sinks.terminal import TerminalSink
 from gradexp.outcome import Outcome, WriteFailed  # WriteFailed: importable from here too
 from gradexp.training.loop import Run, train
-from gradexp.probes.layers import depths, model_depth
+from gradexp.probes.layers import Depths, depths_of
 
 
 class _NoStop:
@@ -56,20 +56,21 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
         config = fingerprint(cfg)
         start = resume.restore(run, state, cfg.train.steps, config)  # another run's checkpoint: refused, nothing written
         os.makedirs(run_dir, exist_ok=True)
-        sinks, states = _sinks(cfg, run_dir, overrides, task, run, state, console, options, sweep)
+        depths = depths_of(run.model, run.layers)  # where the watched layers lie (model.watch may skip some)
+        sinks, states = _sinks(cfg, run_dir, overrides, task, run, depths, state, console, options, sweep)
         run.sinks = sinks
         checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states, config)
         run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
-        return _train(cfg, run, start, checkpoints, stop)
+        return _train(cfg, run, depths, start, checkpoints, stop)
 
 
-def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, run: Run, state: Optional[dict],
+def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, run: Run, depths: Depths, state: Optional[dict],
            console: Optional[Console], options: Sequence[str] = (), sweep: bool = False
            ) -> tuple[list, Callable[[], dict]]:
     """The sinks in closing order, and what of theirs goes into a checkpoint (history behind end-of-run images)."""
     baseline = theory.baseline(cfg, task.x_train)  # mean-field prediction (plain MLPs); None elsewhere
     tensorboard = TensorBoardSink(run_dir, purge_step=None if state is None else state["step"])
-    layer_names, at = [name for name, _ in run.layers], depths(run.model, run.layers)  # model.watch may skip some
+    layer_names, at = [name for name, _ in run.layers], depths.per_layer
     summary = SummarySink(run_dir, overrides, layer_names, baseline, depths=at, constant_loss=task.constant_loss())
     hparams = {**run_hparams(cfg, overrides), "perf.torch_threads": torch.get_num_threads()}
     views = TensorBoardViews(tensorboard.writer, hparams, layer_names, at)  # one event writer for the run folder
@@ -86,7 +87,7 @@ def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, run: Run, st
     return sinks, states
 
 
-def _train(cfg: Any, run: Run, start: int, checkpoints: Checkpointer, stop: Any) -> Outcome:
+def _train(cfg: Any, run: Run, depths: Depths, start: int, checkpoints: Checkpointer, stop: Any) -> Outcome:
     outcome = Outcome(steps=start)  # train() advances it, so a run that fails mid-way reports its real steps
     failure: Optional[BaseException] = None
     try:
@@ -102,8 +103,8 @@ def _train(cfg: Any, run: Run, start: int, checkpoints: Checkpointer, stop: Any)
     summary = next(s for s in run.sinks if isinstance(s, SummarySink))
     # decide from what the summary holds, so summary.json, TensorBoard and the terminal show one verdict
     built = summary.build(outcome)
-    depth = model_depth(run.model, run.layers)  # the layers the gradient crosses (model.watch may measure fewer)
-    outcome.verdict = diagnose(built, Factors.from_cfg(cfg, watched=depth), cfg.diagnose)
+    # the layers the gradient crosses (model.watch may measure fewer)
+    outcome.verdict = diagnose(built, Factors.from_cfg(cfg, watched=depths.model), cfg.diagnose)
     failure = _close(run.sinks, outcome, failure, checkpoints.path)
     if isinstance(failure, OSError):
         raise WriteFailed(outcome.error) from failure
