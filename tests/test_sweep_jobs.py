@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from gradexp.cli import jobs, launchers
 from gradexp.config.schema import ConfigError, validate
+from gradexp.sinks.summary import read_summary
 from gradexp.training.interrupt import Interrupts
 from tests.conftest import compose_config
 from tests.test_resume import LONG, StopAfter, scalars, start, summary
@@ -88,7 +89,7 @@ def test_a_damaged_summary_reads_as_none(tmp_path, planted):
     else:
         with open(path, "w") as f:
             f.write(planted)
-    assert jobs.read_summary(run_dir) is None
+    assert read_summary(run_dir) is None
 
 
 def test_requeued_job_resumes_bit_identical_to_an_uninterrupted_one(tmp_path, quiet_console):

@@ -22,6 +22,7 @@ from gradexp.cli.environ import environment_variable
 from gradexp.config.schema import (CUSTOM, ConfigError, check_overrides, first_line, model_family, register_schema,
                                    validate)
 from gradexp.outcome import WriteFailed
+from gradexp.sinks.summary import read_summary
 from gradexp.training.interrupt import Interrupts
 
 EXIT_BAD_INPUT = 2
@@ -169,7 +170,7 @@ def _owns_process() -> bool:
 
 
 def _objective(cfg: DictConfig, run_dir: str) -> float:
-    return jobs.objective(jobs.read_summary(run_dir), cfg.objective.metric, cfg.objective.direction)
+    return jobs.objective(read_summary(run_dir), cfg.objective.metric, cfg.objective.direction)
 
 
 def _record_failure(run_dir: str, overrides: list[str], err: Exception) -> None:

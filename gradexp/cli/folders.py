@@ -94,7 +94,7 @@ def make_folder(key: str, folder: str) -> None:
 
 
 def refuse_existing_run(folder: str) -> None:
-    from gradexp.cli.jobs import read_summary
+    from gradexp.sinks.summary import read_summary
     from gradexp.training.resume import FINISHED
 
     status = (read_summary(folder) or {}).get("status")

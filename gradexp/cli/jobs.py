@@ -12,7 +12,6 @@ writes there only to continue that same run. FolderGuard has already checked tha
   none of a run's files        -> a fresh job (Hydra's .hydra/ and a user's own files stay where they are)"""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
@@ -21,6 +20,7 @@ SKIP, RESUME, FRESH = "skip", "resume", "fresh"
 
 def decide(run_dir: str) -> str:
     """SKIP, RESUME or FRESH for the job folder `run_dir`; moves old files aside before a FRESH rerun."""
+    from gradexp.sinks.summary import read_summary
     from gradexp.training import checkpoint, resume  # torch: only inside a job (Tab completion imports this module)
 
     summary = read_summary(run_dir)
@@ -33,21 +33,6 @@ def decide(run_dir: str) -> str:
     if _left_files(run_dir):
         resume.move_aside(run_dir)
     return FRESH
-
-
-def read_summary(run_dir: str) -> Optional[dict[str, Any]]:
-    """The job's summary.json, or None when it has none (or it cannot be read: treated as never finished)."""
-    from gradexp.sinks.summary import SUMMARY_NAME
-
-    path = os.path.join(run_dir, SUMMARY_NAME)
-    if not os.path.isfile(path):  # a FIFO by that name would block the open
-        return None
-    try:
-        with open(path) as f:
-            summary = json.load(f)
-    except (OSError, ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-        return None
-    return summary if isinstance(summary, dict) else None
 
 
 def _left_files(run_dir: str) -> bool:

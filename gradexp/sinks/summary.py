@@ -196,6 +196,21 @@ def _finite_list(value: Any) -> Any:
     return [_finite_or_none(v) for v in value] if isinstance(value, list) else value
 
 
+def read_summary(run_dir: str) -> Optional[dict[str, Any]]:
+    """The run folder's summary.json, or None when it has none or it cannot be read as an object (a folder is
+    untrusted input: a FIFO by that name would block the open; nesting deeper than the parser's stack raises
+    RecursionError)."""
+    path = os.path.join(run_dir, SUMMARY_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
     def write(f) -> None:
         json.dump(payload, f, indent=2)

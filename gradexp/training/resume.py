@@ -7,7 +7,6 @@ holds a result (re-running never overwrites), refuses overrides that change the 
 loads the checkpoint."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -15,7 +14,7 @@ from omegaconf import OmegaConf
 
 from gradexp.config.registry import MODELS
 from gradexp.config.schema import GROUPS, ConfigError, first_line, is_schema_key, names_users_class
-from gradexp.sinks.summary import SUMMARY_NAME
+from gradexp.sinks.summary import SUMMARY_NAME, read_summary
 from gradexp.training.artefacts import run_artefacts
 
 PREFIX = "resume="
@@ -172,15 +171,11 @@ def refuse_finished(folder: str, status: Optional[str] = None) -> None:
 
 
 def _status(run_dir: str) -> Optional[str]:
-    path = os.path.join(run_dir, SUMMARY_NAME)
-    if not os.path.isfile(path):
+    """The run's status in its summary.json: None without one, "unreadable" where it is there but is no object."""
+    if not os.path.isfile(os.path.join(run_dir, SUMMARY_NAME)):
         return None
-    try:
-        with open(path) as f:
-            summary = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return "unreadable"
-    return str(summary.get("status")) if isinstance(summary, dict) else "unreadable"
+    summary = read_summary(run_dir)
+    return "unreadable" if summary is None else str(summary.get("status"))
 
 
 def _check_same_config(cfg: Any, run_dir: str) -> None:
