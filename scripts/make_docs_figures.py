@@ -135,7 +135,7 @@ def merged_rows(fresh: list[str], names: list[str]) -> list[str]:
            not line.startswith("| preset ")]
     name_of = lambda row: row.split("|")[1].strip()  # noqa: E731
     kept = [row for row in old if name_of(row) not in names] + fresh
-    order = {name: i for i, name in enumerate([*PRESETS, *names])}
+    order = {name: i for i, name in enumerate(dict.fromkeys([*PRESETS, *names]))}  # a preset's first place: PRESETS's
     return sorted(kept, key=lambda row: order.get(name_of(row), len(order)))  # stable: jobs keep their order
 
 
