@@ -295,3 +295,30 @@ def test_hydras_subfolders_that_may_differ_per_job_are_taken_and_others_refused(
     else:
         with pytest.raises(folders.Refused, match=re.escape(f"invalid value for {refused}")):
             folders.check_subfolders(config, sweep=True)
+
+
+def _basic_sweep(subdir: str, task: list[str]):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"hydra": {"output_subdir": ".hydra", "sweep": {"subdir": subdir},
+                                       "sweeper": {"_target_": "hydra._internal.core_plugins.BasicSweeper",
+                                                   "params": None}, "overrides": {"task": task}}})
+
+
+@pytest.mark.parametrize("subdir, task, taken", [
+    ("${train.steps}", ["seed=1,2", "train.steps=20"], False),  # found by an adversarial test: one folder, two jobs
+    ("${seed}", ["seed=1,2", "activation=relu,tanh"], False),    # two jobs for each seed
+    ("${seed}", ["seed=1,2", "activation=relu"], True),
+    ("s${seed}_${activation}", ["seed=1,2", "activation=relu,tanh"], True),
+    ("lr_${optimizer.lr}", ["+optimizer.lr=0.1,0.2"], True),
+    ("${hydra:job.override_dirname}", ["seed=1,2"], True), ("${hydra.job.num}", ["seed=1,2", "lr=1,2"], True),
+])
+def test_a_sweep_subdir_must_differ_for_every_job_of_a_basic_sweep(subdir, task, taken):
+    """An interpolation alone is not enough under the basic sweeper, which says which keys vary: subdir=${train.steps}
+    had the second job rewrite the first's .hydra/ record, find its summary and skip itself, and the sweep exit 0."""
+    config = _basic_sweep(subdir, task)
+    if taken:
+        folders.check_subfolders(config, sweep=True)
+    else:
+        with pytest.raises(folders.Refused, match=re.escape(f"invalid value for hydra.sweep.subdir: {subdir!r}")):
+            folders.check_subfolders(config, sweep=True)

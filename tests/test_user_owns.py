@@ -163,6 +163,12 @@ def test_a_refused_sweep_leaves_nothing_behind(tmp_path):
     assert "model.depth=range(4,2) gives no value" in one_line_refusal(
         gradexp(tmp_path, "-m", *FAST, "model.depth=range(4,2)", "hydra.sweep.dir=empty"))  # was: exit 0, 0 jobs
     assert not (tmp_path / "empty").exists()
+    # found by an adversarial test: an empty glob ran 0 jobs, exit 0; a range of 10^11 values filled 24 GB
+    assert "activation=glob(zz*) gives no value" in one_line_refusal(
+        gradexp(tmp_path, "-m", *FAST, "activation=glob(zz*)", "hydra.sweep.dir=empty"))
+    assert "asks for more than 100,000 jobs" in one_line_refusal(
+        gradexp(tmp_path, "-m", *FAST, "model.depth=range(1,99999999999)", "hydra.sweep.dir=empty"))
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize("delay", [0.5, 1.5, 2.5, 3.5])

@@ -7,6 +7,7 @@ yet, so that a run refused later removes exactly what this invocation created an
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from typing import Any, Optional
 
@@ -140,10 +141,30 @@ def check_subfolders(config: Any, sweep: bool) -> None:
             raise Refused(f"invalid value for {key}: {value!r} (allowed: a folder inside the "
                           f"{'sweep' if key == 'hydra.sweep.subdir' else 'run'} folder, without '..'"
                           f"{'' if key == 'hydra.sweep.subdir' else ', or null'})")
-    if sweep and "${" not in str(keys[1][1]) and launchers.sweep_jobs(config) != 1:  # one job may name its folder
+    if sweep and not _names_each_job(str(keys[1][1]), config) and launchers.sweep_jobs(config) != 1:
         raise Refused(f"invalid value for hydra.sweep.subdir: {keys[1][1]!r} (allowed: a folder per job, named with "
-                      "an interpolation such as ${hydra.job.num}: one folder for every job would have each job find "
-                      "the last one's run)")
+                      "${hydra.job.num}, ${hydra.job.override_dirname} or every swept key: one folder for several "
+                      "jobs would have each job find the last one's run)")
+
+
+# interpolations Hydra resolves to a different value in every job of a sweep
+JOB_UNIQUE = {"hydra.job.num", "hydra.job.id", "hydra.job.override_dirname"}
+
+
+def _names_each_job(subdir: str, config: Any) -> bool:
+    """Whether a sweep's subdir differs from job to job: it interpolates a key Hydra makes unique per job, or every key
+    the basic sweeper sweeps over more than one value. Found by an adversarial test: subdir=${train.steps} had an
+    interpolation and one value for every job, and the second job rewrote the first's .hydra/ record and skipped
+    itself. A key that only interpolates a swept key in turn is not followed: name the swept key itself. Under
+    another sweeper (which keys it varies is not known here) any interpolation is taken, as it may differ per job."""
+    referenced = {("hydra." if resolver else "") + key
+                  for resolver, key in re.findall(r"\$\{\s*(hydra:)?\s*([\w.\-]+)\s*\}", subdir)}
+    if referenced & JOB_UNIQUE:
+        return True
+    swept = launchers.swept_keys(config)
+    if swept is None:
+        return "${" in subdir
+    return bool(swept) and swept <= referenced
 
 
 class FolderGuard(Callback):
@@ -187,6 +208,10 @@ class FolderGuard(Callback):
         empty = launchers.empty_sweep(config)
         if empty is not None:  # Hydra would launch 0 jobs, exit 0, and leave a folder holding only multirun.yaml
             raise Refused(f"invalid value for the sweep: {empty} gives no value (allowed: a sweep of at least one)")
+        oversized = launchers.oversized_sweep(config)
+        if oversized is not None:
+            raise Refused(f"invalid value for the sweep: {oversized} asks for more than {launchers.MAX_SWEEP_JOBS:,} "
+                          f"jobs (allowed: at most {launchers.MAX_SWEEP_JOBS:,} in one sweep)")
         if holds_run(sweep_dir) or not _same_sweep(sweep_dir, config):
             raise Refused(f"{sweep_dir} already holds another run or sweep; gradexp writes into it only to "
                           "re-run that same sweep (or choose another hydra.sweep.dir)")

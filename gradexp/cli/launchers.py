@@ -5,6 +5,7 @@ sweep folder exists; without SLURM installed, submitit fails the same way. Each 
 the sweep folder is never created."""
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -17,6 +18,9 @@ from typing import Any, Callable, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+# jobs in one sweep at most: a larger one is a typo (range(1,99999999999)), and Hydra's basic sweeper lists every job's
+# overrides before it launches any (found by an adversarial test: that list filled 24 GB until the kernel killed it)
+MAX_SWEEP_JOBS = 100_000
 # key under hydra.launcher, the check, what is allowed; a key the launcher does not have is not checked
 _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("timeout_min", lambda v: v > 0, "an integer > 0 (minutes)"),
@@ -138,7 +142,7 @@ class WarmWorkers(Callback):
 
 def sweep_size(config: Any) -> Optional[int]:
     """How many jobs the basic sweeper's first batch holds (the product of the swept values), or None when that is
-    not known here (another sweeper, a sweep Hydra must expand itself such as glob(), or one it will refuse)."""
+    not known here (another sweeper, or a sweep Hydra will refuse)."""
     size = sweep_jobs(config)
     if size is None:
         return None
@@ -153,14 +157,38 @@ def sweep_jobs(config: Any) -> Optional[int]:
 
 
 def empty_sweep(config: Any) -> Optional[str]:
-    """The first swept override that expands to no value at all (range(4,2), range(0,0)), which would make a sweep of
-    no job; None otherwise, or where that is not known here (as sweep_size)."""
+    """The first swept override that expands to no value at all (range(4,2), range(0,0), a glob() no option of its
+    group matches), which would make a sweep of no job; None otherwise, or where that is not known here (as
+    sweep_size)."""
     counts = _swept_value_counts(config)
     return next((override for override, count in (counts or {}).items() if count == 0), None)
 
 
+def oversized_sweep(config: Any) -> Optional[str]:
+    """The sweep's overrides, where together they ask for more than MAX_SWEEP_JOBS jobs; None otherwise."""
+    counts = _swept_value_counts(config)
+    if counts and math.prod(counts.values()) > MAX_SWEEP_JOBS:
+        return " ".join(counts)
+    return None
+
+
+def swept_keys(config: Any) -> Optional[set[str]]:
+    """The keys the basic sweeper sweeps over more than one value (None where not known here, as sweep_size): every
+    job of the sweep has its own combination of their values, and only of theirs."""
+    counts = _swept_value_counts(config)
+    if counts is None:
+        return None
+    return {_key(line) for line, count in counts.items() if count > 1}
+
+
+def _key(override_line: str) -> str:
+    """'+optimizer.lr=0.1,0.2' -> 'optimizer.lr'."""
+    return override_line.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
 def _swept_value_counts(config: Any) -> Optional[dict[str, int]]:
-    """Each sweep override of the basic sweeper, as written, with how many values it expands to; None as sweep_size."""
+    """Each sweep override of the basic sweeper, as written, with how many values it expands to (counted only up to
+    MAX_SWEEP_JOBS + 1: never listed whole); None as sweep_size."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith("BasicSweeper"):
@@ -168,10 +196,30 @@ def _swept_value_counts(config: Any) -> Optional[dict[str, int]]:
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     arguments = [*(f"{key}={value}" for key, value in params.items()), *config.hydra.overrides.task]
     try:
-        return {override.input_line: len(list(override.sweep_string_iterator()))
-                for override in OverridesParser.create().parse_overrides(arguments) if override.is_sweep_override()}
+        parser = OverridesParser.create(config_loader=_config_loader())  # a glob() lists its group's options
+        return {override.input_line: _value_count(override)
+                for override in parser.parse_overrides(arguments) if override.is_sweep_override()}
     except Exception:  # noqa: BLE001  Hydra's sweeper reports a bad sweep itself, in one line (cli/app.py)
         return None
+
+
+def _value_count(override: Any) -> int:
+    """How many values a sweep override expands to, up to MAX_SWEEP_JOBS + 1. An integer range is counted without
+    being listed (range(1,99999999999) is 10^11 values; a shuffled one is listed whole by Hydra's own iterator)."""
+    from hydra.core.override_parser.types import RangeSweep
+
+    value = override.value()
+    if isinstance(value, RangeSweep) and isinstance(value.range(), range):
+        return min(len(value.range()), MAX_SWEEP_JOBS + 1)
+    return sum(1 for _ in itertools.islice(override.sweep_string_iterator(), MAX_SWEEP_JOBS + 1))
+
+
+def _config_loader() -> Any:
+    """The running Hydra's config loader (None outside a Hydra run)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance()
+    return hydra.config_loader() if hydra.is_initialized() else None
 
 
 def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> Optional[threading.Thread]:
