@@ -177,6 +177,27 @@ def test_truncated_or_foreign_checkpoint_is_a_clear_error(tmp_path, quiet_consol
     assert ("not a regular file" in str(err.value)) == (content == "folder")
 
 
+class _Payload:
+    def __reduce__(self):  # unpickled, it would run this
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_planted_pickle_is_refused_in_one_line_that_never_advises_an_unsafe_load(tmp_path, recwarn, monkeypatch):
+    """Found by an adversarial test and a new user: torch's error text, passed on, advised weights_only=False (for a
+    planted file, running its code), after two lines of torch's warning about the pickle protocol."""
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / checkpoint.CHECKPOINT_NAME)
+    with open(path, "wb") as f:
+        pickle.dump(_Payload(), f, protocol=4)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load(path)
+    message = str(err.value)
+    assert "weights_only=True" in message and "False" not in message and "\n" not in message
+    assert not (tmp_path / "PWNED").exists() and not recwarn.list
+
+
 def test_truncated_real_checkpoint(tmp_path, quiet_console):
     run_dir = str(tmp_path / "run")
     start(run_dir, LONG, quiet_console, stop=StopAfter(6))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -70,7 +72,14 @@ def load(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path} (the run stopped before its first checkpoint)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a foreign pickle protocol before it refuses the file
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's text would advise weights_only=False: for a planted file, running
+        # its code (found by an adversarial test); gradexp never loads a checkpoint that way
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated, not a torch file, or holding objects other "
+                              "than tensors and plain data (a checkpoint is only ever loaded with weights_only=True)") \
+            from err
     except Exception as err:  # noqa: BLE001  torch's weights-only unpickler fails on foreign bytes with KeyError,
         # IndexError, ... (found by an adversarial test: 'hello world' gave a 57-line traceback); a file that is not
         # a torch checkpoint is bad input whatever the error
