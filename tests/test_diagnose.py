@@ -137,6 +137,16 @@ def test_a_moment_with_no_finite_norms_is_labelled_so_not_healthy():
     assert diagnose(zeros, Factors(), CONF)["at_end"]["label"] != "no finite norms"
 
 
+def test_layers_whose_gradient_is_exactly_zero_are_said_so_not_no_finite_norms():
+    """Found by a new user: optimizer.lr=1 killed every ReLU of layers 0-4 (act_grad_norm exactly 0), and the panel
+    read 'At the end of training: ‖∂L/∂h‖: no finite norms' beside the at_end label vanishing."""
+    verdict = diagnose(summary(geometric(0.5, n=6), [0.0] * 5 + [0.3]), Factors(), CONF)
+    assert verdict["at_end"]["label"] == "vanishing"
+    assert "At the end of training: ‖∂L/∂h‖ is exactly 0 in 5 of 6 layers: no gradient reaches them" in \
+        verdict["evidence"]
+    assert "no finite norms" not in verdict["evidence"]
+
+
 def test_diverged_wins_and_suggests_a_lower_lr_and_clipping():
     s = summary(geometric(1.0), status="diverged", nonfinite={"step": 7, "tensor": "loss/train"})
     verdict = diagnose(s, Factors(lr=0.5), CONF)

@@ -43,6 +43,7 @@ class Flow:
     start: int = 0                    # the index of the first one (leading frozen layers take in no gradient)
     end: Optional[int] = None         # the index of the last one: start + length - 1 unless the indices skip some
     finite: dict[str, bool] = dataclasses.field(default_factory=dict)  # "first"/"last" -> any norm finite (0 is)
+    zeros: dict[str, int] = dataclasses.field(default_factory=dict)  # "first"/"last" -> norms exactly 0 (dead layers)
 
     @property
     def span(self) -> int:
@@ -104,7 +105,8 @@ def time_flow(summary: dict[str, Any], when: Optional[str] = None) -> Optional[F
 def _flow(quantity: str, series: dict[str, list[float]], length: int, at: Optional[list[int]] = None) -> Flow:
     return Flow(quantity, {w: per_layer_gain(s, at) for w, s in series.items()},
                 {w: first_last_ratio(s) for w, s in series.items()}, length,
-                finite={w: any(math.isfinite(v) for v in s) for w, s in series.items()})
+                finite={w: any(math.isfinite(v) for v in s) for w, s in series.items()},
+                zeros={w: sum(v == 0 for v in s) for w, s in series.items()})
 
 
 def _num(value: Any) -> float:
@@ -254,6 +256,9 @@ def moment_sentence(depth: Optional[Flow], time: Optional[Flow], when: str, firs
 
 def _clause(flow: Flow, when: str, what: str, unit: str, per: str) -> str:
     gain, ratio = flow.gain[when], flow.ratio[when]
+    if gain is None and flow.zeros.get(when) and flow.finite.get(when, True):  # finite, but no two above 0 to fit
+        # found by a new user: ReLUs killed by a large learning rate read "no finite norms" over norms of exactly 0
+        return f"{what} is exactly 0 in {flow.zeros[when]} of {flow.length} {unit}s: no gradient reaches them"
     if gain is None:
         return f"{what}: no finite norms"
     text = f"{what} {'shrinks' if gain < 1 else 'grows'} ×{gain:.3g} {per}"
