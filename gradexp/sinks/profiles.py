@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-N_POSITIONS = 5  # t = 0, T/4, T/2, 3T/4, T-1
+N_POSITIONS = 5  # t = round(k (T-1) / 4), k = 0..4: T=100 gives 0, 25, 50, 74, 99 (round half to even)
 
 
 def positions(length: int) -> list[int]:
