@@ -6,30 +6,36 @@ per-layer one), each cell reading the gain at step 0 and at the last logged step
 Software = "gradexp report" (output.SOFTWARE): a later report recognises it as its own to replace."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
-from gradexp.report.output import SOFTWARE, write_whole
+from gradexp.report.output import SOFTWARE, stage
 from gradexp.report.runs import RunRecord
 
 WHEN = {"first": "step 0", "last": "last logged step"}
 TIME_LABEL = "‖∂L/∂h_t‖ (hidden-state gradient)"
 DPI = 90
 LEGEND_MAX = 60  # legend entries drawn at most: 10 rows of 6 below the charts
+# norms outside it are drawn at its edge (report.csv keeps them): a forged summary's 1e-300 … 1e300 overflowed the log
+# axis's margins in matplotlib (RuntimeWarning: overflow encountered in exp), and the axis fell back to 1 … 10
+PLOT_RANGE = (1e-200, 1e200)
+BEYOND = " (norms beyond 1e±200 at the edge)"
 
 
 def draw(records: list[RunRecord], keys: list[str], path: str, dpi: int = DPI, phase: bool = True) -> Optional[str]:
-    """Write the figure to `path` at `dpi` dots per inch (12 x 6 inches per row, 17 wide with the phase
-    diagram), whole or not at all; None when no run has per-layer or per-time-step measurements to draw."""
+    """Write the figure for `path` at `dpi` dots per inch (12 x 6 inches per row, 17 wide with the phase
+    diagram) into a temporary file beside it, whole or not at all, and return that file's name: the caller renames
+    it into place together with report.csv (output.commit). None when no run has per-layer or per-time-step
+    measurements to draw."""
     fig = figure(records, keys, dpi, phase)
     if fig is None:
         return None
     from gradexp.sinks.figures import plt
 
     try:
-        write_whole(path, lambda f: fig.savefig(f, format="png", metadata={"Software": SOFTWARE}), binary=True)
+        return stage(path, lambda f: fig.savefig(f, format="png", metadata={"Software": SOFTWARE}), binary=True)
     finally:
         plt.close(fig)
-    return path
 
 
 def drawable(records: list[RunRecord]) -> bool:
@@ -72,16 +78,18 @@ def _layers(axes, records, labels, colours, figures) -> None:
     measured = [r for r in records if r.profile]
     for when in ("first", "last"):
         ax = axes[f"layer_{when}"]
-        figures.profiles(ax, {labels[r.path]: r.profile[when] for r in measured},
+        figures.profiles(ax, {labels[r.path]: plottable(r.profile[when]) for r in measured},
                          {labels[r.path]: colours[r.path] for r in measured})
-        ax.set_title(f"per-layer gradient at {WHEN[when]}")
+        ax.set_title(f"per-layer gradient at {WHEN[when]}" + _beyond([r.profile[when] for r in measured]))
         ax.set_ylabel(figures.LABEL.get(measured[0].quantity, "gradient norm"))
     predicted = [r for r in measured if r.theory_profile]
     for r in predicted:  # theory is for step 0 only: the prediction is at initialization
-        axes["layer_first"].semilogy(range(len(r.theory_profile)), r.theory_profile, "--", lw=1, color=colours[r.path])
+        axes["layer_first"].semilogy(range(len(r.theory_profile)), plottable(r.theory_profile), "--", lw=1,
+                                     color=colours[r.path])
     if predicted:
         axes["layer_first"].plot([], [], "--", lw=1, color="grey", label="mean-field theory")
-        axes["layer_first"].set_title(f"per-layer gradient at {WHEN['first']} (dashed: mean-field theory)")
+        beyond = _beyond([r.profile["first"] for r in measured] + [r.theory_profile for r in predicted])
+        axes["layer_first"].set_title(f"per-layer gradient at {WHEN['first']} (dashed: mean-field theory){beyond}")
     axes["layer_last"].sharey(axes["layer_first"])
 
 
@@ -93,14 +101,25 @@ def _times(axes, records, labels, colours, figures) -> None:
         shown = [r for r in measured if when in r.time_profile]
         if when == "last":  # a run stopped before its second bptt step (diverged early) has nothing newer to show
             shown = [r for r in shown if r.time_steps.get("last") != r.time_steps.get("first")]
-        figures.profiles(ax, {labels[r.path]: r.time_profile[when] for r in shown},
+        figures.profiles(ax, {labels[r.path]: plottable(r.time_profile[when]) for r in shown},
                          {labels[r.path]: colours[r.path] for r in shown})
         steps = sorted({r.time_steps.get(when) for r in shown} - {None})
         at = f"step {steps[0]}" if len(steps) == 1 else WHEN[when]
-        ax.set_title(f"gradient through time at {at}")
+        ax.set_title(f"gradient through time at {at}" + _beyond([r.time_profile[when] for r in shown]))
         ax.set_xlabel("time step t (forward order)")
         ax.set_ylabel(TIME_LABEL)
     axes["time_last"].sharey(axes["time_first"])
+
+
+def plottable(norms: list[float]) -> list[float]:
+    """`norms` with the positive finite ones moved into PLOT_RANGE; the others stay (drawn blank on a log axis)."""
+    low, high = PLOT_RANGE
+    return [min(max(v, low), high) if v > 0 and math.isfinite(v) else v for v in norms]
+
+
+def _beyond(series: list[list[float]]) -> str:
+    """BEYOND where plottable() moves any of these norms, so the chart says so; else ''."""
+    return BEYOND if any(v != p for norms in series for v, p in zip(norms, plottable(norms)) if v == v) else ""
 
 
 def _label(r: RunRecord, keys: list[str]) -> str:

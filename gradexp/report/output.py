@@ -2,8 +2,10 @@
 (design.md): a report.csv or report.png that is already there is replaced only when it is a regular file that gradexp
 report wrote, known by its content (the CSV's header, the PNG's Software text); a user's own file of that name, or a
 symlink planted there (`report.csv -> ~/.bashrc`), is refused before anything is written. Each file is written
-whole through a fresh temporary name (O_EXCL, so never an existing file or link) and renamed over the old
-one: a failed write leaves no half file, and the rename replaces the name itself, never the file a link points to."""
+whole through a fresh temporary name (O_EXCL, so never an existing file or link), and both are renamed over the old
+ones only once both are complete: a failed write leaves no half file and no new CSV beside an old PNG, and the rename
+replaces the name itself, never the file a link points to. Output folders the report made are removed again when it
+fails (only while empty: what another process put there since stays)."""
 from __future__ import annotations
 
 import csv
@@ -46,22 +48,78 @@ def refusal(path: str) -> Optional[str]:
     return f"{printable(path)} {why} (remove it, or write elsewhere with --out DIR)"
 
 
-def write_whole(path: str, fill: Callable[[IO], None], binary: bool = False) -> None:
-    """fill(f) into a new temporary file beside `path`, renamed over `path` once complete. On any error the temporary
-    file (ours) is removed, `path` is as it was, and the OSError names `path`."""
+def stage(path: str, fill: Callable[[IO], None], binary: bool = False) -> str:
+    """fill(f) into a new temporary file beside `path`; its name once complete (commit() renames it over `path`). On
+    any error the temporary file (ours) is removed, `path` is as it was, and the OSError names `path`."""
     f = _new_beside(path, "wb" if binary else "w")
     try:
         with f:
             fill(f)
-        os.replace(f.name, path)
     except BaseException as err:
+        discard([f.name])
+        _name_the_target(err, f.name, path)
+        raise
+    return f.name
+
+
+def commit(staged: dict[str, str]) -> None:
+    """Rename each staged temporary file over its path (path -> temporary name), taking it out of `staged` once it is
+    in place: what is left there on an error is still ours to discard. A full disk fails the writes, before any old
+    report is replaced; a rename in the folder the files were written to needs no data blocks, so one failing after
+    the first succeeded (leaving only report.csv new) is not expected."""
+    for path, temporary in list(staged.items()):
         try:
-            os.remove(f.name)
+            os.replace(temporary, path)
+        except OSError as err:
+            _name_the_target(err, temporary, path)
+            raise
+        del staged[path]
+
+
+def discard(temporaries) -> None:
+    """Remove the temporary files this report made (a commit() may have renamed some away already)."""
+    for temporary in temporaries:
+        try:
+            os.remove(temporary)
         except OSError:
             pass
-        if isinstance(err, OSError) and err.filename in (None, f.name):
-            err.filename = path  # the report's name, not our hidden temporary one
+
+
+def _name_the_target(err: BaseException, temporary: str, path: str) -> None:
+    if isinstance(err, OSError) and err.filename in (None, temporary):
+        err.filename = path  # the report's name, not our hidden temporary one
+
+
+def make_folders(path: str) -> list[str]:
+    """Make the folder `path` and its missing parents, one at a time; the ones this call made, deepest first
+    (os.makedirs does not say which it made, and a failed report removes those, and only those, again)."""
+    missing, head = [], path.rstrip(os.sep) or path  # 'out/' is 'out'; '/' stays
+    while head and not os.path.lexists(head):
+        missing.append(head)
+        head = os.path.dirname(head)
+    made: list[str] = []
+    try:
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:  # made meanwhile by another process (or `a/..`): not ours
+                if not os.path.isdir(folder):
+                    raise
+                continue
+            made.insert(0, folder)
+    except OSError:
+        remove_folders(made)
         raise
+    return made
+
+
+def remove_folders(made: list[str]) -> None:
+    """rmdir each of the folders make_folders() made, deepest first; one that is no longer empty stays."""
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
 
 def _new_beside(path: str, mode: str) -> IO:

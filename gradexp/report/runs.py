@@ -175,10 +175,17 @@ def _fill(record: RunRecord, summary: dict[str, Any]) -> None:
         record.gain, record.ratio = flow.gain[when], flow.ratio[when]
         record.gains = dict(flow.gain)
         record.quantity = flow.quantity
-        record.profile = {w: [_num(layer[flow.quantity][w]) for layer in summary["layers"]] for w in ("first", "last")}
+        record.profile = layer_profile(summary["layers"], flow.quantity)
     per_layer = (summary.get("theory") or {}).get("per_layer") or {}
     record.theory_profile = [_num(entry.get("predicted")) for entry in per_layer.values()]
     _fill_time(record, summary)
+
+
+def layer_profile(layers: list[dict[str, Any]], quantity: str) -> dict[str, list[float]]:
+    """'first'/'last' -> each layer's `quantity`, NaN (drawn blank) where a layer has none: a frozen first layer takes
+    in no gradient and has no norm (depth_flow starts after it); the others keep their place on the depth axis
+    (found by a user: a Monitor run whose first layer was frozen made the report a KeyError traceback)."""
+    return {w: [_num((layer.get(quantity) or {}).get(w)) for layer in layers] for w in ("first", "last")}
 
 
 def judged_step(summary: dict[str, Any], flow: Any) -> str:

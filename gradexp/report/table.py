@@ -20,7 +20,8 @@ from typing import Any, Optional
 
 from gradexp.report.figure import DPI, draw, drawable  # matplotlib itself is imported only when a figure is drawn
 from gradexp.report.groups import SEED, by_sweep, fold, job_name, seed_folds, sweep_of
-from gradexp.report.output import CSV_NAME, PNG_NAME, refusal, write_whole
+from gradexp.report.output import (CSV_NAME, PNG_NAME, commit, discard, make_folders, refusal, remove_folders,
+                                   stage)
 from gradexp.report.runs import RunRecord, load_run, varying_keys, walk_runs
 from gradexp.report.untrusted import printable
 
@@ -29,6 +30,7 @@ FACTOR_COLUMNS = 6  # varying keys shown as columns of their own in the printed 
 METRICS = ("loss/train", "loss/val", "acc/val")
 NUMERIC = (*METRICS, "gain", "first/last", "theory gain", "time gain", "steps/s")
 MEASURED = "measured gain, step 0"  # one run: the gain and its interval, as text; runs folded over seeds: a number
+COMPLETED = "completed"  # the status of a run that trained to its end (sort_rows ranks the others after it)
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
 
 
@@ -88,29 +90,59 @@ def main(argv: Optional[list[str]] = None) -> int:
             return _bad(f"invalid value for --sort: {args.sort!r} (allowed: {' | '.join(columns)})")
         rows = sort_rows(rows, key, descending)
     out = args.out or args.path
-    problem = _prepare(out, drawable(read))
+    problem, made = _prepare(out, drawable(read))
     if problem:
         return _bad(problem)
-    keys = [k for k in figure_keys(read) if k != SEED]  # seeds of one setting share a legend entry
-    one_sweep = len(by_sweep(read)) == 1  # factors of different sweeps do not form one phase-diagram grid
     try:
-        write_whole(os.path.join(out, CSV_NAME), lambda f: f.write(to_csv(rows)))
-        figure_path = draw(read, keys, os.path.join(out, PNG_NAME), args.dpi, phase=one_sweep)
+        figure_path = _write(out, rows, read, args.dpi, made)
     except OSError as err:  # a full disk, a read-only folder
         return _bad(f"cannot write {printable(str(err.filename))}: {err.strerror or err}")
     _print(rows, records, args.format, figure_path, out)
     return 0
 
 
-def _prepare(out: str, figure: bool) -> Optional[str]:
-    """The output folder, made where missing; why the report may not be written there (one line), or None. Checked
-    before anything is written: a refused report leaves no file behind."""
-    if os.path.lexists(out) and not os.path.isdir(out):
-        return f"invalid value for --out: {printable(out)!r} is not a folder (allowed: a folder, made if missing)"
+def _write(out: str, rows: list[dict[str, Any]], read: list[RunRecord], dpi: int, made: list[str]) -> Optional[str]:
+    """report.csv and report.png, both or neither: each is written whole to a temporary file, and both are renamed
+    into place only once both are complete (found by a user: a full disk while report.png was written left a new
+    report.csv beside the old report.png, and the folders --out had made). report.png's path, None where there is
+    nothing to draw. On a failure (the OSError is raised) the temporary files and the folders in `made` are
+    removed."""
+    keys = [k for k in figure_keys(read) if k != SEED]  # seeds of one setting share a legend entry
+    one_sweep = len(by_sweep(read)) == 1  # factors of different sweeps do not form one phase-diagram grid
+    csv_path, png_path = os.path.join(out, CSV_NAME), os.path.join(out, PNG_NAME)
+    staged: dict[str, str] = {}  # final name -> our temporary file
     try:
-        os.makedirs(out, exist_ok=True)
+        staged[csv_path] = stage(csv_path, lambda f: f.write(to_csv(rows)))
+        figure = draw(read, keys, png_path, dpi, phase=one_sweep)
+        if figure is not None:
+            staged[png_path] = figure
+        commit(staged)
+    except BaseException:  # also on Ctrl-C: nothing of ours is left half done
+        discard(staged.values())
+        remove_folders(made)
+        raise
+    return None if figure is None else png_path
+
+
+def _prepare(out: str, figure: bool) -> tuple[Optional[str], list[str]]:
+    """The output folder, made where missing; why the report may not be written there (one line) or None, and the
+    folders this made (deepest first: a report that fails later removes them). Checked before anything is written: a
+    refused report leaves no file or folder behind."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        return f"invalid value for --out: {printable(out)!r} is not a folder (allowed: a folder, made if missing)", []
+    try:
+        made = make_folders(out)
     except OSError as err:
-        return f"cannot make the output folder {printable(out)!r} ({err.strerror or err})"
+        return f"cannot make the output folder {printable(out)!r} ({err.strerror or err})", []
+    problem = _refused(out, figure)
+    if problem:
+        remove_folders(made)
+        return problem, []
+    return None, made
+
+
+def _refused(out: str, figure: bool) -> Optional[str]:
+    """Why report.csv or report.png may not be written in the folder `out` (one line), or None."""
     if not os.access(out, os.W_OK | os.X_OK):
         return f"cannot write to the output folder {printable(out)!r} (permission denied)"
     names = [CSV_NAME] + ([PNG_NAME] if figure else [])
@@ -138,7 +170,17 @@ def row(r: RunRecord, keys: list[str], theory: bool = False, time: bool = False)
 
 
 def sort_rows(rows: list[dict[str, Any]], key: str, descending: bool) -> list[dict[str, Any]]:
-    """Numbers numerically, text alphabetically; runs without a value for `key` last in either direction."""
+    """Numbers numerically, text alphabetically; runs without a value for `key` last in either direction. By a
+    measured column (NUMERIC) the runs that did not complete come after the completed ones, also in either direction:
+    a diverged run's acc/val was measured before it diverged, and ranked it above runs that trained (found by a user;
+    Optuna scores such a trial -inf). By a text column (a factor, run, status) all runs are sorted together."""
+    if key not in NUMERIC:
+        return _sorted(rows, key, descending)
+    completed = [r for r in rows if r["status"] == COMPLETED]
+    return _sorted(completed, key, descending) + _sorted([r for r in rows if r["status"] != COMPLETED], key, descending)
+
+
+def _sorted(rows: list[dict[str, Any]], key: str, descending: bool) -> list[dict[str, Any]]:
     def missing(value: Any) -> bool:
         return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
