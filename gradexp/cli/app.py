@@ -193,6 +193,7 @@ def _record_outcome(run_dir: str, overrides: list[str], status: str, error: Opti
 def run_app() -> int:
     from gradexp.cli.presets import normalise
     from gradexp.cli.argv import hydra_args
+    from gradexp.cli import main as cli
 
     try:
         sys.argv = [sys.argv[0], *normalise(hydra_args(sys.argv[1:]))]
@@ -207,6 +208,7 @@ def run_app() -> int:
     # exists
     with environment_variable("HYDRA_FULL_ERROR", "1") as users, Interrupts() as _interrupts:
         _interrupts.on_signal = launchers.signal_jobs  # a joblib or SLURM sweep's jobs stop with it
+        cli.run_catches_signals = True  # from here a signal is the run's request, no longer the command's stop
         _app_pid = os.getpid()
         try:
             code = _run_task(users == "1")

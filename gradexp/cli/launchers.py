@@ -244,8 +244,8 @@ def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> Optional[th
     def warm() -> None:
         try:
             Parallel(**options)(delayed(warm_up)() for _ in range(workers))
-        except Exception:  # noqa: BLE001  only a head start: the sweep's own Parallel reports a broken pool (and a
-            pass           # sweep that stops early ends the pool under this call)
+        except BaseException:  # noqa: BLE001  only a head start: the sweep's own Parallel reports a broken pool (and a
+            pass               # sweep that stops early ends the pool under this call); never "Exception in thread"
 
     thread = threading.Thread(target=warm, name="gradexp-warm-workers", daemon=True)
     thread.start()
@@ -253,13 +253,30 @@ def start_loky_workers(launcher: Any, jobs: Optional[int] = None) -> Optional[th
 
 
 def warm_up() -> None:
-    """In a worker: the imports a job would pay in its first job. Only imports, nothing a run's results depend on."""
+    """In a worker: the imports a job would pay in its first job. Only imports, nothing a run's results depend on.
+    A stop signal from here on (the parent passes its own on, a terminal's Ctrl-C reaches the whole group) is
+    recorded, not fatal: the worker's jobs then start none, each recorded interrupted (cli/app.py _task)."""
+    catch_stop_signals()
     import gradexp.cli.app  # noqa: F401  what unpickling the task imports (Hydra, the config schema)
     from gradexp.cli.stack import import_training_stack
 
     # torch and the training stack; torch._dynamo, which torch.optim imports in every optimizer's first step (~1 s);
     # matplotlib, for the heatmap a run that logs layers draws when it ends. Without the collector's passes over them.
     import_training_stack("torch._dynamo", "gradexp.sinks.flow_images")
+
+
+def catch_stop_signals() -> None:
+    """In a loky worker: record the first stop signal (Interrupts.received, which every later job of the worker reads:
+    each is recorded interrupted without starting) instead of dying of it. Between jobs too: each job's Interrupts
+    puts this handler back when it ends."""
+    from gradexp.training.interrupt import SIGNALS, Interrupts
+
+    def record(signum: int, frame: Any) -> None:
+        Interrupts.received = Interrupts.received or signum
+
+    if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+        for sig in SIGNALS:
+            signal.signal(sig, record)
 
 
 class ReleaseWorkers(Callback):

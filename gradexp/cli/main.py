@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import sys
 
 USAGE = """usage: gradexp <command> [args]    (gradexp --version: the installed version)
@@ -28,6 +29,34 @@ EXIT_BAD_INPUT = 2
 # True once main() runs as the process's own command line: the process is gradexp's, which may freeze the garbage
 # collector's objects (cli/stack.py, skip_final_collections). main(argv), called in someone else's process, leaves it.
 owns_process = False
+# True once `gradexp run` has its own signal handling in place (cli/app.py run_app's Interrupts): a signal before
+# that stops the command before any run exists
+run_catches_signals = False
+
+# what `gradexp run`'s Interrupts catches (gradexp.training.interrupt.SIGNALS), named here without importing it
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C, SIGTERM or SIGUSR2 before `gradexp run` catches them itself (while Hydra and the config schema are
+    imported, ~0.5 s): the command stops in one line, with the shell's 128 + signal number. A BaseException, so that
+    no `except Exception` on the way takes it for a failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def catch_signals() -> None:
+    """The command's own handlers, from its first line: before them, Ctrl-C printed a KeyboardInterrupt traceback
+    from inside Hydra's import and SIGTERM ended the process silently with -15 (found by an adversarial test).
+    Cheap: the signal module only, so `gradexp --help` stays instant."""
+    for sig in _SIGNALS:
+        signal.signal(sig, _stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     global owns_process
     if argv is not None:
         return _dispatch(argv)
+    catch_signals()  # first: a signal from here on is answered in one line, never a traceback
     owns_process = True
     # a handler's write that meets a closed pipe (`gradexp run --info searchpath | head`: Hydra prints through
     # logging) is dropped quietly, not reported as "--- Logging error ---" and a call stack per record
@@ -45,8 +75,24 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # output still buffered meets a closed pipe here, not in the interpreter's exit
     except BrokenPipeError:
         code = reader_gone()
+    except Interrupted as stop:
+        code = interrupted(stop.signum)
     skip_final_collections()
     return code
+
+
+def interrupted(signum: int) -> int:
+    """A signal `gradexp run`'s Interrupts did not catch (before it was in place, or during the last clean-up after
+    it): one line, and the shell's status for the signal (130 Ctrl-C, 143 SIGTERM, 140 SIGUSR2)."""
+    name = signal.Signals(signum).name
+    when = " before the run started" if sys.argv[1:2] == ["run"] and not run_catches_signals else ""
+    try:
+        # on its own line after a terminal's ^C
+        sys.stderr.write(f"{chr(10) if sys.stderr.isatty() else ''}gradexp: interrupted ({name}){when}\n")
+        sys.stderr.flush()
+    except OSError:  # stderr gone with the terminal: the status says it
+        pass
+    return 128 + signum
 
 
 def reader_gone() -> int:
