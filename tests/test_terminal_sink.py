@@ -1,5 +1,6 @@
 """The progress bar takes logged steps at most every SHOW_EVERY seconds; what it shows at the end is the last one's."""
 import io
+import os
 
 from rich.console import Console
 
@@ -45,3 +46,21 @@ def test_a_cause_too_long_for_the_title_moves_into_the_box_whole():
     lines = _rendered({"label": "vanishing", "cause": cause, "evidence": "the evidence"})
     assert lines[0].startswith("╭─ vanishing ─") and "cause" not in lines[0]
     assert " ".join(line.strip("│ ") for line in lines[1:3]).startswith(f"cause: {cause}"[:70])
+
+
+def test_the_run_folder_is_named_from_where_the_user_ran_the_command_even_after_a_chdir(tmp_path, monkeypatch):
+    """Found by an adversarial test: with hydra.job.chdir=true the job runs in its run folder, and the commands
+    printed at the end said `tensorboard --logdir .` and `resume=.`, which fail from the user's shell."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from gradexp.sinks.terminal import _shortest
+
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    monkeypatch.chdir(run)
+    assert _shortest(str(run)) == "."  # no Hydra: the current directory is the user's
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))  # inside a Hydra job
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"runtime": {"cwd": str(tmp_path)}})))
+    assert _shortest(str(run)) == os.path.join("runs", "a")
+    assert _shortest(str(tmp_path.parent)) == str(tmp_path.parent)  # above it: absolute

@@ -7,6 +7,7 @@ import shlex
 import time
 from typing import Optional, Sequence
 
+from omegaconf import OmegaConf
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
@@ -150,6 +151,19 @@ def _key(override: str) -> str:
 
 
 def _shortest(path: str) -> str:
-    """The run folder relative to the working directory when it lies below it, else absolute."""
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative
+    """The run folder relative to the user's working directory when it lies below it, else absolute."""
+    relative = os.path.relpath(path, _users_cwd())
+    return os.path.abspath(path) if relative.startswith("..") else relative
+
+
+def _users_cwd() -> str:
+    """Where the user ran the command: Hydra's original working directory, which a job with hydra.job.chdir=true
+    has left for its run folder (found by an adversarial test: the commands printed there said `resume=.`), else
+    the current one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        cwd = OmegaConf.select(HydraConfig.get(), "runtime.cwd", default=None)
+        if isinstance(cwd, str) and os.path.isabs(cwd):
+            return cwd
+    return os.getcwd()
