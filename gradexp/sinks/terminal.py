@@ -19,7 +19,9 @@ from gradexp.outcome import Outcome
 
 SHOW_EVERY = 0.1  # seconds between the bar's updates from logged steps (its own redraw interval)
 STATUS_STYLE = {"completed": "green", "diverged": "red", "interrupted": "yellow", "failed": "red"}
-FLOW_PAGES = "  gradient flow: its Flow/ charts, Custom Scalars (one chart per layer), Images (heatmap), HParams (verdict)"
+# "two or more layers": a one-layer model draws no depth heatmap (found by a new user: model.depth=1 pointed at none)
+FLOW_PAGES = ("  gradient flow: its Flow/ charts, Custom Scalars (one chart per layer), Images (heatmap, with two or more "
+              "layers), HParams (verdict)")
 VERDICT_STYLE = {"healthy": "green", "vanishing": "blue", "exploding": "red", "diverged": "magenta"}
 
 
