@@ -177,3 +177,17 @@ def test_ctrl_c_in_a_sweep_says_to_re_run_the_sweep_which_finishes_it(tmp_path):
     assert proc.returncode == 130, err
     assert "resume with: the same gradexp run -m command" in err and "resume with: gradexp run resume=" not in err
     assert len(glob.glob(str(tmp_path / "sw" / "*_activation=*"))) == 1  # job 1 never started
+
+
+def test_slurm_refusing_the_submission_is_bad_input_in_one_line(capsys):
+    """Found by a new user: sbatch refusing gpus_per_node=1 on a cluster without GPUs read 'a SLURM job ended without
+    a result ... re-run the same command to continue the sweep', exit 1; re-running can only fail the same way."""
+    from gradexp.cli import app
+
+    refused = type("FailedJobError", (Exception,), {"__module__": "submitit.core.utils"})(
+        "sbatch: error: Invalid generic resource (gres) specification\n")
+    assert app._report(refused, full=False) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SLURM refused the sweep's jobs: sbatch: error: Invalid generic" in err
+    died = type("UncompletedJobError", (Exception,), {"__module__": "submitit.core.utils"})("Job 12 was cancelled")
+    assert app._report(died, full=False) == 1 and "ended without a result" in capsys.readouterr().err

@@ -261,6 +261,13 @@ def _report(err: Exception, full: bool) -> int:
               "after their step, its pending ones were cancelled; re-run the same command to continue it",
               file=sys.stderr)
         return _interrupts.exit_code
+    if _is_submitit_failure(err) and first_line(err).startswith("sbatch: error") and not full:
+        # SLURM refused the submission itself (found by a new user: gpus_per_node=1 on a cluster without GPUs read
+        # "a SLURM job ended without a result ... re-run the same command", which can only fail the same way)
+        print(f"gradexp: SLURM refused the sweep's jobs: {first_line(err)} (they were not submitted; change the "
+              "hydra.launcher option it names, e.g. gpus_per_node on a cluster without GPUs, and run the sweep again)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     if _is_submitit_failure(err) and not full:  # scancel, OOM, a node lost: the parent waited on a job that died
         print(f"gradexp: a SLURM job ended without a result: {first_line(err)} (its log is in the sweep folder's "
               ".submitit/<job id>/; re-run the same command to continue the sweep)", file=sys.stderr)
