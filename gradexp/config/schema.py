@@ -110,6 +110,7 @@ class TrainConf:
     precision: str = "fp32"         # fp32 | bf16 | fp16 (or Lightning's 32-true | bf16-mixed | 16-mixed)
     loss_scale: Any = None          # dynamic | none | a fixed number > 0; null = dynamic for fp16, none otherwise
     compile: bool = False           # ordinary steps through torch.compile; logging steps in eager
+    flush_denormal: bool = False    # subnormal floats read as 0 (faster on some CPUs; norms below 1.2e-38 read 0)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from gradexp.analysis.advice import Factors
 from gradexp.training.checkpoint import Checkpointer, fingerprint
 from gradexp.config.schema import validate
 from gradexp.analysis.diagnose import diagnose
+from gradexp.training.denormals import flushing
 from gradexp.training.threads import apply_explicit_threads, check_count
 from gradexp.training.reproducible import use_deterministic
 from gradexp.analysis import theory
@@ -61,7 +62,8 @@ def run_experiment(cfg: Any, run_dir: str, overrides: Optional[list[str]] = None
         run.sinks = sinks
         checkpoints = Checkpointer(run_dir, run, cfg.train.checkpoint_every, states, config)
         run.after_update = lambda steps: checkpoints.maybe_save(steps) or stop.requested
-        return _train(cfg, run, depths, start, checkpoints, stop)
+        with flushing(cfg.train.flush_denormal) as flushed:  # an explicit option: it zeroes what this tool measures
+            return _train(cfg, run, depths, start, checkpoints, stop, flushed)
 
 
 def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, run: Run, depths: Depths, state: Optional[dict],
@@ -87,7 +89,8 @@ def _sinks(cfg: Any, run_dir: str, overrides: list[str], task: Any, run: Run, de
     return sinks, states
 
 
-def _train(cfg: Any, run: Run, depths: Depths, start: int, checkpoints: Checkpointer, stop: Any) -> Outcome:
+def _train(cfg: Any, run: Run, depths: Depths, start: int, checkpoints: Checkpointer, stop: Any,
+           flushed: bool = False) -> Outcome:
     outcome = Outcome(steps=start)  # train() advances it, so a run that fails mid-way reports its real steps
     failure: Optional[BaseException] = None
     try:
@@ -100,6 +103,8 @@ def _train(cfg: Any, run: Run, depths: Depths, start: int, checkpoints: Checkpoi
     finally:
         run.batches.close()  # DataLoader workers stop with the run, not whenever the garbage collector gets to them
     outcome.perf["torch_threads"] = torch.get_num_threads()  # shows how a parallel launcher divided the CPUs
+    if flushed:  # the numbers below 1.2e-38 read 0 in this run (training/denormals.py)
+        outcome.perf["flush_denormal"] = True
     summary = next(s for s in run.sinks if isinstance(s, SummarySink))
     # decide from what the summary holds, so summary.json, TensorBoard and the terminal show one verdict
     built = summary.build(outcome)
