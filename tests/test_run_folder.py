@@ -312,6 +312,8 @@ def _basic_sweep(subdir: str, task: list[str]):
     ("s${seed}_${activation}", ["seed=1,2", "activation=relu,tanh"], True),
     ("lr_${optimizer.lr}", ["+optimizer.lr=0.1,0.2"], True),
     ("${hydra:job.override_dirname}", ["seed=1,2"], True), ("${hydra.job.num}", ["seed=1,2", "lr=1,2"], True),
+    ("${hydra:runtime.choices.activation}", ["activation=relu,tanh"], True),  # a swept group, named by its choice
+    ("${hydra:runtime.choices.activation}", ["activation=relu,tanh", "seed=1,2"], False),
 ])
 def test_a_sweep_subdir_must_differ_for_every_job_of_a_basic_sweep(subdir, task, taken):
     """An interpolation alone is not enough under the basic sweeper, which says which keys vary: subdir=${train.steps}

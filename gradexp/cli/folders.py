@@ -147,6 +147,7 @@ def check_subfolders(config: Any, sweep: bool) -> None:
                       "jobs would have each job find the last one's run)")
 
 
+CHOICES = "hydra.runtime.choices."  # ${hydra:runtime.choices.model}: the option a job took for the group `model`
 # interpolations Hydra resolves to a different value in every job of a sweep
 JOB_UNIQUE = {"hydra.job.num", "hydra.job.id", "hydra.job.override_dirname"}
 
@@ -159,6 +160,7 @@ def _names_each_job(subdir: str, config: Any) -> bool:
     another sweeper (which keys it varies is not known here) any interpolation is taken, as it may differ per job."""
     referenced = {("hydra." if resolver else "") + key
                   for resolver, key in re.findall(r"\$\{\s*(hydra:)?\s*([\w.\-]+)\s*\}", subdir)}
+    referenced |= {key[len(CHOICES):] for key in referenced if key.startswith(CHOICES)}  # a swept group's choice
     if referenced & JOB_UNIQUE:
         return True
     swept = launchers.swept_keys(config)
